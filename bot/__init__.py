@@ -1,0 +1,1 @@
+"""fluxbot: the Discord side (client, cogs, views) and the command line."""

@@ -1,0 +1,69 @@
+"""`python -m bot …`: one parser, one module per subcommand (imported only when that subcommand runs)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from bot.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# subcommand -> "module:function"; each function takes the parsed args and returns an exit status.
+HANDLERS = {
+    "run": "bot.client:run_command",
+    "generate": "bot.generate_cmd:generate_command",
+    "migrate": "bot.migrate_cmd:migrate_command",
+    "download": "bot.download_cmd:download_command",
+    "doctor": "bot.doctor:doctor_command",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bot", description="fluxbot: FLUX.1 image generation for Discord, "
+                                "on your own GPU.")
+    p.add_argument("--config", metavar="PATH", help="config file (default: $FLUXBOT_CONFIG, else ./config.toml)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser("run", help="start the Discord bot")
+
+    g = sub.add_parser("generate", help="make an image from the terminal with the same engine as the bot")
+    g.add_argument("prompt")
+    g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
+    g.add_argument("--steps", type=int, default=None, help="default: [engine] default_steps")
+    g.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT, multiples of 16 (default 1024x1024)")
+    g.add_argument("--guidance", type=float, default=None, help="default: [engine] default_guidance")
+    g.add_argument("--count", type=int, default=1, help="images, seeds seed..seed+count-1")
+    g.add_argument("--variation-seed", type=int, default=None)
+    g.add_argument("--variation-strength", type=float, default=0.0)
+    g.add_argument("--model", default=None, help="override [engine] model")
+    g.add_argument("--profile", default=None, help="override [engine] profile")
+    g.add_argument("-o", "--output", default=None, help="PNG path (default: the images folder); with --count > 1, "
+                   "_1, _2 … are added")
+
+    sub.add_parser("migrate", help="create or upgrade the database schema to the newest version")
+
+    d = sub.add_parser("download", help="fetch model weights into [engine] models_dir (needs network)")
+    d.add_argument("what", nargs="?", default="flux-dev", choices=["flux-dev", "majicflus", "base"],
+                   help="flux-dev: the whole FLUX.1-dev folder; majicflus: majicflus_v1 DiT + FLUX.1-dev base; "
+                   "base: only the FLUX.1-dev encoders, tokenizers, VAE and configs")
+    d.add_argument("--source", choices=["huggingface", "modelscope"], default=None,
+                   help="where to fetch majicflus_v1 from (default: modelscope)")
+    d.add_argument("--verify", action="store_true", help="download nothing; check every file against its manifest")
+
+    sub.add_parser("doctor", help="check GPU, RAM, disk, model files and config; non-zero exit if the bot could not start")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, func = HANDLERS[args.command].split(":")
+    handler = getattr(importlib.import_module(module), func)
+    try:
+        return int(handler(args) or 0)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,240 @@
+"""The config file: parsed with tomllib, validated at start-up, with errors that name the key and the value.
+
+Look-up order for the file: `--config PATH`, then env `FLUXBOT_CONFIG`, then `./config.toml`.
+Env `DISCORD_TOKEN` overrides `[discord] token`. Every key but the token has a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.settings import EngineSettings, setting
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "config.toml"
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or holds a bad value. The message names the key."""
+
+
+class Secret(str):
+    """A string that never shows itself in repr, logs or error messages."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __str__(self) -> str:  # f"{token}" and str(token) stay masked; use .reveal() to send it
+        return repr(self)
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    token: Secret = setting(Secret(""), "The bot token from the Developer Portal. Env DISCORD_TOKEN overrides it.",
+                            env="DISCORD_TOKEN")
+    guild_ids: list = setting([], "Guild ids to sync slash commands to at once (development); empty = global "
+                              "sync, which Discord may take up to an hour to show.")
+    owner_ids: list = setting([], "User ids with admin rights everywhere (cancel/delete any job, /history of others).")
+    admin_role_ids: list = setting([], "Role ids whose members have admin rights in their guild.")
+    allowed_channel_ids: list = setting([], "If not empty, /imagine works only in these channels.")
+    allowed_role_ids: list = setting([], "If not empty, only members with one of these roles may generate.")
+    allow_dms: bool = setting(True, "Whether /imagine works in direct messages with the bot.")
+    banned_words: list = setting([], "Prompts containing any of these words (any case, look-alike letters "
+                                 "folded) are refused with a message; nothing is queued.")
+    status_edit_interval_s: float = setting(2.0, "Least seconds between two edits of one status message.",
+                                            min=0.5, max=60)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_unfinished_per_user: int = setting(3, "Queued or running jobs one user may have at once.", min=1, max=100)
+    cooldown_s: float = setting(0.0, "Seconds a user waits between two requests; 0 = none.", min=0, max=86400)
+    queue_cap: int = setting(100, "Most jobs waiting in the queue for everyone together.", min=1, max=100000)
+    max_prompt_chars: int = setting(1000, "Longest prompt accepted.", min=1, max=6000)
+    max_count: int = setting(4, "Most images one /imagine may ask for.", min=1, max=4)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = setting("sqlite+aiosqlite:///data/fluxbot.db", "SQLAlchemy async URL. SQLite (aiosqlite) by "
+                       "default; postgresql+asyncpg://user:pass@host/db to scale out (pip install fluxbot[postgres]).")
+    echo: bool = setting(False, "Log every SQL statement (debugging).")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    max_image_age_days: float = setting(0.0, "Delete PNGs older than this; 0 = keep forever. Job records stay; "
+                                        "/show regenerates a pruned image from its record.", min=0)
+    max_images_gib: float = setting(0.0, "Delete the oldest PNGs while the images folder is larger than this; "
+                                    "0 = no limit.", min=0)
+    prune_interval_min: float = setting(60.0, "Minutes between two pruning passes.", min=1)
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = setting("INFO", "Log level of fluxbot's own loggers.",
+                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    discord_level: str = setting("WARNING", "Log level of discord.py's loggers.",
+                                 choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    file: str = setting("data/fluxbot.log", "Rotating log file; empty = log to the console only.")
+    max_bytes: int = setting(10 * 1024 * 1024, "Size at which the log file rotates.", min=1024)
+    backup_count: int = setting(5, "Rotated log files kept.", min=0, max=100)
+
+
+@dataclass(frozen=True)
+class Config:
+    discord: DiscordSettings = dataclasses.field(default_factory=DiscordSettings)
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    limits: LimitsSettings = dataclasses.field(default_factory=LimitsSettings)
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
+    logging: LoggingSettings = dataclasses.field(default_factory=LoggingSettings)
+    path: str = ""  # the file it came from ("" = defaults only)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "path"}
+
+
+def find_config_path(cli_path: str | None = None) -> Path | None:
+    """The file to read: --config, else $FLUXBOT_CONFIG, else ./config.toml if it exists."""
+    if cli_path:
+        return Path(cli_path)
+    if os.environ.get("FLUXBOT_CONFIG"):
+        return Path(os.environ["FLUXBOT_CONFIG"])
+    default = Path(DEFAULT_PATH)
+    return default if default.exists() else None
+
+
+def load_config(path: str | os.PathLike | None = None, *, env: typing.Mapping[str, str] | None = None,
+                require_token: bool = False) -> Config:
+    """Read and validate the config. `path` None means "look it up" (see find_config_path)."""
+    env = os.environ if env is None else env
+    file = find_config_path(str(path) if path else None)
+    data: dict[str, Any] = {}
+    if file is not None:
+        data = _read_toml(file)
+    cfg = parse_config(data, env=env, path=str(file or ""))
+    if require_token and not cfg.discord.token:
+        raise ConfigError("[discord] token is empty: put the bot token in the config file or in env DISCORD_TOKEN "
+                          "(Developer Portal → your application → Bot → Reset Token)")
+    return cfg
+
+
+def parse_config(data: dict[str, Any], *, env: typing.Mapping[str, str] | None = None, path: str = "") -> Config:
+    """Validate a parsed TOML document. Unknown sections and keys are errors (they are usually typos)."""
+    env = {} if env is None else env
+    sections = {}
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section [{name}]{_where(path)}; known sections: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table (a [{name}] header), not {_show(value)}{_where(path)}")
+    for name, cls in SECTIONS.items():
+        sections[name] = _parse_section(name, cls, data.get(name, {}), env, path)
+    return Config(**sections, path=path)
+
+
+def _parse_section(section: str, cls: type, table: dict[str, Any], env: typing.Mapping[str, str], path: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"[{section}] {key}: unknown key{_where(path)}; known keys: {', '.join(fields)}")
+    values = {}
+    for key, f in fields.items():
+        meta = f.metadata
+        if meta.get("env") and env.get(meta["env"]):
+            raw, given = env[meta["env"]], True
+        elif key in table:
+            raw, given = table[key], True
+        else:
+            given = False
+        if given:
+            values[key] = _check(section, key, raw, hints[key], meta, path)
+    return cls(**values)
+
+
+def _check(section: str, key: str, value: Any, hint: Any, meta: typing.Mapping, path: str) -> Any:
+    name = f"[{section}] {key}"
+    secret = hint is Secret
+    shown = "(hidden)" if secret else _show(value)
+    base = typing.get_origin(hint) or hint
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{name} = {shown}: {why}{_where(path)}")
+
+    if base is bool:
+        if not isinstance(value, bool):
+            raise bad("must be true or false")
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("must be a whole number")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("must be a number")
+        value = float(value)
+    elif base in (str, Secret):
+        if not isinstance(value, str):
+            raise bad("must be a string (in quotes)")
+        if secret:
+            value = Secret(value.strip())
+    elif base is list:
+        if not isinstance(value, list):
+            raise bad("must be a list, e.g. [] or [1, 2]")
+        value = _check_list(key, value, bad)
+    if meta.get("choices") and value not in meta["choices"]:
+        raise bad(f"must be one of {', '.join(map(str, meta['choices']))}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise bad(f"must be at least {meta['min']}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise bad(f"must be at most {meta['max']}")
+    return value
+
+
+def _check_list(key: str, value: list, bad) -> list:
+    if key.endswith("_ids"):
+        out = []
+        for item in value:  # ids may be written as numbers or as strings of digits (JSON-safe)
+            if isinstance(item, str) and item.strip().isdigit():
+                item = int(item)
+            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+                raise bad(f"every item must be a Discord id (a whole number), not {_show(item)}")
+            out.append(item)
+        return out
+    if not all(isinstance(v, str) for v in value):
+        raise bad("every item must be a string")
+    return list(value)
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        with open(file, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist: copy config.example.toml to {file} and edit it") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {file} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {file} cannot be read: {e.strerror}") from None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _where(path: str) -> str:
+    return f" (in {path})" if path else ""

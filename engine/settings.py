@@ -1,0 +1,54 @@
+"""Engine settings: the `[engine]` section of the config file, as a typed dataclass.
+
+Each field carries its documentation and its allowed values in `metadata`; `bot.config` reads them to
+validate the file and to name the key and the bad value in its errors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
+            max: float | None = None, env: str | None = None) -> Any:
+    """A dataclass field with the metadata the config validator reads."""
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "env": env}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+PROFILES = ("auto", "resident", "model-offload", "streamed")
+FP8_MODES = ("all-linear", "diffusers-default", "off")
+VAE_TILING = ("auto", "always", "never")
+TINY = "tiny-random"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str = setting(TINY, "The DiT: a diffusers FLUX.1-dev folder, a single-file checkpoint in BFL key "
+                         "layout (majicflus_v134.safetensors, flux1-dev.safetensors), or 'tiny-random' (a tiny "
+                         "offline model with random weights, for tests and for checking a Discord set-up).")
+    base_model: str = setting("models/FLUX.1-dev", "A diffusers FLUX.1-dev folder that provides the text encoders, "
+                              "tokenizers, VAE and configs when `model` is a single file.")
+    models_dir: str = setting("models", "Where `python -m bot download` puts weights.")
+    profile: str = setting("auto", "Memory profile: resident (all on the GPU), model-offload (whole models move "
+                           "to the GPU when used), streamed (DiT blocks stream from pinned host RAM), or auto "
+                           "(picked from free VRAM and host RAM; the log says why).", choices=PROFILES)
+    fp8: str = setting("all-linear", "DiT weight storage: all-linear (every Linear in float8_e4m3fn, computed in "
+                       "bf16), diffusers-default (diffusers' skip list keeps norms/modulation in bf16), or off "
+                       "(bf16).", choices=FP8_MODES)
+    devices: list = setting(["auto"], "Devices to run workers on, one worker each: ['auto'] (every CUDA GPU, "
+                            "else the CPU), or e.g. ['cuda:0', 'cuda:1'] or ['cpu'].")
+    vram_budget_gib: float = setting(0.0, "streamed profile: GiB of VRAM the DiT may keep resident; blocks that "
+                                     "fit stay on the GPU, the rest stream. 0 = stream every block.", min=0)
+    vae_tiling: str = setting("auto", "VAE tiled decode: auto (when the decode would not fit), always, never.",
+                              choices=VAE_TILING)
+    prompt_cache_size: int = setting(32, "Prompt embeddings kept (LRU); a cached prompt skips the text "
+                                     "encoders. 0 disables the cache.", min=0, max=10000)
+    max_batch: int = setting(1, "Most queued jobs with the same size/steps/guidance run together as one batch.",
+                             min=1, max=16)
+    default_steps: int = setting(20, "Steps when a request names none.", min=1, max=50)
+    default_guidance: float = setting(3.5, "Guidance when a request names none.", min=1, max=10)
+    max_sequence_length: int = setting(512, "T5 tokens per prompt.", min=16, max=512)
+    images_dir: str = setting("data/images", "Where finished PNGs are written (named by job id).")

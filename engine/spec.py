@@ -1,0 +1,64 @@
+"""The engine's boundary types: what a job asks for (`JobSpec`) and what it gets back (`Result`)."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # PIL is imported where images are made
+    from PIL.Image import Image
+
+MAX_SEED = 2**32 - 1
+
+# Called from the engine's thread after each denoising step: (step done, total steps).
+ProgressFn = Callable[[int, int], None]
+# Polled at step boundaries; True stops the job with a cancelled Result.
+CancelFn = Callable[[], bool]
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One request. `seed` None or -1 means "pick one"; `resolve()` makes it concrete."""
+    prompt: str
+    seed: int | None = None
+    steps: int = 20
+    width: int = 1024
+    height: int = 1024
+    guidance: float = 3.5
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    count: int = 1  # images in the job; image i uses seed + i
+
+    def resolve(self) -> "JobSpec":
+        """The same spec with a concrete seed (random when None or -1)."""
+        if self.seed is None or self.seed < 0:
+            return replace(self, seed=random_seed())
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        if self.seed is None or self.seed < 0:
+            raise ValueError("resolve() the spec before asking for its seeds")
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    def batch_key(self) -> tuple:
+        """Specs with equal keys may run together as one batch."""
+        return (self.width, self.height, self.steps, self.guidance)
+
+
+@dataclass
+class Result:
+    """What `generate` returns. A cancelled job has `cancelled=True` and no images."""
+    spec: JobSpec
+    images: list["Image"]
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, denoise, decode, total, …
+    precision: str = ""  # e.g. "dit=float8_e4m3fn(all-linear)/bf16 compute, text=bf16, vae=bf16"
+    profile: str = ""
+    model_id: str = ""
+    cancelled: bool = False
+    steps_done: int = 0
