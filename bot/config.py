@@ -43,7 +43,7 @@ class Secret(str):
 
 @dataclass(frozen=True)
 class DiscordSettings:
-    token: Secret = setting(Secret(""), "The bot token from the Developer Portal. Env DISCORD_TOKEN overrides it.",
+    token: Secret = setting(Secret(""), "The bot token from the Developer Portal (Bot → Reset Token). Never commit it.",
                             env="DISCORD_TOKEN")
     guild_ids: list = setting([], "Guild ids to sync slash commands to at once (development); empty = global "
                               "sync, which Discord may take up to an hour to show.")
@@ -238,3 +238,51 @@ def _show(value: Any) -> str:
 
 def _where(path: str) -> str:
     return f" (in {path})" if path else ""
+
+
+# --- config.example.toml is rendered from the fields above, so that every key is documented -------------
+
+_HEADER = """\
+# fluxbot configuration. Copy to config.toml and edit; every key but [discord] token has a default.
+# The file is found by --config PATH, else env FLUXBOT_CONFIG, else ./config.toml.
+# Rendered from bot/config.py and engine/settings.py by `python -m bot.config > config.example.toml`;
+# a test checks that the two stay equal.
+"""
+
+
+def render_example() -> str:
+    """The text of config.example.toml: every section and key, its doc as a comment, its default."""
+    out = [_HEADER]
+    for name, cls in SECTIONS.items():
+        out.append(f"\n[{name}]")
+        for f in dataclasses.fields(cls):
+            doc = f.metadata.get("doc", "")
+            if f.metadata.get("env"):
+                doc += f" (env {f.metadata['env']})"
+            out.extend("# " + line for line in _wrap(doc))
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append(f"{f.name} = {_toml_value(default)}")
+    return "\n".join(out) + "\n"
+
+
+def _wrap(text: str, width: int = 110) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width=width) or [""]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Secret):
+        return '""'
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+if __name__ == "__main__":
+    print(render_example(), end="")
