@@ -56,6 +56,9 @@ class DiscordSettings:
                                  "folded) are refused with a message; nothing is queued.")
     status_edit_interval_s: float = setting(2.0, "Least seconds between two edits of one status message.",
                                             min=0.5, max=60)
+    sizes: list = setting(["1:1 1024x1024", "3:4 896x1152", "4:3 1152x896", "9:16 768x1344", "16:9 1344x768"],
+                          "The /imagine size choices, 'LABEL WIDTHxHEIGHT' (multiples of 16, at most 25); the "
+                          "first is the default.")
 
 
 @dataclass(frozen=True)
