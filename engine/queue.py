@@ -1,0 +1,284 @@
+"""The FIFO of jobs waiting for a worker: positions, ETAs, and listeners that learn when they change.
+
+Pure asyncio, no torch: everything here runs on the event loop. The queue knows job ids and their
+`JobSpec`s only; admission limits, the database and Discord live elsewhere (`bot/service.py`).
+
+Life of a job in the queue:
+1. `submit(job_id, spec)` appends it and returns its 1-based position.
+2. A worker's `take(max_images)` removes the head (and, with batching, later jobs of the same
+   `batch_key()`) and marks them running.
+3. The worker reports `progress(job_id, step, total)` and at the end `finish(job_ids, seconds, ...)`, which
+   teaches the ETA model how long such jobs take.
+4. `remove(job_id)` takes a job out while it still waits (a user cancelled it).
+
+Whenever a waiting job's position or ETA changes noticeably, every listener gets a `QueueEvent`.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from engine.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+# The kinds of QueueEvent the queue emits.
+QUEUED = "queued"      # a waiting job's position and/or ETA (first announcement included)
+RUNNING = "running"    # a worker took the job
+
+
+class QueueClosed(Exception):
+    """The queue was closed; workers waiting in `take` stop."""
+
+
+@dataclass(frozen=True)
+class QueueEvent:
+    """What a listener learns. `position` is 1-based among waiting jobs; `eta_s` is the estimated seconds
+    until the job is done (the wait for the jobs ahead, shared among the workers, plus its own run)."""
+    job_id: int
+    kind: str
+    position: int | None = None
+    eta_s: float | None = None
+    worker: str = ""
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    job_id: int
+    spec: JobSpec
+    submitted_at: float  # time.monotonic()
+
+
+@dataclass
+class _Running:
+    job: QueuedJob
+    worker: str
+    started_at: float
+    step: int = 0
+    total: int = 0
+
+
+Listener = Callable[[QueueEvent], object]
+
+
+class EtaModel:
+    """Seconds a job will take, learnt from the jobs that ran.
+
+    1. Jobs of the same size, steps and image count: the mean of the last `window` of them.
+    2. Otherwise: the mean seconds per "unit" (steps x megapixels x images) of the last `window` jobs.
+    3. Before any job ran: `default_s_per_unit` (seconds per step of one 1024x1024 image).
+    """
+
+    def __init__(self, default_s_per_unit: float = 1.5, window: int = 20):
+        self.default_s_per_unit = default_s_per_unit
+        self.window = window
+        self._by_key: dict[tuple, deque[float]] = {}
+        self._per_unit: deque[float] = deque(maxlen=window)
+
+    @staticmethod
+    def _key(spec: JobSpec) -> tuple:
+        return (spec.width, spec.height, spec.steps, spec.count)
+
+    @staticmethod
+    def _units(spec: JobSpec) -> float:
+        return max(spec.steps, 1) * max(spec.width * spec.height, 1) / 1_048_576 * max(spec.count, 1)
+
+    def estimate(self, spec: JobSpec) -> float:
+        same = self._by_key.get(self._key(spec))
+        if same:
+            return sum(same) / len(same)
+        if self._per_unit:
+            return sum(self._per_unit) / len(self._per_unit) * self._units(spec)
+        return self.default_s_per_unit * self._units(spec)
+
+    def record(self, spec: JobSpec, seconds: float) -> None:
+        if seconds < 0:
+            return
+        self._by_key.setdefault(self._key(spec), deque(maxlen=self.window)).append(seconds)
+        self._per_unit.append(seconds / self._units(spec))
+
+
+class JobQueue:
+    """An asyncio FIFO of job ids shared by every worker. Use it from the event loop only."""
+
+    def __init__(self, *, eta: EtaModel | None = None, workers: int = 1):
+        self.eta = eta or EtaModel()
+        self._workers = max(1, workers)
+        self._waiting: dict[int, QueuedJob] = {}  # insertion order is FIFO order
+        self._running: dict[int, _Running] = {}
+        self._listeners: list[Listener] = []
+        self._announced: dict[int, tuple[int, float]] = {}
+        self._changed = asyncio.Event()
+        self._closed = False
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- what the service does -----------------------------------------------------------------------
+
+    def submit(self, job_id: int, spec: JobSpec) -> int:
+        """Append a job; returns its 1-based position. A job id may be in the queue once."""
+        if self._closed:
+            raise QueueClosed("the queue is closed (the bot is shutting down)")
+        if job_id in self._waiting or job_id in self._running:
+            raise ValueError(f"job {job_id} is already in the queue")
+        self._waiting[job_id] = QueuedJob(job_id, spec, time.monotonic())
+        self._changed.set()
+        self._announce()
+        return len(self._waiting)
+
+    def remove(self, job_id: int) -> bool:
+        """Take a waiting job out (cancelled). False when it is not waiting (running, done or unknown)."""
+        if self._waiting.pop(job_id, None) is None:
+            return False
+        self._announced.pop(job_id, None)
+        self._announce()
+        return True
+
+    def position(self, job_id: int) -> int | None:
+        """1-based position among waiting jobs; None when it is not waiting."""
+        for i, jid in enumerate(self._waiting, start=1):
+            if jid == job_id:
+                return i
+        return None
+
+    def eta_s(self, job_id: int) -> float | None:
+        """Estimated seconds until the job is done; None when it is neither waiting nor running."""
+        if job_id in self._running:
+            return self._remaining(self._running[job_id])
+        return self._etas().get(job_id, (None, None))[1]
+
+    def __len__(self) -> int:
+        """Jobs waiting (not running)."""
+        return len(self._waiting)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._waiting or job_id in self._running
+
+    def waiting(self) -> list[QueuedJob]:
+        return list(self._waiting.values())
+
+    def running(self) -> dict[int, str]:
+        """Running job id -> name of the worker running it."""
+        return {jid: r.worker for jid, r in self._running.items()}
+
+    def is_running(self, job_id: int) -> bool:
+        return job_id in self._running
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` on the event loop for every QueueEvent; returns the unsubscribe function.
+        A listener may be a coroutine function (it then runs as a task); it must not block."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def set_workers(self, count: int) -> None:
+        """How many workers share the queue (the wait for the jobs ahead is divided among them)."""
+        self._workers = max(1, count)
+        self._announce()
+
+    def close(self) -> None:
+        """Stop handing out jobs: workers waiting in `take` get QueueClosed. Waiting jobs stay listed."""
+        self._closed = True
+        self._changed.set()
+
+    # --- what the workers do -------------------------------------------------------------------------
+
+    async def take(self, max_images: int = 1, *, worker: str = "") -> list[QueuedJob]:
+        """Wait for the head job and take it, plus later jobs with the same `batch_key()` while the images
+        stay within `max_images`. The head is always taken, even when its own count is larger."""
+        while not self._waiting:
+            if self._closed:
+                raise QueueClosed("the queue is closed")
+            self._changed.clear()
+            await self._changed.wait()
+        if self._closed:
+            raise QueueClosed("the queue is closed")
+        batch = self._pick_batch(max_images)
+        now = time.monotonic()
+        for job in batch:
+            del self._waiting[job.job_id]
+            self._announced.pop(job.job_id, None)
+            self._running[job.job_id] = _Running(job, worker, now)
+            self._emit(QueueEvent(job.job_id, RUNNING, worker=worker))
+        self._announce()
+        return batch
+
+    def progress(self, job_id: int, step: int, total: int) -> None:
+        """A running job finished `step` of `total` steps (keeps the ETAs of the jobs behind it honest)."""
+        run = self._running.get(job_id)
+        if run is None:
+            return
+        run.step, run.total = step, total
+        self._announce()
+
+    def finish(self, job_ids: list[int], seconds: float, *, learn: bool = True) -> None:
+        """The jobs left their worker after `seconds` (together, as one batch). `learn=False` for failed
+        or cancelled jobs, whose time says nothing about the next job."""
+        runs = [self._running.pop(jid) for jid in job_ids if jid in self._running]
+        if learn and runs:
+            share = seconds / len(runs)
+            for run in runs:
+                self.eta.record(run.job.spec, share)
+        self._announce()
+
+    # --- inside ----------------------------------------------------------------------------------------
+
+    def _pick_batch(self, max_images: int) -> list[QueuedJob]:
+        jobs = iter(self._waiting.values())
+        head = next(jobs)
+        batch, images = [head], max(head.spec.count, 1)
+        key = head.spec.batch_key()
+        for job in jobs:
+            if images >= max_images:
+                break
+            if job.spec.batch_key() == key and images + max(job.spec.count, 1) <= max_images:
+                batch.append(job)
+                images += max(job.spec.count, 1)
+        return batch
+
+    def _remaining(self, run: _Running) -> float:
+        estimate = self.eta.estimate(run.job.spec)
+        if run.total:
+            return max(0.0, estimate * (1 - run.step / run.total))
+        return max(0.0, estimate - (time.monotonic() - run.started_at))
+
+    def _etas(self) -> dict[int, tuple[int, float]]:
+        """job id -> (position, eta seconds) for every waiting job."""
+        ahead = sum(self._remaining(r) for r in self._running.values())
+        out = {}
+        for pos, (jid, job) in enumerate(self._waiting.items(), start=1):
+            own = self.eta.estimate(job.spec)
+            out[jid] = (pos, ahead / self._workers + own)
+            ahead += own
+        return out
+
+    def _announce(self) -> None:
+        """Tell the listeners about every waiting job whose position changed or whose ETA moved by more
+        than 2 s and 10 %."""
+        if not self._listeners:
+            return
+        for jid, (pos, eta) in self._etas().items():
+            last = self._announced.get(jid)
+            if last is not None and last[0] == pos and abs(eta - last[1]) < max(2.0, 0.1 * last[1]):
+                continue
+            self._announced[jid] = (pos, eta)
+            self._emit(QueueEvent(jid, QUEUED, position=pos, eta_s=eta))
+
+    def _emit(self, event: QueueEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                out = listener(event)
+                if inspect.isawaitable(out):
+                    task = asyncio.ensure_future(out)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._listener_done)
+            except Exception:
+                log.exception("queue listener %r failed on %s", listener, event)
+
+    def _listener_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("queue listener task failed on an event", exc_info=task.exception())

@@ -1,0 +1,158 @@
+"""The FIFO: order, positions, ETAs and the events a waiting user sees."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.queue import QUEUED, RUNNING, EtaModel, JobQueue, QueueClosed
+from engine.spec import JobSpec
+
+
+def spec(prompt="a cat", **kw) -> JobSpec:
+    kw.setdefault("seed", 1)
+    kw.setdefault("steps", 2)
+    kw.setdefault("width", 64)
+    kw.setdefault("height", 64)
+    return JobSpec(prompt, **kw)
+
+
+async def test_jobs_come_out_in_submission_order_and_positions_shift():
+    q = JobQueue()
+    assert [q.submit(i, spec(f"p{i}")) for i in (10, 11, 12)] == [1, 2, 3]
+    assert (q.position(10), q.position(12), len(q)) == (1, 3, 3)
+    first = await q.take()
+    assert [j.job_id for j in first] == [10]
+    assert q.position(10) is None and q.is_running(10)
+    assert (q.position(11), q.position(12)) == (1, 2)
+    assert q.remove(11) is True
+    assert q.position(12) == 1
+    assert q.remove(11) is False and q.remove(10) is False  # gone / running: not removable from the FIFO
+    assert [j.job_id for j in await q.take()] == [12]
+
+
+async def test_duplicate_job_id_is_refused():
+    q = JobQueue()
+    q.submit(1, spec())
+    with pytest.raises(ValueError, match="already in the queue"):
+        q.submit(1, spec())
+
+
+async def test_listeners_hear_positions_and_etas_change():
+    q = JobQueue(eta=EtaModel(default_s_per_unit=10.0))
+    events = []
+    q.subscribe(events.append)
+    for i in (1, 2, 3):
+        q.submit(i, spec(steps=4, width=1024, height=1024))  # 4 units = 40 s each before anything ran
+    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    assert (latest[3].position, round(latest[3].eta_s)) == (3, 120)
+    events.clear()
+    (job,) = await q.take(worker="w0")
+    assert [e.kind for e in events if e.job_id == 1] == [RUNNING]
+    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    assert (latest[2].position, latest[3].position) == (1, 2)
+    events.clear()
+    q.progress(1, 2, 4)  # half done: 20 s less for everyone behind
+    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    assert round(latest[3].eta_s) == 100
+    events.clear()
+    q.finish([1], 4.0)  # it took 4 s: the same kind of job is now expected to take 4 s
+    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    assert round(latest[2].eta_s) == 4 and round(latest[3].eta_s) == 8
+    assert q.eta_s(3) == pytest.approx(8.0)
+
+
+async def test_coroutine_listener_and_failing_listener_do_not_break_the_queue():
+    q = JobQueue()
+    seen = []
+
+    async def slow(event):
+        await asyncio.sleep(0)
+        seen.append(event.job_id)
+
+    def broken(event):
+        raise RuntimeError("listener bug")
+
+    q.subscribe(broken)
+    unsubscribe = q.subscribe(slow)
+    q.submit(5, spec())
+    await asyncio.sleep(0.01)
+    assert seen == [5]
+    unsubscribe()
+    q.submit(6, spec())
+    await asyncio.sleep(0.01)
+    assert seen == [5]
+
+
+async def test_eta_is_shared_among_workers():
+    q = JobQueue(eta=EtaModel(default_s_per_unit=10.0), workers=2)
+    for i in range(4):
+        q.submit(i, spec(steps=1, width=1024, height=1024))  # 10 s each
+    # job 3 waits for 3 jobs (30 s) split over 2 workers, then runs 10 s
+    assert q.eta_s(3) == pytest.approx(25.0)
+
+
+async def test_eta_model_falls_back_from_same_size_to_per_unit_to_default():
+    m = EtaModel(default_s_per_unit=2.0)
+    big = spec(steps=10, width=1024, height=1024)
+    assert m.estimate(big) == pytest.approx(20.0)
+    m.record(spec(steps=2, width=512, height=512), 1.0)  # 0.5 units -> 2 s/unit
+    m.record(spec(steps=2, width=512, height=512), 3.0)  # 6 s/unit
+    assert m.estimate(spec(steps=2, width=512, height=512)) == pytest.approx(2.0)
+    assert m.estimate(big) == pytest.approx(40.0)  # 10 units x 4 s/unit
+
+
+async def test_take_waits_for_a_job_and_close_wakes_workers():
+    q = JobQueue()
+    taker = asyncio.create_task(q.take())
+    await asyncio.sleep(0.01)
+    assert not taker.done()
+    q.submit(7, spec())
+    assert [j.job_id for j in await asyncio.wait_for(taker, 1)] == [7]
+    idle = asyncio.create_task(q.take())
+    await asyncio.sleep(0.01)
+    q.close()
+    with pytest.raises(QueueClosed):
+        await asyncio.wait_for(idle, 1)
+    with pytest.raises(QueueClosed):
+        q.submit(8, spec())
+
+
+async def test_batching_takes_later_jobs_of_the_same_kind_up_to_the_image_limit():
+    q = JobQueue()
+    q.submit(1, spec(width=64))
+    q.submit(2, spec(width=128))          # different size: stays
+    q.submit(3, spec(width=64, count=2))
+    q.submit(4, spec(width=64))
+    q.submit(5, spec(width=64))
+    batch = await q.take(max_images=4)
+    assert [j.job_id for j in batch] == [1, 3, 4]  # 1 + 2 + 1 images
+    assert [j.job_id for j in q.waiting()] == [2, 5]
+    assert [j.job_id for j in await q.take(max_images=4)] == [2]  # the overtaken job is next
+    assert q.running().keys() == {1, 3, 4, 2}
+
+
+async def test_two_takers_never_get_the_same_job():
+    q = JobQueue()
+    got: list[int] = []
+
+    async def worker():
+        while True:
+            try:
+                batch = await q.take()
+            except QueueClosed:
+                return
+            got.extend(j.job_id for j in batch)
+            await asyncio.sleep(0)
+            q.finish([j.job_id for j in batch], 0.0)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(2)]
+    for i in range(50):
+        q.submit(i, spec())
+        if i % 7 == 0:
+            await asyncio.sleep(0)
+    while len(got) < 50:
+        await asyncio.sleep(0.001)
+    q.close()
+    await asyncio.gather(*tasks)
+    assert sorted(got) == list(range(50))
