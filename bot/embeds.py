@@ -1,0 +1,158 @@
+"""How jobs look in Discord: the status line while a job waits or runs, the result embed, history and queue.
+
+Pure functions of job records and numbers; nothing here talks to Discord or the store.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import discord
+
+from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from db.records import JobRecord
+
+log = logging.getLogger(__name__)
+
+COLOR_OK = discord.Colour.from_rgb(88, 101, 242)
+COLOR_BAD = discord.Colour.from_rgb(237, 66, 69)
+EMBED_DESCRIPTION_MAX = 4096
+STATUS_ICONS = {QUEUED: "⏳", RUNNING: "🎨", DONE: "✅", FAILED: "⚠️", CANCELLED: "🚫"}
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What the status message shows; the newest one replaces the older ones."""
+    state: str  # QUEUED, RUNNING, DONE, FAILED, CANCELLED
+    position: int | None = None
+    eta_s: float | None = None
+    step: int = 0
+    total: int = 0
+    elapsed_s: float | None = None
+    error: str = ""
+
+
+def excerpt(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m} min {sec:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def status_text(job_id: int, prompt: str, st: JobStatus) -> str:
+    """One short message: the prompt excerpt and where the job stands."""
+    icon = STATUS_ICONS.get(st.state, "")
+    head = f"**{excerpt(prompt, 120)}** · job {job_id}\n"
+    if st.state == QUEUED:
+        where = f"position {st.position}" if st.position else "waiting"
+        eta = f" · ready in about {fmt_seconds(st.eta_s)}" if st.eta_s is not None else ""
+        return f"{head}{icon} Queued, {where}{eta}"
+    if st.state == RUNNING:
+        steps = f"step {st.step}/{st.total}" if st.total else "starting"
+        elapsed = f" · {fmt_seconds(st.elapsed_s)}" if st.elapsed_s is not None else ""
+        return f"{head}{icon} Generating, {steps}{elapsed}"
+    if st.state == DONE:
+        took = f" in {fmt_seconds(st.elapsed_s)}" if st.elapsed_s is not None else ""
+        return f"{head}{icon} Done{took}."
+    if st.state == CANCELLED:
+        return f"{head}{icon} Cancelled."
+    return f"{head}{icon} Failed: {st.error or 'unknown error'}"
+
+
+def image_name(job_id: int, index: int) -> str:
+    return f"fluxbot_{job_id}_{index}.png"
+
+
+def result_embed(job: JobRecord, *, requester: str | None = None) -> discord.Embed:
+    """The embed under a result: prompt, seeds, steps, size, guidance, model, time and job id."""
+    emb = discord.Embed(description=excerpt_block(job.prompt), colour=COLOR_OK)
+    seeds = job.seeds or [job.seed]
+    emb.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(str(s) for s in seeds))
+    emb.add_field(name="Steps", value=str(job.steps))
+    emb.add_field(name="Size", value=f"{job.width}×{job.height}")
+    emb.add_field(name="Guidance", value=f"{job.guidance:g}")
+    if job.variation_seed is not None and job.variation_strength:
+        emb.add_field(name="Variation", value=f"seed {job.variation_seed} at {job.variation_strength:g}")
+    emb.add_field(name="Model", value=job.model_id or "?")
+    total = (job.timings or {}).get("total")
+    emb.add_field(name="Time", value=fmt_seconds(total) if total is not None else "?")
+    emb.add_field(name="Job", value=f"#{job.id}" + (f" (from #{job.parent_id})" if job.parent_id else ""))
+    emb.set_image(url=f"attachment://{image_name(job.id, 0)}")
+    if requester:
+        emb.set_footer(text=f"Requested by {requester}")
+    return emb
+
+
+def excerpt_block(prompt: str) -> str:
+    """The prompt as the embed description (Discord allows 4096 characters)."""
+    return prompt if len(prompt) <= EMBED_DESCRIPTION_MAX else prompt[: EMBED_DESCRIPTION_MAX - 1] + "…"
+
+
+def jump_url(job: JobRecord) -> str | None:
+    if not job.result_message_id or not (job.result_channel_id or job.channel_id):
+        return None
+    guild = job.guild_id if job.guild_id else "@me"
+    return f"https://discord.com/channels/{guild}/{job.result_channel_id or job.channel_id}/{job.result_message_id}"
+
+
+def history_embed(jobs: list[JobRecord], *, user_id: int, page: int, pages: int) -> discord.Embed:
+    """One page of a user's jobs, newest first."""
+    emb = discord.Embed(title="Image history", colour=COLOR_OK)
+    if not jobs:
+        emb.description = f"<@{user_id}> has no jobs yet. Try /imagine."
+        return emb
+    lines = []
+    for job in jobs:
+        icon = STATUS_ICONS.get(job.status, "")
+        link = jump_url(job)
+        shown = f"[{excerpt(job.prompt, 60)}]({link})" if link and not job.deleted_at else excerpt(job.prompt, 60)
+        when = _when(job.created_at)
+        lines.append(f"`#{job.id}` {icon} {job.status} · seed {job.seed} · {when}\n{shown}")
+    emb.description = f"<@{user_id}>\n\n" + "\n\n".join(lines)
+    emb.set_footer(text=f"Page {page}/{pages} · /show job:<id> posts an image again")
+    return emb
+
+
+def _when(ts: datetime | None) -> str:
+    return discord.utils.format_dt(ts, "R") if ts else "?"
+
+
+@dataclass(frozen=True)
+class QueueLine:
+    position: int | None  # None = running
+    job_id: int
+    user_id: int
+    prompt: str
+    eta_s: float | None
+
+
+def queue_embed(lines: list[QueueLine], *, caller_id: int, shown: int = 15) -> discord.Embed:
+    """The running and waiting jobs, with the caller's own marked."""
+    emb = discord.Embed(title="Queue", colour=COLOR_OK)
+    if not lines:
+        emb.description = "Nothing is waiting. /imagine starts at once."
+        return emb
+    out = []
+    for line in lines[:shown]:
+        mine = " ← yours" if line.user_id == caller_id else ""
+        where = "running" if line.position is None else f"#{line.position}"
+        eta = f" · ~{fmt_seconds(line.eta_s)}" if line.eta_s is not None else ""
+        out.append(f"`{where}` job {line.job_id} · <@{line.user_id}>{eta}{mine}")
+    hidden = [ln for ln in lines[shown:] if ln.user_id == caller_id]
+    for line in hidden:
+        out.append(f"`#{line.position}` job {line.job_id} · yours · ~{fmt_seconds(line.eta_s)}")
+    waiting = sum(1 for ln in lines if ln.position is not None)
+    mine = [ln for ln in lines if ln.user_id == caller_id]
+    summary = f"{waiting} waiting."
+    if mine:
+        summary += " Yours: " + ", ".join(("running" if ln.position is None else f"#{ln.position}") for ln in mine)
+    emb.description = summary + "\n\n" + "\n".join(out)
+    return emb
