@@ -1,0 +1,197 @@
+"""Queries on jobs, named for what the bot does with them. All take the `Store` and return plain records.
+
+Every state change is one transaction with a guarded UPDATE (`WHERE status IN (...)`) and returns whether it
+changed the row, so a finished job is never overwritten by a late failure or cancel, and two callers racing
+for the same job cannot both win.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, func, select, update
+
+from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING, UNFINISHED, Job, utcnow
+from db.records import JobOutput, JobRecord, NewJob, Page
+from db.session import Store
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 4000  # error text kept per job (tracebacks are logged, not stored)
+
+
+# --- creating and reading -------------------------------------------------------------------------------
+
+async def create_job(store: Store, new: NewJob) -> JobRecord:
+    """Write a queued job and return it with its id (the id that goes in button custom_ids)."""
+    async with store.session() as s, s.begin():
+        row = Job(**asdict(new), status=QUEUED, created_at=utcnow())
+        s.add(row)
+        await s.flush()
+        record = JobRecord.from_row(row)
+    log.debug("job %d created (%s, user %d)", record.id, record.kind, record.user_id)
+    return record
+
+
+async def get_job(store: Store, job_id: int) -> JobRecord | None:
+    async with store.session() as s:
+        row = await s.get(Job, job_id)
+        return JobRecord.from_row(row) if row is not None else None
+
+
+async def get_jobs(store: Store, job_ids: list[int]) -> dict[int, JobRecord]:
+    """Several jobs at once (e.g. a batch, or a job and its parent), by id; missing ids are left out."""
+    if not job_ids:
+        return {}
+    async with store.session() as s:
+        rows = (await s.scalars(select(Job).where(Job.id.in_(job_ids)))).all()
+        return {row.id: JobRecord.from_row(row) for row in rows}
+
+
+async def children(store: Store, job_id: int) -> list[JobRecord]:
+    """Jobs made from this one (reroll/vary/edit), oldest first: the lineage `/show` can list."""
+    async with store.session() as s:
+        rows = (await s.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.id))).all()
+        return [JobRecord.from_row(row) for row in rows]
+
+
+async def user_history(store: Store, user_id: int, page: int = 1, per_page: int = 10, *,
+                       include_deleted: bool = False) -> Page:
+    """A user's jobs, newest first, one page (counted from 1) plus the total. Other users' jobs never show."""
+    # 1. arguments
+    if page < 1:
+        raise ValueError(f"page counts from 1, not {page}")
+    if not 1 <= per_page <= 100:
+        raise ValueError(f"per_page must be within 1..100, not {per_page}")
+    where: list[ColumnElement[bool]] = [Job.user_id == user_id]
+    if not include_deleted:
+        where.append(Job.deleted_at.is_(None))
+    # 2. total and page in one read transaction (the same snapshot)
+    async with store.session() as s, s.begin():
+        total = await s.scalar(select(func.count()).select_from(Job).where(*where))
+        rows = (await s.scalars(select(Job).where(*where).order_by(Job.id.desc())
+                                .offset((page - 1) * per_page).limit(per_page))).all()
+        items = [JobRecord.from_row(row) for row in rows]
+    return Page(items=items, total=int(total or 0), page=page, per_page=per_page)
+
+
+async def unfinished_jobs(store: Store) -> list[JobRecord]:
+    """Queued and running jobs, oldest first: what to put back on the queue after a restart."""
+    async with store.session() as s:
+        rows = (await s.scalars(select(Job).where(Job.status.in_(UNFINISHED)).order_by(Job.id))).all()
+        return [JobRecord.from_row(row) for row in rows]
+
+
+async def count_unfinished(store: Store, user_id: int | None = None) -> int:
+    """Queued + running jobs of one user, or of everyone when `user_id` is None (the queue cap)."""
+    query = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED))
+    if user_id is not None:
+        query = query.where(Job.user_id == user_id)
+    async with store.session() as s:
+        return int(await s.scalar(query) or 0)
+
+
+async def last_request_at(store: Store, user_id: int) -> datetime | None:
+    """When the user's newest job was created (for the cooldown); None if they never asked."""
+    async with store.session() as s:
+        return await s.scalar(select(Job.created_at).where(Job.user_id == user_id)
+                              .order_by(Job.id.desc()).limit(1))
+
+
+async def undelivered_jobs(store: Store) -> list[JobRecord]:
+    """Finished jobs whose result was never delivered (the bot stopped in between), oldest first."""
+    async with store.session() as s:
+        rows = (await s.scalars(select(Job).where(Job.status.in_((DONE, FAILED)), Job.delivered_at.is_(None),
+                                                  Job.deleted_at.is_(None)).order_by(Job.id))).all()
+        return [JobRecord.from_row(row) for row in rows]
+
+
+# --- state changes (guarded) ------------------------------------------------------------------------------
+
+async def mark_running(store: Store, job_id: int) -> bool:
+    """queued → running. False if the job is not queued (cancelled meanwhile, or already taken)."""
+    return await _change(store, job_id, (QUEUED,), status=RUNNING, started_at=utcnow())
+
+
+async def finish_job(store: Store, job_id: int, output: JobOutput) -> bool:
+    """queued/running → done with the images, seeds and timings. False if it was cancelled or failed first."""
+    values = dict(status=DONE, finished_at=utcnow(), error=None, seeds=list(output.seeds),
+                  images=[{"path": str(i.path), "sha256": i.sha256} for i in output.images],
+                  timings=dict(output.timings), precision=output.precision or None,
+                  profile=output.profile or None)
+    if output.model_id:
+        values["model_id"] = output.model_id
+    return await _change(store, job_id, UNFINISHED, **values)
+
+
+async def fail_job(store: Store, job_id: int, error: str) -> bool:
+    """queued/running → failed with a message. A job already done or cancelled is left as it is."""
+    text = (error or "unknown error")[:MAX_ERROR_CHARS]
+    return await _change(store, job_id, UNFINISHED, status=FAILED, finished_at=utcnow(), error=text)
+
+
+async def cancel_job(store: Store, job_id: int) -> bool:
+    """queued/running → cancelled. False if it had already finished (done, failed or cancelled)."""
+    return await _change(store, job_id, UNFINISHED, status=CANCELLED, finished_at=utcnow())
+
+
+async def requeue(store: Store, job_id: int) -> bool:
+    """running → queued, for restart recovery: the job runs again from the start."""
+    return await _change(store, job_id, (RUNNING,), status=QUEUED, started_at=None)
+
+
+async def requeue_running(store: Store) -> int:
+    """Every running job → queued (at start-up nothing can be running yet). Returns how many."""
+    async with store.session() as s, s.begin():
+        result = await s.execute(update(Job).where(Job.status == RUNNING)
+                                 .values(status=QUEUED, started_at=None))
+    if result.rowcount:
+        log.info("%d interrupted job(s) put back in the queue", result.rowcount)
+    return result.rowcount
+
+
+# --- delivery bookkeeping -----------------------------------------------------------------------------------
+
+async def set_message(store: Store, job_id: int, channel_id: int, message_id: int) -> bool:
+    """Record the message that holds the job's result (so Delete and later edits can find it)."""
+    return await _change(store, job_id, None, result_channel_id=channel_id, result_message_id=message_id)
+
+
+async def set_status_message(store: Store, job_id: int, message_id: int) -> bool:
+    """Record the status message ("queued #3", "step 5/20") that delivery may edit."""
+    return await _change(store, job_id, None, status_message_id=message_id)
+
+
+async def set_interaction(store: Store, job_id: int, interaction_id: int, token: str,
+                          created_at: datetime) -> bool:
+    """Record the interaction whose webhook may edit the status message for 15 minutes after `created_at`."""
+    return await _change(store, job_id, None, interaction_id=interaction_id, interaction_token=token,
+                         interaction_created_at=created_at)
+
+
+async def mark_delivered(store: Store, job_id: int) -> bool:
+    """The result (or failure notice) reached Discord. False if it was already marked."""
+    return await _change(store, job_id, None, _extra=Job.delivered_at.is_(None), delivered_at=utcnow())
+
+
+async def mark_deleted(store: Store, job_id: int) -> bool:
+    """The user deleted the job's message; the record stays for audit. False if it was already deleted."""
+    return await _change(store, job_id, None, _extra=Job.deleted_at.is_(None), deleted_at=utcnow())
+
+
+async def _change(store: Store, job_id: int, from_statuses: tuple[str, ...] | None, *,
+                  _extra: ColumnElement[bool] | None = None, **values) -> bool:
+    """One guarded UPDATE in its own transaction; True if it changed the row."""
+    query = update(Job).where(Job.id == job_id)
+    if from_statuses is not None:
+        query = query.where(Job.status.in_(from_statuses))
+    if _extra is not None:
+        query = query.where(_extra)
+    async with store.session() as s, s.begin():
+        result = await s.execute(query.values(**values))
+    changed = result.rowcount == 1
+    if not changed:
+        log.debug("job %d: %s not applied (missing, or not in %s)", job_id,
+                  sorted(k for k in values if k != "interaction_token"), from_statuses)
+    return changed

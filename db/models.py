@@ -1,0 +1,124 @@
+"""The ORM schema: one `jobs` table that holds everything needed to reproduce and audit an image.
+
+The schema is owned by the Alembic migrations in `db/migrations/versions/`; a test checks that upgrading an
+empty database to head gives exactly these models. Change both together (see docs/database.md).
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer,
+                        MetaData, String, Text)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
+
+# Status values. A job moves queued → running → done | failed | cancelled; running → queued on restart.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+UNFINISHED = (QUEUED, RUNNING)
+FINISHED = (DONE, FAILED, CANCELLED)
+
+# What made the job: a slash command or one of the buttons under an earlier result.
+KINDS = ("imagine", "reroll", "vary", "edit", "show")
+
+# Constraint names that Alembic can find again (SQLite batch migrations need named constraints).
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that goes in as any aware datetime and always comes back timezone-aware in UTC.
+
+    SQLite has no time zones: it stores the UTC wall time and SQLAlchemy returns it naive; this type puts
+    UTC back. On Postgres the column is `timestamp with time zone`.
+    """
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"timestamps must be timezone-aware datetimes (use datetime.now(timezone.utc)), "
+                             f"not {value!r}")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Job(Base):
+    """One request (a slash command or a button press) and what became of it."""
+    __tablename__ = "jobs"
+
+    # 1. identity and lineage
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), default="imagine")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+
+    # 2. who asked, and where (Discord snowflakes need 64 bits)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)  # None in DMs
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    interaction_id: Mapped[int | None] = mapped_column(BigInteger)
+    interaction_token: Mapped[str | None] = mapped_column(String(512))  # valid 15 min; never logged
+    interaction_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status_message_id: Mapped[int | None] = mapped_column(BigInteger)  # the "queued #3 / step 5/20" message
+    result_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    result_message_id: Mapped[int | None] = mapped_column(BigInteger)  # the message holding the images
+
+    # 3. what was asked (enough to make the same image again)
+    prompt: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(BigInteger)  # resolved: never -1
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    steps: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    guidance: Mapped[float] = mapped_column(Float)
+    variation_seed: Mapped[int | None] = mapped_column(BigInteger)
+    variation_strength: Mapped[float] = mapped_column(Float, default=0.0)
+    model_id: Mapped[str | None] = mapped_column(String(200))  # "name@sha256[:12]"
+
+    # 4. what happened
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    timings: Mapped[dict | None] = mapped_column(JSON)  # seconds: encode, denoise, decode, total, …
+    precision: Mapped[str | None] = mapped_column(String(200))
+    profile: Mapped[str | None] = mapped_column(String(32))
+    seeds: Mapped[list | None] = mapped_column(JSON)  # one per image
+    images: Mapped[list | None] = mapped_column(JSON)  # [{"path": …, "sha256": …}], one per image
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # message hidden, record kept
+
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="status"),
+        CheckConstraint("kind IN ('imagine', 'reroll', 'vary', 'edit', 'show')", name="kind"),
+        Index("ix_jobs_user_history", "user_id", "id"),  # a user's history, newest first
+        Index("ix_jobs_status_order", "status", "id"),  # unfinished jobs in order
+        {"sqlite_autoincrement": True},  # ids go in button custom_ids: never reuse one
+    )

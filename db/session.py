@@ -1,0 +1,116 @@
+"""Opening the store: an async engine, a session factory and, for SQLite, the per-connection PRAGMAs.
+
+`open_store(url)` creates the SQLite folder, applies the migrations up to head (so an upgrade of the bot
+keeps every user's history) and returns a `Store`. Any SQLAlchemy async URL works
+(`postgresql+asyncpg://user:pass@host/db` to scale out).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite+aiosqlite:///data/fluxbot.db"
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+
+
+class StoreError(Exception):
+    """The database cannot be opened or migrated. The message says what to check."""
+
+
+@dataclass(frozen=True)
+class Store:
+    """The open database: pass it to the functions of `db.jobs`. Close it with `await store.close()`."""
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    url: str  # password masked: safe to log
+
+    def session(self) -> AsyncSession:
+        return self.sessions()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The database file of a SQLite URL; None for in-memory databases and other backends."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
+            or u.database.startswith("file:"):
+        return None
+    return Path(u.database)
+
+
+async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: bool = True,
+                     busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> Store:
+    """Open (and by default migrate to head) the database at `url`."""
+    # 1. the URL must name an async driver, and a SQLite file needs its folder
+    try:
+        parsed = make_url(url)
+    except Exception as e:
+        raise StoreError(f"[database] url {url!r} is not a SQLAlchemy URL ({e}); e.g. {DEFAULT_URL}") from None
+    shown = safe_url(parsed)
+    file = sqlite_file(parsed)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+
+    # 2. the engine; SQLite connections get WAL, foreign keys and a busy timeout each time one opens
+    try:
+        engine = create_async_engine(parsed, echo=echo)
+    except Exception as e:  # e.g. a sync driver, or a driver that is not installed
+        raise StoreError(f"[database] url {shown}: cannot create an async engine ({e}); use an async driver "
+                         f"such as sqlite+aiosqlite:// or postgresql+asyncpg:// (pip install fluxbot[postgres])") \
+            from None
+    if parsed.get_backend_name() == "sqlite":
+        install_sqlite_pragmas(engine, busy_timeout_s)
+    store = Store(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False), url=shown)
+
+    # 3. bring the schema to head (creates it on an empty database)
+    if migrate:
+        from db.migrate import upgrade_to_head
+        try:
+            before, after = await upgrade_to_head(engine)
+        except Exception:
+            await engine.dispose()
+            raise
+        if before != after:
+            log.info("database %s migrated from %s to %s", shown, before or "empty", after)
+    log.info("database %s open", shown)
+    return store
+
+
+def install_sqlite_pragmas(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    """Run the SQLite PRAGMAs on every new connection of `engine`'s pool."""
+    busy_ms = int(busy_timeout_s * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persistent per file
+            cursor.execute("PRAGMA foreign_keys=ON")  # per connection, off by default
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")  # wait for a lock instead of failing at once
+            cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL, fewer fsyncs
+        finally:
+            cursor.close()
