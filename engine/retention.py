@@ -1,0 +1,102 @@
+"""Image retention: delete old PNGs under the images folder by age and by total size, oldest first.
+
+Only files the bot wrote are candidates: `<job id>.png` and `<job id>_<index>.png`. Job records are never
+touched (this module does not know the database); `/show` regenerates a pruned image from its record.
+The bot calls `prune_images` every `[storage] prune_interval_min` with `[storage] max_image_age_days` and
+`max_images_gib` (0 = no limit for either).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BOT_IMAGE = re.compile(r"\d+(?:_\d+)?\.png")
+GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What one pruning pass did. `kept_bytes` is the size of the bot's PNGs left afterwards."""
+    deleted: tuple[Path, ...]
+    freed_bytes: int
+    kept: int
+    kept_bytes: int
+    errors: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        text = (f"pruned {len(self.deleted)} images ({self.freed_bytes / 2**20:.1f} MiB); kept {self.kept} "
+                f"({self.kept_bytes / 2**20:.1f} MiB)")
+        return text + (f"; {len(self.errors)} could not be deleted" if self.errors else "")
+
+
+@dataclass(frozen=True)
+class _Image:
+    path: Path
+    size: int
+    mtime: float
+
+
+def prune_images(images_dir: str | os.PathLike, max_age_days: float, max_total_bytes: int,
+                 now: float | None = None) -> PruneReport:
+    """Delete the bot's PNGs older than `max_age_days`, then the oldest ones while the rest are larger than
+    `max_total_bytes`. 0 (or less) disables either limit. `now` is a Unix time (default: the clock)."""
+    now = time.time() if now is None else now
+    # 1. The bot's images, oldest first (ties broken by name, so that a pass is reproducible).
+    images = sorted(_bot_images(Path(images_dir)), key=lambda im: (im.mtime, im.path.name))
+    # 2. Choose: everything past the age limit, then the oldest until the size limit holds.
+    doomed: list[_Image] = []
+    keep = images
+    if max_age_days > 0:
+        cutoff = now - max_age_days * 86400
+        doomed = [im for im in images if im.mtime < cutoff]
+        keep = [im for im in images if im.mtime >= cutoff]
+    if max_total_bytes > 0:
+        total = sum(im.size for im in keep)
+        while keep and total > max_total_bytes:
+            oldest = keep.pop(0)
+            doomed.append(oldest)
+            total -= oldest.size
+    # 3. Delete; a file that cannot be deleted is reported and counted as kept.
+    deleted, errors, freed = [], [], 0
+    for im in doomed:
+        try:
+            im.path.unlink()
+        except FileNotFoundError:
+            continue  # someone else removed it: nothing left to free
+        except OSError as e:
+            errors.append(f"{im.path}: {e.strerror}")
+            keep.append(im)
+            continue
+        deleted.append(im.path)
+        freed += im.size
+    report = PruneReport(tuple(deleted), freed, len(keep), sum(im.size for im in keep), tuple(errors))
+    if deleted or errors:
+        (log.warning if errors else log.info)("%s", report.summary())
+    for err in errors:
+        log.warning("cannot delete %s", err)
+    return report
+
+
+def _bot_images(root: Path) -> list[_Image]:
+    if not root.is_dir():
+        return []
+    found = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            if not BOT_IMAGE.fullmatch(name):
+                continue
+            path = Path(dirpath) / name
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if path.is_symlink():
+                continue  # a link is not an image the bot wrote
+            found.append(_Image(path, st.st_size, st.st_mtime))
+    return found
