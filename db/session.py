@@ -101,11 +101,22 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
 
 
 def install_sqlite_pragmas(engine: AsyncEngine, busy_timeout_s: float) -> None:
-    """Run the SQLite PRAGMAs on every new connection of `engine`'s pool."""
+    """Run the SQLite PRAGMAs on every new connection of `engine`'s pool, and let SQLAlchemy emit BEGIN.
+
+    Python's sqlite3 (legacy transaction control) emits BEGIN only before INSERT/UPDATE/DELETE: DDL then
+    autocommits statement by statement (a failed migration would leave half a schema) and two SELECTs of one
+    transaction may see different data. Turning that off and emitting BEGIN ourselves gives real
+    transactions (the recipe of SQLAlchemy's SQLite dialect documentation).
+    """
     busy_ms = int(busy_timeout_s * 1000)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN")
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # sqlite3 stops emitting BEGIN; _on_begin does it
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persistent per file
