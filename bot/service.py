@@ -1,0 +1,446 @@
+"""The jobs service: the one place that talks to both the store and the queue.
+
+Cogs call `submit`, `cancel`, `regenerate` and `recover`; the workers call the `WorkerHooks` methods
+(`on_started` …); the bot listens to `JobEvent`s (`subscribe`) to edit "queued #3, ~40 s" and "step 7/20"
+messages and to deliver results. Nothing here imports discord or torch.
+
+Admission order (a refusal is an `AdmissionError` whose message is shown to the user as is):
+1. the prompt: not empty, not too long, no banned word (NFKC, case-folded, look-alike letters folded,
+   whole words);
+2. the image count;
+3. from the store (so that limits survive a restart): the user's unfinished jobs and cooldown;
+4. the global queue cap.
+Then the job row is written (status queued) and only then put on the FIFO.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from db import jobs as store_jobs
+from db.models import RUNNING
+from db.records import ImageFile, JobOutput, JobRecord, NewJob
+from engine.queue import QUEUED, JobQueue, QueueEvent
+from engine.spec import JobSpec, Result
+
+if TYPE_CHECKING:
+    from bot.config import LimitsSettings
+    from db.session import Store
+    from engine.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+# --- refusals ------------------------------------------------------------------------------------------------
+
+class AdmissionError(Exception):
+    """A request was refused before anything was queued; `str(err)` is meant for the user."""
+
+
+class EmptyPrompt(AdmissionError):
+    pass
+
+
+class PromptTooLong(AdmissionError):
+    pass
+
+
+class BannedWord(AdmissionError):
+    def __init__(self, message: str, word: str):
+        super().__init__(message)
+        self.word = word
+
+
+class TooManyImages(AdmissionError):
+    pass
+
+
+class TooManyUnfinished(AdmissionError):
+    pass
+
+
+class CoolingDown(AdmissionError):
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(AdmissionError):
+    pass
+
+
+class JobNotFound(AdmissionError):
+    pass
+
+
+# --- banned words --------------------------------------------------------------------------------------------
+
+# Letters from other scripts that look like Latin ones, and the usual digit/symbol stand-ins.
+_LOOKALIKES = str.maketrans({
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l",
+    "ԛ": "q", "ԝ": "w",
+    # Greek
+    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
+    "υ": "u", "χ": "x", "ϲ": "c", "ѵ": "v",
+    # Latin look-alikes NFKC keeps
+    "ı": "i", "ɡ": "g", "ɑ": "a", "ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d",
+    # digits and symbols used for letters
+    "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s",
+    # l and i look alike: fold both to i
+    "l": "i",
+})
+_WORD = re.compile(r"\w+")
+
+
+def fold_text(text: str) -> str:
+    """The comparison form of a text: NFKC, no invisible characters, no accents, case-folded, look-alike
+    letters folded to one Latin letter."""
+    # 1. compatibility forms (full-width, ligatures, math letters) become plain letters
+    text = unicodedata.normalize("NFKC", text)
+    # 2. invisible format characters (zero-width space/joiner, soft hyphen) disappear
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    # 3. accents come off
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    # 4. case, then look-alikes (after casefold, so that upper-case look-alikes are caught too)
+    return text.casefold().translate(_LOOKALIKES)
+
+
+def fold_words(text: str) -> list[str]:
+    """The words of a text in comparison form. Runs of single letters ("a n u d e", "n.u.d.e") also give
+    every word they spell ("an", "nud", "nude", …), so spacing a word out does not hide it."""
+    words = _WORD.findall(fold_text(text))
+    out = list(words)
+    run: list[str] = []
+    for w in words + [""]:
+        if len(w) == 1:
+            run.append(w)
+            continue
+        if len(run) > 1:
+            out.extend(_spelled(run))
+        run = []
+    return out
+
+
+def _spelled(letters: list[str], longest: int = 40) -> list[str]:
+    """Every join of two or more consecutive letters (only the whole run when it is very long)."""
+    if len(letters) > longest:
+        return ["".join(letters)]
+    return ["".join(letters[i:j]) for i in range(len(letters)) for j in range(i + 2, len(letters) + 1)]
+
+
+class BannedWords:
+    """Whole-word (or whole-phrase) matching of `[discord] banned_words` against prompts."""
+
+    def __init__(self, words: list[str]):
+        self._phrases: list[tuple[tuple[str, ...], str]] = []
+        for entry in words:
+            folded = tuple(_WORD.findall(fold_text(entry)))
+            if folded:
+                self._phrases.append((folded, entry))
+            else:
+                log.warning("banned word %r has no letters or digits; it is ignored", entry)
+
+    def find(self, prompt: str) -> str | None:
+        """The first configured entry the prompt contains, or None."""
+        if not self._phrases:
+            return None
+        words = fold_words(prompt)
+        joined = " " + " ".join(words) + " "
+        for phrase, entry in self._phrases:
+            if len(phrase) == 1:
+                if phrase[0] in words:
+                    return entry
+            elif " " + " ".join(phrase) + " " in joined:
+                return entry
+        return None
+
+
+# --- what goes in and out --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A request from a cog: who asks, where, and the spec (its seed may still be None/-1)."""
+    user_id: int
+    spec: JobSpec
+    kind: str = "imagine"
+    parent_id: int | None = None
+    guild_id: int | None = None
+    channel_id: int | None = None
+    interaction_id: int | None = None
+    interaction_token: str | None = None
+    interaction_created_at: datetime | None = None
+    status_message_id: int | None = None
+    exempt: bool = False  # admins: no per-user limit, no cooldown (the prompt checks and queue cap still hold)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: int
+    position: int
+    eta_s: float
+    seed: int
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"          # it was waiting: it left the queue
+    STOPPING = "stopping"            # it is running: it stops at the next step (a `cancelled` event follows)
+    ALREADY_FINISHED = "already finished"
+    NOT_YOURS = "not yours"
+    NOT_FOUND = "not found"
+
+
+# JobEvent kinds
+STARTED, PROGRESS, FINISHED, FAILED, CANCELLED = "started", "progress", "finished", "failed", "cancelled"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """What the bot hears about a job. `queued`: position/eta_s; `progress`: step/total; `finished`: record
+    (with the saved images); `failed`: message; `cancelled`, `started`: the kind says it all."""
+    job_id: int
+    kind: str
+    position: int | None = None
+    eta_s: float | None = None
+    step: int | None = None
+    total: int | None = None
+    message: str = ""
+    record: JobRecord | None = None
+
+
+Listener = Callable[[JobEvent], Any]
+
+
+def spec_of(job: JobRecord) -> JobSpec:
+    """The spec that reproduces a stored job."""
+    return JobSpec(prompt=job.prompt, seed=job.seed, steps=job.steps, width=job.width, height=job.height,
+                   guidance=job.guidance, variation_seed=job.variation_seed,
+                   variation_strength=job.variation_strength, count=job.count)
+
+
+def image_names(job_id: int, count: int) -> list[str]:
+    """PNG file names of a job: from its id only, never from user input."""
+    return [f"{job_id}.png"] if count == 1 else [f"{job_id}_{i}.png" for i in range(count)]
+
+
+# --- the service ----------------------------------------------------------------------------------------------
+
+class JobService:
+    """Admission, submit, cancel, recovery and result saving. Implements `engine.worker.WorkerHooks`."""
+
+    def __init__(self, store: "Store", queue: JobQueue, workers: list["Worker"] | None, limits: "LimitsSettings",
+                 banned_words: list[str], images_dir: str | Path, *, model_id: str | None = None):
+        self.store = store
+        self.queue = queue
+        self.workers: list[Worker] = list(workers or [])
+        self.limits = limits
+        self.banned = BannedWords(banned_words)
+        self.images_dir = Path(images_dir)
+        self.model_id = model_id
+        self._listeners: list[Listener] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._admission = asyncio.Lock()  # two requests of one user must not both pass the limit check
+        self._unsubscribe_queue = queue.subscribe(self._on_queue_event)
+
+    # --- listeners -------------------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Hear every JobEvent (a plain function or a coroutine function; it must not block)."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _emit(self, event: JobEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                out = listener(event)
+                if inspect.isawaitable(out):
+                    task = asyncio.ensure_future(out)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._listener_done)
+            except Exception:
+                log.exception("job event listener failed on %s %s", event.kind, event.job_id)
+
+    def _listener_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job event listener task failed", exc_info=task.exception())
+
+    def _on_queue_event(self, event: QueueEvent) -> None:
+        if event.kind == QUEUED:
+            self._emit(JobEvent(event.job_id, QUEUED, position=event.position, eta_s=event.eta_s))
+
+    # --- admission and submit ----------------------------------------------------------------------------
+
+    def check_prompt(self, prompt: str) -> str:
+        """The prompt, stripped, or an AdmissionError saying what to change."""
+        text = (prompt or "").strip()
+        if not text:
+            raise EmptyPrompt("The prompt is empty: describe the image you want.")
+        if len(text) > self.limits.max_prompt_chars:
+            raise PromptTooLong(f"The prompt is {len(text)} characters long; the limit is "
+                                f"{self.limits.max_prompt_chars}. Shorten it and try again.")
+        word = self.banned.find(text)
+        if word is not None:
+            raise BannedWord(f"The prompt contains a word this bot does not accept ({word!r}); "
+                             f"rephrase it without that word.", word)
+        return text
+
+    async def submit(self, request: NewRequest) -> Submitted:
+        """Admit the request, write the job row, then queue it."""
+        # 1. checks that need nothing but the request
+        prompt = self.check_prompt(request.spec.prompt)
+        if request.spec.count > self.limits.max_count:
+            raise TooManyImages(f"At most {self.limits.max_count} images per request.")
+        spec = replace(request.spec, prompt=prompt).resolve()
+        async with self._admission:
+            # 2. per-user limits, from the store
+            if not request.exempt:
+                await self._check_user(request.user_id)
+            # 3. the global cap
+            if len(self.queue) >= self.limits.queue_cap:
+                raise QueueFull(f"The queue is full ({len(self.queue)} jobs waiting); try again in a few minutes.")
+            # 4. the row first, then the FIFO
+            record = await store_jobs.create_job(self.store, NewJob(
+                user_id=request.user_id, prompt=spec.prompt, seed=spec.seed, steps=spec.steps, width=spec.width,
+                height=spec.height, guidance=spec.guidance, count=spec.count, guild_id=request.guild_id,
+                channel_id=request.channel_id, variation_seed=spec.variation_seed,
+                variation_strength=spec.variation_strength, parent_id=request.parent_id, kind=request.kind,
+                model_id=self.model_id, interaction_id=request.interaction_id,
+                interaction_token=request.interaction_token, interaction_created_at=request.interaction_created_at,
+                status_message_id=request.status_message_id))
+            position = self.queue.submit(record.id, spec)
+        eta = self.queue.eta_s(record.id) or 0.0
+        log.info("job %d queued at #%d for user %d (%s, %dx%d, %d steps)", record.id, position, request.user_id,
+                 request.kind, spec.width, spec.height, spec.steps)
+        return Submitted(job_id=record.id, position=position, eta_s=eta, seed=spec.seed)
+
+    async def _check_user(self, user_id: int) -> None:
+        limit = self.limits.max_unfinished_per_user
+        unfinished = await store_jobs.count_unfinished(self.store, user_id)
+        if unfinished >= limit:
+            raise TooManyUnfinished(f"You already have {unfinished} unfinished job(s) (the limit is {limit}); "
+                                    f"wait for one to finish or cancel one.")
+        if self.limits.cooldown_s > 0:
+            last = await store_jobs.last_request_at(self.store, user_id)
+            if last is not None:
+                waited = (datetime.now(timezone.utc) - last).total_seconds()
+                left = self.limits.cooldown_s - waited
+                if left > 0:
+                    raise CoolingDown(f"Please wait {left:.0f} s before your next request.", left)
+
+    async def regenerate(self, job_id: int, *, user_id: int, exempt: bool = False, **where: Any) -> Submitted:
+        """/show of a job whose PNG was pruned: a new job of kind `show` with the parent's exact spec (same
+        seed, so the same pixels on the same model). `where` may carry guild_id, channel_id, interaction_*."""
+        parent = await store_jobs.get_job(self.store, job_id)
+        if parent is None:
+            raise JobNotFound(f"There is no job {job_id}.")
+        return await self.submit(NewRequest(user_id=user_id, spec=spec_of(parent), kind="show", parent_id=job_id,
+                                            exempt=exempt, **where))
+
+    # --- cancel ---------------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: int, by_user_id: int, is_admin: bool = False) -> CancelOutcome:
+        """Cancel a job: a waiting one leaves the queue at once, a running one stops at its next step."""
+        # 1. who may
+        job = await store_jobs.get_job(self.store, job_id)
+        if job is None:
+            return CancelOutcome.NOT_FOUND
+        if job.user_id != by_user_id and not is_admin:
+            return CancelOutcome.NOT_YOURS
+        if job.finished:
+            return CancelOutcome.ALREADY_FINISHED
+        # 2. waiting: out of the FIFO, then the row
+        if self.queue.remove(job_id):
+            await self._cancelled(job_id)
+            return CancelOutcome.CANCELLED
+        # 3. running: the worker's flag; its on_cancelled hook writes the row
+        if any(w.cancel(job_id) for w in self.workers):
+            return CancelOutcome.STOPPING
+        # 4. in the store but neither waiting nor running (e.g. left behind by a crash before recovery)
+        if self.queue.is_running(job_id):
+            log.warning("job %d is running but no worker owns it; marking it cancelled", job_id)
+        await self._cancelled(job_id)
+        return CancelOutcome.CANCELLED
+
+    async def _cancelled(self, job_id: int) -> None:
+        if await store_jobs.cancel_job(self.store, job_id):
+            log.info("job %d cancelled", job_id)
+            self._emit(JobEvent(job_id, CANCELLED, record=await store_jobs.get_job(self.store, job_id)))
+
+    # --- restart recovery ------------------------------------------------------------------------------------
+
+    async def recover(self) -> list[JobRecord]:
+        """At start-up, before the workers take anything: put every queued or running job back on the queue in
+        its original order (a running one starts again from scratch: same seed, same image). Returns them so
+        the bot can tell their owners in their channel."""
+        jobs = await store_jobs.unfinished_jobs(self.store)
+        recovered = []
+        for job in jobs:
+            if job.id in self.queue:
+                continue
+            if job.status == RUNNING:
+                await store_jobs.requeue(self.store, job.id)
+            self.queue.submit(job.id, spec_of(job))
+            recovered.append(job)
+        if recovered:
+            log.info("recovered %d unfinished job(s): %s", len(recovered), [j.id for j in recovered])
+        return recovered
+
+    # --- worker hooks ------------------------------------------------------------------------------------------
+
+    async def on_started(self, job_id: int) -> None:
+        if not await store_jobs.mark_running(self.store, job_id):
+            log.warning("job %d started but its row was not queued (cancelled meanwhile?)", job_id)
+        self._emit(JobEvent(job_id, STARTED))
+
+    def on_progress(self, job_id: int, step: int, total: int) -> None:
+        self._emit(JobEvent(job_id, PROGRESS, step=step, total=total))
+
+    async def on_finished(self, job_id: int, result: Result) -> None:
+        # 1. the PNGs, off the event loop (encoding and writing take tens of ms)
+        try:
+            images = await asyncio.to_thread(self._write_pngs, job_id, result)
+        except OSError as e:
+            log.error("job %d: saving its images failed: %s", job_id, e)
+            await self.on_failed(job_id, f"The image was made but could not be saved ({e.strerror or e}); "
+                                         f"the bot's owner should check the disk.")
+            return
+        # 2. the row
+        output = JobOutput(seeds=list(result.seeds), images=images, timings=dict(result.timings),
+                           precision=result.precision, profile=result.profile, model_id=result.model_id)
+        if not await store_jobs.finish_job(self.store, job_id, output):
+            log.warning("job %d finished but its row was already final; result not recorded", job_id)
+            return
+        # 3. the bot
+        record = await store_jobs.get_job(self.store, job_id)
+        log.info("job %d done in %.1f s", job_id, result.timings.get("total", 0.0))
+        self._emit(JobEvent(job_id, FINISHED, record=record))
+
+    async def on_failed(self, job_id: int, message: str) -> None:
+        if await store_jobs.fail_job(self.store, job_id, message):
+            log.info("job %d failed: %s", job_id, message)
+            self._emit(JobEvent(job_id, FAILED, message=message,
+                                record=await store_jobs.get_job(self.store, job_id)))
+
+    async def on_cancelled(self, job_id: int) -> None:
+        await self._cancelled(job_id)
+
+    def _write_pngs(self, job_id: int, result: Result) -> list[ImageFile]:
+        """Save each image as <images_dir>/<job_id>[_<i>].png with its recipe; return paths and SHA-256s."""
+        from engine.png import image_params, save_png
+
+        files = []
+        for i, name in enumerate(image_names(job_id, len(result.images))):
+            path = self.images_dir / name
+            digest = save_png(result.images[i], path, {**image_params(result, i), "job_id": job_id})
+            files.append(ImageFile(path=str(path), sha256=digest))
+        return files
