@@ -1,0 +1,294 @@
+"""`Engine`: one loaded FLUX pipeline on one device, turning `JobSpec`s into images.
+
+Loading: resolve `[engine] model` (engine/models.py) → FluxPipeline in bf16 → DiT weights to fp8 storage
+(engine/precision.py) → memory profile (engine/memory.py). Generating: prompt embeddings from the LRU
+cache (engine/prompt_cache.py) or the text encoders, CPU-seeded noise (engine/noise.py), diffusers'
+denoising loop with a step callback (progress, cancellation), then a VAE decode one image at a time.
+
+An Engine is used from one thread at a time (the worker's); a lock makes concurrent calls wait.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from typing import Sequence
+
+import torch
+
+from engine.errors import EngineError, EngineOutOfMemory
+from engine.prompt_cache import PromptCache, PromptEmbeds
+from engine.settings import EngineSettings
+from engine.spec import CancelFn, JobSpec, ProgressFn, Result
+
+log = logging.getLogger(__name__)
+
+MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 16
+MIN_STEPS, MAX_STEPS = 1, 50
+
+
+class _Cancelled(Exception):
+    """Raised from the step callback to leave diffusers' loop at a step boundary."""
+
+    def __init__(self, steps_done: int):
+        super().__init__(steps_done)
+        self.steps_done = steps_done
+
+
+def check_spec(spec: JobSpec) -> None:
+    """EngineError with a clear message if the spec asks for something the engine cannot make."""
+    for name, value in (("width", spec.width), ("height", spec.height)):
+        if value % SIZE_STEP or not MIN_SIZE <= value <= MAX_SIZE:
+            raise EngineError(f"{name} {value} is not allowed: use a multiple of {SIZE_STEP} from {MIN_SIZE} "
+                              f"to {MAX_SIZE}")
+    if not MIN_STEPS <= spec.steps <= MAX_STEPS:
+        raise EngineError(f"steps {spec.steps} is not allowed: use {MIN_STEPS} to {MAX_STEPS}")
+    if spec.count < 1:
+        raise EngineError(f"count {spec.count} is not allowed: ask for at least one image")
+    if not 0.0 <= spec.variation_strength <= 1.0:
+        raise EngineError(f"variation strength {spec.variation_strength} is not allowed: use 0 to 1")
+    if not spec.prompt.strip():
+        raise EngineError("the prompt is empty: describe the image you want")
+
+
+class Engine:
+    """A loaded pipeline. Build it with `Engine.load(settings, device)`."""
+
+    def __init__(self, *, settings: EngineSettings, device: str, pipe, model_id: str, precision: str,
+                 dit_bytes: int, other_bytes: int):
+        self.settings = settings
+        self.device = device
+        self.pipe = pipe
+        self.model_id = model_id
+        self.precision = precision
+        self.profile = ""
+        self.plan = None
+        self.prompt_cache = PromptCache(settings.prompt_cache_size)
+        self._dit_bytes = dit_bytes
+        self._other_bytes = other_bytes
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def load(cls, settings: EngineSettings, device: str = "cpu") -> "Engine":
+        """Load the configured model onto `device` (blocking: seconds for tiny-random, minutes for FLUX)."""
+        from engine.memory import resolve_profile
+        from engine.models import load_pipeline, model_id, resolve_source
+        from engine.precision import apply_precision, dit_bytes
+
+        t0 = time.perf_counter()
+        # 1. Find the files (ModelNotFoundError says what is missing) and name the model.
+        source = resolve_source(settings)
+        mid = model_id(source)
+        # 2. Load in bf16 on the CPU, then store the DiT in fp8 (before any offloading).
+        pipe = load_pipeline(source)
+        precision = apply_precision(pipe, settings.fp8)
+        others = sum(dit_bytes(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "vae"))
+        engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision,
+                     dit_bytes=dit_bytes(pipe.transformer), other_bytes=others)
+        # 3. Place the weights for the memory profile ("auto" decides from free VRAM and host RAM).
+        profile, reason = resolve_profile(settings, device, dit_bytes=engine._dit_bytes, other_bytes=others)
+        engine._place(profile)
+        log.info("engine ready: %s on %s, profile %s (%s), %s, loaded in %.1f s", mid, device, engine.profile,
+                 reason, precision, time.perf_counter() - t0)
+        return engine
+
+    def set_profile(self, profile: str) -> None:
+        """Move the weights to another memory profile (the worker's OOM retry goes leaner)."""
+        with self._lock:
+            self._place(profile)
+
+    def close(self) -> None:
+        """Free the pipeline and the device memory it held."""
+        with self._lock:
+            if self.plan is not None:
+                self.plan.release()
+            self.pipe = None
+            self.prompt_cache.clear()
+            gc.collect()
+            if self.device.startswith("cuda") and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        log.info("engine closed (%s on %s)", self.model_id, self.device)
+
+    def _place(self, profile: str) -> None:
+        from engine.memory import apply_profile
+
+        if self.plan is not None:
+            self.plan.release()
+        self.plan = apply_profile(self.pipe, profile, self.device, self.settings)
+        self.profile = self.plan.profile
+        if not self.plan.vae_tiling:
+            self.pipe.vae.disable_tiling()
+
+    # ------------------------------------------------------------------------------------ generating
+
+    def generate(self, spec: JobSpec, *, progress: ProgressFn | None = None,
+                 should_cancel: CancelFn | None = None) -> Result:
+        """One job (count images). Seed None/-1 is replaced by a random one, returned in the Result."""
+        return self.generate_batch([spec], progress=progress, should_cancel=should_cancel)[0]
+
+    def generate_batch(self, specs: Sequence[JobSpec], *, progress: ProgressFn | None = None,
+                       should_cancel: CancelFn | None = None) -> list[Result]:
+        """Several jobs; those with equal `batch_key()` denoise together as one batch. Results keep the
+        order of `specs`. A cancel stops the group that is running and every group after it."""
+        specs = [s.resolve() for s in specs]
+        for s in specs:
+            check_spec(s)
+        # 1. Group by batch key, keeping first-seen order.
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(specs):
+            groups.setdefault(s.batch_key(), []).append(i)
+        # 2. Run each group; once cancelled, the rest are cancelled too.
+        results: list[Result | None] = [None] * len(specs)
+        cancelled = False
+        with self._lock:
+            if self.pipe is None:
+                raise EngineError("the engine is closed")
+            for indices in groups.values():
+                group = [specs[i] for i in indices]
+                if cancelled:
+                    outs = [self._cancelled_result(s, 0) for s in group]
+                else:
+                    outs = self._run_group(group, progress, should_cancel)
+                    cancelled = outs[0].cancelled
+                for i, r in zip(indices, outs):
+                    results[i] = r
+        return results  # type: ignore[return-value]
+
+    def _run_group(self, specs: list[JobSpec], progress: ProgressFn | None,
+                   should_cancel: CancelFn | None) -> list[Result]:
+        """Specs with one batch key → one denoising batch; errors become EngineError/EngineOutOfMemory."""
+        try:
+            return self._denoise_and_decode(specs, progress, should_cancel)
+        except _Cancelled as c:
+            log.info("cancelled after %d steps (%d job(s))", c.steps_done, len(specs))
+            return [self._cancelled_result(s, c.steps_done) for s in specs]
+        except torch.OutOfMemoryError as e:
+            raise self._out_of_memory(specs, e) from None
+        except EngineError:
+            raise
+        except Exception as e:  # an engine bug or a broken model: log it for the owner, short text for users
+            log.exception("generation failed (%s, %d job(s))", self.model_id, len(specs))
+            raise EngineError(f"image generation failed: {type(e).__name__}: {str(e)[:200]}") from e
+
+    def _denoise_and_decode(self, specs: list[JobSpec], progress: ProgressFn | None,
+                            should_cancel: CancelFn | None) -> list[Result]:
+        from engine.memory import execution_device
+
+        pipe, first = self.pipe, specs[0]
+        device = execution_device(pipe, self.plan)
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        # 1. Prompt embeddings (cached per prompt), one row per image.
+        embeds = [self._embeds(s.prompt) for s in specs]
+        counts = [s.count for s in specs]
+        prompt_embeds = torch.cat([e.prompt_embeds.expand(n, -1, -1) for e, n in zip(embeds, counts)])
+        pooled = torch.cat([e.pooled_prompt_embeds.expand(n, -1) for e, n in zip(embeds, counts)])
+        timings["encode"] = time.perf_counter() - t_start
+        # 2. Initial noise, image by image from its own seed, float32 on the CPU.
+        latents = torch.cat([self._latents(s) for s in specs])
+        # 3. Denoise in diffusers' loop; the callback reports progress and polls cancellation.
+        dtype = torch.bfloat16
+        total = first.steps
+        if should_cancel is not None and should_cancel():
+            raise _Cancelled(0)
+
+        def on_step_end(_pipe, step: int, _t, kwargs):
+            if progress is not None:
+                progress(step + 1, total)
+            if should_cancel is not None and step + 1 < total and should_cancel():
+                raise _Cancelled(step + 1)
+            return kwargs
+
+        t0 = time.perf_counter()
+        out = pipe(prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
+                   latents=latents.to(device, dtype), width=first.width, height=first.height,
+                   num_inference_steps=total, guidance_scale=first.guidance, output_type="latent",
+                   callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length)
+        self._sync(device)
+        timings["denoise"] = time.perf_counter() - t0
+        timings["s_per_step"] = timings["denoise"] / total
+        # 4. Decode one image at a time (the decode is the memory peak of the lean profiles).
+        t0 = time.perf_counter()
+        images = [self._decode(out.images[i:i + 1], first.width, first.height) for i in range(out.images.shape[0])]
+        self._sync(device)
+        timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        timings["batch_images"] = float(len(images))
+        # 5. Split the images back into one Result per spec.
+        results, at = [], 0
+        for s in specs:
+            results.append(Result(spec=s, images=images[at:at + s.count], seeds=s.seeds, timings=dict(timings),
+                                  precision=self.precision, profile=self.profile, model_id=self.model_id,
+                                  steps_done=total))
+            at += s.count
+        log.info("generated %d image(s) %dx%d, %d steps: encode %.2fs, denoise %.2fs (%.3f s/step), decode %.2fs",
+                 len(images), first.width, first.height, total, timings["encode"], timings["denoise"],
+                 timings["s_per_step"], timings["decode"])
+        return results
+
+    def _embeds(self, prompt: str) -> PromptEmbeds:
+        from engine.memory import execution_device
+
+        def encode(text: str) -> PromptEmbeds:
+            device = execution_device(self.pipe, self.plan)
+            with torch.inference_mode():
+                pe, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=device,
+                                                        max_sequence_length=self.settings.max_sequence_length)
+            return PromptEmbeds(prompt_embeds=pe.to("cpu", torch.bfloat16),
+                                pooled_prompt_embeds=pooled.to("cpu", torch.bfloat16))
+
+        return self.prompt_cache.get_or_encode(prompt, self.settings.max_sequence_length, encode)
+
+    @staticmethod
+    def _latents(spec: JobSpec) -> torch.Tensor:
+        from engine.noise import initial_latents
+
+        rows = []
+        for i, seed in enumerate(spec.seeds):
+            var_seed = None if spec.variation_seed is None else spec.variation_seed + i
+            rows.append(initial_latents(seed, spec.width, spec.height, variation_seed=var_seed,
+                                        variation_strength=spec.variation_strength))
+        return torch.cat(rows)
+
+    def _decode(self, packed: torch.Tensor, width: int, height: int):
+        pipe = self.pipe
+        with torch.inference_mode():
+            latents = pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor)
+            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+            vae_device = next(pipe.vae.parameters()).device
+            if vae_device.type == "meta" or vae_device.type != packed.device.type:
+                vae_device = packed.device  # offloaded VAE: its hooks move weights to where the input is
+            pixels = pipe.vae.decode(latents.to(vae_device, pipe.vae.dtype), return_dict=False)[0]
+            return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
+
+    @staticmethod
+    def _sync(device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def _cancelled_result(self, spec: JobSpec, steps_done: int) -> Result:
+        return Result(spec=spec, images=[], seeds=spec.seeds, precision=self.precision, profile=self.profile,
+                      model_id=self.model_id, cancelled=True, steps_done=steps_done)
+
+    def _out_of_memory(self, specs: list[JobSpec], err: BaseException) -> EngineOutOfMemory:
+        from engine.memory import leaner
+
+        # 1. Give the memory back before anyone retries.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        # 2. Say what to try.
+        suggested = leaner(self.profile) if self.profile in ("resident", "model-offload", "streamed") else None
+        first = specs[0]
+        what = f"{len(specs)} job(s) of {first.width}x{first.height}"
+        if suggested:
+            msg = (f"out of GPU memory on {self.device} with profile {self.profile} ({what}); try [engine] profile "
+                   f"= \"{suggested}\" or a smaller size")
+        else:
+            msg = (f"out of GPU memory on {self.device} even with profile {self.profile} ({what}); try a smaller "
+                   f"size, [engine] vae_tiling = \"always\", or close other programs using the GPU")
+        log.warning("%s (%s)", msg, str(err).splitlines()[0] if str(err) else "OOM")
+        return EngineOutOfMemory(msg, profile=self.profile, suggested_profile=suggested)

@@ -1,0 +1,98 @@
+"""PNG files that carry their own recipe: an A1111-style `parameters` text chunk and a `fluxbot` JSON chunk.
+
+`parameters` is what A1111/Forge/ComfyUI readers and civitai show ("<prompt>\\nSteps: 20, Sampler: …");
+`fluxbot` holds the same values as JSON so that `read_png_params` gives them back exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.spec import Result
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+log = logging.getLogger(__name__)
+
+SAMPLER = "Euler (flow match)"
+PARAMETERS_KEY = "parameters"
+FLUXBOT_KEY = "fluxbot"
+
+
+def image_params(result: Result, index: int) -> dict[str, Any]:
+    """The recipe of image `index` of `result`: everything needed to make the same pixels again."""
+    spec = result.spec
+    variation_seed = None
+    if spec.variation_seed is not None and spec.variation_strength > 0:
+        variation_seed = spec.variation_seed + index
+    return {
+        "prompt": spec.prompt,
+        "seed": result.seeds[index],
+        "steps": spec.steps,
+        "width": spec.width,
+        "height": spec.height,
+        "guidance": spec.guidance,
+        "sampler": SAMPLER,
+        "variation_seed": variation_seed,
+        "variation_strength": spec.variation_strength if variation_seed is not None else 0.0,
+        "model_id": result.model_id,
+        "precision": result.precision,
+        "profile": result.profile,
+    }
+
+
+def format_parameters(params: dict[str, Any]) -> str:
+    """The A1111 `parameters` text: the prompt, a newline, then "Key: value" pairs."""
+    name, _, digest = str(params.get("model_id", "")).partition("@")
+    pairs = [("Steps", params["steps"]), ("Sampler", params.get("sampler", SAMPLER)), ("CFG scale", 1),
+             ("Distilled CFG Scale", params["guidance"]), ("Seed", params["seed"]),
+             ("Size", f"{params['width']}x{params['height']}")]
+    if digest:
+        pairs.append(("Model hash", digest))
+    if name:
+        pairs.append(("Model", name))
+    if params.get("variation_seed") is not None:
+        pairs += [("Variation seed", params["variation_seed"]),
+                  ("Variation seed strength", params["variation_strength"])]
+    return params["prompt"] + "\n" + ", ".join(f"{k}: {v}" for k, v in pairs)
+
+
+def save_png(image: "Image", path: str | os.PathLike, params: dict[str, Any]) -> str:
+    """Write `image` to `path` (atomically) with both metadata chunks; returns the file's sha256 hex."""
+    from PIL.PngImagePlugin import PngInfo
+
+    # 1. The two chunks (iTXt when the prompt is not Latin-1, which tEXt cannot hold).
+    info = PngInfo()
+    text = format_parameters(params)
+    info.add_text(PARAMETERS_KEY, text, zip=False)
+    info.add_text(FLUXBOT_KEY, json.dumps(params, ensure_ascii=False, sort_keys=True), zip=False)
+    # 2. A temp file beside the target, renamed into place, so that readers never see half a PNG.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    log.debug("saved %s (%s)", path, digest[:12])
+    return digest
+
+
+def read_png_params(path: str | os.PathLike) -> dict[str, Any]:
+    """The recipe saved in a fluxbot PNG; for other A1111-style PNGs only {'parameters': text}."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        chunks = dict(getattr(im, "text", {}) or {})
+    if FLUXBOT_KEY in chunks:
+        return json.loads(chunks[FLUXBOT_KEY])
+    if PARAMETERS_KEY in chunks:
+        return {"parameters": chunks[PARAMETERS_KEY]}
+    raise ValueError(f"{path} has no generation parameters (no '{FLUXBOT_KEY}' or '{PARAMETERS_KEY}' chunk)")

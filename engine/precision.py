@@ -1,0 +1,81 @@
+"""Weight precision: the DiT stored in float8_e4m3fn and computed in bf16; text encoders and VAE in bf16.
+
+Modes (`[engine] fp8`):
+- `all-linear`: every nn.Linear of the DiT is stored in fp8 (the modulation Linears `norm1.linear`… too);
+  norm layers that are not Linear and the positional embedding stay bf16. ~11.1 GiB for FLUX.1-dev.
+- `diffusers-default`: diffusers' own skip list (`pos_embed`, `patch_embed`, `norm`, `proj_in`, `proj_out`
+  plus Flux's `pos_embed`, `norm`), so every `norm*.linear` stays bf16. ~14.1 GiB.
+- `off`: the DiT in bf16.
+
+Call `apply_precision` before any offloading: group offloading pins whatever dtype the weights have then.
+T5 is never layerwise-cast (it upcasts internally and keeps its `wo` layers in fp32).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+STORAGE = torch.float8_e4m3fn
+COMPUTE = torch.bfloat16
+# Patterns (regex, matched with re.search against module names) kept in bf16 under "all-linear": only
+# non-Linear layers are affected by these names in FluxTransformer2DModel, so every Linear is fp8.
+ALL_LINEAR_SKIP = ("pos_embed",)
+
+
+def apply_precision(pipe, mode: str) -> str:
+    """Cast the pipeline's weights for `mode` and return the precision string recorded in each Result."""
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    # 1. Text encoders and VAE: plain bf16, except the modules T5 keeps in fp32 (its `wo` layers).
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            _to_bf16_keeping_fp32(module)
+    # 2. The DiT: bf16 first, then fp8 storage on the chosen Linears.
+    dit = pipe.transformer
+    _to_bf16_keeping_fp32(dit)
+    if mode == "off":
+        dit_text = "bfloat16"
+    elif mode == "all-linear":
+        not_linear = tuple(c for c in _GO_LC_SUPPORTED_PYTORCH_LAYERS if c is not torch.nn.Linear)
+        apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE,
+                                skip_modules_pattern=ALL_LINEAR_SKIP, skip_modules_classes=not_linear)
+        dit_text = "float8_e4m3fn(all-linear)/bf16 compute"
+    elif mode == "diffusers-default":
+        skip = tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(dit._skip_layerwise_casting_patterns or ())
+        apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE,
+                                skip_modules_pattern=tuple(dict.fromkeys(skip)))
+        dit_text = "float8_e4m3fn(diffusers-default)/bf16 compute"
+    else:
+        raise ValueError(f"[engine] fp8 = {mode!r}: must be all-linear, diffusers-default or off")
+    # 3. Describe it.
+    text = f"dit={dit_text}, text=bf16, vae=bf16"
+    log.info("precision: %s (DiT weights %.2f GiB)", text, dit_bytes(dit) / 2**30)
+    return text
+
+
+def _to_bf16_keeping_fp32(module: torch.nn.Module) -> None:
+    """Cast floating weights to bf16, leaving the submodules a transformers model keeps in fp32."""
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    for name, sub in module.named_modules():
+        if keep and any(part in keep for part in name.split(".")):
+            continue
+        for key, t in list(sub.named_parameters(recurse=False)) + list(sub.named_buffers(recurse=False)):
+            if t.is_floating_point() and t.dtype != COMPUTE:
+                t.data = t.data.to(COMPUTE)
+
+
+def dit_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the module's parameters and buffers as stored now."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def linear_dtypes(module: torch.nn.Module) -> dict[str, torch.dtype]:
+    """The stored weight dtype of every nn.Linear, by module name (used by tests and `doctor`)."""
+    return {name: m.weight.dtype for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
