@@ -1,0 +1,106 @@
+"""Wiring fluxbot's streamer into a FluxPipeline (the `streamed` memory profile).
+
+- DiT: the 19 double and 38 single blocks stream through a 3-slot ring (cyclic: the next step's first
+  blocks arrive during this step's last); blocks that fit `vram_budget_bytes` stay resident, spread evenly
+  so the copy engine can run ahead during them. The small rest (embedders, final norm) stays on the device.
+- T5: its 24 encoder blocks stream the same way (not cyclic: one encode per prompt); the final norm stays on
+  the device; the 32k×4096 token embedding stays in host RAM and is looked up there (4 MB comes over).
+- CLIP and the VAE decoder: whole-model swaps, on the device only during their turn.
+All units share one `DeviceLease`, so only one unit's transient buffers exist at a time.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from engine.streamer import BlockStreamer, DeviceLease, ModelSwap, _Packed
+
+log = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+
+
+def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int = 3) -> list:
+    """Apply the streamed profile to `pipe` in place; returns the units (each has `close()`)."""
+    dev = torch.device(device)
+    lease = DeviceLease()
+    units: list = []
+    # 1. The DiT: blocks stream (or stay resident within the budget); the rest lives on the device.
+    dit = pipe.transformer
+    blocks = list(dit.transformer_blocks) + list(dit.single_transformer_blocks)
+    rest_bytes = _move_rest(dit, blocks, dev)
+    sizes = [_Packed([b]).nbytes for b in blocks]
+    resident = choose_resident(sizes, vram_budget_bytes - rest_bytes, slots)
+    units.append(BlockStreamer("dit", blocks, dev, slots=slots, resident=resident, cyclic=True, lease=lease))
+    # 2. T5: blocks stream; the embedding table is used from host RAM.
+    t5 = getattr(pipe, "text_encoder_2", None)
+    if t5 is not None:
+        t5_blocks = list(t5.encoder.block)
+        embed = t5.encoder.embed_tokens
+        _move_rest(t5, t5_blocks + [embed], dev)
+        _host_lookup(embed, dev)
+        units.append(BlockStreamer("t5", t5_blocks, dev, slots=slots, cyclic=False, lease=lease))
+    # 3. CLIP and the VAE decoder come in for their turn.
+    clip = getattr(pipe, "text_encoder", None)
+    if clip is not None:
+        units.append(ModelSwap("clip", [clip], dev, lease=lease))
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        parts = [m for m in (vae.decoder, getattr(vae, "post_quant_conv", None)) if m is not None]
+        units.append(ModelSwap("vae-decoder", parts, dev, lease=lease))
+    return units
+
+
+def choose_resident(block_bytes: list[int], budget: int, slots: int) -> frozenset[int]:
+    """Blocks kept on the device: as many as fit in `budget` after the ring, spread evenly over the order."""
+    n = len(block_bytes)
+    if n == 0 or budget <= 0:
+        return frozenset()
+    # 1. If everything fits without a ring, keep everything.
+    if sum(block_bytes) <= budget:
+        return frozenset(range(n))
+    # 2. The ring comes first; then count how many average blocks fit in what is left.
+    available = budget - slots * max(block_bytes)
+    if available <= 0:
+        return frozenset()
+    count = min(n - 1, int(available // (sum(block_bytes) / n)))
+    # 3. Evenly spaced picks, dropped from the end until they really fit.
+    picks = sorted({round(k * n / count) for k in range(count)}) if count > 0 else []
+    while picks and sum(block_bytes[i] for i in picks) > available:
+        picks.pop()
+    return frozenset(picks)
+
+
+def _move_rest(model: nn.Module, skip: list[nn.Module], device: torch.device) -> int:
+    """Move every parameter/buffer of `model` outside the `skip` subtrees to `device`; returns bytes moved."""
+    skipped = {id(m) for s in skip for m in s.modules()}
+    moved = 0
+    for module in model.modules():
+        if id(module) in skipped:
+            continue
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is None:
+                    continue
+                if isinstance(t, nn.Parameter):
+                    t.data = t.data.to(device)
+                else:
+                    table[name] = t.to(device)
+                moved += t.numel() * t.element_size()
+    return moved
+
+
+def _host_lookup(embedding: nn.Module, device: torch.device) -> None:
+    """Run an embedding lookup in host RAM and send only the looked-up rows to `device`."""
+    embedding.to("cpu")
+
+    def to_host(module, args):
+        return tuple(a.to("cpu") if isinstance(a, torch.Tensor) else a for a in args)
+
+    def to_device(module, args, output):
+        return output.to(device, non_blocking=True)
+
+    embedding.register_forward_pre_hook(to_host)
+    embedding.register_forward_hook(to_device)
