@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flux-dev: the whole FLUX.1-dev folder; majicflus: majicflus_v1 DiT + FLUX.1-dev base; "
                    "base: only the FLUX.1-dev encoders, tokenizers, VAE and configs")
     d.add_argument("--source", choices=["huggingface", "modelscope"], default=None,
-                   help="where to fetch majicflus_v1 from (default: modelscope)")
+                   help="where to fetch every file from (default: huggingface for FLUX.1-dev, modelscope for "
+                   "majicflus_v1; modelscope mirrors FLUX.1-dev without the licence gate)")
+    d.add_argument("--repo", default=None, metavar="OWNER/NAME",
+                   help="another repository for the majicflus_v1 DiT (e.g. a Hugging Face mirror)")
     d.add_argument("--verify", action="store_true", help="download nothing; check every file against its manifest")
 
     sub.add_parser("doctor", help="check GPU, RAM, disk, model files and config; non-zero exit if the bot could not start")

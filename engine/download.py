@@ -64,13 +64,16 @@ BASE_PATTERNS = (
 )
 TRANSFORMER_PATTERNS = ("transformer/*",)
 
-GATED_HELP = (
-    "black-forest-labs/FLUX.1-dev is a gated repository. 1) Sign in at https://huggingface.co, open "
-    "https://huggingface.co/black-forest-labs/FLUX.1-dev and accept the licence (FLUX.1 [dev] Non-Commercial "
-    "License). 2) Create a token with 'read' access at https://huggingface.co/settings/tokens. 3) Run the "
-    "download again with the token in the environment: HF_TOKEN=hf_... python -m bot download ... "
-    "(or run `hf auth login` once). Alternatively use --source modelscope, which mirrors FLUX.1-dev."
+GATED_STEPS = (
+    "black-forest-labs/FLUX.1-dev is a gated repository:",
+    "1) sign in at https://huggingface.co, open https://huggingface.co/black-forest-labs/FLUX.1-dev and accept "
+    "the licence (FLUX.1 [dev] Non-Commercial License);",
+    "2) create a token with 'read' access at https://huggingface.co/settings/tokens;",
+    "3) run the download again with the token in the environment: HF_TOKEN=hf_xxx python -m bot download ... "
+    "(or run `hf auth login` once).",
+    "Or use --source modelscope, which also hosts FLUX.1-dev under the same name (same licence).",
 )
+GATED_HELP = " ".join(GATED_STEPS)
 
 
 class DownloadError(Exception):
@@ -329,6 +332,10 @@ class _hf_errors:
                                 "HF_ENDPOINT selects a mirror") from None
         if isinstance(err, HfHubHTTPError):
             raise DownloadError(f"Hugging Face refused the request for {self.repo_id}: {str(err)[:300]}") from None
+        if isinstance(err, Exception):  # the HTTP client's own errors (connect, timeout, TLS)
+            raise DownloadError(f"cannot reach Hugging Face for {self.repo_id} ({type(err).__name__}: {err}). Check "
+                                "the network; HF_ENDPOINT selects a mirror, --source modelscope another "
+                                "source") from None
         return False
 
 
@@ -498,12 +505,14 @@ def write_manifest(folder: str | os.PathLike, files: Iterable[RemoteFile | str],
     return manifest
 
 
-def verify_manifest(folder: str | os.PathLike, *, full: bool = True,
-                    only: Iterable[str] | None = None) -> VerifyReport:
+def verify_manifest(folder: str | os.PathLike, *, full: bool = True, only: Iterable[str] | None = None,
+                    patterns: Sequence[str] | None = None) -> VerifyReport:
     """Check the files recorded in `folder`'s manifest: present, same size, and (when `full`) same SHA-256.
 
-    `only` restricts the check to some recorded paths (e.g. one single-file DiT). Never raises for a bad
-    folder: the report says what is wrong."""
+    `only` restricts the check to some recorded paths (e.g. one single-file DiT); `patterns` (a plan's allow
+    patterns) restricts it to matching paths and requires each pattern to match a recorded file, so that
+    a folder holding only the base files does not pass for flux-dev. Never raises for a bad folder: the
+    report says what is wrong."""
     folder = Path(folder)
     # 1. The manifest itself.
     try:
@@ -512,8 +521,13 @@ def verify_manifest(folder: str | os.PathLike, *, full: bool = True,
         return VerifyReport(folder, manifest_found=False, hashed=full, problems=(str(e),))
     recorded: dict = manifest["files"]
     names = sorted(recorded) if only is None else sorted(only)
+    problems = []
+    if patterns is not None:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        problems += [f"nothing recorded for {p} (not downloaded yet)" for p in patterns
+                     if not any(fnmatch.fnmatchcase(n, p) for n in recorded)]
     # 2. Every recorded file.
-    missing, corrupt, problems = [], [], []
+    missing, corrupt = [], []
     for name in names:
         entry = recorded.get(name)
         path = folder / name

@@ -320,3 +320,40 @@ def test_published_hash_mismatch_fails_the_download(tmp_path, weights):
         with pytest.raises(dl.DownloadError, match="corrupted"):
             dl.download(dit_only, tmp_path, modelscope_endpoint=ms.endpoint, progress=False)
     assert not (tmp_path / "majicflus_v1" / dl.MANIFEST_NAME).exists()
+
+
+def test_verify_with_plan_patterns_refuses_a_base_only_folder_for_flux_dev(tmp_path):
+    content = _make_folder(tmp_path)
+    dl.write_manifest(tmp_path, list(content))
+    assert dl.verify_manifest(tmp_path, patterns=("vae/*", "model_index.json")).ok
+    report = dl.verify_manifest(tmp_path, patterns=("vae/*", "transformer/*"))
+    assert not report.ok and "transformer/*" in report.summary()
+
+
+def test_a_gated_refusal_from_the_hub_explains_the_licence_and_token_steps(tmp_path):
+    """A loopback stand-in for huggingface.co answering like a gated repository without access."""
+    class Gated(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = b'{"error": "Access to model black-forest-labs/FLUX.1-dev is restricted."}'
+            self.send_response(403)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(dl.DownloadError) as err:
+            dl.download(dl.plan_download("base"), tmp_path, token=None, progress=False,
+                        hf_endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = str(err.value)
+    assert "no HF_TOKEN" in text and "accept the licence" in text and "settings/tokens" in text
+    assert not (tmp_path / "FLUX.1-dev").exists()
