@@ -118,9 +118,9 @@ class Worker:
         log.info("worker %s: job %s will stop at its next step", self.name, job_id)
         return True
 
-    async def stop(self) -> None:
-        """Stop taking jobs, stop the running batch at its next step, close the engine. The running jobs get
-        no outcome: the store still shows them running, and restart recovery runs them again."""
+    async def stop(self, *, close_engine: bool = True) -> None:
+        """Stop taking jobs, stop the running batch at its next step, close the engine (unless told not to).
+        The running jobs get no outcome: the store still shows them running; restart recovery reruns them."""
         self._stopping.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -129,12 +129,14 @@ class Worker:
             except asyncio.CancelledError:
                 pass
         loop = asyncio.get_running_loop()
-        close = getattr(self.engine, "close", None)
+        close = getattr(self.engine, "close", None) if close_engine else None
         if close is not None:  # queued behind the stopping batch on the same thread
             try:
                 await loop.run_in_executor(self._executor, close)
             except Exception:
                 log.exception("worker %s: closing the engine failed", self.name)
+        else:  # wait for the stopping batch to leave the engine's thread
+            await loop.run_in_executor(self._executor, lambda: None)
         self._executor.shutdown(wait=False)
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -169,6 +171,9 @@ class Worker:
                 await self._call(self.hooks.on_started, jid)
             # 3. Run them on the engine's thread (OOM retry and one-by-one fallback inside).
             outcome = await self._generate(batch)
+        except asyncio.CancelledError:  # stop(): no outcome; the store keeps them running for recovery
+            self.queue.finish(ids, 0.0, learn=False)
+            raise
         finally:
             flags = {jid: self._cancel_flags.pop(jid) for jid in ids}
         seconds = time.monotonic() - started

@@ -1,0 +1,242 @@
+"""Workers with the real tiny engine on the CPU: order, faults, OOM retry, cancel, batching, two devices."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from engine.errors import EngineOutOfMemory
+from engine.pipeline import Engine
+from engine.queue import JobQueue
+from engine.settings import EngineSettings
+from engine.spec import JobSpec, Result
+from engine.worker import Worker, resolve_devices, start_workers
+
+SIZE = 256  # the engine's smallest size
+
+
+class SeamEngine(Engine):
+    """The real engine with fault seams: prompts listed in `explode` raise a plain RuntimeError, prompts in
+    `oom_once` raise EngineOutOfMemory the first time (as CUDA would on a profile that does not fit)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.explode: set[str] = set()
+        self.oom_once: set[str] = set()
+        self.batches: list[list[str]] = []
+
+    def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        prompts = [s.prompt for s in specs]
+        self.batches.append(prompts)
+        for p in prompts:
+            if p in self.explode:
+                raise RuntimeError(f"seam: {p}")
+            if p in self.oom_once:
+                self.oom_once.discard(p)
+                raise EngineOutOfMemory("out of GPU memory (seam); try a leaner profile", profile=self.profile,
+                                        suggested_profile="streamed")
+        return super().generate_batch(specs, progress=progress, should_cancel=should_cancel)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> EngineSettings:
+    return EngineSettings(model="tiny-random", models_dir=str(tmp_path_factory.mktemp("models")), profile="resident")
+
+
+@pytest.fixture(scope="module")
+def engine(settings) -> SeamEngine:
+    return SeamEngine.load(settings, "cpu")
+
+
+@pytest.fixture(autouse=True)
+def clean_engine(engine):
+    yield
+    engine.explode.clear()
+    engine.oom_once.clear()
+    engine.batches.clear()
+    if engine.profile != "resident":
+        engine.set_profile("resident")
+
+
+@dataclass
+class Recorder:
+    """WorkerHooks that write down what they hear, in order."""
+    log: list[tuple] = field(default_factory=list)
+    results: dict[int, Result] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    expect: int = 0
+
+    async def on_started(self, job_id):
+        self.log.append(("started", job_id))
+
+    def on_progress(self, job_id, step, total):
+        self.log.append(("progress", job_id, step, total))
+
+    async def on_finished(self, job_id, result):
+        self.results[job_id] = result
+        self._end(("finished", job_id))
+
+    async def on_failed(self, job_id, message):
+        self._end(("failed", job_id, message))
+
+    async def on_cancelled(self, job_id):
+        self._end(("cancelled", job_id))
+
+    def _end(self, entry):
+        self.log.append(entry)
+        if len(self.outcomes()) >= self.expect:
+            self.done.set()
+
+    def outcomes(self) -> list[tuple]:
+        return [e for e in self.log if e[0] in ("finished", "failed", "cancelled")]
+
+    def kinds(self, job_id) -> list[str]:
+        return [e[0] for e in self.log if e[1] == job_id]
+
+
+def spec(prompt="a red fox", steps=1, **kw) -> JobSpec:
+    kw.setdefault("seed", 3)
+    return JobSpec(prompt, steps=steps, width=kw.pop("width", SIZE), height=kw.pop("height", SIZE), **kw)
+
+
+async def run_jobs(worker: Worker, hooks: Recorder, jobs: dict[int, JobSpec], timeout=60.0):
+    hooks.expect = len(jobs)
+    for jid, s in jobs.items():
+        worker.queue.submit(jid, s)
+    worker.start()
+    await asyncio.wait_for(hooks.done.wait(), timeout)
+    await worker.stop(close_engine=False)
+
+
+async def test_jobs_run_in_order_with_progress_and_images(engine):
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks)
+    await run_jobs(worker, hooks, {1: spec("a cat", steps=2), 2: spec("a dog"), 3: spec("a cat", count=2)})
+    assert [e[1] for e in hooks.log if e[0] == "started"] == [1, 2, 3]
+    assert hooks.kinds(1) == ["started", "progress", "progress", "finished"]
+    assert [e[2:] for e in hooks.log if e[0] == "progress" and e[1] == 1] == [(1, 2), (2, 2)]
+    assert hooks.results[3].seeds == [3, 4] and len(hooks.results[3].images) == 2
+    assert hooks.results[2].images[0].size == (SIZE, SIZE)
+    assert worker.jobs_done == 3 and len(queue) == 0 and queue.running() == {}
+    assert queue.eta.estimate(spec("a dog")) > 0  # it learnt from the runs
+
+
+async def test_failing_jobs_do_not_stop_the_worker(engine):
+    engine.explode.add("boom")
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks)
+    await run_jobs(worker, hooks, {1: spec("a cat"), 2: spec("boom"), 3: spec("a cat", width=100), 4: spec("a dog")})
+    outcomes = {e[1]: e for e in hooks.outcomes()}
+    assert outcomes[1][0] == outcomes[4][0] == "finished"
+    assert outcomes[2][0] == "failed" and "RuntimeError: seam: boom" in outcomes[2][2]
+    assert outcomes[3][0] == "failed" and "width 100 is not allowed" in outcomes[3][2]
+
+
+async def test_out_of_memory_retries_once_on_the_leaner_profile(engine):
+    engine.oom_once.add("big")
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks)
+    await run_jobs(worker, hooks, {1: spec("big")})
+    assert hooks.outcomes() == [("finished", 1)]
+    assert engine.profile == "streamed" and hooks.results[1].profile == "streamed"
+    assert engine.batches == [["big"], ["big"]]
+
+
+async def test_out_of_memory_twice_fails_with_the_advice(engine):
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks)
+    original = engine.generate_batch
+
+    def always_oom(specs, **kw):
+        raise EngineOutOfMemory("out of GPU memory; try a smaller size", profile=engine.profile,
+                                suggested_profile="streamed" if engine.profile == "resident" else None)
+
+    engine.generate_batch = always_oom
+    try:
+        await run_jobs(worker, hooks, {1: spec("big"), 2: spec("small")})
+    finally:
+        del engine.generate_batch
+    assert hooks.outcomes()[0] == ("failed", 1, "out of GPU memory; try a smaller size")
+    assert engine.generate_batch == original
+
+
+async def test_cancel_a_running_job_stops_it_at_the_next_step(engine):
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks)
+
+    def on_progress(job_id, step, total):
+        hooks.log.append(("progress", job_id, step, total))
+        if job_id == 1 and step == 1:
+            assert worker.cancel(1)
+
+    hooks.on_progress = on_progress
+    await run_jobs(worker, hooks, {1: spec("a long one", steps=30), 2: spec("next")})
+    assert hooks.outcomes() == [("cancelled", 1), ("finished", 2)]
+    steps_seen = [e[2] for e in hooks.log if e[0] == "progress" and e[1] == 1]
+    assert max(steps_seen) < 30
+    assert worker.cancel(1) is False  # no longer running
+
+
+async def test_batching_runs_same_kind_jobs_together(engine):
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks, max_batch=3)
+    await run_jobs(worker, hooks, {1: spec("one"), 2: spec("two", width=320), 3: spec("three"), 4: spec("four"),
+                                   5: spec("five")})
+    assert engine.batches == [["one", "three", "four"], ["two"], ["five"]]
+    assert sorted(e[1] for e in hooks.outcomes()) == [1, 2, 3, 4, 5]
+    assert all(e[0] == "finished" for e in hooks.outcomes())
+    assert hooks.results[3].seeds == [3] and hooks.results[3].spec.prompt == "three"
+
+
+async def test_a_batch_with_a_bad_job_falls_back_to_one_at_a_time(engine):
+    engine.explode.add("boom")
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks, max_batch=4)
+    await run_jobs(worker, hooks, {1: spec("a cat"), 2: spec("boom"), 3: spec("a dog")})
+    assert {e[1]: e[0] for e in hooks.outcomes()} == {1: "finished", 2: "failed", 3: "finished"}
+
+
+async def test_stop_leaves_the_running_job_without_an_outcome(engine):
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("cpu#0", engine, queue, hooks)
+    first_step = asyncio.Event()
+    hooks.on_progress = lambda jid, step, total: first_step.set()
+    queue.submit(1, spec("long", steps=40))
+    worker.start()
+    await asyncio.wait_for(first_step.wait(), 30)
+    await asyncio.wait_for(worker.stop(close_engine=False), 30)
+    assert hooks.outcomes() == [] and queue.running() == {}
+
+
+async def test_two_cpu_workers_share_the_queue_and_run_every_job_once(engine, settings):
+    hooks, queue = Recorder(), JobQueue()
+    loaded = []
+
+    def loader(s, device):  # the first worker reuses the module's engine, the second loads its own
+        e = engine if not loaded else Engine.load(s, device)
+        loaded.append(e)
+        return e
+
+    workers = await start_workers(EngineSettings(**{**settings.__dict__, "devices": ["cpu", "cpu"]}), queue, hooks,
+                                  loader=loader)
+    assert [w.name for w in workers] == ["cpu#0", "cpu#1"] and loaded[0] is not loaded[1]
+    hooks.expect = 16
+    for jid in range(16):
+        queue.submit(jid, spec(f"job {jid}", seed=jid))
+    await asyncio.wait_for(hooks.done.wait(), 120)
+    await workers[0].stop(close_engine=False)
+    await workers[1].stop()
+    finished = [e[1] for e in hooks.outcomes()]
+    assert sorted(finished) == list(range(16)) and len(set(finished)) == 16
+    assert all(w.jobs_done > 0 for w in workers), [w.jobs_done for w in workers]
+    started = sorted(e[1] for e in hooks.log if e[0] == "started")
+    assert started == list(range(16))  # each job started exactly once
+
+
+def test_resolve_devices():
+    import torch
+
+    assert resolve_devices(["cpu", "cpu"]) == ["cpu", "cpu"]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert resolve_devices(["auto"]) == ([f"cuda:{i}" for i in range(gpus)] or ["cpu"])
