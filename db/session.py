@@ -14,14 +14,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from db.errors import StoreError
+from db.migrate import FOREIGN_KEYS_OFF, upgrade_to_head
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite+aiosqlite:///data/fluxbot.db"
 DEFAULT_BUSY_TIMEOUT_S = 10.0
-
-
-class StoreError(Exception):
-    """The database cannot be opened or migrated. The message says what to check."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,11 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
     shown = safe_url(parsed)
     file = sqlite_file(parsed)
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"[database] url {shown}: cannot create the folder {file.parent} for the database "
+                             f"file ({e.strerror}); fix the path or its permissions") from None
 
     # 2. the engine; SQLite connections get WAL, foreign keys and a busy timeout each time one opens
     try:
@@ -88,7 +91,6 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
 
     # 3. bring the schema to head (creates it on an empty database)
     if migrate:
-        from db.migrate import upgrade_to_head
         try:
             before, after = await upgrade_to_head(engine)
         except Exception:
@@ -112,6 +114,8 @@ def install_sqlite_pragmas(engine: AsyncEngine, busy_timeout_s: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
+        if conn.get_execution_options().get(FOREIGN_KEYS_OFF):  # migrations (see db.migrate.upgrade_to_head)
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         conn.exec_driver_sql("BEGIN")
 
     @event.listens_for(engine.sync_engine, "connect")

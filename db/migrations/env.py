@@ -27,7 +27,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    url = os.environ.get("FLUXBOT_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("FLUXBOT_DATABASE_URL")
     if not url:
         raise RuntimeError("no database URL: set FLUXBOT_DATABASE_URL (e.g. sqlite+aiosqlite:///data/fluxbot.db) "
                            "or use `python -m bot migrate`, which reads [database] url from the config")
