@@ -8,7 +8,7 @@ Modes (`[engine] fp8`):
 - `off`: the DiT in bf16.
 
 Call `apply_precision` before any offloading: group offloading pins whatever dtype the weights have then.
-T5 is never layerwise-cast (it upcasts internally and keeps its `wo` layers in fp32).
+T5 is never layerwise-cast (it upcasts internally; fp8 storage would hurt its precision).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def apply_precision(pipe, mode: str) -> str:
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
-    # 1. Text encoders and VAE: plain bf16, except the modules T5 keeps in fp32 (its `wo` layers).
+    # 1. Text encoders and VAE: plain bf16 (modules a model insists on keeping in fp32 stay fp32).
     for name in ("text_encoder", "text_encoder_2", "vae"):
         module = getattr(pipe, name, None)
         if module is not None:
@@ -60,8 +60,10 @@ def apply_precision(pipe, mode: str) -> str:
 
 
 def _to_bf16_keeping_fp32(module: torch.nn.Module) -> None:
-    """Cast floating weights to bf16, leaving the submodules a transformers model keeps in fp32."""
-    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    """Cast floating weights to bf16, leaving the submodules a transformers model always keeps in fp32
+    (`_keep_in_fp32_modules_strict`; transformers 5 keeps the plain `_keep_in_fp32_modules` in fp32 only
+    for fp16, so T5's `wo` layers are bf16 here, as `from_pretrained(dtype=bf16)` makes them)."""
+    keep = tuple(getattr(module, "_keep_in_fp32_modules_strict", None) or ())
     for name, sub in module.named_modules():
         if keep and any(part in keep for part in name.split(".")):
             continue

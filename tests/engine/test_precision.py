@@ -1,0 +1,51 @@
+"""fp8 storage of the DiT is real (weights are float8 between forwards); encoders and VAE are bf16."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.pipeline import Engine
+from engine.precision import dit_bytes, linear_dtypes
+from engine.spec import JobSpec
+from tests.conftest import with_settings
+
+FP8 = torch.float8_e4m3fn
+
+
+def test_all_linear_stores_every_dit_linear_in_fp8_and_the_rest_in_bf16(tiny_engine):
+    pipe = tiny_engine.pipe
+    dtypes = linear_dtypes(pipe.transformer)
+    assert dtypes and set(dtypes.values()) == {FP8}  # the modulation Linears (norm1.linear …) too
+    assert "transformer_blocks.0.norm1.linear" in dtypes
+    # not-Linear DiT parameters (RMS norm scales) stay bf16
+    others = {p.dtype for n, p in pipe.transformer.named_parameters() if "norm_q" in n or "norm_k" in n}
+    assert others == {torch.bfloat16}
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.bfloat16}, name
+
+
+def test_fp8_storage_survives_a_generation(tiny_engine):
+    tiny_engine.generate(JobSpec("a cat", seed=1, steps=1, width=256, height=256))
+    assert set(linear_dtypes(tiny_engine.pipe.transformer).values()) == {FP8}
+
+
+@pytest.mark.parametrize("mode", ["diffusers-default", "off"])
+def test_other_modes_keep_more_in_bf16(tiny_settings, tiny_engine, mode):
+    engine = Engine.load(with_settings(tiny_settings, fp8=mode), "cpu")
+    try:
+        dtypes = linear_dtypes(engine.pipe.transformer)
+        assert dtypes["transformer_blocks.0.norm1.linear"] == torch.bfloat16  # "norm" is skipped / nothing fp8
+        if mode == "off":
+            assert set(dtypes.values()) == {torch.bfloat16}
+            assert engine.precision.startswith("dit=bfloat16")
+        else:
+            assert dtypes["transformer_blocks.0.attn.to_q"] == FP8
+            assert engine.precision.startswith("dit=float8_e4m3fn(diffusers-default)")
+        assert dit_bytes(engine.pipe.transformer) > dit_bytes(tiny_engine.pipe.transformer)
+        # still a working, deterministic model
+        a = engine.generate(JobSpec("a cat", seed=2, steps=1, width=256, height=256))
+        b = engine.generate(JobSpec("a cat", seed=2, steps=1, width=256, height=256))
+        assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    finally:
+        engine.close()
