@@ -58,8 +58,8 @@ async def upgrade_to_head(engine: AsyncEngine, migrations_dir: Path = MIGRATIONS
 
     On SQLite, foreign keys are off during the migration: a batch migration rebuilds a table (copy, DROP,
     rename), and with them on, the DROP's implicit DELETE would run ON DELETE SET NULL on the copy and wipe
-    every job's parent_id. The PRAGMA is a no-op inside a transaction, so it goes before BEGIN, and the
-    connection is thrown away afterwards so that no pooled connection keeps foreign keys off.
+    every job's parent_id. The PRAGMA is a no-op inside a transaction, so db.session's BEGIN hook sets it
+    before every BEGIN: off when this execution option is on, on otherwise.
     """
     sqlite = engine.dialect.name == "sqlite"
     async with engine.connect() as conn:
@@ -74,9 +74,6 @@ async def upgrade_to_head(engine: AsyncEngine, migrations_dir: Path = MIGRATIONS
         except CommandError as e:
             raise StoreError(f"cannot migrate the database: {e}. If it was written by a newer fluxbot, upgrade "
                              f"fluxbot (or restore a backup of the database file)") from None
-        finally:
-            if sqlite:
-                await conn.invalidate()
 
 
 def schema_sql(url: str, migrations_dir: Path = MIGRATIONS_DIR) -> str:

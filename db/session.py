@@ -80,7 +80,7 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
 
     # 2. the engine; SQLite connections get WAL, foreign keys and a busy timeout each time one opens
     try:
-        engine = create_async_engine(parsed, echo=echo)
+        engine = create_async_engine(parsed, echo=echo, hide_parameters=True)  # rows hold interaction tokens
     except Exception as e:  # e.g. a sync driver, or a driver that is not installed
         raise StoreError(f"[database] url {shown}: cannot create an async engine ({e}); use an async driver "
                          f"such as sqlite+aiosqlite:// or postgresql+asyncpg:// (pip install fluxbot[postgres])") \
@@ -114,8 +114,9 @@ def install_sqlite_pragmas(engine: AsyncEngine, busy_timeout_s: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
-        if conn.get_execution_options().get(FOREIGN_KEYS_OFF):  # migrations (see db.migrate.upgrade_to_head)
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        # foreign keys: set before every BEGIN (a no-op inside one); off only for migrations (db.migrate)
+        off = conn.get_execution_options().get(FOREIGN_KEYS_OFF)
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF" if off else "PRAGMA foreign_keys=ON")
         conn.exec_driver_sql("BEGIN")
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -107,3 +107,17 @@ def test_db_imports_neither_torch_nor_discord():
             "print(sorted(m for m in ('torch', 'discord', 'diffusers', 'engine', 'bot') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_an_in_memory_database_works_for_quick_experiments():
+    async with await open_store("sqlite+aiosqlite://") as store:
+        job = await jobs.create_job(store, new_job())
+        assert (await jobs.get_job(store, job.id)).prompt == job.prompt
+        with pytest.raises(IntegrityError):
+            await jobs.create_job(store, new_job(kind="vary", parent_id=job.id + 100))
+
+
+async def test_sql_errors_never_show_the_row_values(store):
+    with pytest.raises(IntegrityError) as info:
+        await jobs.create_job(store, new_job(kind="reroll", parent_id=424242, interaction_token="tok-SECRET"))
+    assert "tok-SECRET" not in str(info.value)
