@@ -1,0 +1,75 @@
+"""Discord's message and modal limits: a payload breaking one gets 400 Invalid Form Body (code 50035),
+as from the real API, so a test sees the bot's bug instead of a fake that accepts anything."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+INVALID_FORM_BODY = 50035
+
+
+class FormError(Exception):
+    """A payload Discord would refuse; str() says which limit."""
+
+
+def check_message(payload: dict, n_files: int) -> None:
+    # 1. content and files
+    content = payload.get("content") or ""
+    if len(content) > 2000:
+        raise FormError(f"content: must be 2000 or fewer in length (got {len(content)})")
+    if n_files > 10:
+        raise FormError(f"files: at most 10 (got {n_files})")
+    # 2. embeds
+    embeds = payload.get("embeds") or []
+    if len(embeds) > 10:
+        raise FormError(f"embeds: at most 10 (got {len(embeds)})")
+    total = 0
+    for i, e in enumerate(embeds):
+        for key, limit in (("title", 256), ("description", 4096)):
+            if len(e.get(key) or "") > limit:
+                raise FormError(f"embeds.{i}.{key}: must be {limit} or fewer in length")
+        fields = e.get("fields") or []
+        if len(fields) > 25:
+            raise FormError(f"embeds.{i}.fields: at most 25")
+        for j, f in enumerate(fields):
+            if len(f.get("name") or "") > 256 or len(f.get("value") or "") > 1024:
+                raise FormError(f"embeds.{i}.fields.{j}: name ≤ 256 and value ≤ 1024")
+        if len((e.get("footer") or {}).get("text") or "") > 2048:
+            raise FormError(f"embeds.{i}.footer.text: must be 2048 or fewer in length")
+        total += sum(len(e.get(k) or "") for k in ("title", "description"))
+        total += sum(len(f.get("name") or "") + len(f.get("value") or "") for f in fields)
+    if total > 6000:
+        raise FormError(f"embeds: total text must be 6000 or fewer (got {total})")
+    # 3. components
+    check_components(payload.get("components") or [], flags=int(payload.get("flags") or 0))
+
+
+def check_components(rows: list[dict], *, flags: int = 0, path: str = "components") -> None:
+    is_v2 = bool(flags & (1 << 15))
+    if not is_v2 and len(rows) > 5:
+        raise FormError(f"{path}: at most 5 action rows (got {len(rows)})")
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        children = row.get("components") or []
+        if row.get("type") == 1 and len(children) > 5:
+            raise FormError(f"{path}.{i}.components: at most 5 (got {len(children)})")
+        for j, c in enumerate([row, *children]):
+            cid = c.get("custom_id")
+            if cid is not None:
+                if not 1 <= len(cid) <= 100:
+                    raise FormError(f"{path}.{i}: custom_id must be 1-100 characters (got {len(cid)})")
+                if cid in seen:
+                    raise FormError(f"{path}.{i}: custom_id {cid!r} is used twice")
+                seen.add(cid)
+            if c.get("type") == 2 and len(c.get("label") or "") > 80:
+                raise FormError(f"{path}.{i}.{j}.label: must be 80 or fewer in length")
+
+
+def check_modal(data: dict) -> None:
+    if not 1 <= len(data.get("title") or "") <= 45:
+        raise FormError("data.title: a modal title must be 1-45 characters")
+    if not 1 <= len(data.get("custom_id") or "") <= 100:
+        raise FormError("data.custom_id: must be 1-100 characters")
+    if not 1 <= len(data.get("components") or []) <= 5:
+        raise FormError("data.components: a modal needs 1-5 components")
