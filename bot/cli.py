@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another repository for the majicflus_v1 DiT (e.g. a Hugging Face mirror)")
     d.add_argument("--verify", action="store_true", help="download nothing; check every file against its manifest")
 
-    sub.add_parser("doctor", help="check GPU, RAM, disk, model files and config; non-zero exit if the bot could not start")
+    doc = sub.add_parser("doctor", help="check GPU, RAM, disk, model files and config; non-zero exit if the bot "
+                         "could not start")
+    doc.add_argument("--quick", action="store_true", help="check model files by size only (no SHA-256 re-hash, "
+                     "which takes a minute or two for 30 GB)")
     return p
 
 
