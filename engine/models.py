@@ -125,7 +125,7 @@ def load_single_file_dit(path: Path, base: Path):
     """A FluxTransformer2DModel from one .safetensors file (BFL or diffusers keys), config from `base`."""
     import torch
     from diffusers import FluxTransformer2DModel
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from engine.tiny import bfl_to_diffusers
@@ -134,7 +134,7 @@ def load_single_file_dit(path: Path, base: Path):
     config = FluxTransformer2DModel.load_config(base / "transformer", local_files_only=True)
     try:
         tensors = load_file(str(path))
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise ModelNotFoundError(f"{path} is not a readable safetensors file ({_short(e)}); download it again "
                                  f"(`python -m bot download --verify` checks it)") from e
     # 2. Keep the DiT part of all-in-one checkpoints, then convert BFL keys.
