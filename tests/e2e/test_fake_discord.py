@@ -37,7 +37,8 @@ class AskModal(discord.ui.Modal, title="Ask the bot"):
     seed = discord.ui.TextInput(label="Seed", custom_id="seed", required=False)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(f"asked {self.prompt.value!r} seed {self.seed.value!r}", ephemeral=True)
+        await interaction.response.send_message(f"asked {self.prompt.value!r} seed {self.seed.value!r}", ephemeral=True,
+                                                file=discord.File(io.BytesIO(tiny_png(5, 4)), "answer.png"))
 
 
 class PingBot(commands.Bot):
@@ -74,6 +75,13 @@ class PingBot(commands.Bot):
             except discord.HTTPException as e:
                 self.errors.append(e)
 
+        @self.tree.command(name="status", description="Edit the deferred response twice")
+        async def status(interaction: discord.Interaction) -> None:
+            await interaction.response.defer()
+            await interaction.edit_original_response(content="queued #1")
+            await interaction.edit_original_response(content="done", attachments=[
+                discord.File(io.BytesIO(tiny_png()), "done.png")])
+
         @self.tree.command(name="announce", description="Post in the channel")
         async def announce(interaction: discord.Interaction, text: str) -> None:
             await interaction.response.send_message("posting", ephemeral=True)
@@ -99,7 +107,7 @@ async def test_login_ready_and_command_sync(fake_discord: FakeDiscord, bot: Ping
     assert bot.application_id == fake_discord.application_id
     guild = bot.get_guild(fake_discord.guild_id)
     assert guild is not None and guild.get_channel(fake_discord.channel.id) is not None
-    assert sorted(fake_discord.global_commands) == ["announce", "ask", "ping", "slow"]
+    assert sorted(fake_discord.global_commands) == ["announce", "ask", "ping", "slow", "status"]
     ping = fake_discord.global_commands["ping"]
     assert [(o["name"], o["type"], o.get("required", False)) for o in ping["options"]] == [
         ("text", 3, True), ("count", 4, False), ("loud", 5, False)]
@@ -144,6 +152,29 @@ async def test_modal_submit(fake_discord: FakeDiscord, bot: PingBot) -> None:
     submit = await fake_discord.submit_modal(alice, response.modal_custom_id, {"prompt": "a cat", "Seed": "7"})
     answer = await submit.wait_message()
     assert answer.content == "asked 'a cat' seed '7'" and answer.ephemeral
+    assert [(a.filename, a.image_size) for a in answer.attachments] == [("answer.png", (5, 4))]
+
+
+async def test_edit_original_response_keeps_history(fake_discord: FakeDiscord, bot: PingBot) -> None:
+    alice = fake_discord.add_user("alice")
+    ix = await fake_discord.slash(alice, "status")
+    msg = await ix.wait_message(lambda m: m.content == "done")
+    assert [h.content for h in msg.history] == ["", "queued #1"] and msg.history[0].flags & 128
+    assert [a.filename for a in msg.attachments] == ["done.png"] and len(ix.messages) == 1
+
+
+async def test_a_restarted_bot_reconnects_to_the_same_fake(fake_discord: FakeDiscord, start_bot, stop_bot) -> None:
+    first = await start_bot(PingBot())
+    alice = fake_discord.add_user("alice")
+    ix = await fake_discord.slash(alice, "ping", {"text": "one"})
+    old = await ix.wait_message(lambda m: m.attachments)
+    await stop_bot(first)
+    with pytest.raises(RuntimeError, match="no client"):
+        await fake_discord.click(alice, old, "test:again")
+    await start_bot(PingBot())
+    click = await fake_discord.click(alice, old, "test:again")  # a persistent view survives the restart
+    await click.wait_response()
+    assert old.content == "clicked by alice" and fake_discord.identify_count == 2
 
 
 async def test_dm_interaction_and_channel_message(fake_discord: FakeDiscord, bot: PingBot) -> None:
@@ -212,7 +243,7 @@ async def test_deleted_message_edit_is_unknown_message(fake_discord: FakeDiscord
 
 async def test_guild_sync_and_gateway_resume(fake_discord: FakeDiscord, start_bot) -> None:
     bot = await start_bot(PingBot(sync_guild_id=fake_discord.guild_id))
-    assert sorted(fake_discord.guild_commands[fake_discord.guild_id]) == ["announce", "ask", "ping", "slow"]
+    assert sorted(fake_discord.guild_commands[fake_discord.guild_id]) == ["announce", "ask", "ping", "slow", "status"]
     await fake_discord.reconnect()
     await fake_discord.wait_until(lambda: fake_discord.resume_count == 1, 10, "a RESUME")
     alice = fake_discord.add_user("alice", roles=["artists"])

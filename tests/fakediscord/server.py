@@ -324,6 +324,8 @@ class FakeDiscord:
 
     async def _interact(self, user: FakeUser, ix_type: int, data: dict, ch: FakeChannel,
                         source: FakeMessage | None = None) -> FakeInteraction:
+        if not any(s.ready for s in self.sessions):
+            await self.dispatch("INTERACTION_CREATE", {})  # raises the "no client connected" error
         ix = FakeInteraction(id=self._ids.next(), token=new_token("ix"), type=ix_type, user=user, channel_id=ch.id,
                              guild_id=ch.guild_id, data=data, created_at=self.clock(), fake=self,
                              source_message_id=source.id if source else None)
