@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 MIN_STEPS, MAX_STEPS = 1, 50
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 10.0
 MAX_SIZE_CHOICES = 25  # Discord's limit on choices of one option
+MIN_SIDE, MAX_SIDE = 256, 2048  # what the engine accepts (engine/pipeline.py check_spec)
 _SIZE_RE = re.compile(r"^\s*(?:(?P<label>\S+)\s+)?(?P<w>\d+)\s*[x×]\s*(?P<h>\d+)\s*$")
 
 
@@ -66,9 +67,9 @@ def parse_sizes(items: list[str]) -> list[SizeChoice]:
         if not m:
             raise ConfigError(f"[discord] sizes: {item!r} is not 'LABEL WIDTHxHEIGHT', e.g. '3:4 896x1152'")
         w, h = int(m["w"]), int(m["h"])
-        if w % 16 or h % 16 or not (64 <= w <= 4096 and 64 <= h <= 4096):
+        if w % 16 or h % 16 or not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
             raise ConfigError(f"[discord] sizes: {item!r}: width and height must be multiples of 16 "
-                              f"between 64 and 4096")
+                              f"from {MIN_SIDE} to {MAX_SIDE}")
         sizes.append(SizeChoice(m["label"] or _ratio(w, h), w, h))
     return sizes
 

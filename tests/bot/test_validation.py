@@ -52,6 +52,7 @@ def test_limits_come_from_the_config():
     ([], "is empty"),
     (["big"], "is not 'LABEL WIDTHxHEIGHT'"),
     (["1:1 1000x1000"], "multiples of 16"),
+    (["1:1 64x64"], "from 256 to 2048"),
 ])
 def test_bad_size_config_names_the_item(items, says):
     with pytest.raises(ConfigError, match=says):
@@ -59,4 +60,4 @@ def test_bad_size_config_names_the_item(items, says):
 
 
 def test_size_without_label_gets_its_ratio():
-    assert parse_sizes(["64x128"])[0].label == "1:2"
+    assert parse_sizes(["256x512"])[0].label == "1:2"

@@ -1,0 +1,208 @@
+"""What a slash command, button or modal does, once parsed: start a job, cancel, delete, show, edit.
+
+Every entry point checks permissions here, on the server side (Discord's command permissions are a
+convenience). Refusals raise errors whose message is for the user; `bot.replies.guarded` / the tree's error
+handler turn them into ephemeral messages.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.permissions import caller_of, check_may_generate, check_may_manage, is_admin
+from bot.replies import UserFacingError, send_ephemeral
+from bot.service import AdmissionError, CancelOutcome, NewRequest, spec_of
+from bot.validation import InvalidRequest, validate_imagine
+from db import jobs as store_jobs
+from db.models import DONE
+from engine.spec import JobSpec, random_seed
+
+if TYPE_CHECKING:
+    from bot.client import FluxBot
+    from db.records import JobRecord
+
+log = logging.getLogger(__name__)
+
+VARY_STRENGTH = 0.15  # 🔀 Vary: subtle, the composition stays
+SUBMIT_GRACE_S = 2.0  # answer within Discord's 3 s even when the store is slow
+
+
+def bot_of(interaction: discord.Interaction) -> "FluxBot":
+    return interaction.client  # type: ignore[return-value]
+
+
+async def load_job(interaction: discord.Interaction, job_id: int) -> "JobRecord":
+    job = await store_jobs.get_job(bot_of(interaction).store, job_id)
+    if job is None:
+        raise UserFacingError(f"Job #{job_id} does not exist (any more).")
+    return job
+
+
+# --- starting jobs ---------------------------------------------------------------------------------------------
+
+async def imagine(interaction: discord.Interaction, *, prompt: str, seed: int | None, steps: int | None,
+                  size: str | None, guidance: float | None, count: int | None) -> None:
+    """/imagine: validate every option on the bot side, then start the job."""
+    bot = bot_of(interaction)
+    opts = validate_imagine(bot.config, bot.sizes, prompt=prompt, seed=seed, steps=steps, size=size,
+                            guidance=guidance, count=count)
+    spec = JobSpec(prompt=opts.prompt, seed=opts.seed, steps=opts.steps, width=opts.width, height=opts.height,
+                   guidance=opts.guidance, count=opts.count)
+    await start_job(interaction, spec, kind="imagine")
+
+
+async def reroll(interaction: discord.Interaction, job_id: int) -> None:
+    """🎲 The same request with a new random seed; the new job is the presser's."""
+    parent = await load_job(interaction, job_id)
+    spec = replace(spec_of(parent), seed=random_seed())
+    await start_job(interaction, spec, kind="reroll", parent_id=parent.id)
+
+
+async def vary(interaction: discord.Interaction, job_id: int) -> None:
+    """🔀 The parent's seed with a fresh variation seed at a subtle strength (variation of the first image)."""
+    parent = await load_job(interaction, job_id)
+    spec = replace(spec_of(parent), count=1, variation_seed=random_seed(), variation_strength=VARY_STRENGTH)
+    await start_job(interaction, spec, kind="vary", parent_id=parent.id)
+
+
+async def open_edit(interaction: discord.Interaction, job_id: int) -> None:
+    """✏️ A modal prefilled with the job's prompt, seed and steps."""
+    from bot.views import EditModal
+
+    bot = bot_of(interaction)
+    check_may_generate(bot.config.discord, caller_of(interaction))
+    parent = await load_job(interaction, job_id)
+
+    async def submit(ix: discord.Interaction, prompt: str, seed: str, steps: str) -> None:
+        await submit_edit(ix, parent.id, prompt, seed, steps)
+
+    await interaction.response.send_modal(EditModal(parent, max_prompt_chars=bot.config.limits.max_prompt_chars,
+                                                    on_submit=submit))
+
+
+async def submit_edit(interaction: discord.Interaction, job_id: int, prompt: str, seed_text: str,
+                      steps_text: str) -> None:
+    """The Edit modal was sent: the parent's size, guidance and count with the new prompt, seed and steps."""
+    bot = bot_of(interaction)
+    parent = await load_job(interaction, job_id)
+    seed = _parse_int(seed_text, "Seed", default=-1)
+    steps = _parse_int(steps_text, "Steps", default=parent.steps)
+    opts = validate_imagine(bot.config, bot.sizes, prompt=prompt, seed=seed, steps=steps,
+                            guidance=parent.guidance, count=parent.count)
+    spec = replace(spec_of(parent), prompt=opts.prompt, seed=opts.seed, steps=opts.steps,
+                   variation_seed=None, variation_strength=0.0)
+    await start_job(interaction, spec, kind="edit", parent_id=parent.id)
+
+
+def _parse_int(text: str, name: str, *, default: int) -> int:
+    text = (text or "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number, not {text[:20]!r}.") from None
+
+
+async def start_job(interaction: discord.Interaction, spec: JobSpec, *, kind: str,
+                    parent_id: int | None = None) -> None:
+    """Admit and queue a job for whoever started this interaction, answer at once and follow it."""
+    bot = bot_of(interaction)
+    caller = caller_of(interaction)
+    # 1. Permissions, on the server side.
+    check_may_generate(bot.config.discord, caller)
+    request = NewRequest(user_id=caller.user_id, spec=spec, kind=kind, parent_id=parent_id,
+                         guild_id=caller.guild_id, channel_id=caller.channel_id, interaction_id=interaction.id,
+                         interaction_token=interaction.token, interaction_created_at=interaction.created_at,
+                         exempt=is_admin(bot.config.discord, caller))
+    # 2. Admission and the job row. Usually milliseconds: a refusal is then an ephemeral answer. If the store
+    #    is slow, defer first so that Discord gets its answer within 3 s.
+    task = asyncio.ensure_future(bot.service.submit(request))
+    done, _ = await asyncio.wait({task}, timeout=SUBMIT_GRACE_S)
+    if not done:
+        await interaction.response.defer(thinking=True)
+    try:
+        submitted = await task
+    except AdmissionError as e:
+        if not interaction.response.is_done():
+            raise  # ephemeral, through the error handler
+        await interaction.edit_original_response(content=f"⚠️ {e}")
+        return
+    # 3. The reply: deferred at once, then the status message that the tracker keeps up to date.
+    if not interaction.response.is_done():
+        await interaction.response.defer(thinking=True)
+    await bot.tracker.attach_interaction(submitted.job_id, interaction, position=submitted.position,
+                                         eta_s=submitted.eta_s)
+
+
+# --- managing jobs -----------------------------------------------------------------------------------------------
+
+async def cancel(interaction: discord.Interaction, job_id: int) -> None:
+    """Cancel: the requester or an admin; a waiting job leaves the queue, a running one stops at its next step."""
+    bot = bot_of(interaction)
+    caller = caller_of(interaction)
+    job = await load_job(interaction, job_id)
+    check_may_manage(bot.config.discord, caller, job.user_id, "cancel")
+    outcome = await bot.service.cancel(job_id, caller.user_id, is_admin=is_admin(bot.config.discord, caller))
+    text = {
+        CancelOutcome.CANCELLED: f"Job #{job_id} cancelled.",
+        CancelOutcome.STOPPING: f"Job #{job_id} stops at its next step.",
+        CancelOutcome.ALREADY_FINISHED: f"Job #{job_id} has already finished.",
+        CancelOutcome.NOT_YOURS: "Only the person who asked for this job or an admin may cancel it.",
+        CancelOutcome.NOT_FOUND: f"Job #{job_id} does not exist (any more).",
+    }[outcome]
+    await send_ephemeral(interaction, text)
+
+
+async def delete(interaction: discord.Interaction, job_id: int) -> None:
+    """🗑 Delete the result message (requester or admins); the record stays for /history and audit."""
+    bot = bot_of(interaction)
+    job = await load_job(interaction, job_id)
+    check_may_manage(bot.config.discord, caller_of(interaction), job.user_id, "delete")
+    await store_jobs.mark_deleted(bot.store, job_id)
+    # The click's own message is the one to remove. Deleting it through the channel may be refused (no
+    # permission in that channel); editing it through the interaction always works, so blank it then.
+    message = interaction.message
+    if message is None:
+        raise UserFacingError("This button is not on a message the bot can remove.")
+    try:
+        await message.delete()
+    except discord.HTTPException as e:
+        log.info("job %d: deleting its message failed (HTTP %s); blanking it instead", job_id, e.status)
+        await interaction.response.edit_message(content=f"🗑️ Job #{job_id} was deleted.", embed=None,
+                                                attachments=[], view=None)
+    else:
+        await send_ephemeral(interaction, f"Job #{job_id} deleted.")
+    log.info("job %d deleted by user %d", job_id, interaction.user.id)
+
+
+async def show(interaction: discord.Interaction, job_id: int) -> None:
+    """/show: post a job's images again with its buttons, from disk, or regenerated from its record."""
+    bot = bot_of(interaction)
+    caller = caller_of(interaction)
+    job = await load_job(interaction, job_id)
+    # 1. Who may see it: the requester, an admin, or anyone in the guild where it was made.
+    admin = is_admin(bot.config.discord, caller)
+    same_guild = job.guild_id is not None and job.guild_id == caller.guild_id
+    if not (job.user_id == caller.user_id or admin or (same_guild and not job.deleted)):
+        raise UserFacingError(f"Job #{job_id} is not yours to show.")
+    if job.status != DONE:
+        raise UserFacingError(f"Job #{job_id} is {job.status}; only finished jobs can be shown.")
+    # 2. From disk, if every PNG is still there.
+    files = [Path(i.path) for i in job.images]
+    if files and all(f.is_file() for f in files):
+        await interaction.response.defer(thinking=True)
+        payload = await bot.tracker.result_payload(job)
+        msg = await interaction.followup.send(content=payload.content, embed=payload.embed,
+                                              files=payload.discord_files(), view=payload.view,
+                                              allowed_mentions=discord.AllowedMentions.none(), wait=True)
+        await store_jobs.set_message(bot.store, job.id, msg.channel.id, msg.id)
+        return
+    # 3. Pruned: the same spec again (same seed, so the same pixels on the same model).
+    check_may_generate(bot.config.discord, caller)
+    await start_job(interaction, spec_of(job), kind="show", parent_id=job.id)

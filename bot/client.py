@@ -1,0 +1,183 @@
+"""The Discord client: `FluxBot(commands.Bot)` and `python -m bot run`.
+
+`setup_hook` (after login, before the gateway connects):
+1. opens the store (migrated to head), builds the queue, the jobs service and the tracker;
+2. loads the cogs and registers the persistent buttons (`add_dynamic_items`);
+3. re-queues unfinished jobs, tells their owners in their channel, delivers results that never went out;
+4. syncs the slash commands (to `[discord] guild_ids`, else globally);
+5. starts loading one engine per device in the background (minutes for FLUX); jobs wait in the queue
+   meanwhile and the workers start taking them when their engine is ready.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Config, ConfigError, load_config
+from bot.delivery import Deliverer
+from bot.replies import report_error
+from bot.validation import SizeChoice, parse_sizes
+
+log = logging.getLogger(__name__)
+
+COGS = ("bot.cogs.imagine", "bot.cogs.history", "bot.cogs.queue")
+
+
+def intents() -> discord.Intents:
+    """Slash commands and buttons arrive as interactions whatever the intents; `guilds` keeps the channel and
+    role cache that permission checks and channel messages use. No privileged intent (no message content,
+    no member list)."""
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    return wanted
+
+
+class FluxBot(commands.Bot):
+    """The bot. `engine_loader(settings, device)` replaces `Engine.load` (e.g. one engine shared by tests);
+    `close_engines=False` leaves such a shared engine open when the bot closes."""
+
+    def __init__(self, config: Config, *, engine_loader: Callable[[Any, str], Any] | None = None,
+                 close_engines: bool = True, sync_commands: bool = True):
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None,
+                         allowed_mentions=discord.AllowedMentions.none())
+        self.config = config
+        self.sizes: list[SizeChoice] = parse_sizes(config.discord.sizes)
+        self.deliverer = Deliverer(self)
+        self.store = None
+        self.queue = None
+        self.service = None
+        self.tracker = None
+        self.workers: list = []
+        self.recovered: list = []
+        self._engine_loader = engine_loader
+        self._close_engines = close_engines
+        self._sync_commands = sync_commands
+        self._loading: asyncio.Task | None = None
+        self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
+
+    # --- start -------------------------------------------------------------------------------------------
+
+    async def setup_hook(self) -> None:
+        from bot.service import JobService
+        from bot.tracker import JobTracker
+        from bot.views import DYNAMIC_ITEMS
+        from db.session import open_store
+        from engine.queue import JobQueue
+        from engine.worker import resolve_devices
+
+        cfg = self.config
+        # 1. Store, queue, service, tracker.
+        self.store = await open_store(cfg.database.url, echo=cfg.database.echo)
+        devices = await asyncio.to_thread(resolve_devices, cfg.engine.devices)
+        self.queue = JobQueue(workers=len(devices))
+        self.service = JobService(self.store, self.queue, [], cfg.limits, cfg.discord.banned_words,
+                                  cfg.engine.images_dir)
+        self.tracker = JobTracker(self, self.service, self.store, self.deliverer,
+                                  interval_s=cfg.discord.status_edit_interval_s)
+        # 2. Cogs and persistent buttons.
+        for name in COGS:
+            await self.load_extension(name)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        # 3. Jobs the last run left behind.
+        self.recovered = await self.service.recover()
+        await self.tracker.announce_recovered(self.recovered)
+        await self.tracker.deliver_undelivered()
+        # 4. Slash commands.
+        if self._sync_commands:
+            await self.sync_commands()
+        # 5. Engines, in the background.
+        self._loading = asyncio.create_task(self._start_workers(devices), name="fluxbot-load-engines")
+
+    async def sync_commands(self) -> None:
+        guild_ids = self.config.discord.guild_ids
+        if guild_ids:
+            for gid in guild_ids:
+                guild = discord.Object(gid)
+                self.tree.copy_global_to(guild=guild)
+                synced = await self.tree.sync(guild=guild)
+                log.info("synced %d slash commands to guild %d", len(synced), gid)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d slash commands globally (Discord may take up to an hour to show them)",
+                     len(synced))
+
+    async def _start_workers(self, devices: list[str]) -> None:
+        from engine.worker import Worker
+
+        for device in devices:
+            try:
+                worker = await Worker.load(device, self.config.engine, device, self.queue, self.service,
+                                           loader=self._engine_loader)
+            except Exception as e:
+                log.error("the engine could not load on %s: %s. Fix [engine] in the config (python -m bot doctor "
+                          "checks it) and restart; jobs stay queued meanwhile.", device, e, exc_info=True)
+                continue
+            self.service.workers.append(worker)
+            self.service.model_id = getattr(worker.engine, "model_id", None)
+            self.workers.append(worker)
+            worker.start()
+        if not self.workers:
+            log.error("no engine loaded on any device: the bot answers but generates nothing")
+
+    async def wait_until_engines_loaded(self) -> int:
+        """Wait for the background engine loading; returns how many workers run."""
+        if self._loading is not None:
+            await self._loading
+        return len(self.workers)
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s (id %s) in %d guild(s)", self.user, self.user.id if self.user else "?",
+                 len(self.guilds))
+
+    # --- errors ----------------------------------------------------------------------------------------------
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError):
+        """The one handler of every slash command error: short ephemeral answer, trace in the log."""
+        await report_error(interaction, error)
+
+    # --- stop --------------------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the workers (running jobs stay `running` and run again after a restart), then disconnect."""
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+        for worker in self.workers:
+            try:
+                await worker.stop(close_engine=self._close_engines)
+            except Exception:
+                log.exception("stopping worker %s failed", worker.name)
+        if self.queue is not None:
+            self.queue.close()
+        if self.tracker is not None:
+            await self.tracker.close()
+        await super().close()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+
+def run_command(args) -> int:
+    """`python -m bot run`: load the config (the token is required), set up logging, run until stopped."""
+    config = load_config(getattr(args, "config", None), require_token=True)
+    token = config.discord.token.reveal()
+    try:
+        from bot.logging_setup import setup_logging
+    except ImportError:
+        discord.utils.setup_logging()
+    else:
+        setup_logging(config.logging, secrets=[token])
+    bot = FluxBot(config)
+    try:
+        bot.run(token, log_handler=None)
+    except discord.LoginFailure:
+        raise ConfigError("Discord refused the bot token ([discord] token or env DISCORD_TOKEN): copy it again "
+                          "from the Developer Portal → your application → Bot → Reset Token") from None
+    except discord.PrivilegedIntentsRequired as e:  # not expected: fluxbot asks for none
+        raise ConfigError(f"Discord refused the gateway intents: {e}") from None
+    return 0

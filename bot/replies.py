@@ -1,0 +1,84 @@
+"""Answering users when something is refused or goes wrong: one place for every entry point.
+
+Expected refusals (a bad option, no permission, a limit) carry a message written for the user and are shown
+as is. Anything else is a bug or an outage: the user gets a short ephemeral message with a reference, the
+log gets the trace under the same reference. Nothing here ever prints the token.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Awaitable, Callable
+
+import discord
+from discord import app_commands
+
+from bot.permissions import PermissionDenied
+from bot.validation import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+class UserFacingError(Exception):
+    """A refusal whose message is written for the user (e.g. "that job does not exist")."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors whose message is meant for the user, including the jobs service's admission errors."""
+    types: list[type[BaseException]] = [UserFacingError, InvalidRequest, PermissionDenied]
+    try:
+        from bot.service import AdmissionError
+        types.append(AdmissionError)
+    except ImportError:  # the service module is optional for the views' unit tests
+        pass
+    from engine.errors import EngineError
+    types.append(EngineError)
+    return tuple(types)
+
+
+async def send_ephemeral(interaction: discord.Interaction, text: str, **kwargs) -> None:
+    """An ephemeral message, whether or not the interaction was answered already."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, **kwargs)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, **kwargs)
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
+    """Show the user a short ephemeral message; log the trace of anything unexpected."""
+    # 1. Unwrap what discord.py wraps around the real error.
+    while isinstance(error, (app_commands.CommandInvokeError, app_commands.TransformerError)) and \
+            error.__cause__ is not None:
+        error = error.__cause__
+    # 2. Pick the message.
+    if isinstance(error, user_error_types()):
+        text = str(error)
+        log.info("refused %s for user %s: %s", _what(interaction), interaction.user.id, text)
+    elif isinstance(error, app_commands.CheckFailure):
+        text = "You may not use this command here."
+        log.info("check failed %s for user %s: %s", _what(interaction), interaction.user.id, error)
+    else:
+        ref = secrets.token_hex(3)
+        text = f"Something went wrong on the bot's side (ref {ref}). The owner can find it in the log."
+        log.error("error %s in %s for user %s", ref, _what(interaction), interaction.user.id,
+                  exc_info=(type(error), error, error.__traceback__))
+    # 3. Tell the user; if even that fails (token gone), the log has it.
+    try:
+        await send_ephemeral(interaction, text)
+    except discord.HTTPException as e:
+        log.warning("could not tell user %s about an error (HTTP %s)", interaction.user.id, e.status)
+
+
+async def guarded(interaction: discord.Interaction, action: Callable[[], Awaitable[object]]) -> None:
+    """Run a button or modal action; every error ends in `report_error`."""
+    try:
+        await action()
+    except Exception as e:
+        await report_error(interaction, e)
+
+
+def _what(interaction: discord.Interaction) -> str:
+    if interaction.command is not None:
+        return f"/{interaction.command.qualified_name}"
+    data = interaction.data or {}
+    return str(data.get("custom_id") or data.get("name") or interaction.type.name)

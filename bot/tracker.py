@@ -1,0 +1,286 @@
+"""Following each job from queued to delivered: its status message and its result.
+
+The jobs service emits `JobEvent`s (queued position/ETA, started, step progress, finished, failed,
+cancelled). The tracker keeps the newest state of every job it hears of and, once the job has a status
+message (the deferred reply of the interaction, or a channel message after a restart), edits it through a
+`ThrottledEditor`: at most one edit per `[discord] status_edit_interval_s`, latest state wins.
+
+Events can arrive before the cog has answered the interaction (a tiny job may finish in milliseconds), so a
+job's final step waits (briefly) until its status message is attached before delivering.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import discord
+
+from bot import service as svc
+from bot.delivery import Deliverer, Payload, Target
+from bot.embeds import JobStatus, image_name, result_embed, status_text
+from bot.throttle import ThrottledEditor
+from bot.views import result_view, status_view
+from db import jobs as store_jobs
+from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+
+if TYPE_CHECKING:
+    from db.records import JobRecord
+    from db.session import Store
+
+log = logging.getLogger(__name__)
+
+ATTACH_WAIT_S = 10.0  # how long a finished job waits for its status message before delivering anyway
+
+
+class StatusSink(Protocol):
+    """A message that shows one job's status."""
+
+    def usable(self) -> bool: ...
+
+    async def edit(self, content: str, view: discord.ui.View | None) -> int | None: ...
+
+
+class InteractionStatus:
+    """The interaction's own reply, edited through its token while the token lives (15 min)."""
+
+    def __init__(self, interaction: discord.Interaction):
+        self.interaction = interaction
+
+    def usable(self) -> bool:
+        return not self.interaction.is_expired()
+
+    async def edit(self, content: str, view: discord.ui.View | None) -> int | None:
+        if not self.usable():
+            return None
+        msg = await self.interaction.edit_original_response(content=content, view=view)
+        return msg.id
+
+
+class ChannelStatus:
+    """A normal channel message of the bot, edited with the bot token (no time limit)."""
+
+    def __init__(self, client: discord.Client, channel_id: int, message_id: int):
+        self.message = client.get_partial_messageable(channel_id).get_partial_message(message_id)
+
+    def usable(self) -> bool:
+        return True
+
+    async def edit(self, content: str, view: discord.ui.View | None) -> int | None:
+        await self.message.edit(content=content, view=view)
+        return self.message.id
+
+
+@dataclass
+class Tracked:
+    job_id: int
+    prompt: str = ""
+    state: JobStatus | None = None
+    sink: StatusSink | None = None
+    editor: ThrottledEditor[JobStatus] | None = None
+    started_at: float | None = None
+    attached: asyncio.Event = field(default_factory=asyncio.Event)
+    final: asyncio.Task | None = None
+
+
+class JobTracker:
+    def __init__(self, client: discord.Client, service: svc.JobService, store: "Store", deliverer: Deliverer,
+                 *, interval_s: float):
+        self.client = client
+        self.service = service
+        self.store = store
+        self.deliverer = deliverer
+        self.interval_s = interval_s
+        self._jobs: dict[int, Tracked] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._unsubscribe = service.subscribe(self.on_event)
+
+    # --- events (plain function: keeps the service's order) ---------------------------------------------------
+
+    def on_event(self, ev: svc.JobEvent) -> None:
+        t = self._jobs.setdefault(ev.job_id, Tracked(ev.job_id))
+        if t.final is not None:
+            return
+        # 1. The new state.
+        if ev.kind == QUEUED:
+            if t.state is not None and t.state.state != QUEUED:
+                return
+            t.state = JobStatus(QUEUED, position=ev.position, eta_s=ev.eta_s)
+        elif ev.kind == svc.STARTED:
+            t.started_at = time.monotonic()
+            t.state = JobStatus(RUNNING, elapsed_s=0.0)
+        elif ev.kind == svc.PROGRESS:
+            t.started_at = t.started_at or time.monotonic()
+            t.state = JobStatus(RUNNING, step=ev.step or 0, total=ev.total or 0,
+                                elapsed_s=time.monotonic() - t.started_at)
+        elif ev.kind in (svc.FINISHED, svc.FAILED, svc.CANCELLED):
+            t.final = self._spawn(self._finish(t, ev), f"fluxbot-finish-{ev.job_id}")
+            return
+        # 2. Shown when the job has a status message.
+        if t.editor is not None and t.state is not None:
+            t.editor.push(t.state)
+
+    # --- status messages ----------------------------------------------------------------------------------------
+
+    async def attach_interaction(self, job_id: int, interaction: discord.Interaction, *, position: int | None,
+                                 eta_s: float | None) -> None:
+        """The job's status lives in the (deferred) reply of `interaction`; show it now."""
+        await self._attach(job_id, InteractionStatus(interaction), JobStatus(QUEUED, position=position, eta_s=eta_s))
+
+    async def attach_channel_message(self, job_id: int, channel_id: int, message_id: int) -> None:
+        await self._attach(job_id, ChannelStatus(self.client, channel_id, message_id), None)
+
+    async def _attach(self, job_id: int, sink: StatusSink, initial: JobStatus | None) -> None:
+        t = self._jobs.setdefault(job_id, Tracked(job_id))
+        if not t.prompt:
+            job = await store_jobs.get_job(self.store, job_id)
+            t.prompt = job.prompt if job else ""
+        t.sink = sink
+        t.editor = ThrottledEditor(lambda st, t=t: self._show(t, st), self.interval_s)
+        t.state = t.state or initial
+        if t.state is not None and t.final is None:
+            t.editor.push(t.state)
+        t.attached.set()
+
+    async def _show(self, t: Tracked, st: JobStatus) -> None:
+        if t.sink is None or not t.sink.usable():
+            return
+        view = status_view(t.job_id) if st.state in (QUEUED, RUNNING) else None
+        message_id = await t.sink.edit(status_text(t.job_id, t.prompt, st), view)
+        if message_id and st.state == QUEUED and isinstance(t.sink, InteractionStatus):
+            await store_jobs.set_status_message(self.store, t.job_id, message_id)
+
+    # --- the end of a job -----------------------------------------------------------------------------------------
+
+    async def _finish(self, t: Tracked, ev: svc.JobEvent) -> None:
+        try:
+            # 1. Give the cog a moment to attach the status message (a tiny job can beat the reply).
+            try:
+                await asyncio.wait_for(t.attached.wait(), ATTACH_WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("job %d ended before its status message existed", t.job_id)
+            job = ev.record or await store_jobs.get_job(self.store, t.job_id)
+            if job is None:
+                return
+            # 2. The last status edit, and the result or the failure notice.
+            final = _final_state(job, ev)
+            status_visible = t.sink is not None and t.sink.usable()
+            closing = t.editor.close(final) if t.editor is not None else _nothing()
+            if ev.kind == svc.FINISHED:
+                await asyncio.gather(closing, self.deliver(job))
+            elif ev.kind == svc.FAILED:
+                await closing
+                if not status_visible:
+                    await self._notify_failure(job, ev.message or job.error or "unknown error")
+                else:
+                    await store_jobs.mark_delivered(self.store, job.id)
+            else:
+                await closing
+        except Exception:
+            log.exception("job %d: finishing its messages failed", t.job_id)
+        finally:
+            self._jobs.pop(t.job_id, None)
+
+    async def deliver(self, job: "JobRecord") -> bool:
+        """Post a done job's images (followup, else channel message) and record where they went."""
+        target = Target(application_id=self.client.application_id, token=job.interaction_token,
+                        token_created_at=job.interaction_created_at, channel_id=job.channel_id,
+                        user_id=job.user_id)
+        payload = await self.result_payload(job)
+        delivered = await self.deliverer.deliver(target, lambda: payload, job_id=job.id)
+        if delivered is None:
+            return False
+        await store_jobs.set_message(self.store, job.id, delivered.channel_id, delivered.message_id)
+        await store_jobs.mark_delivered(self.store, job.id)
+        log.info("job %d delivered by %s", job.id, delivered.via)
+        return True
+
+    async def result_payload(self, job: "JobRecord") -> Payload:
+        """The result message of a done job: its PNGs read from disk, the embed and the four buttons."""
+        paths = [Path(i.path) for i in job.images]
+        blobs = await asyncio.to_thread(lambda: [p.read_bytes() for p in paths])
+        files = [(image_name(job.id, i), data) for i, data in enumerate(blobs)]
+        return Payload(content=f"<@{job.user_id}>", embed=result_embed(job), files=files,
+                       view=result_view(job.id), mention_user_id=job.user_id)
+
+    async def _notify_failure(self, job: "JobRecord", message: str) -> None:
+        if job.channel_id is None:
+            return
+        text = f"<@{job.user_id}> ⚠️ Job #{job.id} (**{job.prompt[:80]}**) failed: {message}"
+        try:
+            await self.client.get_partial_messageable(job.channel_id).send(
+                text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]))
+            await store_jobs.mark_delivered(self.store, job.id)
+        except discord.HTTPException as e:
+            log.error("job %d: could not tell user %d that it failed (HTTP %s)", job.id, job.user_id, e.status)
+
+    # --- restart ---------------------------------------------------------------------------------------------------
+
+    async def announce_recovered(self, jobs: list["JobRecord"]) -> None:
+        """Tell each owner in their channel that their job is back in the queue; that message then shows its
+        status (the old reply's token may have expired while the bot was down)."""
+        for job in jobs:
+            t = self._jobs.setdefault(job.id, Tracked(job.id, prompt=job.prompt))
+            position = self.service.queue.position(job.id)
+            t.state = t.state or JobStatus(QUEUED, position=position, eta_s=self.service.queue.eta_s(job.id))
+            if job.channel_id is None:
+                t.attached.set()
+                continue
+            text = (f"<@{job.user_id}> The bot restarted; job #{job.id} is back in the queue.\n"
+                    + status_text(job.id, job.prompt, t.state))
+            try:
+                msg = await self.client.get_partial_messageable(job.channel_id).send(
+                    text, view=status_view(job.id),
+                    allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]))
+            except discord.HTTPException as e:
+                log.warning("job %d: could not tell user %d about the restart (HTTP %s)", job.id, job.user_id,
+                            e.status)
+                t.attached.set()
+                continue
+            await store_jobs.set_status_message(self.store, job.id, msg.id)
+            await self.attach_channel_message(job.id, job.channel_id, msg.id)
+
+    async def deliver_undelivered(self) -> int:
+        """Results that were made but never reached Discord (the bot stopped in between)."""
+        sent = 0
+        for job in await store_jobs.undelivered_jobs(self.store):
+            if job.status == DONE and await self.deliver(job):
+                sent += 1
+            elif job.status == FAILED:
+                await self._notify_failure(job, job.error or "unknown error")
+        return sent
+
+    # --- housekeeping ------------------------------------------------------------------------------------------------
+
+    def tracked(self) -> list[int]:
+        return list(self._jobs)
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        for t in list(self._jobs.values()):
+            if t.editor is not None:
+                t.editor.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _final_state(job: "JobRecord", ev: svc.JobEvent) -> JobStatus:
+    if ev.kind == svc.FINISHED:
+        return JobStatus(DONE, elapsed_s=job.timings.get("total"))
+    if ev.kind == svc.FAILED:
+        return JobStatus(FAILED, error=ev.message or job.error or "")
+    return JobStatus(CANCELLED)
+
+
+async def _nothing() -> None:
+    return None
