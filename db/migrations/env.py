@@ -16,9 +16,10 @@ import os
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from db.migrate import FOREIGN_KEYS_OFF
 from db.models import Base
+from db.session import open_store
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,16 @@ def run_on_connection(connection: Connection) -> None:
 
 
 async def run_with_own_engine() -> None:
-    engine = create_async_engine(_url())
+    # the store's engine, so SQLite gets the same PRAGMAs, real transactions and foreign keys off while
+    # migrating as `python -m bot migrate` (see db.migrate.upgrade_to_head)
+    store = await open_store(_url(), migrate=False)
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(run_on_connection)
+        async with store.engine.connect() as conn:
+            await conn.execution_options(**{FOREIGN_KEYS_OFF: True})
+            async with conn.begin():
+                await conn.run_sync(run_on_connection)
     finally:
-        await engine.dispose()
+        await store.close()
 
 
 def run_offline() -> None:
