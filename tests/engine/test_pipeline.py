@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from engine.errors import EngineError
@@ -87,3 +88,50 @@ def test_closed_engine_refuses_work(tiny_settings):
     engine.close()
     with pytest.raises(EngineError, match="closed"):
         engine.generate(JobSpec("a cat", seed=1, **SMALL))
+
+
+# Batched vs single: on the CPU the tiny model gives bit-identical pixels (measured 256²–1024²: max 0);
+# other BLAS back-ends/GPUs may reorder sums, so the test allows what docs/engine.md states: max 2/255.
+BATCH_MAX_DIFF = 2
+
+
+def test_batch_equals_singles_and_keeps_order(tiny_engine):
+    specs = [JobSpec("a red cat", seed=1, **SMALL), JobSpec("a blue dog on the moon", seed=2, count=2, **SMALL),
+             JobSpec("night city", seed=3, steps=2, width=320, height=256),  # another batch key: its own batch
+             JobSpec("a red cat", seed=4, **SMALL)]
+    batch = tiny_engine.generate_batch(specs)
+    assert [r.spec.seed for r in batch] == [1, 2, 3, 4] and [len(r.images) for r in batch] == [1, 2, 1, 1]
+    assert batch[0].timings["batch_images"] == 4.0 and batch[2].timings["batch_images"] == 1.0
+    for spec, got in zip(specs, batch):
+        alone = tiny_engine.generate(spec)
+        for a, b in zip(alone.images, got.images):
+            assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= BATCH_MAX_DIFF
+
+
+def test_cancel_in_a_batch_cancels_every_job_of_it(tiny_engine):
+    specs = [JobSpec("a cat", seed=1, steps=4, width=256, height=256),
+             JobSpec("a dog", seed=2, steps=4, width=256, height=256)]
+    results = tiny_engine.generate_batch(specs, should_cancel=lambda: True)
+    assert all(r.cancelled and r.images == [] and r.steps_done == 0 for r in results)
+
+
+def test_cuda_out_of_memory_becomes_engine_out_of_memory_with_a_leaner_profile(tiny_engine):
+    from engine.errors import EngineOutOfMemory
+
+    def oom(done, total):  # what torch raises when a CUDA allocation fails mid-step
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(EngineOutOfMemory) as info:
+        tiny_engine.generate(JobSpec("a cat", seed=1, **SMALL), progress=oom)
+    err = info.value
+    assert err.profile == "resident" and err.suggested_profile == "model-offload"
+    assert 'profile = "model-offload"' in str(err)
+
+
+def test_other_failures_become_a_short_engine_error(tiny_engine):
+    def broken(done, total):
+        raise RuntimeError("boom " + "x" * 1000)
+
+    with pytest.raises(EngineError, match="image generation failed: RuntimeError: boom") as info:
+        tiny_engine.generate(JobSpec("a cat", seed=1, **SMALL), progress=broken)
+    assert len(str(info.value)) < 300
