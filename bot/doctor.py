@@ -156,7 +156,7 @@ def _check_host(cfg: Config | None, checks: list[Check]) -> None:
         free = shutil.disk_usage(existing).free
         status = OK if free >= LOW_DISK else WARN
         checks.append(Check("disk", status, f"{free / GiB:.1f} GiB free for {label} ({folder})"
-                            + ("" if status == OK else ": low; FLUX.1-dev needs ~34 GB, majicflus ~45 GB")))
+                            + ("" if status == OK else ": low; the FLUX.1-dev download needs about 34 GB")))
 
 
 def _existing_parent(path: Path) -> Path:
