@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -32,11 +33,23 @@ def make_config(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture
-def make_bot(make_config, tiny_engine):
-    """FluxBot over the shared tiny engine (not closed with the bot)."""
-    def _make(config: Config | None = None, **discord_overrides) -> FluxBot:
-        return FluxBot(config or make_config(**discord_overrides), engine_loader=lambda _s, _d: tiny_engine,
-                       close_engines=False)
+def gate():
+    """Set it to let a gated bot's engine finish loading (until then jobs wait in the queue)."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def make_bot(make_config, tiny_engine, gate):
+    """FluxBot over the shared tiny engine (not closed with the bot). `gated=True`: the engine loads only
+    once the test sets `gate`, so that jobs stay queued meanwhile."""
+    def _make(config: Config | None = None, *, gated: bool = False, **discord_overrides) -> FluxBot:
+        def loader(_settings, _device):
+            if gated:
+                gate.wait(60)
+            return tiny_engine
+        return FluxBot(config or make_config(**discord_overrides), engine_loader=loader, close_engines=False)
     return _make
 
 
@@ -95,3 +108,105 @@ async def test_imagine_defers_shows_status_and_delivers_png_embed_and_buttons(fa
     # 3. The record knows where the result went.
     job = await store_jobs.get_job(bot.store, 1)
     assert job.status == "done" and job.result_message_id == result.id and job.delivered_at is not None
+
+
+# --- buttons ------------------------------------------------------------------------------------------------------
+
+async def test_reroll_vary_and_edit_make_new_jobs_owned_by_the_presser(fake_discord, running):
+    fake, bot = fake_discord, running
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    first = await result_of(await imagine(fake, alice, prompt="a lighthouse", seed=1000))
+    # 1. 🎲 Reroll by bob: same recipe, a new seed, bob's job, parent 1.
+    ix = await fake.click(bob, first, "fluxbot:reroll:1")
+    assert (await ix.wait_response()).deferred
+    rerolled = await result_of(ix)
+    job2 = await store_jobs.get_job(bot.store, 2)
+    assert (job2.kind, job2.parent_id, job2.user_id, job2.prompt, job2.steps) == ("reroll", 1, bob.id, "a lighthouse", 2)
+    assert job2.seed != 1000 and f"Seed {job2.seed}" in rerolled.text()
+    assert rerolled.custom_ids[0] == "fluxbot:reroll:2"
+    # 2. 🔀 Vary: the same seed, a variation seed at a subtle strength.
+    vary = await result_of(await fake.click(alice, first, "fluxbot:vary:1"))
+    job3 = await store_jobs.get_job(bot.store, 3)
+    assert (job3.kind, job3.parent_id, job3.seed, job3.variation_strength) == ("vary", 1, 1000, 0.15)
+    assert job3.variation_seed is not None and "Variation" in vary.text()
+    # 3. ✏️ Edit: a modal prefilled with prompt, seed and steps; its submit starts job 4.
+    opener = await fake.click(bob, first, "fluxbot:edit:1")
+    response = await opener.wait_response()
+    assert response.modal_custom_id == "fluxbot:editmodal:1"
+    assert "a lighthouse" in str(response.data) and "1000" in str(response.data)
+    ix = await fake.submit_modal(bob, "fluxbot:editmodal:1", {"prompt": "a lighthouse at night", "seed": "7",
+                                                             "steps": "1"})
+    edited = await result_of(ix)
+    job4 = await store_jobs.get_job(bot.store, 4)
+    assert (job4.kind, job4.parent_id, job4.user_id, job4.prompt, job4.seed, job4.steps) == \
+        ("edit", 1, bob.id, "a lighthouse at night", 7, 1)
+    assert "a lighthouse at night" in edited.text()
+
+
+async def test_delete_refused_for_a_stranger_and_done_for_the_owner(fake_discord, running):
+    fake, bot = fake_discord, running
+    alice, mallory = fake.add_user("alice"), fake.add_user("mallory")
+    result = await result_of(await imagine(fake, alice, prompt="a cat", seed=3))
+    # 1. A stranger: ephemeral refusal, the message stays.
+    ix = await fake.click(mallory, result, "fluxbot:delete:1")
+    refusal = await ix.wait_message(lambda m: m.ephemeral)
+    assert "Only the person who asked for this job or an admin may delete it" in refusal.content
+    assert not result.deleted and (await store_jobs.get_job(bot.store, 1)).deleted_at is None
+    # 2. The owner: the message goes, the record stays, marked deleted.
+    ix = await fake.click(alice, result, "fluxbot:delete:1")
+    await ix.wait_message(lambda m: m.ephemeral and "deleted" in m.content)
+    assert result.deleted
+    job = await store_jobs.get_job(bot.store, 1)
+    assert job.deleted_at is not None and job.status == "done"
+
+
+async def test_an_admin_may_delete_any_job(fake_discord, start_bot, make_bot):
+    fake = fake_discord
+    boss = fake.add_user("boss")
+    bot = await start_bot(make_bot(owner_ids=[boss.id]))
+    await bot.wait_until_engines_loaded()
+    alice = fake.add_user("alice")
+    result = await result_of(await imagine(fake, alice, prompt="a cat", seed=3))
+    ix = await fake.click(boss, result, "fluxbot:delete:1")
+    await ix.wait_message(lambda m: m.ephemeral and "deleted" in m.content)
+    assert result.deleted
+
+
+async def test_cancel_of_a_queued_job_by_its_owner_only(fake_discord, start_bot, make_bot, gate):
+    fake = fake_discord
+    bot = await start_bot(make_bot(gated=True))
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    ix1 = await imagine(fake, alice, prompt="first", seed=1)
+    ix2 = await imagine(fake, alice, prompt="second", seed=2)
+    status2 = await ix2.wait_message(lambda m: "Queued, position 2" in m.content)
+    assert status2.custom_ids == ["fluxbot:cancel:2"]
+    # 1. Bob may not cancel alice's job.
+    ix = await fake.click(bob, status2, "fluxbot:cancel:2")
+    assert "Only the person who asked" in (await ix.wait_message(lambda m: m.ephemeral)).content
+    # 2. Alice may: job 2 leaves the queue, and its status message says so.
+    ix = await fake.click(alice, status2, "fluxbot:cancel:2")
+    assert "Job #2 cancelled" in (await ix.wait_message(lambda m: m.ephemeral)).content
+    await ix2.wait_message(lambda m: m.kind == "response" and "Cancelled" in m.content)
+    assert (await store_jobs.get_job(bot.store, 2)).status == "cancelled"
+    # 3. The other job still runs once the engine is there; the cancelled one never does.
+    gate.set()
+    await result_of(ix1)
+    await asyncio.sleep(0.3)
+    assert (await store_jobs.get_job(bot.store, 2)).status == "cancelled"
+    assert not any(has_result(m) for m in ix2.messages)
+
+
+async def test_two_users_jobs_run_in_fifo_order(fake_discord, start_bot, make_bot, gate):
+    fake = fake_discord
+    bot = await start_bot(make_bot(gated=True))
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    order = [(alice, "a1"), (bob, "b1"), (alice, "a2"), (bob, "b2")]
+    ixs = [await imagine(fake, user, prompt=prompt, seed=5) for user, prompt in order]
+    last = await ixs[3].wait_message(lambda m: "Queued, position 4" in m.content)
+    assert "b2" in last.content
+    gate.set()
+    results = [await result_of(ix) for ix in ixs]
+    jobs = [await store_jobs.get_job(bot.store, i) for i in (1, 2, 3, 4)]
+    assert [j.prompt for j in sorted(jobs, key=lambda j: j.started_at)] == ["a1", "b1", "a2", "b2"]
+    assert [j.user_id for j in jobs] == [alice.id, bob.id, alice.id, bob.id]
+    assert all(r.attachments for r in results)
