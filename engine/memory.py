@@ -41,14 +41,18 @@ class MemoryPlan:
     reason: str
     device: str
     vae_tiling: bool
-    streamers: list = field(default_factory=list)   # engine.streamer.Streamer objects owned by the plan
-    notes: list = field(default_factory=list)
+    streamers: list = field(default_factory=list)   # streamer units (engine/streamer.py) owned by the plan
+    undo: list = field(default_factory=list)        # callables that remove other hooks this plan installed
 
     def release(self) -> None:
-        """Free the streamers' device buffers and host copies (call before dropping the pipeline)."""
+        """Remove the plan's hooks and free its device buffers and host copies; the pipeline's weights stay
+        usable (in host RAM) so that another profile can be applied."""
         for streamer in self.streamers:
             streamer.close()
         self.streamers.clear()
+        for fn in self.undo:
+            fn()
+        self.undo.clear()
 
 
 def leaner(profile: str) -> str | None:
@@ -117,6 +121,7 @@ def apply_profile(pipe, profile: str, device: str, settings: EngineSettings) -> 
         pipe.to(device)
     elif profile == "model-offload":
         pipe.enable_model_cpu_offload(device=device)
+        plan.undo.append(pipe.remove_all_hooks)
     else:
         _apply_streamed(pipe, device, settings, plan)
     # 3. VAE tiling when the decode would not fit.

@@ -40,7 +40,7 @@ def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int
         t5_blocks = list(t5.encoder.block)
         embed = t5.encoder.embed_tokens
         _move_rest(t5, t5_blocks + [embed], dev)
-        _host_lookup(embed, dev)
+        units.append(HostLookup("t5-embedding", embed, dev))
         units.append(BlockStreamer("t5", t5_blocks, dev, slots=slots, cyclic=False, lease=lease))
     # 3. CLIP and the VAE decoder come in for their turn.
     clip = getattr(pipe, "text_encoder", None)
@@ -92,15 +92,30 @@ def _move_rest(model: nn.Module, skip: list[nn.Module], device: torch.device) ->
     return moved
 
 
-def _host_lookup(embedding: nn.Module, device: torch.device) -> None:
-    """Run an embedding lookup in host RAM and send only the looked-up rows to `device`."""
-    embedding.to("cpu")
+class HostLookup:
+    """An embedding table that stays in host RAM: ids go to the host, only the looked-up rows come over."""
 
-    def to_host(module, args):
+    def __init__(self, name: str, embedding: nn.Module, device: torch.device):
+        self.name = name
+        self.device = device
+        embedding.to("cpu")
+        self.handles = [embedding.register_forward_pre_hook(self._to_host),
+                        embedding.register_forward_hook(self._to_device)]
+
+    @staticmethod
+    def _to_host(module, args):
         return tuple(a.to("cpu") if isinstance(a, torch.Tensor) else a for a in args)
 
-    def to_device(module, args, output):
-        return output.to(device, non_blocking=True)
+    def _to_device(self, module, args, output):
+        return output.to(self.device, non_blocking=True)
 
-    embedding.register_forward_pre_hook(to_host)
-    embedding.register_forward_hook(to_device)
+    def device_bytes(self) -> int:
+        return 0
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
