@@ -210,3 +210,115 @@ async def test_two_users_jobs_run_in_fifo_order(fake_discord, start_bot, make_bo
     assert [j.prompt for j in sorted(jobs, key=lambda j: j.started_at)] == ["a1", "b1", "a2", "b2"]
     assert [j.user_id for j in jobs] == [alice.id, bob.id, alice.id, bob.id]
     assert all(r.attachments for r in results)
+
+
+# --- refusals -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, says", [
+    ({"prompt": "a fox", "steps": 0}, "Steps must be between 1 and 50, not 0"),
+    ({"prompt": "a fox", "steps": 999}, "Steps must be between 1 and 50, not 999"),
+    ({"prompt": "a fox", "size": "1024x1024"}, "Size '1024x1024' is not offered"),
+    ({"prompt": ""}, "The prompt is empty"),
+    ({"prompt": "x" * 5000}, "5000 characters long; the limit is 1000"),
+    ({"prompt": "a FR0G on a log"}, "does not accept ('frog')"),
+])
+async def test_bad_inputs_get_an_ephemeral_message_and_no_job(fake_discord, start_bot, make_bot, options, says):
+    # Discord's own option checks are bypassed (validate=False), as a crafted request would.
+    fake = fake_discord
+    bot = await start_bot(make_bot(banned_words=["frog"]))
+    alice = fake.add_user("alice")
+    ix = await fake.slash(alice, "imagine", {"size": "256x256", **options}, validate=False)
+    response = await ix.wait_response()
+    assert response.ephemeral and says in response.data["content"], response.data
+    assert await count_jobs(bot) == 0
+    assert not [m for m in fake.messages if not m.ephemeral]
+
+
+async def test_restricted_channel_and_role_refuse_before_anything_is_queued(fake_discord, start_bot, make_bot):
+    fake = fake_discord
+    artists = fake.add_role("artists")
+    studio = fake.add_channel("studio")
+    bot = await start_bot(make_bot(allowed_channel_ids=[studio.id], allowed_role_ids=[artists.id], allow_dms=False))
+    await bot.wait_until_engines_loaded()
+    alice, bob = fake.add_user("alice", [artists]), fake.add_user("bob")
+    cases = [(alice, {}, "not enabled in this channel"), (bob, {"channel": studio}, "roles allowed"),
+             (alice, {"dm": True}, "direct messages")]
+    for user, where, says in cases:
+        ix = await fake.slash(user, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, **where)
+        response = await ix.wait_response()
+        assert response.ephemeral and says in response.data["content"]
+    assert await count_jobs(bot) == 0
+    ok = await fake.slash(alice, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, channel=studio)
+    await result_of(ok)
+
+
+# --- history, show, queue ------------------------------------------------------------------------------------------
+
+async def add_done_jobs(bot, user_id: int, n: int) -> None:
+    from db.records import NewJob
+    for i in range(n):
+        await store_jobs.create_job(bot.store, NewJob(user_id=user_id, prompt=f"old prompt {i}", seed=100 + i,
+                                                      steps=2, width=256, height=256, guidance=3.5))
+
+
+async def test_history_pages_newest_first_and_only_admins_see_others(fake_discord, running):
+    fake, bot = fake_discord, running
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    await add_done_jobs(bot, alice.id, 12)
+    await add_done_jobs(bot, bob.id, 1)
+    # 1. Page 1: the ten newest, with paging buttons.
+    ix = await fake.slash(alice, "history")
+    page1 = await ix.wait_message(lambda m: m.ephemeral and m.embeds)
+    text = page1.text()
+    assert "old prompt 11" in text and "old prompt 2" in text and "old prompt 1\n" not in text + "\n"
+    assert "Page 1/2" in text and "seed 111" in text
+    assert text.index("old prompt 11") < text.index("old prompt 10")
+    # 2. Older ▶ turns the same message to page 2.
+    ix = await fake.click(alice, page1, "Older ▶")
+    await ix.wait_response()
+    assert "Page 2/2" in page1.text() and "old prompt 0" in page1.text() and "old prompt 11" not in page1.text()
+    # 3. Someone else's history: refused for bob.
+    ix = await fake.slash(bob, "history", {"user": alice.id})
+    assert "Only admins" in (await ix.wait_response()).data["content"]
+
+
+async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_discord, running):
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    fake, bot = fake_discord, running
+    alice = fake.add_user("alice")
+    original = await result_of(await imagine(fake, alice, prompt="a castle", seed=77))
+    pixels = np.asarray(Image.open(io.BytesIO(original.attachments[0].data)))
+    # 1. Kept on disk: posted again with its buttons, no new job.
+    shown = await result_of(await fake.slash(alice, "show", {"job": 1}))
+    assert shown.custom_ids[0] == "fluxbot:reroll:1" and "a castle" in shown.text()
+    assert shown.attachments[0].data == original.attachments[0].data
+    assert await count_jobs(bot) == 1
+    # 2. Pruned from disk: regenerated from the record (a `show` job), same pixels.
+    for image in (await store_jobs.get_job(bot.store, 1)).images:
+        Path(image.path).unlink()
+    again = await result_of(await fake.slash(alice, "show", {"job": 1}))
+    job2 = await store_jobs.get_job(bot.store, 2)
+    assert (job2.kind, job2.parent_id, job2.seed) == ("show", 1, 77)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(again.attachments[0].data))), pixels)
+    # 3. A job that does not exist.
+    ix = await fake.slash(alice, "show", {"job": 999})
+    assert "does not exist" in (await ix.wait_response()).data["content"]
+
+
+async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, start_bot, make_bot, gate):
+    fake = fake_discord
+    bot = await start_bot(make_bot(gated=True))
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    for user in (alice, bob, alice):
+        await (await imagine(fake, user, prompt="p", seed=1)).wait_response()
+    ix = await fake.slash(bob, "queue")
+    msg = await ix.wait_message(lambda m: m.ephemeral and m.embeds)
+    text = msg.text()
+    assert "3 waiting" in text and "Yours: #2" in text
+    assert text.index("job 1") < text.index("job 2") < text.index("job 3")
+    assert text.count("← yours") == 1
