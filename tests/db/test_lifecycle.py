@@ -121,3 +121,16 @@ async def test_lineage(store):
     got = await jobs.get_jobs(store, [parent.id, child.id, 12345])
     assert set(got) == {parent.id, child.id}
     assert got[child.id].parent_id == parent.id and got[child.id].variation_strength == 0.3
+
+
+async def test_racing_finish_cancel_and_fail_have_exactly_one_winner(store):
+    import asyncio
+    made = [await jobs.create_job(store, new_job()) for _ in range(10)]
+    for job in made:
+        await jobs.mark_running(store, job.id)
+    for job in made:
+        won = await asyncio.gather(jobs.cancel_job(store, job.id), jobs.finish_job(store, job.id, OUTPUT),
+                                   jobs.fail_job(store, job.id, "oom"))
+        assert sum(won) == 1, f"exactly one state change may win, got {won}"
+        final = await jobs.get_job(store, job.id)
+        assert final.status == ("cancelled", "done", "failed")[won.index(True)]
