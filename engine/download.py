@@ -230,6 +230,7 @@ def download_resumable(url: str, dest: str | os.PathLike, *, size: int | None = 
     # 1. Fetch until the .part file is complete, resuming after every dropped connection.
     failures = 0
     while True:
+        before = _size(part)
         try:
             if _fetch_into(url, part, size=size, progress=progress, timeout=timeout, chunk_bytes=chunk_bytes):
                 break
@@ -238,7 +239,7 @@ def download_resumable(url: str, dest: str | os.PathLike, *, size: int | None = 
             if isinstance(e, urllib.error.HTTPError) and e.code < 500:
                 raise DownloadError(f"{url} answered {e.code} {e.reason}: "
                                     f"{'the file does not exist' if e.code == 404 else 'access refused'}") from None
-            failures += 1
+            failures = 1 if _size(part) > before else failures + 1  # progress made: a fresh set of tries
             if failures > retries:
                 raise DownloadError(f"download of {dest.name} failed {failures} times ({e}); run the same command "
                                     f"again to continue from {_size(part)} bytes") from None

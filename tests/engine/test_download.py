@@ -181,6 +181,7 @@ class FakeModelScope:
         self.ranges: list[str | None] = []
         self.drop_after: int | None = None  # send this many bytes of the next body, then close
         self.lie_about_hash = False
+        self.status: int | None = None  # answer every file request with this error status
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -207,6 +208,8 @@ class FakeModelScope:
             def _file(self, data: bytes):
                 rng = self.headers.get("Range")
                 fake.ranges.append(rng)
+                if fake.status:
+                    return self.send_error(fake.status)
                 start = 0
                 if rng:
                     start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
@@ -292,6 +295,16 @@ def test_a_corrupted_download_is_deleted_and_reported(tmp_path, weights):
         with pytest.raises(dl.DownloadError, match="corrupted"):
             dl.download_resumable(url, dest, size=len(weights), sha256="0" * 64, progress=False, backoff_s=0)
     assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+
+
+def test_a_server_that_keeps_failing_gives_up_with_a_resume_hint(tmp_path, weights):
+    dest = tmp_path / "w.safetensors"
+    with FakeModelScope({dest.name: weights}) as ms:
+        ms.status = 503
+        url = dl.modelscope_file_url(ms.repo, dest.name, endpoint=ms.endpoint)
+        with pytest.raises(dl.DownloadError, match="failed 3 times.*run the same command again"):
+            dl.download_resumable(url, dest, size=len(weights), progress=False, retries=2, backoff_s=0)
+    assert len(ms.ranges) == 3 and not dest.exists()
 
 
 def test_a_missing_remote_file_says_so(tmp_path):
