@@ -10,10 +10,7 @@ import asyncio
 import logging
 import sys
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from bot.config import load_config
-from db.migrate import head_revision, upgrade_to_head
 from db.errors import StoreError
 from db.session import open_store
 
@@ -28,25 +25,16 @@ def migrate_command(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"migrate: {e}", file=sys.stderr)
         return 1
-    except (SQLAlchemyError, OSError) as e:
-        print(f"migrate: cannot reach the database at [database] url: {e.__class__.__name__}: "
-              f"{str(e).splitlines()[0]}. Check the URL, that the server is running, and the file's permissions.",
-              file=sys.stderr)
-        return 1
     print(message)
     return 0
 
 
 async def migrate(url: str, *, echo: bool = False) -> str:
     """Upgrade the database at `url` to head; returns a line saying what changed."""
-    # 1. open without migrating, so that we can say where it started
-    store = await open_store(url, echo=echo, migrate=False)
-    try:
-        # 2. upgrade in one transaction
-        before, after = await upgrade_to_head(store.engine)
-    finally:
-        await store.close()
-    # 3. report
-    if before == after:
-        return f"database {store.url} is already at the newest schema ({after})"
-    return f"database {store.url} upgraded from {before or 'empty'} to {after} (newest: {head_revision()})"
+    # 1. open_store migrates to head in one transaction and remembers where it started
+    store = await open_store(url, echo=echo)
+    await store.close()
+    # 2. report
+    if store.revision_before == store.revision:
+        return f"database {store.url} is already at the newest schema ({store.revision})"
+    return f"database {store.url} upgraded from {store.revision_before or 'empty'} to {store.revision}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from db.errors import StoreError
@@ -29,6 +30,8 @@ class Store:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     url: str  # password masked: safe to log
+    revision_before: str | None = None  # schema revision found on opening (None: empty database)
+    revision: str | None = None  # schema revision after migrating (None: opened with migrate=False)
 
     def session(self) -> AsyncSession:
         return self.sessions()
@@ -85,21 +88,28 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
         raise StoreError(f"[database] url {shown}: cannot create an async engine ({e}); use an async driver "
                          f"such as sqlite+aiosqlite:// or postgresql+asyncpg:// (pip install fluxbot[postgres])") \
             from None
-    if parsed.get_backend_name() == "sqlite":
+    if is_sqlite(parsed):
         install_sqlite_pragmas(engine, busy_timeout_s)
-    store = Store(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False), url=shown)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    if not migrate:
+        return Store(engine=engine, sessions=sessions, url=shown)
 
     # 3. bring the schema to head (creates it on an empty database)
-    if migrate:
-        try:
-            before, after = await upgrade_to_head(engine)
-        except Exception:
-            await engine.dispose()
-            raise
-        if before != after:
-            log.info("database %s migrated from %s to %s", shown, before or "empty", after)
-    log.info("database %s open", shown)
-    return store
+    try:
+        before, after = await upgrade_to_head(engine)
+    except StoreError:
+        await engine.dispose()
+        raise
+    except (SQLAlchemyError, OSError) as e:  # unreachable server, bad credentials, read-only file, …
+        await engine.dispose()
+        first_line = (str(e).splitlines() or [""])[0]
+        raise StoreError(f"cannot open the database at [database] url {shown}: {e.__class__.__name__}: "
+                         f"{first_line}. Check the URL, that the server is running, and the file's "
+                         f"permissions") from e
+    if before != after:
+        log.info("database %s migrated from %s to %s", shown, before or "empty", after)
+    log.info("database %s open at schema %s", shown, after)
+    return Store(engine=engine, sessions=sessions, url=shown, revision_before=before, revision=after)
 
 
 def install_sqlite_pragmas(engine: AsyncEngine, busy_timeout_s: float) -> None:

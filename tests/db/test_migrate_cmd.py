@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from bot.cli import main
 
 
@@ -38,3 +40,11 @@ def test_migrate_of_an_unreadable_path_fails_with_a_message(tmp_path, capsys):
     cfg = _config(tmp_path, f"sqlite+aiosqlite:///{blocker / 'bot.db'}")
     assert main(["--config", cfg, "migrate"]) == 1
     assert "migrate:" in capsys.readouterr().err
+
+
+def test_migrate_of_an_unreachable_postgres_says_what_to_check(tmp_path, capsys):
+    pytest.importorskip("asyncpg")
+    cfg = _config(tmp_path, f"postgresql+asyncpg://fluxbot:hunter2@/fluxbot?host={tmp_path}&port=1")
+    assert main(["--config", cfg, "migrate"]) == 1
+    err = capsys.readouterr().err
+    assert "server is running" in err and "hunter2" not in err and "***" in err
