@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bot.config import ConfigError
+from db.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -71,5 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except StoreError as e:
+        print(f"database error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
