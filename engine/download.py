@@ -227,6 +227,14 @@ def download_resumable(url: str, dest: str | os.PathLike, *, size: int | None = 
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
 
+    # 0. A file already downloaded whole is kept; a wrong one is fetched again.
+    if dest.is_file() and (size is None or dest.stat().st_size == size):
+        digest = sha256_file(dest, progress=progress)
+        if sha256 is None or digest == sha256.lower():
+            log.info("%s is already complete", dest)
+            return digest
+        log.warning("%s differs from the published SHA-256: downloading it again", dest)
+
     # 1. Fetch until the .part file is complete, resuming after every dropped connection.
     failures = 0
     while True:

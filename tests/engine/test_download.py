@@ -278,6 +278,19 @@ def test_resumes_a_partial_download_with_a_range_request(tmp_path, weights):
     assert not (tmp_path / "majicflus_v134.safetensors.part").exists()
 
 
+def test_a_complete_file_is_not_fetched_again_but_a_wrong_one_is(tmp_path, weights):
+    dest = tmp_path / "w.safetensors"
+    good = hashlib.sha256(weights).hexdigest()
+    with FakeModelScope({dest.name: weights}) as ms:
+        url = dl.modelscope_file_url(ms.repo, dest.name, endpoint=ms.endpoint)
+        dl.download_resumable(url, dest, size=len(weights), sha256=good, progress=False)
+        dl.download_resumable(url, dest, size=len(weights), sha256=good, progress=False)
+        assert len(ms.ranges) == 1
+        dest.write_bytes(b"\0" * len(weights))  # same size, wrong content
+        dl.download_resumable(url, dest, size=len(weights), sha256=good, progress=False)
+        assert len(ms.ranges) == 2 and dest.read_bytes() == weights
+
+
 def test_a_dropped_connection_is_resumed_where_it_stopped(tmp_path, weights):
     dest = tmp_path / "w.safetensors"
     with FakeModelScope({dest.name: weights}) as ms:
