@@ -49,28 +49,36 @@ class InteractionStatus:
 
     def __init__(self, interaction: discord.Interaction):
         self.interaction = interaction
+        self.gone = False  # Discord said the token or the message no longer exists
 
     def usable(self) -> bool:
-        return not self.interaction.is_expired()
+        return not self.gone and not self.interaction.is_expired()
 
     async def edit(self, content: str, view: discord.ui.View | None) -> int | None:
         if not self.usable():
             return None
-        msg = await self.interaction.edit_original_response(content=content, view=view)
+        try:
+            msg = await self.interaction.edit_original_response(content=content, view=view)
+        except discord.NotFound as e:  # token expired early, or someone deleted the message
+            self.gone = True
+            log.info("status message of interaction %s is gone (%s); no more status edits", self.interaction.id,
+                     e.code)
+            return None
         return msg.id
 
 
 class ChannelStatus:
     """A normal channel message of the bot, edited with the bot token (no time limit)."""
 
-    def __init__(self, client: discord.Client, channel_id: int, message_id: int):
+    def __init__(self, client: discord.Client, channel_id: int, message_id: int, *, prefix: str = ""):
         self.message = client.get_partial_messageable(channel_id).get_partial_message(message_id)
+        self.prefix = prefix  # a line kept above the status (e.g. why this message exists)
 
     def usable(self) -> bool:
         return True
 
     async def edit(self, content: str, view: discord.ui.View | None) -> int | None:
-        await self.message.edit(content=content, view=view)
+        await self.message.edit(content=self.prefix + content, view=view)
         return self.message.id
 
 
@@ -130,8 +138,9 @@ class JobTracker:
         """The job's status lives in the (deferred) reply of `interaction`; show it now."""
         await self._attach(job_id, InteractionStatus(interaction), JobStatus(QUEUED, position=position, eta_s=eta_s))
 
-    async def attach_channel_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        await self._attach(job_id, ChannelStatus(self.client, channel_id, message_id), None)
+    async def attach_channel_message(self, job_id: int, channel_id: int, message_id: int, *,
+                                     prefix: str = "") -> None:
+        await self._attach(job_id, ChannelStatus(self.client, channel_id, message_id, prefix=prefix), None)
 
     async def _attach(self, job_id: int, sink: StatusSink, initial: JobStatus | None) -> None:
         t = self._jobs.setdefault(job_id, Tracked(job_id))
@@ -229,8 +238,8 @@ class JobTracker:
             if job.channel_id is None:
                 t.attached.set()
                 continue
-            text = (f"<@{job.user_id}> The bot restarted; job #{job.id} is back in the queue.\n"
-                    + status_text(job.id, job.prompt, t.state))
+            prefix = f"<@{job.user_id}> The bot restarted; job #{job.id} is back in the queue.\n"
+            text = prefix + status_text(job.id, job.prompt, t.state)
             try:
                 msg = await self.client.get_partial_messageable(job.channel_id).send(
                     text, view=status_view(job.id),
@@ -241,7 +250,7 @@ class JobTracker:
                 t.attached.set()
                 continue
             await store_jobs.set_status_message(self.store, job.id, msg.id)
-            await self.attach_channel_message(job.id, job.channel_id, msg.id)
+            await self.attach_channel_message(job.id, job.channel_id, msg.id, prefix=prefix)
 
     async def deliver_undelivered(self) -> int:
         """Results that were made but never reached Discord (the bot stopped in between)."""

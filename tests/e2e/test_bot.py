@@ -76,6 +76,20 @@ async def result_of(ix, timeout: float = 30.0):
 
 
 
+async def eventually(check, timeout: float = 10.0):
+    """Poll an async check of the bot's own state until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := await check()):
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for the bot"
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def _delivered(bot, job_id: int):
+    job = await store_jobs.get_job(bot.store, job_id)
+    return job if job.delivered_at is not None else None
+
+
 async def count_jobs(bot) -> int:
     from sqlalchemy import func, select
     from db.models import Job
@@ -106,8 +120,8 @@ async def test_imagine_defers_shows_status_and_delivers_png_embed_and_buttons(fa
     assert result.custom_ids == ["fluxbot:reroll:1", "fluxbot:vary:1", "fluxbot:edit:1", "fluxbot:delete:1"]
     assert f"<@{alice.id}>" in result.content
     # 3. The record knows where the result went.
-    job = await store_jobs.get_job(bot.store, 1)
-    assert job.status == "done" and job.result_message_id == result.id and job.delivered_at is not None
+    job = await eventually(lambda: _delivered(bot, 1))
+    assert job.status == "done" and job.result_message_id == result.id
 
 
 # --- buttons ------------------------------------------------------------------------------------------------------
@@ -322,3 +336,82 @@ async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, star
     assert "3 waiting" in text and "Yours: #2" in text
     assert text.index("job 1") < text.index("job 2") < text.index("job 3")
     assert text.count("← yours") == 1
+
+
+# --- restarts and delivery ------------------------------------------------------------------------------------------
+
+async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bot, make_bot, make_config):
+    fake = fake_discord
+    config = make_config()
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    first_bot = await start_bot(make_bot(config))
+    await first_bot.wait_until_engines_loaded()
+    old = await result_of(await imagine(fake, alice, prompt="a windmill", seed=9))
+    await stop_bot(first_bot)
+    # A new process: a new FluxBot over the same database; the old message's buttons still work.
+    second_bot = await start_bot(make_bot(config))
+    await second_bot.wait_until_engines_loaded()
+    rerolled = await result_of(await fake.click(bob, old, "fluxbot:reroll:1"))
+    job2 = await store_jobs.get_job(second_bot.store, 2)
+    assert (job2.parent_id, job2.user_id, job2.prompt) == (1, bob.id, "a windmill")
+    assert rerolled.custom_ids[0] == "fluxbot:reroll:2"
+    ix = await fake.click(alice, old, "fluxbot:delete:1")
+    await ix.wait_message(lambda m: m.ephemeral and "deleted" in m.content)
+    assert old.deleted
+
+
+async def test_unfinished_jobs_are_requeued_and_their_owners_told(fake_discord, start_bot, stop_bot, make_bot,
+                                                                  make_config, gate):
+    fake = fake_discord
+    config = make_config()
+    alice = fake.add_user("alice")
+    first_bot = await start_bot(make_bot(config, gated=True))  # its engine never loads: the job stays queued
+    ix = await imagine(fake, alice, prompt="a waiting ship", seed=4)
+    await ix.wait_message(lambda m: "Queued" in m.content)
+    await stop_bot(first_bot)
+    fake.expire_tokens()  # the old reply can no longer be edited or followed up
+    gate.set()
+    second_bot = await start_bot(make_bot(config))
+    notice = await fake.wait_message(lambda m: m.kind == "channel" and "back in the queue" in m.content)
+    assert f"<@{alice.id}>" in notice.content and "job #1" in notice.content
+    result = await fake.wait_message(lambda m: m.kind == "channel" and has_result(m), timeout=30)
+    assert f"<@{alice.id}>" in result.content and "a waiting ship" in result.text()
+    done = await fake.wait_until(lambda: "Done" in notice.content and notice, 10, "the notice to show Done")
+    assert done.custom_ids == []
+    assert (await eventually(lambda: _delivered(second_bot, 1))).result_message_id == result.id
+
+
+async def test_expired_token_delivers_by_channel_message_and_retries_5xx(fake_discord, start_bot, make_bot, gate):
+    fake = fake_discord
+    bot = await start_bot(make_bot(gated=True))
+    bot.deliverer.backoff_s = 0.01
+    alice = fake.add_user("alice")
+    ix = await imagine(fake, alice, prompt="a late train", seed=8)
+    await ix.wait_message(lambda m: "Queued" in m.content)
+    fake.expire_tokens(ix)  # as if the job waited longer than 15 minutes
+    fault = fake.fail(r"^/channels/\d+/messages$", 503, times=2, method="POST")
+    gate.set()
+    result = await fake.wait_message(lambda m: m.kind == "channel" and has_result(m), timeout=30)
+    assert f"<@{alice.id}>" in result.content and result.custom_ids[0] == "fluxbot:reroll:1"
+    assert fault.hits == 2
+    job = await eventually(lambda: _delivered(bot, 1))
+    assert job.result_message_id == result.id
+
+
+async def test_undeliverable_result_stays_done_and_show_finds_it(fake_discord, start_bot, make_bot, gate):
+    fake = fake_discord
+    bot = await start_bot(make_bot(gated=True))
+    bot.deliverer.backoff_s = 0.01
+    alice = fake.add_user("alice")
+    ix = await imagine(fake, alice, prompt="a lost letter", seed=8)
+    await ix.wait_message(lambda m: "Queued" in m.content)
+    fake.expire_tokens(ix)
+    fake.fail(r"^/channels/\d+/messages$", 403, times=10, method="POST")
+    gate.set()
+    await fake.wait_until(lambda: bot.tracker.tracked() == [] and fake.requests_to(r"/channels/\d+/messages$"),
+                          30, "the delivery attempt")
+    job = await store_jobs.get_job(bot.store, 1)
+    assert job.status == "done" and job.delivered_at is None
+    fake.faults = type(fake.faults)()
+    shown = await result_of(await fake.slash(alice, "show", {"job": 1}))
+    assert "a lost letter" in shown.text()
