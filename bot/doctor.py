@@ -190,11 +190,8 @@ def _check_model(settings: EngineSettings, full: bool, checks: list[Check]) -> b
                                                                        else "")))
     # 3. They are what was downloaded.
     loadable = True
-    for path in (source.path, source.base):
-        if path is None:
-            continue
-        folder, only = dl.manifest_folder(path)
-        report = dl.verify_manifest(folder, full=full, only=only)
+    for report in dl.check_model_files((source.path, source.base), full=full):
+        folder = report.folder
         if report.ok:
             checks.append(Check("files", OK, report.summary()))
         elif not report.manifest_found:

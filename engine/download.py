@@ -549,7 +549,7 @@ def verify_manifest(folder: str | os.PathLike, *, full: bool = True, only: Itera
         elif full and sha256_file(path, progress=True) != entry.get("sha256"):
             corrupt.append(name)
     report = VerifyReport(folder, True, tuple(names), tuple(missing), tuple(corrupt), full, tuple(problems))
-    (log.info if report.ok else log.error)("%s", report.summary())
+    log.debug("%s", report.summary())  # the caller shows or raises it: it knows how bad it is
     return report
 
 
@@ -560,3 +560,18 @@ def manifest_folder(model_path: str | os.PathLike) -> tuple[Path, list[str] | No
     if path.is_file() or path.suffix in (".safetensors", ".sft"):
         return path.parent, [path.name]
     return path, None
+
+
+def check_model_files(paths: Iterable[str | os.PathLike | None], *, full: bool = False) -> list[VerifyReport]:
+    """Start-up check of the resolved `[engine] model` and `base_model` paths (None entries are skipped):
+    one report per path. `full=False` checks presence and sizes only (milliseconds); `full=True` re-hashes.
+    A folder without a manifest gives a report with `manifest_found=False` (files not fetched by fluxbot:
+    the caller decides whether that is fine); missing or corrupt files give `ok=False` with a summary."""
+    reports = []
+    for path in paths:
+        if path is None:
+            continue
+        folder, only = manifest_folder(path)
+        reports.append(verify_manifest(folder, full=full, only=only))
+    return reports
+
