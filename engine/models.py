@@ -98,22 +98,23 @@ def _dit_weights(transformer_dir: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------- loading
 
-def load_pipeline(source: ModelSource):
-    """The FluxPipeline of `source`, every module in bf16 and in eval mode, on the CPU."""
+def load_pipeline(source: ModelSource, fp8: str = "off"):
+    """The FluxPipeline of `source` on the CPU, in eval mode: encoders and VAE in bf16, the DiT read tensor by
+    tensor with the Linears that `fp8` mode stores in float8 cast as they are read (engine/precision.py
+    then adds the compute hooks). Peak host RAM stays near the final size, not the bf16 size."""
     import torch
     from diffusers import FluxPipeline
 
-    # 1. Everything from the folder (a single file's DiT replaces the base folder's transformer).
+    # 1. Encoders, tokenizers, VAE and scheduler from the folder (the base folder for single files).
     folder = source.base if source.kind == "single-file" else source.path
-    extra = {"transformer": None} if source.kind == "single-file" else {}
     try:
-        pipe = FluxPipeline.from_pretrained(folder, dtype=torch.bfloat16, local_files_only=True, **extra)
+        pipe = FluxPipeline.from_pretrained(folder, transformer=None, dtype=torch.bfloat16, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ModelNotFoundError(f"could not load the FLUX pipeline from {folder}: {_short(e)}; the folder may be "
                                  f"incomplete or damaged: {HOW_TO_GET}") from e
-    # 2. The single-file DiT.
-    if source.kind == "single-file":
-        pipe.register_modules(transformer=load_single_file_dit(source.path, source.base))
+    # 2. The DiT, from the single file or the folder's transformer/ shards.
+    files = [source.path] if source.kind == "single-file" else _dit_weights(source.path / "transformer")
+    pipe.register_modules(transformer=load_dit(files, folder / "transformer", fp8))
     # 3. Inference only.
     for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
         getattr(pipe, name).eval().requires_grad_(False)
@@ -121,40 +122,91 @@ def load_pipeline(source: ModelSource):
     return pipe
 
 
-def load_single_file_dit(path: Path, base: Path):
-    """A FluxTransformer2DModel from one .safetensors file (BFL or diffusers keys), config from `base`."""
+def load_dit(files: list[Path], config_dir: Path, fp8: str = "off"):
+    """A FluxTransformer2DModel from safetensors files in diffusers or BFL key layout, config from `config_dir`.
+
+    Tensors are read one at a time: each goes to bf16, or to float8_e4m3fn for the modules `fp8` stores
+    in fp8, and is placed into a model built on the meta device.
+    """
     import torch
     from diffusers import FluxTransformer2DModel
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
-    from engine.tiny import bfl_to_diffusers
+    from engine.precision import STORAGE, fp8_module_names
 
-    # 1. Config and tensors.
-    config = FluxTransformer2DModel.load_config(base / "transformer", local_files_only=True)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise ModelNotFoundError(f"{path} is not a readable safetensors file ({_short(e)}); download it again "
-                                 f"(`python -m bot download --verify` checks it)") from e
-    # 2. Keep the DiT part of all-in-one checkpoints, then convert BFL keys.
-    if any(k.startswith("model.diffusion_model.") for k in tensors):
-        tensors = {k: v for k, v in tensors.items() if k.startswith("model.diffusion_model.")}
-    try:
-        if any(k.removeprefix("model.diffusion_model.").startswith("double_blocks.") for k in tensors):
-            tensors = bfl_to_diffusers(tensors, config)
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise ModelNotFoundError(f"{path} is not a FLUX.1 DiT checkpoint matching {base}/transformer/config.json "
-                                 f"({_short(e)})") from e
-    # 3. Build on the meta device and take the tensors as they are (cast to bf16).
+    # 1. An empty model and the fp8 part of it.
+    config = FluxTransformer2DModel.load_config(config_dir, local_files_only=True)
     with torch.device("meta"):
         dit = FluxTransformer2DModel.from_config(config)
-    state = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+    in_fp8 = fp8_module_names(dit, fp8)
+    # 2. Fill it, tensor by tensor.
+    for file in files:
+        for name, tensor in _read_dit_tensors(file, config):
+            module_name = name.rpartition(".")[0]
+            dtype = STORAGE if module_name in in_fp8 else torch.bfloat16
+            # bf16 first: an fp32 file rounds to the same fp8 values as the bf16 release
+            _place_tensor(dit, name, tensor.to(torch.bfloat16).to(dtype), file)
+    # 3. Nothing may be left empty.
+    empty = [n for n, p in dit.named_parameters() if p.is_meta]
+    if empty:
+        raise ModelNotFoundError(f"{files[0]} lacks {len(empty)} DiT tensors (first: {empty[0]}): the download is "
+                                 f"incomplete or it is not a FLUX.1 DiT; download it again")
+    return dit
+
+
+def _read_dit_tensors(file: Path, config):
+    """(diffusers name, tensor) of one safetensors file, converting BFL keys and skipping non-DiT parts."""
+    from safetensors import SafetensorError, safe_open
+
+    from engine.tiny import iter_bfl_to_diffusers
+
     try:
-        dit.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelNotFoundError(f"{path} does not fit the FLUX.1 DiT of {base}: {_short(e)}") from e
-    return dit.to(torch.bfloat16)
+        with safe_open(str(file), framework="pt") as f:
+            keys = list(f.keys())
+            # 1. All-in-one checkpoints carry the VAE and encoders too: keep the DiT.
+            prefix = "model.diffusion_model."
+            if any(k.startswith(prefix) for k in keys):
+                keys = [k for k in keys if k.startswith(prefix)]
+            else:
+                prefix = ""
+            short = [k.removeprefix(prefix) for k in keys]
+            present = set(short)
+
+            def get(key: str):
+                if key not in present:
+                    raise KeyError(f"missing tensor {key}")
+                return f.get_tensor(prefix + key)
+
+            # 2. BFL layout is converted on the fly; diffusers layout is read as is.
+            if any(k.startswith("double_blocks.") for k in short):
+                try:
+                    yield from iter_bfl_to_diffusers(get, short, config)
+                except (KeyError, ValueError, RuntimeError) as e:
+                    raise ModelNotFoundError(f"{file} is not a FLUX.1 DiT checkpoint matching its config "
+                                             f"({_short(e)})") from e
+            else:
+                for k in keys:
+                    yield k, f.get_tensor(k)
+    except (SafetensorError, OSError) as e:
+        raise ModelNotFoundError(f"{file} is not a readable safetensors file ({_short(e)}); download it again "
+                                 f"(`python -m bot download --verify` checks it)") from e
+
+
+def _place_tensor(dit, name: str, tensor, file: Path) -> None:
+    """Put `tensor` in place of the meta parameter `name`, checking that it exists and fits."""
+    import torch
+
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = dit.get_submodule(module_name)
+        current = module._parameters[attr]
+    except (AttributeError, KeyError):
+        raise ModelNotFoundError(f"{file} holds {name}, which a FLUX.1 DiT does not have: it is another kind of "
+                                 f"model, or a FLUX variant this config does not describe") from None
+    if tuple(current.shape) != tuple(tensor.shape):
+        raise ModelNotFoundError(f"{file}: {name} has shape {tuple(tensor.shape)}, the config expects "
+                                 f"{tuple(current.shape)}: the checkpoint does not match {name.split('.')[0]} of "
+                                 f"this FLUX config")
+    module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

@@ -83,7 +83,7 @@ class Engine:
         source = resolve_source(settings)
         mid = model_id(source)
         # 2. Load in bf16 on the CPU, then store the DiT in fp8 (before any offloading).
-        pipe = load_pipeline(source)
+        pipe = load_pipeline(source, settings.fp8)
         precision = apply_precision(pipe, settings.fp8)
         others = sum(dit_bytes(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "vae"))
         engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision,

@@ -13,6 +13,7 @@ T5 is never layerwise-cast (it upcasts internally; fp8 storage would hurt its pr
 from __future__ import annotations
 
 import logging
+import re
 
 import torch
 
@@ -29,7 +30,6 @@ def apply_precision(pipe, mode: str) -> str:
     """Cast the pipeline's weights for `mode` and return the precision string recorded in each Result."""
     from diffusers.hooks import apply_layerwise_casting
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
-    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
     # 1. Text encoders and VAE: plain bf16 (modules a model insists on keeping in fp32 stay fp32).
     for name in ("text_encoder", "text_encoder_2", "vae"):
@@ -41,22 +41,44 @@ def apply_precision(pipe, mode: str) -> str:
     _to_bf16_keeping_fp32(dit)
     if mode == "off":
         dit_text = "bfloat16"
-    elif mode == "all-linear":
-        not_linear = tuple(c for c in _GO_LC_SUPPORTED_PYTORCH_LAYERS if c is not torch.nn.Linear)
-        apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE,
-                                skip_modules_pattern=ALL_LINEAR_SKIP, skip_modules_classes=not_linear)
-        dit_text = "float8_e4m3fn(all-linear)/bf16 compute"
-    elif mode == "diffusers-default":
-        skip = tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(dit._skip_layerwise_casting_patterns or ())
-        apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE,
-                                skip_modules_pattern=tuple(dict.fromkeys(skip)))
-        dit_text = "float8_e4m3fn(diffusers-default)/bf16 compute"
     else:
-        raise ValueError(f"[engine] fp8 = {mode!r}: must be all-linear, diffusers-default or off")
+        classes, skip = _selection(dit, mode, _GO_LC_SUPPORTED_PYTORCH_LAYERS)
+        not_cast = tuple(c for c in _GO_LC_SUPPORTED_PYTORCH_LAYERS if c not in classes)
+        apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE, skip_modules_pattern=skip,
+                                skip_modules_classes=not_cast or None)
+        dit_text = f"float8_e4m3fn({mode})/bf16 compute"
     # 3. Describe it.
     text = f"dit={dit_text}, text=bf16, vae=bf16"
     log.info("precision: %s (DiT weights %.2f GiB)", text, dit_bytes(dit) / 2**30)
     return text
+
+
+def fp8_module_names(dit: torch.nn.Module, mode: str) -> set[str]:
+    """Names of the DiT's modules that `apply_precision(…, mode)` stores in fp8 (works on a meta model).
+
+    The loader uses it to cast those weights to fp8 while reading the file, so that the whole DiT never
+    sits in host RAM in bf16 (24 GB for FLUX.1-dev); it mirrors diffusers' selection: a supported layer
+    class whose dotted name matches no skip pattern (re.search).
+    """
+    from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+
+    if mode == "off":
+        return set()
+    classes, skip = _selection(dit, mode, _GO_LC_SUPPORTED_PYTORCH_LAYERS)
+    return {name for name, m in dit.named_modules()
+            if name and isinstance(m, classes) and not any(re.search(p, name) for p in skip)}
+
+
+def _selection(dit: torch.nn.Module, mode: str, supported: tuple) -> tuple[tuple, tuple[str, ...]]:
+    """(layer classes stored in fp8, skip patterns) of a mode."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    if mode == "all-linear":
+        return (torch.nn.Linear,), ALL_LINEAR_SKIP
+    if mode == "diffusers-default":
+        skip = tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(getattr(dit, "_skip_layerwise_casting_patterns", None) or ())
+        return supported, tuple(dict.fromkeys(skip))
+    raise ValueError(f"[engine] fp8 = {mode!r}: must be all-linear, diffusers-default or off")
 
 
 def _to_bf16_keeping_fp32(module: torch.nn.Module) -> None:
@@ -68,7 +90,7 @@ def _to_bf16_keeping_fp32(module: torch.nn.Module) -> None:
         if keep and any(part in keep for part in name.split(".")):
             continue
         for key, t in list(sub.named_parameters(recurse=False)) + list(sub.named_buffers(recurse=False)):
-            if t.is_floating_point() and t.dtype != COMPUTE:
+            if t.dtype in (torch.float32, torch.float64, torch.float16):  # fp8 from the loader stays fp8
                 t.data = t.data.to(COMPUTE)
 
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -213,45 +214,59 @@ def diffusers_to_bfl(state: dict[str, torch.Tensor], config) -> dict[str, torch.
     return out
 
 
-def bfl_to_diffusers(checkpoint: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+def bfl_to_diffusers(checkpoint: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A BFL-layout DiT state dict (optionally prefixed `model.diffusion_model.`) in diffusers' layout.
 
     Raises KeyError naming the first missing tensor, ValueError on leftover (unknown) tensors.
     """
-    src = {k.removeprefix("model.diffusion_model."): v for k, v in checkpoint.items()}
+    src = {k.removeprefix("model.diffusion_model."): k for k in checkpoint}
+    return dict(iter_bfl_to_diffusers(lambda key: checkpoint[src[key]] if key in src else _missing(key),
+                                      src.keys(), config))
+
+
+def _missing(key: str):
+    raise KeyError(key)
+
+
+def iter_bfl_to_diffusers(get: Callable[[str], torch.Tensor], keys: Iterable[str], config
+                          ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(diffusers name, tensor) pairs from a BFL checkpoint, one source tensor read at a time.
+
+    `get(bfl_key)` reads one tensor (keys without the `model.diffusion_model.` prefix), so a loader can
+    stream a 24 GB file without holding it; `keys` are the checkpoint's keys, checked at the end for
+    leftovers (ValueError). A missing tensor raises KeyError naming it.
+    """
     n, ns, guidance = config["num_layers"], config["num_single_layers"], config.get("guidance_embeds", False)
     inner, mlp = _widths(config)
-    out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:
         used.add(key)
-        return src[key]
+        return get(key)
 
     # 1. One-to-one tensors.
     for d, b in _simple_pairs(n, ns, guidance):
         for suffix in (".weight", ".bias"):
-            out[d + suffix] = take(b + suffix)
+            yield d + suffix, take(b + suffix)
     for d, b in _norm_pairs(n, ns):
-        out[d] = take(b)
+        yield d, take(b)
     # 2. Split fused q/k/v of the double blocks.
     for i in range(n):
         d, b = f"transformer_blocks.{i}.attn.", f"double_blocks.{i}."
         for suffix in (".weight", ".bias"):
             for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
                 for name, part in zip(names, take(f"{b}{stream}_attn.qkv{suffix}").split(inner, dim=0)):
-                    out[d + name + suffix] = part
+                    yield d + name + suffix, part
     # 3. Split fused q/k/v/mlp of the single blocks.
     for i in range(ns):
         d, b = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
         for suffix in (".weight", ".bias"):
             parts = take(f"{b}linear1{suffix}").split([inner, inner, inner, mlp], dim=0)
             for name, part in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), parts):
-                out[d + name + suffix] = part
+                yield d + name + suffix, part
     # 4. The final modulation, halves swapped.
     for suffix in (".weight", ".bias"):
-        out[f"norm_out.linear{suffix}"] = _swap_halves(take(f"final_layer.adaLN_modulation.1{suffix}"))
-    leftover = sorted(set(src) - used)
+        yield f"norm_out.linear{suffix}", _swap_halves(take(f"final_layer.adaLN_modulation.1{suffix}"))
+    leftover = sorted(set(keys) - used)
     if leftover:
         raise ValueError(f"{len(leftover)} tensors are not part of a FLUX DiT (first: {leftover[0]})")
-    return out

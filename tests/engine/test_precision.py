@@ -49,3 +49,23 @@ def test_other_modes_keep_more_in_bf16(tiny_settings, tiny_engine, mode):
         assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
     finally:
         engine.close()
+
+
+def test_loader_reads_fp8_directly_and_matches_diffusers_load_then_cast(tiny_model_dir, tiny_engine):
+    """The DiT is cast to fp8 tensor by tensor while reading (no full bf16 copy in RAM), with the same
+    bytes as loading everything in bf16 with diffusers and casting afterwards."""
+    from diffusers import FluxPipeline
+
+    from engine.models import load_dit
+    from engine.precision import apply_precision
+
+    files = sorted((tiny_model_dir / "transformer").glob("*.safetensors"))
+    fresh = load_dit(files, tiny_model_dir / "transformer", "all-linear")
+    assert set(linear_dtypes(fresh).values()) == {FP8}  # before any hook was applied
+    plain = FluxPipeline.from_pretrained(tiny_model_dir, dtype=torch.bfloat16, local_files_only=True)
+    apply_precision(plain, "all-linear")
+    ours, theirs = tiny_engine.pipe.transformer.state_dict(), plain.transformer.state_dict()
+    assert set(ours) == set(theirs)
+    for k in ours:
+        assert ours[k].dtype == theirs[k].dtype, k
+        assert torch.equal(ours[k].view(torch.uint8), theirs[k].view(torch.uint8)), k
