@@ -62,18 +62,27 @@ def run_checks(config_path: str | None = None, *, env: Mapping[str, str] | None 
     # 1. The config: without a valid one, only the machine itself can be checked.
     cfg = _check_config(config_path, env, checks)
     if cfg is not None:
-        _check_token(cfg, env, checks)
+        _guarded("token", checks, _check_token, cfg, env, checks)
     # 2. The machine.
-    devices = _check_gpus(cfg.engine if cfg else EngineSettings(), checks)
-    _check_host(cfg, checks)
+    devices = _guarded("gpu", checks, _check_gpus, cfg.engine if cfg else EngineSettings(), checks) or ["cpu"]
+    _guarded("host", checks, _check_host, cfg, checks)
     if cfg is None:
         return checks
     # 3. The model, the memory profile it would run with, the database.
-    source_ok = _check_model(cfg.engine, full, checks)
-    if source_ok:
-        _check_profile(cfg.engine, devices, checks)
-    _check_database(cfg.database.url, checks)
+    if _guarded("model", checks, _check_model, cfg.engine, full, checks):
+        _guarded("profile", checks, _check_profile, cfg.engine, devices, checks)
+    _guarded("database", checks, _check_database, cfg.database.url, checks)
     return checks
+
+
+def _guarded(topic: str, checks: list[Check], check, *args):
+    """Run one check; a check that crashes (a broken install, say) becomes a FAIL line, not a traceback."""
+    try:
+        return check(*args)
+    except Exception as e:  # noqa: BLE001  (the doctor must report every other check too)
+        log.debug("doctor check %s crashed", topic, exc_info=True)
+        checks.append(Check(topic, FAIL, f"the check itself failed: {type(e).__name__}: {e}"))
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- config, token

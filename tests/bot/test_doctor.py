@@ -143,3 +143,15 @@ def test_weight_estimate_matches_the_real_flux_dit_in_fp8(tmp_path):
     bf16, _ = estimate_weight_bytes(EngineSettings(model=str(tmp_path / "FLUX.1-dev"), fp8="off"))
     assert 10.8 * gib < fp8 < 11.4 * gib
     assert 21.9 * gib < bf16 < 22.5 * gib
+
+
+def test_a_check_that_crashes_is_reported_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    import bot.doctor
+
+    def broken(url, checks):
+        raise ModuleNotFoundError("No module named 'sqlalchemy'")
+
+    monkeypatch.setattr(bot.doctor, "_check_database", broken)
+    rc, out = _run(_config(tmp_path), capsys)
+    assert rc == 1
+    assert "the check itself failed: ModuleNotFoundError" in out and "tiny-random" in out
