@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 GiB = 1024 ** 3
 PROMPT = "a red fox in a snowy forest at dawn, photo"
 WARM_PROMPT = "warm up"
+PREFETCH = int(os.environ.get("FLUXBOT_BENCH_PREFETCH", EngineSettings().stream_prefetch))
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def place(pipe, recipe: str, device: torch.device, budget_gib: float = 0.0):
 
     kind = recipe.split(":", 1)[1]
     if kind.startswith("fluxbot-"):
-        settings = EngineSettings(profile=kind[len("fluxbot-"):], vram_budget_gib=budget_gib)
+        settings = EngineSettings(profile=kind[len("fluxbot-"):], vram_budget_gib=budget_gib,
+                                  stream_prefetch=PREFETCH)
         plan = memory.apply_profile(pipe, settings.profile, str(device), settings)
         return memory.execution_device(pipe, plan), plan
     models = [m for m in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae) if m is not None]
@@ -262,7 +264,22 @@ def recipe_h2d(args, device) -> list[dict]:
         y.copy_(x, non_blocking=True)
         _sync(device)
         times.append(time.perf_counter() - t)
-    return [dict(recipe="h2d", GBps=round(2 * GiB / statistics.median(times[2:]) / 1e9, 1))]
+    row = dict(recipe="h2d", GBps=round(2 * GiB / statistics.median(times[2:]) / 1e9, 1))
+    # The same from a cudaHostRegister-ed buffer, the kind the streamer's arena uses.
+    from engine.streamer import HostArena
+    arena = HostArena(2 * GiB, device)
+    arena.buffer.fill_(1)
+    times = []
+    for _ in range(7):
+        _sync(device)
+        t = time.perf_counter()
+        y.copy_(arena.buffer, non_blocking=True)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    row.update(registered_GBps=round(2 * GiB / statistics.median(times[2:]) / 1e9, 1), registered=arena.registered)
+    arena.close()
+    print(json.dumps(row), flush=True)
+    return [row]
 
 
 def recipe_check(args, device) -> list[dict]:
@@ -314,7 +331,7 @@ def recipe_dit(args, device, recipe: str) -> list[dict]:
         _reset_peak(device)
         _, step_s = denoise(pipe, exec_device, embeds=embeds, pooled=pooled, steps=args.dit_steps, res=args.res,
                             batch=args.batch)
-        row = dict(recipe=recipe, batch=args.batch, res=args.res, budget_gib=budget,
+        row = dict(recipe=recipe, batch=args.batch, res=args.res, budget_gib=budget, prefetch=PREFETCH,
                    s_per_step=round(statistics.median(step_s[1:]), 4), peak_gib=_peak_gib(device),
                    rss_gib=_rss_gib(), dit_gib=round(dit_bytes(pipe.transformer) / GiB, 2))
         if plan is not None and plan.streamers:
@@ -336,7 +353,7 @@ def recipe_pipe(args, device, recipe: str) -> list[dict]:
     rss_placed = _rss_gib()
     if args.cap_gib and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(args.cap_gib * GiB / total, device)
+        torch.cuda.set_per_process_memory_fraction(args.cap_gib * GiB / total, torch.cuda.current_device())
     try:
         run_image(pipe, exec_device, prompt=WARM_PROMPT, steps=1, res=args.res)
         _reset_peak(device)
@@ -429,8 +446,8 @@ def print_table(rows: list[dict]) -> None:
         if "GBps" in r:
             print(f"{'h2d pinned':32} {r['GBps']:>6.1f} GB/s")
             continue
-        if "skipped" in r or "error" in r or "oom" in r:
-            print(f"{r.get('recipe', '?'):32} {r.get('skipped') or r.get('error') or 'OOM: ' + r['oom'][:60]}")
+        if "skipped" in r or "error" in r or "oom" in r or "s_per_step" not in r:
+            print(f"{r.get('recipe', '?'):32} {r.get('skipped') or r.get('error') or 'OOM: ' + r.get('oom', '?')[:60]}")
             continue
         image = r.get("image_s")
         print(f"{r['recipe']:32} {r.get('batch', 1):>2} {r.get('budget_gib', ''):>6} {r['s_per_step']:>7.3f} "

@@ -146,7 +146,9 @@ def _apply_streamed(pipe, device: str, settings: EngineSettings, plan: MemoryPla
     """Stream the DiT's and T5's blocks with fluxbot's streamer; CLIP and the VAE come in for their turn."""
     from engine.streamer_flux import stream_pipeline
 
-    plan.streamers.extend(stream_pipeline(pipe, device, vram_budget_bytes=int(settings.vram_budget_gib * GiB)))
+    units = stream_pipeline(pipe, device, vram_budget_bytes=int(settings.vram_budget_gib * GiB),
+                            slots=settings.stream_prefetch + 1)
+    plan.streamers.extend(units)
 
 
 def _decide_vae_tiling(settings: EngineSettings, plan: MemoryPlan) -> bool:

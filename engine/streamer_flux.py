@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 GiB = 1024 ** 3
 
 
-def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int = 3) -> list:
+def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int = 3, lean_cast: bool = True) -> list:
     """Apply the streamed profile to `pipe` in place; returns the units (each has `close()`)."""
     dev = torch.device(device)
     lease = DeviceLease()
@@ -30,6 +30,8 @@ def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int
     # 1. The DiT: blocks stream (or stay resident within the budget); the rest lives on the device.
     dit = pipe.transformer
     blocks = list(dit.transformer_blocks) + list(dit.single_transformer_blocks)
+    if lean_cast:
+        lean_layerwise_casting(blocks)
     rest_bytes = _move_rest(dit, blocks, dev)
     sizes = [_Packed([b]).nbytes for b in blocks]
     resident = choose_resident(sizes, vram_budget_bytes - rest_bytes, slots)
@@ -51,6 +53,46 @@ def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int
         parts = [m for m in (vae.decoder, getattr(vae, "post_quant_conv", None)) if m is not None]
         units.append(ModelSwap("vae-decoder", parts, dev, lease=lease))
     return units
+
+
+def lean_layerwise_casting(modules: list[nn.Module]) -> int:
+    """Make diffusers' layerwise-casting hooks inside `modules` skip the fp8 re-cast after each forward.
+
+    diffusers' hook casts a Linear to bf16 before its forward and back to fp8 after it: the second cast is
+    a kernel that reads 2 bytes and writes 1 per weight and allocates, only to produce a copy of the fp8
+    weights the layer already had. Here the fp8 tensors are kept aside before the upcast and put back after
+    the forward (no kernel). The upcast itself stays on the compute stream. Returns the layers changed.
+    """
+    from diffusers.hooks import HookRegistry
+
+    changed = 0
+    for root in modules:
+        for module in root.modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            hook = registry.get_hook("layerwise_casting") if isinstance(registry, HookRegistry) else None
+            if hook is None:
+                continue
+            index = registry._hook_order.index("layerwise_casting")
+            fn_ref = registry._fn_refs[index]
+            kept: dict[str, torch.Tensor] = {}
+
+            def pre_forward(mod, *args, _hook=hook, _kept=kept, **kwargs):
+                for name, param in mod.named_parameters(recurse=False):
+                    if param.dtype == _hook.storage_dtype:
+                        _kept[name] = param.data
+                        param.data = param.data.to(_hook.compute_dtype)
+                return args, kwargs
+
+            def post_forward(mod, output, _kept=kept):
+                for name, param in mod.named_parameters(recurse=False):
+                    if name in _kept:
+                        param.data = _kept.pop(name)
+                return output
+
+            fn_ref.pre_forward, fn_ref.post_forward = pre_forward, post_forward
+            changed += 1
+    log.debug("lean layerwise casting on %d layers", changed)
+    return changed
 
 
 def choose_resident(block_bytes: list[int], budget: int, slots: int) -> frozenset[int]:
