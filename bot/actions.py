@@ -172,6 +172,9 @@ async def delete(interaction: discord.Interaction, job_id: int) -> None:
         raise UserFacingError("This button is not on a message the bot can remove.")
     try:
         await message.delete()
+    except discord.NotFound:  # someone removed it already (a moderator): the job is deleted all the same
+        log.info("job %d: its message was already gone", job_id)
+        await send_ephemeral(interaction, f"Job #{job_id} deleted (its message was already gone).")
     except discord.HTTPException as e:
         log.info("job %d: deleting its message failed (HTTP %s); blanking it instead", job_id, e.status)
         await interaction.response.edit_message(content=f"🗑️ Job #{job_id} was deleted.", embed=None,
