@@ -79,6 +79,9 @@ class Engine:
         from engine.precision import apply_precision, dit_bytes
 
         t0 = time.perf_counter()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"device {device} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU: "
+                              f"set [engine] devices = [\"cpu\"], or install a CUDA build of torch and its driver")
         # 1. Find the files (ModelNotFoundError says what is missing) and name the model.
         source = resolve_source(settings)
         mid = model_id(source)
@@ -198,7 +201,7 @@ class Engine:
         def on_step_end(_pipe, step: int, _t, kwargs):
             if progress is not None:
                 progress(step + 1, total)
-            if should_cancel is not None and step + 1 < total and should_cancel():
+            if should_cancel is not None and should_cancel():
                 raise _Cancelled(step + 1)
             return kwargs
 

@@ -135,3 +135,16 @@ def test_other_failures_become_a_short_engine_error(tiny_engine):
     with pytest.raises(EngineError, match="image generation failed: RuntimeError: boom") as info:
         tiny_engine.generate(JobSpec("a cat", seed=1, **SMALL), progress=broken)
     assert len(str(info.value)) < 300
+
+
+def test_cancel_at_the_last_step_skips_the_decode(tiny_engine):
+    steps = []
+    r = tiny_engine.generate(JobSpec("a cat", seed=1, steps=2, width=256, height=256),
+                             progress=lambda done, total: steps.append(done), should_cancel=lambda: len(steps) >= 2)
+    assert r.cancelled and r.steps_done == 2 and r.images == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_asking_for_cuda_without_a_gpu_says_what_to_set(tiny_settings):
+    with pytest.raises(EngineError, match=r'devices = \["cpu"\]'):
+        Engine.load(tiny_settings, "cuda:0")
