@@ -7,6 +7,7 @@ The bot calls `prune_images` every `[storage] prune_interval_min` with `[storage
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -81,6 +82,22 @@ def prune_images(images_dir: str | os.PathLike, max_age_days: float, max_total_b
     for err in errors:
         log.warning("cannot delete %s", err)
     return report
+
+
+async def prune_periodically(images_dir: str | os.PathLike, max_age_days: float, max_total_bytes: int,
+                             interval_s: float) -> None:
+    """Run `prune_images` in a thread now and every `interval_s` seconds until cancelled. Does nothing
+    (returns at once) when both limits are 0. A failing pass is logged and the next one still runs.
+    The bot starts it with `asyncio.create_task(...)` and cancels the task when it closes."""
+    if max_age_days <= 0 and max_total_bytes <= 0:
+        log.info("image retention off: [storage] max_image_age_days and max_images_gib are 0")
+        return
+    while True:
+        try:
+            await asyncio.to_thread(prune_images, images_dir, max_age_days, max_total_bytes)
+        except Exception:  # noqa: BLE001  (one bad pass must not end retention for the bot's lifetime)
+            log.exception("pruning %s failed; trying again in %.0f s", images_dir, interval_s)
+        await asyncio.sleep(interval_s)
 
 
 def _bot_images(root: Path) -> list[_Image]:

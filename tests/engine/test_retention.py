@@ -63,3 +63,32 @@ def test_both_limits_together(tmp_path):
     report = prune_images(tmp_path, max_age_days=14, max_total_bytes=1000, now=NOW)
     assert set(report.deleted) == {old, mid} and new.exists()
     assert "pruned 2 images" in report.summary()
+
+
+async def test_periodic_pruning_keeps_running_until_cancelled(tmp_path):
+    import asyncio
+    import time
+
+    from engine.retention import prune_periodically
+
+    task = asyncio.create_task(prune_periodically(tmp_path, max_age_days=1, max_total_bytes=0, interval_s=0.01))
+    first = _png(tmp_path, "1.png", 10, 0)
+    os.utime(first, (time.time() - 2 * DAY,) * 2)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not first.exists():
+            break
+    second = _png(tmp_path, "2.png", 10, 0)  # a later image, also old: the next pass takes it too
+    os.utime(second, (time.time() - 2 * DAY,) * 2)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not second.exists():
+            break
+    task.cancel()
+    assert not first.exists() and not second.exists()
+
+
+async def test_periodic_pruning_is_off_without_limits(tmp_path):
+    from engine.retention import prune_periodically
+
+    await prune_periodically(tmp_path, 0, 0, interval_s=0.01)  # returns at once instead of looping
