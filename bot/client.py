@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import Any, Callable
 
 import discord
@@ -162,6 +163,12 @@ class FluxBot(commands.Bot):
             self.store = None
 
 
+def _stop_like_ctrl_c(signum, _frame) -> None:
+    """SIGTERM (systemd stop, docker stop) closes the bot as Ctrl+C does: discord.py's `run` turns a
+    KeyboardInterrupt into `close()` (workers stopped, gateway closed, store closed) and returns."""
+    raise KeyboardInterrupt
+
+
 def run_command(args) -> int:
     """`python -m bot run`: load the config (the token is required), set up logging, run until stopped."""
     config = load_config(getattr(args, "config", None), require_token=True)
@@ -173,6 +180,7 @@ def run_command(args) -> int:
     else:
         setup_logging(config.logging, secrets=[token])
     bot = FluxBot(config)
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         bot.run(token, log_handler=None)
     except discord.LoginFailure:
