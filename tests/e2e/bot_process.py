@@ -1,0 +1,70 @@
+"""Run the real `python -m bot run` in its own process against a FakeDiscord served by the test process.
+
+    python tests/e2e/bot_process.py --api http://127.0.0.1:PORT/api/v10 --gateway ws://127.0.0.1:PORT/gateway \
+        [--pause-file PATH] -- --config CONFIG run
+
+1. discord.py is pointed at the fake (the two URLs the fake's `patch()` sets in-process);
+2. with `--pause-file`, the first denoising step of the first job creates that file and then blocks, so that
+   the test can SIGKILL the process in the middle of a job (the seam is a forward pre-hook on the loaded DiT);
+3. then `bot.cli.main(argv)`: the same config loading, logging set-up (token masked) and client as a user's.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def point_discord_at(api: str, gateway: str) -> None:
+    import discord.gateway
+    import discord.http
+    import yarl
+
+    discord.http.Route.BASE = api
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
+
+
+def pause_first_step(marker: Path) -> None:
+    """Wrap Engine.load so that the loaded DiT's first forward writes `marker` and never returns."""
+    from engine.pipeline import Engine
+
+    real_load = Engine.load.__func__
+
+    def hold(_module, _args, _kwargs):
+        marker.write_text("paused in the first denoising step\n")
+        while True:  # until SIGKILL
+            time.sleep(1)
+
+    def load(cls, settings, device="cpu"):
+        engine = real_load(cls, settings, device)
+        engine.pipe.transformer.register_forward_pre_hook(hold, with_kwargs=True)
+        return engine
+
+    Engine.load = classmethod(load)
+
+
+def main(argv: list[str]) -> int:
+    # 1. Our own options, then the bot's command line after "--".
+    p = argparse.ArgumentParser()
+    p.add_argument("--api", required=True)
+    p.add_argument("--gateway", required=True)
+    p.add_argument("--pause-file", type=Path)
+    ours, bot_argv = p.parse_known_args(argv)
+    if bot_argv[:1] == ["--"]:
+        bot_argv = bot_argv[1:]
+    # 2. The fake Discord and the pause seam.
+    point_discord_at(ours.api, ours.gateway)
+    if ours.pause_file is not None:
+        pause_first_step(ours.pause_file)
+    # 3. The bot, as `python -m bot ...` runs it.
+    from bot.cli import main as bot_main
+
+    return bot_main(bot_argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""The bot process is SIGKILLed in the middle of a job and started again: the job runs again from its row and
+is delivered once; no second row, no second result. The process is the real `python -m bot run` (through
+tests/e2e/bot_process.py) against the fake Discord in this process, with a token a test can recognise: it
+must not appear in the log file or the process output.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.reliability_kit import has_result
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("bot_process.py")
+# Shaped like a real bot token (so the pattern mask would catch it too) and unmistakable in a log.
+TOKEN = "MTQ0NDQ0NDQ0NDQ0NDQ0NDQ0NA.GkIlLd.KILLRESTARTsecretTOKENvalue0123456"
+
+
+def write_config(tmp: Path, tiny_models_dir: Path) -> Path:
+    cfg = tmp / "config.toml"
+    cfg.write_text(f"""
+[discord]
+token = "{TOKEN}"
+sizes = ["1:1 256x256"]
+status_edit_interval_s = 0.5
+
+[engine]
+model = "tiny-random"
+models_dir = "{tiny_models_dir}"
+profile = "resident"
+devices = ["cpu"]
+images_dir = "{tmp / 'images'}"
+default_steps = 2
+max_sequence_length = 64
+
+[database]
+url = "sqlite+aiosqlite:///{tmp / 'fluxbot.db'}"
+
+[logging]
+file = "{tmp / 'fluxbot.log'}"
+level = "DEBUG"
+discord_level = "DEBUG"
+""")
+    return cfg
+
+
+class BotProcess:
+    """One `python -m bot run` process; its output goes to a file (a pipe could fill up and block it)."""
+
+    def __init__(self, fake, config: Path, out: Path, pause_file: Path | None = None):
+        cmd = [sys.executable, str(RUNNER), "--api", fake.api_base, "--gateway", fake.gateway_url]
+        if pause_file is not None:
+            cmd += ["--pause-file", str(pause_file)]
+        cmd += ["--", "--config", str(config), "run"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("DISCORD_TOKEN", None)
+        self.out = out
+        self._fh = open(out, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, env=env)
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    async def stop(self, sig: int) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = await asyncio.to_thread(self.proc.wait, 30)
+        self._fh.close()
+        return rc
+
+
+async def wait_for(fake, check, timeout: float, what: str, proc: BotProcess):
+    """fake.wait_until, but fail at once (with the process output) if the bot process died."""
+    def probe():
+        if proc.proc.poll() is not None:
+            raise AssertionError(f"the bot process exited ({proc.proc.returncode}) while waiting for {what}:\n"
+                                 + proc.output()[-3000:])
+        return check()
+    return await fake.wait_until(probe, timeout, what)
+
+
+def rows(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT id, status, delivered_at IS NOT NULL, result_message_id FROM jobs").fetchall()
+
+
+async def test_sigkill_mid_job_then_restart_reruns_and_delivers_once(fake_discord, tiny_model_dir, tmp_path):
+    fake = fake_discord
+    fake.token = TOKEN
+    config = write_config(tmp_path, tiny_model_dir.parent)
+    db, marker = tmp_path / "fluxbot.db", tmp_path / "paused"
+    alice = fake.add_user("alice")
+    # 1. The first process takes a job and is killed inside its first denoising step.
+    first = BotProcess(fake, config, tmp_path / "run1.out", pause_file=marker)
+    try:
+        await wait_for(fake, lambda: fake.command_syncs >= 1 and any(s.ready for s in fake.sessions), 60,
+                       "the first bot process to connect", first)
+        ix = await fake.slash(alice, "imagine", {"prompt": "a phoenix", "seed": 11, "steps": 2, "size": "256x256"})
+        assert (await ix.wait_response(timeout=10)).deferred
+        await wait_for(fake, marker.exists, 60, "the job to reach its first denoising step", first)
+        assert rows(db) == [(1, "running", 0, None)]
+    finally:
+        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+    # 2. A new process over the same files: the job goes back in the queue, runs again and is delivered.
+    second = BotProcess(fake, config, tmp_path / "run2.out")
+    try:
+        result = await wait_for(fake, lambda: next((m for m in fake.messages if has_result(m)), None), 90,
+                                "the result after the restart", second)
+        await wait_for(fake, lambda: rows(db)[0][2] == 1, 10, "the delivery to be recorded", second)
+    finally:
+        rc = await second.stop(signal.SIGTERM)
+    # 3. One row, done, delivered once; the owner heard about the restart; the PNG is named by job id.
+    assert "a phoenix" in result.text() and result.custom_ids[0] == "fluxbot:reroll:1"
+    assert [r[:3] for r in rows(db)] == [(1, "done", 1)] and rows(db)[0][3] == result.id
+    assert len([m for m in fake.messages if has_result(m)]) == 1
+    assert any("back in the queue" in m.content and f"<@{alice.id}>" in m.content for m in fake.messages)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["1.png"]
+    assert rc == 0, second.output()[-3000:]  # SIGTERM closes it like Ctrl+C
+    # 4. The token was never written out, though discord.py logged at DEBUG through both runs.
+    outputs = {"log file": (tmp_path / "fluxbot.log").read_text(), "run 1 output": first.output(),
+               "run 2 output": second.output()}
+    assert "job 1 delivered" in outputs["log file"]
+    assert "engine closed" in outputs["log file"]  # the SIGTERM stop went through close()
+    for name, text in outputs.items():
+        assert TOKEN not in text, f"the bot token appears in the {name}"
+        assert TOKEN.split(".")[2] not in text, f"part of the bot token appears in the {name}"
