@@ -30,6 +30,8 @@ _LEANER = {"resident": "model-offload", "model-offload": "streamed", "streamed":
 ACTIVATION_HEADROOM = int(3.0 * GiB)
 # Peak of an untiled bf16 FLUX VAE decode at 1024² (DESIGN.md §2: 2.57 GiB); it scales with pixels.
 VAE_DECODE_BYTES_1024 = int(2.57 * GiB)
+# Tile edge of a tiled VAE decode (pixels): a 1024² decode runs as 4 overlapping tiles, ~1/4 of the peak.
+VAE_TILE_PX = 512
 # Host RAM kept free for the OS, Python and the bot when pinning host copies.
 HOST_RESERVE = int(3.0 * GiB)
 
@@ -128,7 +130,7 @@ def apply_profile(pipe, profile: str, device: str, settings: EngineSettings) -> 
     plan.vae_tiling = _decide_vae_tiling(settings, plan)
     vae = getattr(pipe, "vae", None)
     if vae is not None and plan.vae_tiling:
-        vae.enable_tiling()
+        _enable_vae_tiling(vae)
     log.info("memory: %s on %s (vae tiling %s)", plan.profile, device, "on" if plan.vae_tiling else "off")
     return plan
 
@@ -161,6 +163,15 @@ def _decide_vae_tiling(settings: EngineSettings, plan: MemoryPlan) -> bool:
         return True  # the lean profiles exist to keep the peak small; the decode must not become it
     free, _ = torch.cuda.mem_get_info(torch.device(plan.device))
     return free < VAE_DECODE_BYTES_1024 + GiB // 2
+
+
+def _enable_vae_tiling(vae) -> None:
+    """Tiled decode in VAE_TILE_PX tiles: FLUX's VAE config says 1024 px tiles, which never tile a 1024² image."""
+    vae.enable_tiling()
+    if getattr(vae, "tile_sample_min_size", 0) > VAE_TILE_PX:
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_sample_min_size = VAE_TILE_PX
+        vae.tile_latent_min_size = VAE_TILE_PX // scale
 
 
 def _available_host_ram() -> int:

@@ -42,7 +42,7 @@ class EngineSettings:
                             "else the CPU), or e.g. ['cuda:0', 'cuda:1'] or ['cpu'].")
     vram_budget_gib: float = setting(0.0, "streamed profile: GiB of VRAM the DiT may keep resident; blocks that "
                                      "fit stay on the GPU, the rest stream. 0 = stream every block.", min=0)
-    stream_prefetch: int = setting(2, "streamed profile: blocks copied ahead of the one running (the device ring "
+    stream_prefetch: int = setting(3, "streamed profile: blocks copied ahead of the one running (the device ring "
                                    "holds this + 1 blocks, ~0.32 GiB each for FLUX.1-dev). More smooths copy/compute "
                                    "jitter at the cost of VRAM.", min=1, max=8)
     vae_tiling: str = setting("auto", "VAE tiled decode: auto (when the decode would not fit), always, never.",

@@ -338,19 +338,21 @@ class ModelSwap:
         self.arena, (self.packed,) = pack_into_arena([modules], self.device)
         self.device_buffer: torch.Tensor | None = None
         self.bytes_copied = 0
-        self.handles = [m.register_forward_pre_hook(self._pre_hook) for m in modules]
+        self.handles = [m.register_forward_pre_hook(self._pre_hook, with_kwargs=True) for m in modules]
         log.info("model swap %s: %.3f GiB comes to %s when used", name, self.arena.nbytes / GiB, self.device)
 
     def device_bytes(self) -> int:
         return 0 if self.device_buffer is None else self.device_buffer.numel()
 
-    def _pre_hook(self, module, args):
+    def _pre_hook(self, module, args, kwargs):
+        # 1. Take the device and bring the weights (same stream as the compute that follows: ordered).
         self.lease.acquire(self)
         if self.device_buffer is None:
-            # Same stream as the compute that follows: ordered without events.
             self.device_buffer = self.arena.buffer.to(self.device, non_blocking=self.arena.registered)
             self.bytes_copied += self.arena.nbytes
             self.packed.point(self.packed.views(self.device_buffer))
+        # 2. Callers place inputs where the model's weights were (host RAM): bring them along.
+        return _to_device(args, self.device), _to_device(kwargs, self.device)
 
     def release(self) -> None:
         if self.device_buffer is not None:
@@ -364,3 +366,16 @@ class ModelSwap:
             h.remove()
         self.handles.clear()
         self.arena.close()
+
+
+def _to_device(value, device: torch.device):
+    """Tensors inside tuples/lists/dicts moved to `device`; anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
