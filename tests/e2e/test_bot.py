@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -40,15 +41,40 @@ def gate():
     event.set()
 
 
+class SlowSteps:
+    """The real tiny engine, with a pause after each denoising step (so a test can see "step i/N" and press
+    Cancel while a job runs)."""
+
+    def __init__(self, engine, step_s: float):
+        self._engine, self._step_s = engine, step_s
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def _slow(self, progress):
+        def wrapped(step, total):
+            time.sleep(self._step_s)
+            if progress is not None:
+                progress(step, total)
+        return wrapped
+
+    def generate(self, spec, *, progress=None, should_cancel=None):
+        return self._engine.generate(spec, progress=self._slow(progress), should_cancel=should_cancel)
+
+    def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        return self._engine.generate_batch(specs, progress=self._slow(progress), should_cancel=should_cancel)
+
+
 @pytest.fixture
 def make_bot(make_config, tiny_engine, gate):
     """FluxBot over the shared tiny engine (not closed with the bot). `gated=True`: the engine loads only
-    once the test sets `gate`, so that jobs stay queued meanwhile."""
-    def _make(config: Config | None = None, *, gated: bool = False, **discord_overrides) -> FluxBot:
+    once the test sets `gate`, so that jobs stay queued meanwhile; `step_s`: a pause after every step."""
+    def _make(config: Config | None = None, *, gated: bool = False, step_s: float = 0.0,
+              **discord_overrides) -> FluxBot:
         def loader(_settings, _device):
             if gated:
                 gate.wait(60)
-            return tiny_engine
+            return SlowSteps(tiny_engine, step_s) if step_s else tiny_engine
         return FluxBot(config or make_config(**discord_overrides), engine_loader=loader, close_engines=False)
     return _make
 
@@ -415,3 +441,65 @@ async def test_undeliverable_result_stays_done_and_show_finds_it(fake_discord, s
     fake.faults = type(fake.faults)()
     shown = await result_of(await fake.slash(alice, "show", {"job": 1}))
     assert "a lost letter" in shown.text()
+
+
+# --- status edits, running cancel, errors ----------------------------------------------------------------------
+
+async def test_status_shows_steps_and_is_edited_at_most_once_per_interval(fake_discord, start_bot, make_bot):
+    fake = fake_discord
+    bot = await start_bot(make_bot(step_s=0.1))  # 10 steps ≈ 1 s of running, 0.5 s between edits
+    await bot.wait_until_engines_loaded()
+    alice = fake.add_user("alice")
+    ix = await imagine(fake, alice, prompt="a slow river", seed=1, steps=10)
+    await result_of(ix)
+    status = await ix.wait_message(lambda m: m.kind == "response" and "Done" in m.content)
+    versions = status.history[1:] + [status.state]  # [0] is the "thinking…" placeholder
+    assert any("Generating, step" in v.content and "/10" in v.content for v in versions), versions
+    gaps = [b.at - a.at for a, b in zip(versions, versions[1:])]
+    assert all(g >= 0.45 for g in gaps), gaps  # 10 progress events, yet at most one edit per 0.5 s
+
+
+async def test_cancel_of_a_running_job_stops_it(fake_discord, start_bot, make_bot):
+    fake = fake_discord
+    bot = await start_bot(make_bot(step_s=0.2))
+    await bot.wait_until_engines_loaded()
+    alice = fake.add_user("alice")
+    ix = await imagine(fake, alice, prompt="a long night", seed=1, steps=30)
+    status = await ix.wait_message(lambda m: "Generating" in m.content)
+    click = await fake.click(alice, status, "fluxbot:cancel:1")
+    assert "stops at its next step" in (await click.wait_message(lambda m: m.ephemeral)).content
+    await ix.wait_message(lambda m: m.kind == "response" and "Cancelled" in m.content)
+    assert (await store_jobs.get_job(bot.store, 1)).status == "cancelled"
+    assert not any(has_result(m) for m in ix.messages)
+
+
+async def test_unexpected_errors_give_a_reference_and_never_show_the_token(fake_discord, running, caplog,
+                                                                          monkeypatch):
+    from bot import actions
+
+    fake, bot = fake_discord, running
+    alice = fake.add_user("alice")
+    result = await result_of(await imagine(fake, alice, prompt="a tree", seed=1))
+
+    # 1. A slash command that crashes: one short ephemeral line with a reference; the log has the trace.
+    def broken_waiting():
+        raise RuntimeError("queue exploded")
+    monkeypatch.setattr(bot.queue, "waiting", broken_waiting)
+    ix = await fake.slash(alice, "queue")
+    text = (await ix.wait_response()).data["content"]
+    assert text.startswith("Something went wrong on the bot's side (ref ") and "exploded" not in text
+    ref = text.split("(ref ")[1][:6]
+    assert any(ref in r.getMessage() and r.exc_info for r in caplog.records)
+
+    # 2. A button that crashes: the same, through the views' handler.
+    async def broken_reroll(interaction, job_id):
+        raise RuntimeError("reroll exploded")
+    monkeypatch.setattr(actions, "reroll", broken_reroll)
+    ix = await fake.click(alice, result, "fluxbot:reroll:1")
+    assert "Something went wrong" in (await ix.wait_message(lambda m: m.ephemeral)).content
+    assert any("reroll exploded" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+    # 3. The bot token and interaction tokens appear in no log line.
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert fake.token not in logged
+    assert not any(i.token in logged for i in fake.interactions.values())
