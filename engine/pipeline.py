@@ -118,6 +118,8 @@ class Engine:
     def _place(self, profile: str) -> None:
         from engine.memory import apply_profile
 
+        if self.pipe is None:
+            raise EngineError("the engine is closed")
         if self.plan is not None:
             self.plan.release()
         self.plan = apply_profile(self.pipe, profile, self.device, self.settings)
