@@ -21,8 +21,11 @@ def test_all_linear_stores_every_dit_linear_in_fp8_and_the_rest_in_bf16(tiny_eng
     # not-Linear DiT parameters (RMS norm scales) stay bf16
     others = {p.dtype for n, p in pipe.transformer.named_parameters() if "norm_q" in n or "norm_k" in n}
     assert others == {torch.bfloat16}
+    assert any(hasattr(m, "_diffusers_hook") for m in pipe.transformer.modules())  # the casting hooks
     for name in ("text_encoder", "text_encoder_2", "vae"):
-        assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.bfloat16}, name
+        module = getattr(pipe, name)
+        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, name
+        assert not any(hasattr(m, "_diffusers_hook") for m in module.modules()), f"{name} must not be layerwise-cast"
 
 
 def test_fp8_storage_survives_a_generation(tiny_engine):
@@ -51,7 +54,8 @@ def test_other_modes_keep_more_in_bf16(tiny_settings, tiny_engine, mode):
         engine.close()
 
 
-def test_loader_reads_fp8_directly_and_matches_diffusers_load_then_cast(tiny_model_dir, tiny_engine):
+@pytest.mark.parametrize("mode", ["all-linear", "diffusers-default"])
+def test_loader_reads_fp8_directly_and_matches_diffusers_load_then_cast(tiny_model_dir, mode):
     """The DiT is cast to fp8 tensor by tensor while reading (no full bf16 copy in RAM), with the same
     bytes as loading everything in bf16 with diffusers and casting afterwards."""
     from diffusers import FluxPipeline
@@ -60,11 +64,13 @@ def test_loader_reads_fp8_directly_and_matches_diffusers_load_then_cast(tiny_mod
     from engine.precision import apply_precision
 
     files = sorted((tiny_model_dir / "transformer").glob("*.safetensors"))
-    fresh = load_dit(files, tiny_model_dir / "transformer", "all-linear")
-    assert set(linear_dtypes(fresh).values()) == {FP8}  # before any hook was applied
+    fresh = load_dit(files, tiny_model_dir / "transformer", mode)
+    read_as = linear_dtypes(fresh)  # before any hook was applied
+    assert read_as["transformer_blocks.0.attn.to_q"] == FP8
     plain = FluxPipeline.from_pretrained(tiny_model_dir, dtype=torch.bfloat16, local_files_only=True)
-    apply_precision(plain, "all-linear")
-    ours, theirs = tiny_engine.pipe.transformer.state_dict(), plain.transformer.state_dict()
+    apply_precision(plain, mode)
+    assert read_as == linear_dtypes(plain.transformer)
+    ours, theirs = fresh.state_dict(), plain.transformer.state_dict()
     assert set(ours) == set(theirs)
     for k in ours:
         assert ours[k].dtype == theirs[k].dtype, k
