@@ -503,3 +503,36 @@ async def test_unexpected_errors_give_a_reference_and_never_show_the_token(fake_
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert fake.token not in logged
     assert not any(i.token in logged for i in fake.interactions.values())
+
+
+# --- more entry points ------------------------------------------------------------------------------------------
+
+async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot, make_bot):
+    fake = fake_discord
+    boss = fake.add_user("boss")
+    bot = await start_bot(make_bot(guild_ids=[fake.guild_id], owner_ids=[boss.id]))
+    await bot.wait_until_engines_loaded()
+    # 1. Commands went to the configured guild at once (and not globally).
+    assert {"imagine", "show", "history", "queue"} <= set(fake.commands_for(fake.guild_id))
+    assert not fake.global_commands
+    alice = fake.add_user("alice")
+    result = await result_of(await imagine(fake, alice, prompt="a guild fox", seed=2))
+    # 2. The Edit form's values are checked like the command's.
+    await (await fake.click(alice, result, "fluxbot:edit:1")).wait_response()
+    ix = await fake.submit_modal(alice, "fluxbot:editmodal:1", {"prompt": "a fox", "seed": "1", "steps": "lots"})
+    assert "Steps must be a whole number" in (await ix.wait_message(lambda m: m.ephemeral)).content
+    assert await count_jobs(bot) == 1
+    # 3. An admin may read alice's history.
+    ix = await fake.slash(boss, "history", {"user": alice.id})
+    page = await ix.wait_message(lambda m: m.ephemeral and m.embeds)
+    assert "a guild fox" in page.text()
+
+
+async def test_a_dm_request_is_answered_in_the_dm(fake_discord, running):
+    fake, bot = fake_discord, running
+    alice = fake.add_user("alice")
+    ix = await fake.slash(alice, "imagine", {"prompt": "a dm fox", "seed": 2, "steps": 1, "size": "256x256"},
+                          dm=True)
+    result = await result_of(ix)
+    assert result.channel_id == fake.dm_channel(alice).id
+    assert (await store_jobs.get_job(bot.store, 1)).guild_id is None
