@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from bot.config import ConfigError, Config
@@ -19,6 +20,9 @@ MIN_STEPS, MAX_STEPS = 1, 50
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 10.0
 MAX_SIZE_CHOICES = 25  # Discord's limit on choices of one option
 MIN_SIDE, MAX_SIDE = 256, 2048  # what the engine accepts (engine/pipeline.py check_spec)
+# Invisible direction controls (embeddings, overrides, isolates): never needed to write right-to-left text,
+# but they can make a prompt display as something else in embeds and logs.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _SIZE_RE = re.compile(r"^\s*(?:(?P<label>\S+)\s+)?(?P<w>\d+)\s*[x×]\s*(?P<h>\d+)\s*$")
 
 
@@ -79,12 +83,19 @@ def _ratio(w: int, h: int) -> str:
     return f"{w // g}:{h // g}"
 
 
+def clean_prompt(text: str) -> str:
+    """The prompt without control characters (newlines and tabs stay) and without bidi override controls.
+    Emoji (with their zero-width joiners) and right-to-left scripts pass unchanged."""
+    return "".join(ch for ch in text if ch in "\n\t" or
+                   (unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS))
+
+
 def validate_imagine(config: Config, sizes: list[SizeChoice], *, prompt: str | None, seed: int | None = None,
                      steps: int | None = None, size: str | None = None, guidance: float | None = None,
                      count: int | None = None) -> ImagineOptions:
     """Check every option of /imagine (or of the Edit modal); raise InvalidRequest with what to change."""
-    # 1. The prompt: not empty, not longer than the limit.
-    text = (prompt or "").strip()
+    # 1. The prompt: control characters stripped, not empty, not longer than the limit.
+    text = clean_prompt(prompt or "").strip()
     limit = config.limits.max_prompt_chars
     if not text:
         raise InvalidRequest("The prompt is empty: describe the image you want.")
