@@ -135,6 +135,22 @@ class FluxBot(commands.Bot):
         log.info("logged in as %s (id %s) in %d guild(s)", self.user, self.user.id if self.user else "?",
                  len(self.guilds))
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A click that no button of this version handles (a button left by an older version of the bot, or an
+        altered custom_id) gets an answer instead of Discord's bare "This interaction failed"."""
+        from bot.views import DYNAMIC_ITEMS
+
+        if interaction.type is not discord.InteractionType.component:
+            return
+        custom_id = str((interaction.data or {}).get("custom_id", ""))
+        if any(item.__discord_ui_compiled_template__.fullmatch(custom_id) for item in DYNAMIC_ITEMS):
+            return  # its DynamicItem answers
+        log.info("unrecognised button %r from user %s", custom_id[:100], interaction.user.id)
+        if not interaction.response.is_done():
+            await interaction.response.send_message("This button is not recognised (it may come from an older "
+                                                    "version of the bot); use /imagine or /history instead.",
+                                                    ephemeral=True)
+
     # --- errors ----------------------------------------------------------------------------------------------
 
     async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError):
