@@ -19,6 +19,7 @@ from db.session import Store
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 4000  # error text kept per job (tracebacks are logged, not stored)
+MAX_ID = 2 ** 63 - 1  # BIGINT / SQLite INTEGER: a larger id cannot exist (and the driver would raise)
 
 
 # --- creating and reading -------------------------------------------------------------------------------
@@ -35,6 +36,8 @@ async def create_job(store: Store, new: NewJob) -> JobRecord:
 
 
 async def get_job(store: Store, job_id: int) -> JobRecord | None:
+    if not 0 < job_id <= MAX_ID:  # e.g. an id parsed from an altered button custom_id
+        return None
     async with store.session() as s:
         row = await s.get(Job, job_id)
         return JobRecord.from_row(row) if row is not None else None
