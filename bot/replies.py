@@ -14,7 +14,9 @@ import discord
 from discord import app_commands
 
 from bot.permissions import PermissionDenied
+from bot.service import AdmissionError
 from bot.validation import InvalidRequest
+from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +27,7 @@ class UserFacingError(Exception):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors whose message is meant for the user, including the jobs service's admission errors."""
-    types: list[type[BaseException]] = [UserFacingError, InvalidRequest, PermissionDenied]
-    try:
-        from bot.service import AdmissionError
-        types.append(AdmissionError)
-    except ImportError:  # the service module is optional for the views' unit tests
-        pass
-    from engine.errors import EngineError
-    types.append(EngineError)
-    return tuple(types)
+    return (UserFacingError, InvalidRequest, PermissionDenied, AdmissionError, EngineError)
 
 
 async def send_ephemeral(interaction: discord.Interaction, text: str, **kwargs) -> None:

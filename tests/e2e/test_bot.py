@@ -352,7 +352,7 @@ async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_disco
 
 async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
-    bot = await start_bot(make_bot(gated=True))
+    await start_bot(make_bot(gated=True))
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     for user in (alice, bob, alice):
         await (await imagine(fake, user, prompt="p", seed=1)).wait_response()
@@ -531,8 +531,10 @@ async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot
 async def test_a_dm_request_is_answered_in_the_dm(fake_discord, running):
     fake, bot = fake_discord, running
     alice = fake.add_user("alice")
-    ix = await fake.slash(alice, "imagine", {"prompt": "a dm fox", "seed": 2, "steps": 1, "size": "256x256"},
-                          dm=True)
+    ix = await fake.slash(alice, "imagine", {"prompt": "a dm fox", "seed": 2, "steps": 1, "size": "512x256",
+                                             "count": 2}, dm=True)
     result = await result_of(ix)
     assert result.channel_id == fake.dm_channel(alice).id
+    assert [a.image_size for a in result.attachments] == [(512, 256), (512, 256)]
+    assert "Seeds 2, 3" in result.text()
     assert (await store_jobs.get_job(bot.store, 1)).guild_id is None
