@@ -92,6 +92,7 @@ class Tracked:
     started_at: float | None = None
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     final: asyncio.Task | None = None
+    message_saved: bool = False  # the status message id is in the store
 
 
 class JobTracker:
@@ -159,8 +160,8 @@ class JobTracker:
             return
         view = status_view(t.job_id) if st.state in (QUEUED, RUNNING) else None
         message_id = await t.sink.edit(status_text(t.job_id, t.prompt, st), view)
-        if message_id and st.state == QUEUED and isinstance(t.sink, InteractionStatus):
-            await store_jobs.set_status_message(self.store, t.job_id, message_id)
+        if message_id and not t.message_saved:
+            t.message_saved = await store_jobs.set_status_message(self.store, t.job_id, message_id)
 
     # --- the end of a job -----------------------------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class JobTracker:
                             e.status)
                 t.attached.set()
                 continue
-            await store_jobs.set_status_message(self.store, job.id, msg.id)
+            t.message_saved = await store_jobs.set_status_message(self.store, job.id, msg.id)
             await self.attach_channel_message(job.id, job.channel_id, msg.id, prefix=prefix)
 
     async def deliver_undelivered(self) -> int:

@@ -147,7 +147,7 @@ async def test_imagine_defers_shows_status_and_delivers_png_embed_and_buttons(fa
     assert f"<@{alice.id}>" in result.content
     # 3. The record knows where the result went.
     job = await eventually(lambda: _delivered(bot, 1))
-    assert job.status == "done" and job.result_message_id == result.id
+    assert job.status == "done" and job.result_message_id == result.id and job.status_message_id == status.id
 
 
 # --- buttons ------------------------------------------------------------------------------------------------------
