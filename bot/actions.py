@@ -77,12 +77,8 @@ async def open_edit(interaction: discord.Interaction, job_id: int) -> None:
     bot = bot_of(interaction)
     check_may_generate(bot.config.discord, caller_of(interaction))
     parent = await load_job(interaction, job_id)
-
-    async def submit(ix: discord.Interaction, prompt: str, seed: str, steps: str) -> None:
-        await submit_edit(ix, parent.id, prompt, seed, steps)
-
-    await interaction.response.send_modal(EditModal(parent, max_prompt_chars=bot.config.limits.max_prompt_chars,
-                                                    on_submit=submit))
+    await interaction.response.send_modal(EditModal(parent, opener_id=interaction.id,
+                                                    max_prompt_chars=bot.config.limits.max_prompt_chars))
 
 
 async def submit_edit(interaction: discord.Interaction, job_id: int, prompt: str, seed_text: str,

@@ -136,10 +136,14 @@ class FluxBot(commands.Bot):
                  len(self.guilds))
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """A click that no button of this version handles (a button left by an older version of the bot, or an
-        altered custom_id) gets an answer instead of Discord's bare "This interaction failed"."""
-        from bot.views import DYNAMIC_ITEMS
+        """Edit forms are answered here, statelessly (they survive a restart). A click that no button of this
+        version handles (a button left by an older version of the bot, or an altered custom_id) gets an answer
+        instead of Discord's bare "This interaction failed"."""
+        from bot.views import DYNAMIC_ITEMS, handle_modal_submit
 
+        if interaction.type is discord.InteractionType.modal_submit:
+            await handle_modal_submit(interaction)
+            return
         if interaction.type is not discord.InteractionType.component:
             return
         custom_id = str((interaction.data or {}).get("custom_id", ""))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ui import Button, DynamicItem
@@ -157,27 +157,54 @@ def history_view(user_id: int, page: int, pages: int) -> discord.ui.View | None:
     return view
 
 
-class EditModal(discord.ui.Modal):
-    """✏️ Edit: prompt, seed and steps prefilled from the job; size, guidance and count are kept."""
+EDIT_FORM = re.compile(r"fluxbot:editmodal:(?P<job>\d+):(?P<nonce>\d+)")
 
-    def __init__(self, job: "JobRecord", *, max_prompt_chars: int,
-                 on_submit: Callable[[discord.Interaction, str, str, str], Awaitable[None]]):
-        super().__init__(title=f"Edit job #{job.id}", timeout=15 * 60, custom_id=custom_id("editmodal", job.id))
-        self.job_id = job.id
-        self._submit = on_submit
-        self.prompt = discord.ui.TextInput(label="Prompt", style=discord.TextStyle.paragraph, custom_id="prompt",
-                                           default=job.prompt[:max_prompt_chars], max_length=min(4000, max_prompt_chars),
-                                           required=True)
-        self.seed = discord.ui.TextInput(label="Seed (-1 = random)", custom_id="seed", default=str(job.seed), max_length=12,
-                                         required=False)
-        self.steps = discord.ui.TextInput(label="Steps (1-50)", custom_id="steps", default=str(job.steps), max_length=3, required=False)
-        for item in (self.prompt, self.seed, self.steps):
-            self.add_item(item)
+
+class EditModal(discord.ui.Modal):
+    """✏️ Edit: prompt, seed and steps prefilled from the job; size, guidance and count are kept.
+
+    The submit is handled statelessly by `handle_modal_submit` (from `FluxBot.on_interaction`), not by this
+    object: a form opened before a restart still works, and two people editing the same job at once each
+    get their own form (the custom_id carries the opening interaction's id)."""
+
+    def __init__(self, job: "JobRecord", *, opener_id: int, max_prompt_chars: int):
+        super().__init__(title=f"Edit job #{job.id}", timeout=15 * 60,
+                         custom_id=custom_id("editmodal", job.id, opener_id))
+        self.add_item(discord.ui.TextInput(label="Prompt", style=discord.TextStyle.paragraph, custom_id="prompt",
+                                           default=job.prompt[:max_prompt_chars],
+                                           max_length=min(4000, max_prompt_chars), required=True))
+        self.add_item(discord.ui.TextInput(label="Seed (-1 = random)", custom_id="seed", default=str(job.seed),
+                                           max_length=12, required=False))
+        self.add_item(discord.ui.TextInput(label="Steps (1-50)", custom_id="steps", default=str(job.steps),
+                                           max_length=3, required=False))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda: self._submit(interaction, self.prompt.value, self.seed.value,
-                                                        self.steps.value))
+        pass  # answered by handle_modal_submit
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        from bot.replies import report_error
-        await report_error(interaction, error)
+
+def submitted_values(data: dict) -> dict[str, str]:
+    """custom_id -> value of every text input in a modal submit payload (rows or labels)."""
+    values: dict[str, str] = {}
+
+    def walk(components: list) -> None:
+        for comp in components or []:
+            if comp.get("type") == 4 and comp.get("custom_id"):
+                values[comp["custom_id"]] = str(comp.get("value") or "")
+            walk(comp.get("components") or [])
+            if isinstance(comp.get("component"), dict):
+                walk([comp["component"]])
+
+    walk(data.get("components") or [])
+    return values
+
+
+async def handle_modal_submit(interaction: discord.Interaction) -> bool:
+    """Answer a submitted Edit form; False if the modal is not fluxbot's."""
+    data = interaction.data or {}
+    match = EDIT_FORM.fullmatch(str(data.get("custom_id", "")))
+    if match is None:
+        return False
+    values = submitted_values(data)
+    await guarded(interaction, lambda: actions.submit_edit(interaction, int(match["job"]), values.get("prompt", ""),
+                                                           values.get("seed", ""), values.get("steps", "")))
+    return True

@@ -169,18 +169,24 @@ async def test_reroll_vary_and_edit_make_new_jobs_owned_by_the_presser(fake_disc
     job3 = await store_jobs.get_job(bot.store, 3)
     assert (job3.kind, job3.parent_id, job3.seed, job3.variation_strength) == ("vary", 1, 1000, 0.15)
     assert job3.variation_seed is not None and "Variation" in vary.text()
-    # 3. ✏️ Edit: a modal prefilled with prompt, seed and steps; its submit starts job 4.
+    # 3. ✏️ Edit: a form prefilled with prompt, seed and steps; its submit starts job 4. Two people may
+    #    have a form of the same job open at once.
     opener = await fake.click(bob, first, "fluxbot:edit:1")
     response = await opener.wait_response()
-    assert response.modal_custom_id == "fluxbot:editmodal:1"
+    assert response.modal_custom_id == f"fluxbot:editmodal:1:{opener.id}"
     assert "a lighthouse" in str(response.data) and "1000" in str(response.data)
-    ix = await fake.submit_modal(bob, "fluxbot:editmodal:1", {"prompt": "a lighthouse at night", "seed": "7",
-                                                             "steps": "1"})
+    other = await fake.click(alice, first, "fluxbot:edit:1")
+    await other.wait_response()
+    ix = await fake.submit_modal(bob, f"fluxbot:editmodal:1:{opener.id}",
+                                 {"prompt": "a lighthouse at night", "seed": "7", "steps": "1"})
     edited = await result_of(ix)
     job4 = await store_jobs.get_job(bot.store, 4)
     assert (job4.kind, job4.parent_id, job4.user_id, job4.prompt, job4.seed, job4.steps) == \
         ("edit", 1, bob.id, "a lighthouse at night", 7, 1)
     assert "a lighthouse at night" in edited.text()
+    await result_of(await fake.submit_modal(alice, f"fluxbot:editmodal:1:{other.id}", {"prompt": "a lighthouse"}))
+    job5 = await store_jobs.get_job(bot.store, 5)
+    assert (job5.kind, job5.user_id, job5.seed, job5.steps) == ("edit", alice.id, 1000, 2)
 
 
 async def test_delete_refused_for_a_stranger_and_done_for_the_owner(fake_discord, running):
@@ -373,6 +379,8 @@ async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bo
     first_bot = await start_bot(make_bot(config))
     await first_bot.wait_until_engines_loaded()
     old = await result_of(await imagine(fake, alice, prompt="a windmill", seed=9))
+    form = await fake.click(alice, old, "fluxbot:edit:1")
+    await form.wait_response()
     await stop_bot(first_bot)
     # A new process: a new FluxBot over the same database; the old message's buttons still work.
     second_bot = await start_bot(make_bot(config))
@@ -381,6 +389,9 @@ async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bo
     job2 = await store_jobs.get_job(second_bot.store, 2)
     assert (job2.parent_id, job2.user_id, job2.prompt) == (1, bob.id, "a windmill")
     assert rerolled.custom_ids[0] == "fluxbot:reroll:2"
+    edited = await result_of(await fake.submit_modal(alice, f"fluxbot:editmodal:1:{form.id}",
+                                                     {"prompt": "a windmill at dusk"}))
+    assert "a windmill at dusk" in edited.text()
     ix = await fake.click(alice, old, "fluxbot:delete:1")
     await ix.wait_message(lambda m: m.ephemeral and "deleted" in m.content)
     assert old.deleted
@@ -518,8 +529,10 @@ async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot
     alice = fake.add_user("alice")
     result = await result_of(await imagine(fake, alice, prompt="a guild fox", seed=2))
     # 2. The Edit form's values are checked like the command's.
-    await (await fake.click(alice, result, "fluxbot:edit:1")).wait_response()
-    ix = await fake.submit_modal(alice, "fluxbot:editmodal:1", {"prompt": "a fox", "seed": "1", "steps": "lots"})
+    opener = await fake.click(alice, result, "fluxbot:edit:1")
+    await opener.wait_response()
+    ix = await fake.submit_modal(alice, f"fluxbot:editmodal:1:{opener.id}",
+                                 {"prompt": "a fox", "seed": "1", "steps": "lots"})
     assert "Steps must be a whole number" in (await ix.wait_message(lambda m: m.ephemeral)).content
     assert await count_jobs(bot) == 1
     # 3. An admin may read alice's history.
