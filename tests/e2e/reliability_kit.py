@@ -7,7 +7,7 @@
   engine's own error conversion, the worker's OOM retry and the bot's messages all run for real.
 - `make_rel_bot`: a FluxBot over that engine, with the fake Discord, SQLite and images under tmp_path.
 - `job_rows` / `count_rows`: the whole `jobs` table as plain tuples, to prove that a refusal changed nothing.
-- `crafted_click`: a component interaction with any custom_id, as a modified client could send.
+- `crafted_click`: a click on a button with any custom_id (on a message made to hold it, or a stale one).
 
 Import the fixtures into a test module with `from tests.e2e.reliability_kit import *  # noqa` (pytest finds
 fixtures through the module's namespace).
@@ -171,8 +171,17 @@ async def count_rows(store) -> int:
 
 
 async def crafted_click(fake, user, custom_id: str, *, message=None, channel=None):
-    """A button click carrying `custom_id` whether or not such a button exists (a modified client, or a
-    message deleted while it was still on the user's screen). `message` is the message clicked (optional)."""
-    ch = channel or (fake.channels[message.channel_id] if message is not None else fake.channel)
-    return await fake._interact(user, COMPONENT, {"custom_id": custom_id, "component_type": 2}, ch,
-                                source=message)
+    """A click on a button carrying `custom_id`. Discord only delivers clicks on components a message really
+    has, so with `message=None` a bot message holding just that button is made first (as a message left by an
+    older version of the bot, or by a database restored from an older backup, would be). With `message`, the
+    click comes from that message as the user's client still shows it (it may have been deleted meanwhile)."""
+    from tests.fakediscord.records import MessageState
+
+    if message is None:
+        ch = channel or fake.channel
+        button = {"type": 2, "style": 2, "label": "Button", "custom_id": custom_id}
+        message = fake.create_message(ch.id, "channel", MessageState(content="an old message",
+                                                                     components=[{"type": 1, "components": [button]}],
+                                                                     at=fake.clock()))
+    ch = fake.channels[message.channel_id]
+    return await fake._interact(user, COMPONENT, {"custom_id": custom_id, "component_type": 2}, ch, source=message)

@@ -127,6 +127,7 @@ async def test_discord_429_on_the_followup_waits_retry_after_then_delivers(fake_
     posts = fake.requests_to(FOLLOWUP, "POST")
     assert [r.status for r in posts] == [429, 200] and fault.hits == 1
     assert posts[1].at - posts[0].at >= 0.55
+    log.info("429: retried %.2f s after the 429 (retry_after 0.6 s)", posts[1].at - posts[0].at)
     # 2. Delivered once, recorded.
     assert (await eventually(lambda: delivered(bot, 1))).result_message_id == result.id
     assert len(results_of(fake)) == 1
@@ -222,7 +223,9 @@ async def test_sqlite_locked_by_another_connection_for_3_s(fake_discord, start_b
         assert response.deferred and response.latency_s < 3.0
         # 3. ... and the job is written once the lock goes, then made and delivered.
         result = await ix.wait_message(has_result, 30)
-        assert time.monotonic() - t0 >= 2.9
+        waited = time.monotonic() - t0
+        assert waited >= 2.9
+        log.info("sqlite lock: deferred after %.2f s, result after %.2f s", response.latency_s, waited)
     finally:
         release.join()
         other.close()
@@ -248,3 +251,12 @@ async def test_images_folder_not_writable_fails_the_job_with_a_message(fake_disc
     status2 = await final_status(await imagine(fake, alice, prompt="another painting", seed=9), "Failed")
     assert "could not be saved" in status2.content
     assert not any(has_result(m) for m in fake.messages)
+
+
+def test_every_fault_test_is_in_the_reliability_doc():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    names = [n for n in globals() if n.startswith("test_") and n != "test_every_fault_test_is_in_the_reliability_doc"]
+    missing = [n for n in names if f"`{n}`" not in doc]
+    assert not missing, f"docs/reliability.md's fault table lacks {missing}"

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.e2e.reliability_kit import has_result
@@ -99,24 +100,31 @@ async def test_sigkill_mid_job_then_restart_reruns_and_delivers_once(fake_discor
     db, marker = tmp_path / "fluxbot.db", tmp_path / "paused"
     alice = fake.add_user("alice")
     # 1. The first process takes a job and is killed inside its first denoising step.
+    t0 = time.monotonic()
     first = BotProcess(fake, config, tmp_path / "run1.out", pause_file=marker)
     try:
         await wait_for(fake, lambda: fake.command_syncs >= 1 and any(s.ready for s in fake.sessions), 60,
                        "the first bot process to connect", first)
         ix = await fake.slash(alice, "imagine", {"prompt": "a phoenix", "seed": 11, "steps": 2, "size": "256x256"})
         assert (await ix.wait_response(timeout=10)).deferred
+        t_connected = time.monotonic()
         await wait_for(fake, marker.exists, 60, "the job to reach its first denoising step", first)
         assert rows(db) == [(1, "running", 0, None)]
     finally:
         assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+    t_killed = time.monotonic()
     # 2. A new process over the same files: the job goes back in the queue, runs again and is delivered.
     second = BotProcess(fake, config, tmp_path / "run2.out")
     try:
         result = await wait_for(fake, lambda: next((m for m in fake.messages if has_result(m)), None), 90,
                                 "the result after the restart", second)
         await wait_for(fake, lambda: rows(db)[0][2] == 1, 10, "the delivery to be recorded", second)
+        t_delivered = time.monotonic()
     finally:
         rc = await second.stop(signal.SIGTERM)
+    log.info("kill/restart: first process connected after %.1f s; killed mid-job; the restarted process "
+             "delivered the job %.1f s after the kill; SIGTERM stop took %.1f s", t_connected - t0,
+             t_delivered - t_killed, time.monotonic() - t_delivered)
     # 3. One row, done, delivered once; the owner heard about the restart; the PNG is named by job id.
     assert "a phoenix" in result.text() and result.custom_ids[0] == "fluxbot:reroll:1"
     assert [r[:3] for r in rows(db)] == [(1, "done", 1)] and rows(db)[0][3] == result.id
