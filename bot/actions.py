@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VARY_STRENGTH = 0.15  # 🔀 Vary: subtle, the composition stays
-SUBMIT_GRACE_S = 2.0  # answer within Discord's 3 s even when the store is slow
+SUBMIT_GRACE_S = 1.5  # answer within Discord's 3 s (counted from the click) even when the store is slow
 
 
 def bot_of(interaction: discord.Interaction) -> "FluxBot":
