@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from db import jobs as store_jobs
 from db.models import RUNNING
 from db.records import ImageFile, JobOutput, JobRecord, NewJob
-from engine.queue import QUEUED, JobQueue, QueueEvent
+from engine.queue import QUEUED, JobQueue, QueueClosed, QueueEvent
 from engine.spec import JobSpec, Result
 
 if TYPE_CHECKING:
@@ -78,6 +78,10 @@ class QueueFull(AdmissionError):
 
 
 class JobNotFound(AdmissionError):
+    pass
+
+
+class ShuttingDown(AdmissionError):
     pass
 
 
@@ -317,7 +321,11 @@ class JobService:
                 model_id=self.model_id, interaction_id=request.interaction_id,
                 interaction_token=request.interaction_token, interaction_created_at=request.interaction_created_at,
                 status_message_id=request.status_message_id))
-            position = self.queue.submit(record.id, spec)
+            try:
+                position = self.queue.submit(record.id, spec)
+            except QueueClosed:  # the row stays queued: recovery runs it at the next start
+                raise ShuttingDown("The bot is shutting down; your request is saved and will run when it is "
+                                   "back.") from None
         eta = self.queue.eta_s(record.id) or 0.0
         log.info("job %d queued at #%d for user %d (%s, %dx%d, %d steps)", record.id, position, request.user_id,
                  request.kind, spec.width, spec.height, spec.steps)
@@ -345,6 +353,16 @@ class JobService:
             raise JobNotFound(f"There is no job {job_id}.")
         return await self.submit(NewRequest(user_id=user_id, spec=spec_of(parent), kind="show", parent_id=job_id,
                                             exempt=exempt, **where))
+
+    def where(self, job_id: int) -> JobEvent | None:
+        """Where a job is now: `queued` with position and ETA, `started` with the ETA of what is left, or
+        None when it is neither waiting nor running (finished, or unknown to this process)."""
+        if self.queue.is_running(job_id):
+            return JobEvent(job_id, STARTED, eta_s=self.queue.eta_s(job_id))
+        position = self.queue.position(job_id)
+        if position is None:
+            return None
+        return JobEvent(job_id, QUEUED, position=position, eta_s=self.queue.eta_s(job_id))
 
     # --- cancel ---------------------------------------------------------------------------------------------
 

@@ -40,8 +40,9 @@ class SeamEngine(Engine):
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> EngineSettings:
-    return EngineSettings(model="tiny-random", models_dir=str(tmp_path_factory.mktemp("models")), profile="resident")
+def settings(tiny_model_dir) -> EngineSettings:
+    return EngineSettings(model="tiny-random", models_dir=str(tiny_model_dir.parent), profile="resident",
+                          max_sequence_length=64)
 
 
 @pytest.fixture(scope="module")
