@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 QUEUED = "queued"      # a waiting job's position and/or ETA (first announcement included)
 RUNNING = "running"    # a worker took the job
 
+# Progress reports re-estimate every waiting job's ETA at most this often (a step can take 10 ms).
+PROGRESS_ANNOUNCE_S = 1.0
+
 
 class QueueClosed(Exception):
     """The queue was closed; workers waiting in `take` stop."""
@@ -116,6 +119,7 @@ class JobQueue:
         self._changed = asyncio.Event()
         self._closed = False
         self._tasks: set[asyncio.Task] = set()
+        self._last_progress_announce = 0.0
 
     # --- what the service does -----------------------------------------------------------------------
 
@@ -212,7 +216,10 @@ class JobQueue:
         if run is None:
             return
         run.step, run.total = step, total
-        self._announce()
+        now = time.monotonic()
+        if now - self._last_progress_announce >= PROGRESS_ANNOUNCE_S or step == total:
+            self._last_progress_announce = now
+            self._announce()
 
     def finish(self, job_ids: list[int], seconds: float, *, learn: bool = True) -> None:
         """The jobs left their worker after `seconds` (together, as one batch). `learn=False` for failed

@@ -156,3 +156,17 @@ async def test_two_takers_never_get_the_same_job():
     q.close()
     await asyncio.gather(*tasks)
     assert sorted(got) == list(range(50))
+
+
+async def test_progress_reestimates_at_most_once_a_second_and_at_the_last_step():
+    q = JobQueue(eta=EtaModel(default_s_per_unit=100.0))
+    q.submit(1, spec(steps=10, width=1024, height=1024))
+    q.submit(2, spec(steps=10, width=1024, height=1024))
+    await q.take()
+    events = []
+    q.subscribe(events.append)
+    q.progress(1, 5, 10)   # 500 s less: announced
+    q.progress(1, 6, 10)   # 100 s less, but within the second: not yet
+    assert [round(e.eta_s) for e in events] == [1500]
+    q.progress(1, 10, 10)  # the last step always re-estimates
+    assert [round(e.eta_s) for e in events] == [1500, 1000]
