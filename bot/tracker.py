@@ -93,6 +93,7 @@ class Tracked:
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     final: asyncio.Task | None = None
     message_saved: bool = False  # the status message id is in the store
+    shown: JobStatus | None = None  # the last state an edit really showed
 
 
 class JobTracker:
@@ -160,6 +161,8 @@ class JobTracker:
             return
         view = status_view(t.job_id) if st.state in (QUEUED, RUNNING) else None
         message_id = await t.sink.edit(status_text(t.job_id, t.prompt, st), view)
+        if message_id:
+            t.shown = st
         if message_id and not t.message_saved:
             t.message_saved = await store_jobs.set_status_message(self.store, t.job_id, message_id)
 
@@ -177,16 +180,15 @@ class JobTracker:
                 return
             # 2. The last status edit, and the result or the failure notice.
             final = _final_state(job, ev)
-            status_visible = t.sink is not None and t.sink.usable()
             closing = t.editor.close(final) if t.editor is not None else _nothing()
             if ev.kind == svc.FINISHED:
                 await asyncio.gather(closing, self.deliver(job))
             elif ev.kind == svc.FAILED:
                 await closing
-                if not status_visible:
-                    await self._notify_failure(job, ev.message or job.error or "unknown error")
-                else:
+                if t.shown == final:  # the status message says why
                     await store_jobs.mark_delivered(self.store, job.id)
+                else:
+                    await self._notify_failure(job, ev.message or job.error or "unknown error")
             else:
                 await closing
         except Exception:

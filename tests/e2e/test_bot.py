@@ -65,15 +65,28 @@ class SlowSteps:
         return self._engine.generate_batch(specs, progress=self._slow(progress), should_cancel=should_cancel)
 
 
+class Failing(SlowSteps):
+    """The tiny engine refusing every job, as a real engine does on a fault it cannot recover from."""
+
+    def generate(self, spec, *, progress=None, should_cancel=None):
+        from engine.errors import EngineError
+        raise EngineError("the GPU fell off the bus; the owner was told")
+
+    def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        return [self.generate(s) for s in specs]
+
+
 @pytest.fixture
 def make_bot(make_config, tiny_engine, gate):
     """FluxBot over the shared tiny engine (not closed with the bot). `gated=True`: the engine loads only
     once the test sets `gate`, so that jobs stay queued meanwhile; `step_s`: a pause after every step."""
-    def _make(config: Config | None = None, *, gated: bool = False, step_s: float = 0.0,
+    def _make(config: Config | None = None, *, gated: bool = False, step_s: float = 0.0, failing: bool = False,
               **discord_overrides) -> FluxBot:
         def loader(_settings, _device):
             if gated:
                 gate.wait(60)
+            if failing:
+                return Failing(tiny_engine, 0.0)
             return SlowSteps(tiny_engine, step_s) if step_s else tiny_engine
         return FluxBot(config or make_config(**discord_overrides), engine_loader=loader, close_engines=False)
     return _make
@@ -551,3 +564,22 @@ async def test_a_dm_request_is_answered_in_the_dm(fake_discord, running):
     assert [a.image_size for a in result.attachments] == [(512, 256), (512, 256)]
     assert "Seeds 2, 3" in result.text()
     assert (await store_jobs.get_job(bot.store, 1)).guild_id is None
+
+
+async def test_a_failed_job_says_why_in_its_status_or_in_the_channel(fake_discord, start_bot, make_bot, gate):
+    fake = fake_discord
+    bot = await start_bot(make_bot(failing=True, gated=True))
+    alice = fake.add_user("alice")
+    fresh = await imagine(fake, alice, prompt="doomed", seed=1)
+    await fresh.wait_message(lambda m: "Queued" in m.content)
+    late = await imagine(fake, alice, prompt="doomed later", seed=2)
+    await late.wait_message(lambda m: "Queued" in m.content)
+    fake.expire_tokens(late)
+    gate.set()
+    # 1. While the token lives: the status reply says why.
+    status = await fresh.wait_message(lambda m: m.kind == "response" and "Failed" in m.content)
+    assert "the GPU fell off the bus" in status.content and status.custom_ids == []
+    # 2. Past it: a channel message to the requester.
+    notice = await fake.wait_message(lambda m: m.kind == "channel" and "failed" in m.content)
+    assert f"<@{alice.id}>" in notice.content and "Job #2" in notice.content and "fell off the bus" in notice.content
+    assert [(await store_jobs.get_job(bot.store, i)).status for i in (1, 2)] == ["failed", "failed"]
