@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from bot.config import LimitsSettings
-from bot.service import (BannedWord, BannedWords, CancelOutcome, CoolingDown, EmptyPrompt, JobService,
-                         NewRequest, PromptTooLong, QueueFull, ShuttingDown, TooManyImages, TooManyUnfinished,
-                         fold_words)
+from bot.service import (AdmissionError, BannedWord, BannedWords, CancelOutcome, CoolingDown, EmptyPrompt,
+                         JobService, NewRequest, PromptTooLong, QueueFull, ShuttingDown, TooManyImages,
+                         TooManyUnfinished, fold_words)
 from db import jobs
 from db.records import JobOutput
 from db.session import open_store
@@ -353,3 +353,26 @@ async def test_hundred_jobs_from_twenty_users_none_lost_and_the_loop_stays_respo
     worst, median = max(lags), sorted(lags)[len(lags) // 2]
     print(f"\n100 jobs: worst event-loop lag {worst * 1000:.1f} ms, median {median * 1000:.1f} ms, {len(lags)} ticks")
     assert worst < 0.25, f"the event loop was blocked {worst * 1000:.0f} ms"
+
+
+async def test_regenerate_makes_a_show_job_with_the_same_pixels(store, tmp_path, tiny_engine):
+    import numpy as np
+
+    service = running_service(store, tmp_path, tiny_engine)
+    events = Events(service)
+    original = await service.submit(request(1, "a pruned picture", width=SIZE, height=SIZE, steps=2, seed=None))
+    service.workers[0].start()
+    await events.wait_final(1)
+    first = await jobs.get_job(store, original.job_id)
+    kept = pixels(first.images[0].path)
+    (tmp_path / "images" / f"{original.job_id}.png").unlink()  # retention pruned it
+    again = await service.regenerate(original.job_id, user_id=2, channel_id=3)
+    await events.wait_final(2)
+    await stop(service)
+    shown = await jobs.get_job(store, again.job_id)
+    assert (shown.kind, shown.parent_id, shown.user_id, shown.channel_id) == ("show", original.job_id, 2, 3)
+    assert (shown.seed, shown.prompt, shown.steps) == (first.seed, first.prompt, first.steps)
+    assert shown.images[0].path.endswith(f"/{again.job_id}.png")
+    assert np.array_equal(pixels(shown.images[0].path), kept)
+    with pytest.raises(AdmissionError, match="no job 999"):
+        await service.regenerate(999, user_id=2)
