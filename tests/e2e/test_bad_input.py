@@ -185,8 +185,9 @@ async def send(case: Case, w: World):
         return await fake.slash(user, "history", {"user": int(payload["user"])}, validate=False)
     if case.via == "modal":
         opener = await crafted_click(fake, user, "fluxbot:edit:1", message=w.bob_result)
-        assert (await opener.wait_response()).modal_custom_id == "fluxbot:editmodal:1"
-        return await fake.submit_modal(user, "fluxbot:editmodal:1", payload, message=w.bob_result)
+        form = (await opener.wait_response()).modal_custom_id
+        assert form and form.startswith("fluxbot:editmodal:1:"), form
+        return await fake.submit_modal(user, form, payload, message=w.bob_result)
     raise ValueError(case.via)
 
 

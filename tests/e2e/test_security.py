@@ -135,10 +135,11 @@ async def test_generation_rights_are_checked_for_slash_buttons_and_modal(fake_di
     await bot.wait_until_engines_loaded()
     alice, mallory = fake.add_user("alice", [artists]), fake.add_user("mallory")
     result = await (await imagine(fake, alice, prompt="a bonsai", seed=1)).wait_message(has_result, 30)
-    # alice opens the Edit modal; discord.py keeps modals by custom_id, so mallory's submit of the same
-    # custom_id reaches alice's modal object: the check must use who submitted, not who opened.
+    # alice opens the Edit form; forms are answered statelessly from their custom_id, so a submit of alice's
+    # form by mallory (a crafted request) must be checked against who submitted, not who opened.
     opener = await fake.click(alice, result, "fluxbot:edit:1")
-    assert (await opener.wait_response()).modal_custom_id == "fluxbot:editmodal:1"
+    form = (await opener.wait_response()).modal_custom_id
+    assert form and form.startswith("fluxbot:editmodal:1:"), form
     await asyncio.sleep(0.1)
     before = await count_rows(bot.store)
     ways_in = [
@@ -146,8 +147,8 @@ async def test_generation_rights_are_checked_for_slash_buttons_and_modal(fake_di
         await fake.click(mallory, result, "fluxbot:reroll:1"),
         await fake.click(mallory, result, "fluxbot:vary:1"),
         await fake.click(mallory, result, "fluxbot:edit:1"),
-        await fake.submit_modal(mallory, "fluxbot:editmodal:1", {"prompt": "mallory's bonsai", "seed": "1",
-                                                                 "steps": "1"}, message=result),
+        await fake.submit_modal(mallory, form, {"prompt": "mallory's bonsai", "seed": "1", "steps": "1"},
+                                message=result),
     ]
     for ix in ways_in:
         assert "roles allowed to generate" in await answer(fake, ix)
