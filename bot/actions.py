@@ -196,7 +196,7 @@ async def show(interaction: discord.Interaction, job_id: int) -> None:
     files = [Path(i.path) for i in job.images]
     if files and all(f.is_file() for f in files):
         await interaction.response.defer(thinking=True)
-        payload = await bot.tracker.result_payload(job)
+        payload = await bot.tracker.result_payload(job, upload_limit=interaction.filesize_limit)
         msg = await interaction.followup.send(content=payload.content, embed=payload.embed,
                                               files=payload.discord_files(), view=payload.view,
                                               allowed_mentions=discord.AllowedMentions.none(), wait=True)

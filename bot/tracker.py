@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ATTACH_WAIT_S = 10.0  # how long a finished job waits for its status message before delivering anyway
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit for bots when nothing better is known
 
 
 class StatusSink(Protocol):
@@ -94,6 +95,7 @@ class Tracked:
     final: asyncio.Task | None = None
     message_saved: bool = False  # the status message id is in the store
     shown: JobStatus | None = None  # the last state an edit really showed
+    upload_limit: int | None = None  # bytes per file, from the interaction
 
 
 class JobTracker:
@@ -138,6 +140,7 @@ class JobTracker:
     async def attach_interaction(self, job_id: int, interaction: discord.Interaction, *, position: int | None,
                                  eta_s: float | None) -> None:
         """The job's status lives in the (deferred) reply of `interaction`; show it now."""
+        self._jobs.setdefault(job_id, Tracked(job_id)).upload_limit = getattr(interaction, "filesize_limit", None)
         await self._attach(job_id, InteractionStatus(interaction), JobStatus(QUEUED, position=position, eta_s=eta_s))
 
     async def attach_channel_message(self, job_id: int, channel_id: int, message_id: int, *,
@@ -201,7 +204,8 @@ class JobTracker:
         target = Target(application_id=self.client.application_id, token=job.interaction_token,
                         token_created_at=job.interaction_created_at, channel_id=job.channel_id,
                         user_id=job.user_id)
-        payload = await self.result_payload(job)
+        t = self._jobs.get(job.id)
+        payload = await self.result_payload(job, upload_limit=t.upload_limit if t else None)
         delivered = await self.deliverer.deliver(target, lambda: payload, job_id=job.id)
         if delivered is None:
             return False
@@ -210,13 +214,25 @@ class JobTracker:
         log.info("job %d delivered by %s", job.id, delivered.via)
         return True
 
-    async def result_payload(self, job: "JobRecord") -> Payload:
-        """The result message of a done job: its PNGs read from disk, the embed and the four buttons."""
+    async def result_payload(self, job: "JobRecord", *, upload_limit: int | None = None) -> Payload:
+        """The result message of a done job: its PNGs read from disk, the embed and the four buttons. A PNG
+        larger than Discord's upload limit (per file) is left out, and the message says so."""
+        limit = upload_limit or self._guild_upload_limit(job.guild_id)
         paths = [Path(i.path) for i in job.images]
         blobs = await asyncio.to_thread(lambda: [p.read_bytes() for p in paths])
-        files = [(image_name(job.id, i), data) for i, data in enumerate(blobs)]
-        return Payload(content=f"<@{job.user_id}>", embed=result_embed(job), files=files,
-                       view=result_view(job.id), mention_user_id=job.user_id)
+        files = [(image_name(job.id, i), data) for i, data in enumerate(blobs) if len(data) <= limit]
+        content = f"<@{job.user_id}>"
+        if len(files) < len(blobs):
+            content += (f" ⚠️ {len(blobs) - len(files)} of {len(blobs)} image(s) are larger than Discord's upload "
+                        f"limit here ({limit / 2**20:.0f} MiB) and could not be attached; a smaller size fits.")
+            log.warning("job %d: %d image(s) over the %d-byte upload limit left out", job.id,
+                        len(blobs) - len(files), limit)
+        return Payload(content=content, embed=result_embed(job), files=files, view=result_view(job.id),
+                       mention_user_id=job.user_id)
+
+    def _guild_upload_limit(self, guild_id: int | None) -> int:
+        guild = self.client.get_guild(guild_id) if guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def _notify_failure(self, job: "JobRecord", message: str) -> None:
         if job.channel_id is None:

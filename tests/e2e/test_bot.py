@@ -583,3 +583,15 @@ async def test_a_failed_job_says_why_in_its_status_or_in_the_channel(fake_discor
     notice = await fake.wait_message(lambda m: m.kind == "channel" and "failed" in m.content)
     assert f"<@{alice.id}>" in notice.content and "Job #2" in notice.content and "fell off the bus" in notice.content
     assert [(await store_jobs.get_job(bot.store, i)).status for i in (1, 2)] == ["failed", "failed"]
+
+
+async def test_an_image_over_the_upload_limit_is_left_out_with_a_note(fake_discord, running):
+    fake, bot = fake_discord, running
+    alice = fake.add_user("alice")
+    first = await result_of(await imagine(fake, alice, prompt="a busy market", seed=11, size="512x256"))
+    size = first.attachments[0].size
+    fake.attachment_size_limit = size - 1  # sent with every new interaction
+    ix = await imagine(fake, alice, prompt="a busy market", seed=11, size="512x256")
+    note = await ix.wait_message(lambda m: "upload limit" in m.content)
+    assert note.attachments == [] and note.embeds and note.custom_ids[0] == "fluxbot:reroll:2"
+    assert (await eventually(lambda: _delivered(bot, 2))).status == "done"
