@@ -110,9 +110,9 @@ class FluxBot(commands.Bot):
     async def _start_workers(self, devices: list[str]) -> None:
         from engine.worker import Worker
 
-        for device in devices:
+        for i, device in enumerate(devices):
             try:
-                worker = await Worker.load(device, self.config.engine, device, self.queue, self.service,
+                worker = await Worker.load(f"{device}#{i}", self.config.engine, device, self.queue, self.service,
                                            loader=self._engine_loader)
             except Exception as e:
                 log.error("the engine could not load on %s: %s. Fix [engine] in the config (python -m bot doctor "
@@ -121,6 +121,7 @@ class FluxBot(commands.Bot):
             self.service.workers.append(worker)
             self.service.model_id = getattr(worker.engine, "model_id", None)
             self.workers.append(worker)
+            self.queue.set_workers(len(self.workers))  # ETAs count the workers that really run
             worker.start()
         if not self.workers:
             log.error("no engine loaded on any device: the bot answers but generates nothing")
@@ -199,6 +200,8 @@ def run_command(args) -> int:
         discord.utils.setup_logging()
     else:
         setup_logging(config.logging, secrets=[token])
+    from engine.models import quiet_loading_bars
+    quiet_loading_bars()  # per-file loading bars would fill the log
     bot = FluxBot(config)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:

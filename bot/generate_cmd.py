@@ -111,23 +111,15 @@ def _spec_from_args(args: argparse.Namespace, settings, job_spec_cls):
                         count=args.count).resolve()
 
 
-def _quiet_loading_bars() -> None:
-    """diffusers' and transformers' per-file loading bars would bury the step bar and the results."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
 def _run(args: argparse.Namespace, settings, spec) -> int:
     from tqdm import tqdm
 
+    from engine.models import quiet_loading_bars
     from engine.pipeline import Engine
     from engine.png import image_params, save_png
 
     # 1. Load the model (the first tiny-random run builds it); our own bar is the only one.
-    _quiet_loading_bars()
+    quiet_loading_bars()
     device = pick_device(settings.devices)
     t0 = time.perf_counter()
     engine = Engine.load(settings, device)

@@ -256,3 +256,13 @@ def file_sha256(path: Path) -> str:
     except OSError as e:
         log.warning("could not write %s (%s); the hash will be computed again next start", sidecar, e.strerror)
     return digest
+
+
+def quiet_loading_bars() -> None:
+    """Turn off diffusers' and transformers' per-file loading bars (they would bury the CLI's step bar and
+    fill the bot's log). Process-wide; called by the CLI and the bot at start-up."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
