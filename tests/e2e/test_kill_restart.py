@@ -140,3 +140,40 @@ async def test_sigkill_mid_job_then_restart_reruns_and_delivers_once(fake_discor
     for name, text in outputs.items():
         assert TOKEN not in text, f"the bot token appears in the {name}"
         assert TOKEN.split(".")[2] not in text, f"part of the bot token appears in the {name}"
+
+
+async def test_sigkill_after_the_image_was_saved_before_delivery_delivers_once_on_restart(fake_discord,
+                                                                                          tiny_model_dir, tmp_path):
+    fake = fake_discord
+    fake.token = TOKEN
+    config = write_config(tmp_path, tiny_model_dir.parent)
+    db = tmp_path / "fluxbot.db"
+    alice = fake.add_user("alice")
+    # 1. Discord refuses every delivery (followup 404, channel 503): the job is done, its result not sent.
+    followup = fake.fail(r"^/webhooks/\d+/[^/]+$", 404, times=1000, method="POST")
+    channel = fake.fail(r"^/channels/\d+/messages$", 503, times=1000, method="POST")
+    first = BotProcess(fake, config, tmp_path / "run1.out")
+    try:
+        await wait_for(fake, lambda: fake.command_syncs >= 1 and any(s.ready for s in fake.sessions), 60,
+                       "the first bot process to connect", first)
+        ix = await fake.slash(alice, "imagine", {"prompt": "a comet", "seed": 12, "steps": 1, "size": "256x256"})
+        assert (await ix.wait_response(timeout=10)).deferred
+        await wait_for(fake, lambda: followup.hits >= 1 and channel.hits >= 1, 60, "a failed delivery", first)
+        assert rows(db) == [(1, "done", 0, None)]
+    finally:
+        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL  # killed while retrying the delivery
+    # 2. Discord is back; the restarted bot sends what was made but never delivered, once, and makes nothing.
+    fake.faults = type(fake.faults)()
+    second = BotProcess(fake, config, tmp_path / "run2.out")
+    try:
+        result = await wait_for(fake, lambda: next((m for m in fake.messages if has_result(m)), None), 60,
+                                "the result after the restart", second)
+        await wait_for(fake, lambda: rows(db)[0][2] == 1, 10, "the delivery to be recorded", second)
+        await asyncio.sleep(0.5)
+    finally:
+        await second.stop(signal.SIGTERM)
+    assert "a comet" in result.text() and f"<@{alice.id}>" in result.content
+    assert rows(db) == [(1, "done", 1, result.id)]
+    assert len([m for m in fake.messages if has_result(m)]) == 1
+    # delivered from the saved PNG, not made again: one generation in the log of both runs
+    assert (tmp_path / "fluxbot.log").read_text().count("generated 1 image") == 1
