@@ -220,6 +220,7 @@ def denoise(pipe, device, *, embeds, pooled, steps: int, res: int, batch: int) -
 
 def run_image(pipe, device, *, prompt: str, steps: int, res: int) -> dict:
     """One whole image: encode a new prompt, denoise, decode. Seconds of each phase."""
+    peaks = {}
     # 1. Encode (the prompt is new, so both text encoders run).
     _sync(device)
     t0 = time.perf_counter()
@@ -227,21 +228,31 @@ def run_image(pipe, device, *, prompt: str, steps: int, res: int) -> dict:
         pe, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, max_sequence_length=512)
     _sync(device)
     t1 = time.perf_counter()
+    peaks["encode"] = _peak_gib(device)
     # 2. Denoise.
+    _reset_peak(device)
     lat, step_s = denoise(pipe, device, embeds=pe.to(device, torch.bfloat16), pooled=pooled.to(device, torch.bfloat16),
                           steps=steps, res=res, batch=1)
     _sync(device)
     t2 = time.perf_counter()
+    peaks["denoise"] = _peak_gib(device)
     # 3. Decode.
+    _reset_peak(device)
     with torch.inference_mode():
         lat = pipe._unpack_latents(lat, res, res, pipe.vae_scale_factor)
         lat = lat / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
         img = pipe.vae.decode(lat.to(device, torch.bfloat16), return_dict=False)[0]
     _sync(device)
     t3 = time.perf_counter()
+    peaks["decode"] = _peak_gib(device)
     return dict(encode_s=round(t1 - t0, 4), denoise_s=round(t2 - t1, 3), decode_s=round(t3 - t2, 4),
                 image_s=round(t3 - t0, 3), s_per_step=round(statistics.median(step_s[1:] or step_s), 4),
-                finite=bool(torch.isfinite(img.float()).all()))
+                finite=bool(torch.isfinite(img.float()).all()), phase_peak_gib=peaks,
+                peak_gib=max(peaks.values()))
+
+
+def dit_bytes_streamed(plan) -> int:
+    return plan.streamers[0].arena.nbytes if plan is not None and plan.streamers else 0
 
 
 def streamed_bytes(plan) -> dict:
@@ -329,11 +340,21 @@ def recipe_dit(args, device, recipe: str) -> list[dict]:
         # 2. Warm up, then time.
         denoise(pipe, exec_device, embeds=embeds, pooled=pooled, steps=2, res=args.res, batch=args.batch)
         _reset_peak(device)
+        streamer = plan.streamers[0] if plan is not None and plan.streamers else None
+        if streamer is not None and args.trace:
+            streamer.start_trace()
         _, step_s = denoise(pipe, exec_device, embeds=embeds, pooled=pooled, steps=args.dit_steps, res=args.res,
                             batch=args.batch)
+        trace = streamer.trace_summary() if streamer is not None and args.trace else {}
+        if streamer is not None:
+            streamer.trace = None
         row = dict(recipe=recipe, batch=args.batch, res=args.res, budget_gib=budget, prefetch=PREFETCH,
                    s_per_step=round(statistics.median(step_s[1:]), 4), peak_gib=_peak_gib(device),
                    rss_gib=_rss_gib(), dit_gib=round(dit_bytes(pipe.transformer) / GiB, 2))
+        if trace:
+            row.update({k: (round(v / args.dit_steps, 1) if k.endswith("_ms") else v) for k, v in trace.items()},
+                       copy_GBps=round(dit_bytes_streamed(plan) * args.dit_steps / (trace["copy_busy_ms"] / 1e3) / 1e9, 1)
+                       if trace.get("copy_busy_ms") else None)
         if plan is not None and plan.streamers:
             dit = plan.streamers[0]
             row.update(streamed_gib=round(dit.arena.nbytes / GiB, 2), resident_blocks=len(dit.resident))
@@ -360,7 +381,8 @@ def recipe_pipe(args, device, recipe: str) -> list[dict]:
         row = run_image(pipe, exec_device, prompt=PROMPT, steps=args.steps, res=args.res)
     except torch.OutOfMemoryError as err:
         row = dict(oom=str(err)[:200])
-    row.update(recipe=recipe, res=args.res, steps=args.steps, cap_gib=args.cap_gib, peak_gib=_peak_gib(device),
+    row.setdefault("peak_gib", _peak_gib(device))
+    row.update(recipe=recipe, res=args.res, steps=args.steps, cap_gib=args.cap_gib,
                rss_before_gib=rss0, rss_placed_gib=rss_placed, max_rss_gib=_max_rss_gib(),
                vae_tiling=bool(getattr(pipe.vae, "use_tiling", False)),
                streamed_gib={k: round(v / GiB, 2) for k, v in streamed_bytes(plan).items()})
@@ -468,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--budgets", default="0", help="dit:fluxbot-streamed: VRAM budgets in GiB, comma-separated")
     ap.add_argument("--cap-gib", type=float, default=0.0, help="pipe:*: torch.cuda per-process memory cap")
+    ap.add_argument("--trace", action="store_true", help="dit:fluxbot-streamed: copy/compute busy time per step")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per subprocess with --all")
     ap.add_argument("--out", help="write every row as JSON here")
     return ap

@@ -30,8 +30,9 @@ _LEANER = {"resident": "model-offload", "model-offload": "streamed", "streamed":
 ACTIVATION_HEADROOM = int(3.0 * GiB)
 # Peak of an untiled bf16 FLUX VAE decode at 1024² (DESIGN.md §2: 2.57 GiB); it scales with pixels.
 VAE_DECODE_BYTES_1024 = int(2.57 * GiB)
-# Tile edge of a tiled VAE decode (pixels): a 1024² decode runs as 4 overlapping tiles, ~1/4 of the peak.
-VAE_TILE_PX = 512
+# Tile edge of a tiled VAE decode (pixels). diffusers steps tiles by 3/4 of the edge: 704 px tiles cover a
+# 1024² image in 2 x 2 tiles (512 px tiles would take 3 x 3, and more time); each tile ~1/2 of the full peak.
+VAE_TILE_PX = 704
 # Host RAM kept free for the OS, Python and the bot when pinning host copies.
 HOST_RESERVE = int(3.0 * GiB)
 

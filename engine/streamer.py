@@ -191,6 +191,7 @@ class BlockStreamer:
         self.ready = {i: torch.cuda.Event() for i in self.order} if self.cuda else {}
         self.slot_free: list = []
         self.bytes_copied = 0
+        self.trace: list | None = None   # start_trace(): timed CUDA events of every copy and block
         # 3. Hooks on the streamed blocks.
         self.handles = []
         for i in self.order:
@@ -209,6 +210,29 @@ class BlockStreamer:
     def device_bytes(self) -> int:
         """Device bytes held now by the ring (resident blocks not counted)."""
         return sum(t.numel() for t in self.ring)
+
+    def start_trace(self) -> None:
+        """Record timed CUDA events around every copy and every block's compute from now on."""
+        self.trace = [] if self.cuda else None
+
+    def trace_summary(self) -> dict:
+        """Busy milliseconds of the copy engine and of the compute stream over the traced span."""
+        if not self.trace:
+            return {}
+        torch.cuda.synchronize(self.device)
+        busy = {"copy": 0.0, "compute": 0.0}
+        for kind, start, end in self.trace:
+            busy[kind] += start.elapsed_time(end)
+        starts = [t for t in self.trace if t[0] == "compute"]
+        span = starts[0][1].elapsed_time(starts[-1][2]) if starts else 0.0
+        copied = sum(1 for t in self.trace if t[0] == "copy")
+        return dict(copy_busy_ms=round(busy["copy"], 1), compute_busy_ms=round(busy["compute"], 1),
+                    span_ms=round(span, 1), copies=copied, blocks_run=len(starts))
+
+    def _mark(self, kind: str, stream) -> "torch.cuda.Event":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
 
     def release(self) -> None:
         """Wait for copies in flight, point every streamed block at its host copy, free the ring."""
@@ -254,7 +278,10 @@ class BlockStreamer:
         # 3. Compute waits for this block's copy, then reads the weights from its slot.
         _, slot = self.inflight[0]
         if self.cuda:
-            torch.cuda.current_stream(self.device).wait_event(self.ready[self.order[pos]])
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(self.ready[self.order[pos]])
+            if self.trace is not None:
+                self._open = self._mark("compute", compute)
         self.packed[self.order[pos]].point(self._slot_views(pos, slot))
 
     def _after(self, pos: int) -> None:
@@ -262,6 +289,9 @@ class BlockStreamer:
         done_pos, slot = self.inflight.popleft()
         if self.cuda:
             self.slot_free[slot].record(torch.cuda.current_stream(self.device))
+            if self.trace is not None and getattr(self, "_open", None) is not None:
+                self.trace.append(("compute", self._open, self._mark("compute", torch.cuda.current_stream(self.device))))
+                self._open = None
         # 2. The block points at its host copy again; no device tensor of it survives the block.
         block = self.packed[self.order[pos]]
         block.point(block.host_views)
@@ -313,8 +343,11 @@ class BlockStreamer:
         with torch.cuda.stream(self.copy_stream):
             if self.slot_used[slot]:
                 self.copy_stream.wait_event(self.slot_free[slot])
+            start = self._mark("copy", self.copy_stream) if self.trace is not None else None
             dst.copy_(src, non_blocking=True)
             self.ready[self.order[pos]].record(self.copy_stream)
+            if start is not None:
+                self.trace.append(("copy", start, self._mark("copy", self.copy_stream)))
         self.slot_used[slot] = True
 
     def _slot_views(self, pos: int, slot: int) -> list[torch.Tensor]:
