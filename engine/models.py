@@ -81,6 +81,19 @@ def resolve_source(settings: EngineSettings) -> ModelSource:
     return ModelSource("single-file", path, base, path.stem)
 
 
+def check_downloaded_files(source: ModelSource) -> None:
+    """Start-up check of files fetched by `python -m bot download`: each present with the size its manifest
+    recorded (milliseconds; `download --verify` and `doctor` re-hash). Folders without a manifest pass."""
+    from engine.download import check_model_files
+
+    if source.kind == "tiny":
+        return
+    for report in check_model_files((source.path, source.base), full=False):
+        if report.manifest_found and not report.ok:
+            raise ModelNotFoundError(f"{report.summary()}; run `python -m bot download … --verify` to see which "
+                                     f"files, then download them again")
+
+
 def _find(value: str, models_dir: str) -> Path | None:
     for candidate in (Path(value).expanduser(), Path(models_dir) / value):
         if candidate.exists():

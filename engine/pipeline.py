@@ -75,7 +75,7 @@ class Engine:
     def load(cls, settings: EngineSettings, device: str = "cpu") -> "Engine":
         """Load the configured model onto `device` (blocking: seconds for tiny-random, minutes for FLUX)."""
         from engine.memory import resolve_profile
-        from engine.models import load_pipeline, model_id, resolve_source
+        from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
         from engine.precision import apply_precision, dit_bytes
 
         t0 = time.perf_counter()
@@ -84,6 +84,7 @@ class Engine:
                               f"set [engine] devices = [\"cpu\"], or install a CUDA build of torch and its driver")
         # 1. Find the files (ModelNotFoundError says what is missing) and name the model.
         source = resolve_source(settings)
+        check_downloaded_files(source)
         mid = model_id(source)
         # 2. Load in bf16 on the CPU, then store the DiT in fp8 (before any offloading).
         pipe = load_pipeline(source, settings.fp8)
