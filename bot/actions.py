@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.engine_state import check_can_generate
 from bot.permissions import caller_of, check_may_generate, check_may_manage, is_admin
 from bot.replies import UserFacingError, send_ephemeral
-from bot.service import AdmissionError, CancelOutcome, NewRequest, spec_of
+from bot.service import CancelOutcome, NewRequest, spec_of
 from bot.validation import InvalidRequest, validate_imagine
 from db import jobs as store_jobs
 from db.models import DONE
@@ -76,6 +77,7 @@ async def open_edit(interaction: discord.Interaction, job_id: int) -> None:
 
     bot = bot_of(interaction)
     check_may_generate(bot.config.discord, caller_of(interaction))
+    check_can_generate(bot.engine_state)  # no form to fill in for a job that cannot run
     parent = await load_job(interaction, job_id)
     await interaction.response.send_modal(EditModal(parent, opener_id=interaction.id,
                                                     max_prompt_chars=bot.config.limits.max_prompt_chars))
@@ -110,30 +112,43 @@ async def start_job(interaction: discord.Interaction, spec: JobSpec, *, kind: st
     """Admit and queue a job for whoever started this interaction, answer at once and follow it."""
     bot = bot_of(interaction)
     caller = caller_of(interaction)
-    # 1. Permissions, on the server side.
+    # 1. Permissions, on the server side; an engine that failed to start takes no job (it would wait forever).
     check_may_generate(bot.config.discord, caller)
+    check_can_generate(bot.engine_state)
     request = NewRequest(user_id=caller.user_id, spec=spec, kind=kind, parent_id=parent_id,
                          guild_id=caller.guild_id, channel_id=caller.channel_id, interaction_id=interaction.id,
                          interaction_token=interaction.token, interaction_created_at=interaction.created_at,
                          exempt=is_admin(bot.config.discord, caller))
     # 2. Admission and the job row. Usually milliseconds: a refusal is then an ephemeral answer. If the store
-    #    is slow, defer first so that Discord gets its answer within 3 s.
+    #    is slow, defer first (a public "thinking…") so that Discord gets its answer within 3 s.
     task = asyncio.ensure_future(bot.service.submit(request))
     done, _ = await asyncio.wait({task}, timeout=SUBMIT_GRACE_S)
     if not done:
         await interaction.response.defer(thinking=True)
     try:
         submitted = await task
-    except AdmissionError as e:
-        if not interaction.response.is_done():
-            raise  # ephemeral, through the error handler
-        await interaction.edit_original_response(content=f"⚠️ {e}")
-        return
-    # 3. The reply: deferred at once, then the status message that the tracker keeps up to date.
+    except Exception:
+        # 3. A refusal (or an error) after that defer must stay private: a followup would replace the public
+        #    "thinking…" message, so remove it first; the error handler then answers with an ephemeral followup.
+        if interaction.response.is_done():
+            await _withdraw_reply(interaction)
+        raise
+    # 4. The reply: deferred at once, then the status message that the tracker keeps up to date.
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True)
     await bot.tracker.attach_interaction(submitted.job_id, interaction, position=submitted.position,
                                          eta_s=submitted.eta_s)
+
+
+async def _withdraw_reply(interaction: discord.Interaction) -> None:
+    """Delete the interaction's deferred public reply, so that what follows can be ephemeral."""
+    try:
+        await interaction.delete_original_response()
+    except discord.NotFound:
+        pass  # already gone: the next followup is a new message anyway
+    except discord.HTTPException as e:
+        log.warning("could not remove the 'thinking…' reply of interaction %s (HTTP %s); the refusal that follows "
+                    "may be public", interaction.id, e.status)
 
 
 # --- managing jobs -----------------------------------------------------------------------------------------------

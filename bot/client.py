@@ -7,6 +7,9 @@
 4. syncs the slash commands (to `[discord] guild_ids`, else globally);
 5. starts loading one engine per device in the background (minutes for FLUX); jobs wait in the queue
    meanwhile and the workers start taking them when their engine is ready.
+
+`engine_state` says whether the engine is loading, ready, or failed on every device (with the engine's
+user-safe reason): while it has failed, new jobs are refused with that reason instead of waiting forever.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from discord.ext import commands
 
 from bot.config import Config, ConfigError, load_config
 from bot.delivery import Deliverer
+from bot.engine_state import EngineState, EngineStatus, failure_reason
 from bot.replies import report_error
 from bot.validation import SizeChoice, parse_sizes
 
@@ -59,6 +63,7 @@ class FluxBot(commands.Bot):
         self._close_engines = close_engines
         self._sync_commands = sync_commands
         self._loading: asyncio.Task | None = None
+        self.engine_state = EngineState(EngineStatus.LOADING)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
     # --- start -------------------------------------------------------------------------------------------
@@ -79,7 +84,8 @@ class FluxBot(commands.Bot):
         self.service = JobService(self.store, self.queue, [], cfg.limits, cfg.discord.banned_words,
                                   cfg.engine.images_dir)
         self.tracker = JobTracker(self, self.service, self.store, self.deliverer,
-                                  interval_s=cfg.discord.status_edit_interval_s)
+                                  interval_s=cfg.discord.status_edit_interval_s,
+                                  engine_state=lambda: self.engine_state)
         # 2. Cogs and persistent buttons.
         for name in COGS:
             await self.load_extension(name)
@@ -108,23 +114,40 @@ class FluxBot(commands.Bot):
                      len(synced))
 
     async def _start_workers(self, devices: list[str]) -> None:
+        """Load one engine per device, one after the other. The first that loads makes the engine READY (the
+        others keep loading); if none loads, it is FAILED with the first device's reason."""
         from engine.worker import Worker
 
+        first_error: BaseException | None = None
         for i, device in enumerate(devices):
+            # 1. Load (minutes for a real model), on the worker's own thread.
             try:
                 worker = await Worker.load(f"{device}#{i}", self.config.engine, device, self.queue, self.service,
                                            loader=self._engine_loader)
             except Exception as e:
                 log.error("the engine could not load on %s: %s. Fix [engine] in the config (python -m bot doctor "
                           "checks it) and restart; jobs stay queued meanwhile.", device, e, exc_info=True)
+                first_error = first_error or e
                 continue
+            # 2. Start taking jobs; the ETAs count the workers that really run.
             self.service.workers.append(worker)
             self.service.model_id = getattr(worker.engine, "model_id", None)
             self.workers.append(worker)
-            self.queue.set_workers(len(self.workers))  # ETAs count the workers that really run
+            self.queue.set_workers(len(self.workers))
             worker.start()
+            self._set_engine_state(EngineState(EngineStatus.READY, devices=tuple(w.name for w in self.workers)))
+        # 3. No device at all: say so to users, not only in the log.
         if not self.workers:
-            log.error("no engine loaded on any device: the bot answers but generates nothing")
+            reason = failure_reason(first_error) if first_error is not None else "no device to run it on"
+            log.error("no engine loaded on any device: new requests are refused with: %s", reason)
+            self._set_engine_state(EngineState(EngineStatus.FAILED, reason=reason))
+
+    def _set_engine_state(self, state: EngineState) -> None:
+        """Replace the engine state and refresh the status lines of waiting jobs."""
+        self.engine_state = state
+        log.info("engine %s%s", state.status.value, f": {state.reason}" if state.reason else "")
+        if self.tracker is not None:
+            self.tracker.engine_changed()
 
     async def wait_until_engines_loaded(self) -> int:
         """Wait for the background engine loading; returns how many workers run."""

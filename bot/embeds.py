@@ -10,6 +10,7 @@ from datetime import datetime
 
 import discord
 
+from bot.engine_state import EngineState, EngineStatus
 from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from db.records import JobRecord
 
@@ -31,6 +32,7 @@ class JobStatus:
     total: int = 0
     elapsed_s: float | None = None
     error: str = ""
+    note: str = ""  # QUEUED: why the job cannot move yet (the model is loading…); shown instead of the ETA
 
 
 def excerpt(text: str, limit: int) -> str:
@@ -53,6 +55,8 @@ def status_text(job_id: int, prompt: str, st: JobStatus) -> str:
     head = f"**{excerpt(prompt, 120)}** · job {job_id}\n"
     if st.state == QUEUED:
         where = f"position {st.position}" if st.position else "waiting"
+        if st.note:
+            return f"{head}{icon} Queued, {where} · {st.note}"
         eta = f" · ready in about {fmt_seconds(st.eta_s)}" if st.eta_s is not None else ""
         return f"{head}{icon} Queued, {where}{eta}"
     if st.state == RUNNING:
@@ -134,11 +138,17 @@ class QueueLine:
     eta_s: float | None
 
 
-def queue_embed(lines: list[QueueLine], *, caller_id: int, shown: int = 15) -> discord.Embed:
-    """The running and waiting jobs, with the caller's own marked."""
-    emb = discord.Embed(title="Queue", colour=COLOR_OK)
+def queue_embed(lines: list[QueueLine], *, caller_id: int, shown: int = 15,
+                engine: EngineState | None = None) -> discord.Embed:
+    """The running and waiting jobs, with the caller's own marked. `engine` (its state) heads the description;
+    a failed engine colours the embed as a warning. Lines without an ETA (the model is still loading) show
+    none."""
+    failed = engine is not None and engine.failed
+    ready = engine is None or engine.status is EngineStatus.READY
+    emb = discord.Embed(title="Queue", colour=COLOR_BAD if failed else COLOR_OK)
+    head = engine.summary() + "\n\n" if engine is not None else ""
     if not lines:
-        emb.description = "Nothing is waiting. /imagine starts at once."
+        emb.description = head + ("Nothing is waiting. /imagine starts at once." if ready else "Nothing is waiting.")
         return emb
     out = []
     for line in lines[:shown]:
@@ -148,11 +158,12 @@ def queue_embed(lines: list[QueueLine], *, caller_id: int, shown: int = 15) -> d
         out.append(f"`{where}` job {line.job_id} · <@{line.user_id}>{eta}{mine}")
     hidden = [ln for ln in lines[shown:] if ln.user_id == caller_id]
     for line in hidden:
-        out.append(f"`#{line.position}` job {line.job_id} · yours · ~{fmt_seconds(line.eta_s)}")
+        eta = f" · ~{fmt_seconds(line.eta_s)}" if line.eta_s is not None else ""
+        out.append(f"`#{line.position}` job {line.job_id} · yours{eta}")
     waiting = sum(1 for ln in lines if ln.position is not None)
     mine = [ln for ln in lines if ln.user_id == caller_id]
     summary = f"{waiting} waiting."
     if mine:
         summary += " Yours: " + ", ".join(("running" if ln.position is None else f"#{ln.position}") for ln in mine)
-    emb.description = summary + "\n\n" + "\n".join(out)
+    emb.description = head + summary + "\n\n" + "\n".join(out)
     return emb

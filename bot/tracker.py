@@ -7,6 +7,9 @@ message (the deferred reply of the interaction, or a channel message after a res
 
 Events can arrive before the cog has answered the interaction (a tiny job may finish in milliseconds), so a
 job's final step waits (briefly) until its status message is attached before delivering.
+
+A waiting job's line also says why it cannot move when the engine is not ready ("waiting for the model to
+load", or the engine's failure); `engine_changed()` redraws those lines when the engine's state changes.
 """
 from __future__ import annotations
 
@@ -15,12 +18,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import discord
 
 from bot import service as svc
 from bot.delivery import Deliverer, Payload, Target
+from bot.engine_state import EngineState, EngineStatus, failed_text
 from bot.embeds import JobStatus, image_name, result_embed, status_text
 from bot.throttle import ThrottledEditor
 from bot.views import result_view, status_view
@@ -100,8 +105,9 @@ class Tracked:
 
 class JobTracker:
     def __init__(self, client: discord.Client, service: svc.JobService, store: "Store", deliverer: Deliverer,
-                 *, interval_s: float):
+                 *, interval_s: float, engine_state: Callable[[], EngineState] | None = None):
         self.client = client
+        self._engine_state = engine_state or (lambda: EngineState(EngineStatus.READY))
         self.service = service
         self.store = store
         self.deliverer = deliverer
@@ -163,11 +169,27 @@ class JobTracker:
         if t.sink is None or not t.sink.usable():
             return
         view = status_view(t.job_id) if st.state in (QUEUED, RUNNING) else None
-        message_id = await t.sink.edit(status_text(t.job_id, t.prompt, st), view)
+        message_id = await t.sink.edit(status_text(t.job_id, t.prompt, self._with_engine_note(st)), view)
         if message_id:
             t.shown = st
         if message_id and not t.message_saved:
             t.message_saved = await store_jobs.set_status_message(self.store, t.job_id, message_id)
+
+    def _with_engine_note(self, st: JobStatus) -> JobStatus:
+        """A waiting job's state with the reason it cannot move yet, read when the line is drawn."""
+        engine = self._engine_state()
+        if st.state != QUEUED or engine.status is EngineStatus.READY:
+            return st
+        if engine.status is EngineStatus.LOADING:
+            return replace(st, note="waiting for the model to load")
+        return replace(st, note=f"⚠️ {failed_text(engine.reason)} This job stays saved and runs once the bot is "
+                                f"fixed and restarted; Cancel removes it.")
+
+    def engine_changed(self) -> None:
+        """The engine's state changed: redraw the line of every waiting job that has a status message."""
+        for t in list(self._jobs.values()):
+            if t.editor is not None and t.final is None and t.state is not None and t.state.state == QUEUED:
+                t.editor.push(t.state)
 
     # --- the end of a job -----------------------------------------------------------------------------------------
 
@@ -258,7 +280,7 @@ class JobTracker:
                 t.attached.set()
                 continue
             prefix = f"<@{job.user_id}> The bot restarted; job #{job.id} is back in the queue.\n"
-            text = prefix + status_text(job.id, job.prompt, t.state)
+            text = prefix + status_text(job.id, job.prompt, self._with_engine_note(t.state))
             try:
                 msg = await self.client.get_partial_messageable(job.channel_id).send(
                     text, view=status_view(job.id),
