@@ -208,6 +208,11 @@ async def test_server_error_500_is_retried(fake_discord: FakeDiscord, bot: PingB
     ix = await fake_discord.slash(alice, "ping", {"text": "500"})
     await ix.wait_message(lambda m: m.attachments, timeout=5)  # discord.py sleeps 1 s, then retries
     assert [r.status for r in fake_discord.requests_to(r"/callback$")] == [500, 200]
+    fake_discord.fail(r"/callback$", 500, times=100)
+    fake_discord.clear_faults()  # Discord is healthy again
+    ix = await fake_discord.slash(alice, "ping", {"text": "healthy"})
+    await ix.wait_message(lambda m: m.attachments, timeout=5)
+    assert [r.status for r in fake_discord.requests_to(r"/callback$")] == [500, 200, 200]
 
 
 async def test_expired_token_gives_unknown_webhook(fake_discord: FakeDiscord, bot: PingBot) -> None:

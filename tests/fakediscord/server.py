@@ -401,6 +401,10 @@ class FakeDiscord:
         sends for that route (Unknown interaction / Message / Webhook). Returns the rule (see `.hits`)."""
         return self.faults.add(route_regex, status, body, times=times, retry_after=retry_after, method=method)
 
+    def clear_faults(self) -> None:
+        """Drop every injected failure rule that has not fired yet (Discord is healthy again)."""
+        self.faults.rules.clear()
+
     async def reconnect(self) -> None:
         """Ask connected clients to reconnect (op 7); discord.py resumes the session."""
         for s in list(self.sessions):
