@@ -152,6 +152,24 @@ async def test_unknown_interaction_on_the_followup_delivers_by_channel_message(f
     assert len(results_of(fake)) == 1
 
 
+async def test_initial_response_too_late_still_delivers_by_channel_message(fake_discord, start_bot, make_rel_bot,
+                                                                          monkeypatch):
+    # The tracker waits ATTACH_WAIT_S (10 s) for a status message that will never exist here; shortened.
+    monkeypatch.setattr("bot.tracker.ATTACH_WAIT_S", 0.5)
+    fake = fake_discord
+    bot = await started(start_bot, make_rel_bot())
+    alice = fake.add_user("alice")
+    fake.response_deadline_s = 0.0  # every answer is "too late": 404 Unknown interaction, token unusable
+    await imagine(fake, alice, prompt="a late ferry", seed=3)
+    result = await fake.wait_message(lambda m: m.kind == "channel" and has_result(m), timeout=30)
+    # The job was queued before the answer failed; it is made and posted in the channel with a mention.
+    assert f"<@{alice.id}>" in result.content and "a late ferry" in result.text()
+    job = await eventually(lambda: delivered(bot, 1))
+    assert job.result_message_id == result.id and await count_rows(bot.store) == 1
+    assert [r.status for r in fake.requests_to(r"/callback$")] and \
+        all(r.status == 404 for r in fake.requests_to(r"/callback$"))
+
+
 async def test_when_no_way_works_the_job_stays_done_and_show_finds_it(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
     bot = await started(start_bot, make_rel_bot())
