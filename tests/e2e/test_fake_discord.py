@@ -202,6 +202,33 @@ async def test_rate_limit_429_is_retried_after_retry_after(fake_discord: FakeDis
     assert len(ix.messages) == 1 and msg.content == "pong rl x1"
 
 
+async def test_rate_limit_headers_make_discord_py_wait_for_the_bucket(fake_discord: FakeDiscord, bot: PingBot) -> None:
+    rule = fake_discord.rate_limit(r"^/channels/\d+/messages$", 2, 1.0, method="POST")
+    alice = fake_discord.add_user("alice")
+    for i in range(3):
+        await fake_discord.slash(alice, "announce", {"text": f"note {i}"})
+    await fake_discord.wait_until(lambda: len([m for m in fake_discord.messages if m.kind == "channel"]) == 3, 5,
+                                  "three channel messages")
+    posts = [r for r in fake_discord.requests_to(r"^/channels/\d+/messages$", "POST") if r.status == 200]
+    assert len(posts) == 3 and posts[2].at - posts[0].at >= 0.9  # the third waited for the window to reset
+    assert rule.requests == 3 and rule.limited == 0  # discord.py waited on Remaining 0 instead of getting 429
+    assert sorted(m.content for m in fake_discord.messages if m.kind == "channel") == ["note 0", "note 1", "note 2"]
+
+
+async def test_rate_limit_over_budget_answers_429(fake_discord: FakeDiscord) -> None:
+    import aiohttp
+
+    rule = fake_discord.rate_limit(r"^/users/@me$", 1, 5.0)
+    headers = {"Authorization": f"Bot {fake_discord.token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(fake_discord.api_base + "/users/@me", headers=headers) as first:
+            assert first.status == 200 and first.headers["X-RateLimit-Remaining"] == "0"
+        async with http.get(fake_discord.api_base + "/users/@me", headers=headers) as second:
+            body = await second.json()
+            assert second.status == 429 and second.headers["Via"] and 4 < body["retry_after"] <= 5
+    assert rule.limited == 1
+
+
 async def test_server_error_500_is_retried(fake_discord: FakeDiscord, bot: PingBot) -> None:
     fake_discord.fail(r"/callback$", 500)
     alice = fake_discord.add_user("alice")

@@ -87,6 +87,16 @@ class RestApi:
             log.info("fakediscord: injected %s for %s %s", status, request.method, path)
             fake.requests.append(RecordedRequest(request.method, path, request.query_string, fake.clock(), status, True))
             return json_response(body, status, headers)
+        limited = fake.ratelimits.take(request.method, path, fake.clock())
+        if limited is not None and not limited[1]:
+            rule, _, headers, retry_after = limited
+            log.info("fakediscord: rate limit %s hit by %s %s (retry after %.3f s)", rule.name, request.method, path,
+                     retry_after)
+            fake.requests.append(RecordedRequest(request.method, path, request.query_string, fake.clock(), 429))
+            return json_response({"message": "You are being rate limited.", "retry_after": retry_after,
+                                  "global": False},
+                                 429, {**headers, "Retry-After": f"{retry_after:.3f}", "Via": "1.1 google",
+                                       "X-RateLimit-Scope": "user"})
         try:
             response = await handler(request)
         except ApiError as e:
@@ -95,6 +105,8 @@ class RestApi:
             log.error("fakediscord: %s %s refused (400 Invalid Form Body): %s", request.method, path, e)
             response = json_response({"message": "Invalid Form Body", "code": INVALID_FORM_BODY,
                                       "errors": {"_errors": [{"code": "BASE_TYPE_INVALID", "message": str(e)}]}}, 400)
+        if limited is not None:
+            response.headers.update(limited[2])
         fake.requests.append(RecordedRequest(request.method, path, request.query_string, fake.clock(), response.status))
         await fake.notify()
         return response

@@ -17,6 +17,7 @@ from .gateway import GatewaySession
 from .ids import SnowflakeFactory, new_token
 from .interaction import COMPONENT, MODAL_SUBMIT, SLASH, FakeInteraction
 from .options import build_command_data, modal_submit_components
+from .ratelimits import RateLimit, RateLimits
 from .records import (FakeAttachment, FakeChannel, FakeMessage, FakeRole, FakeUser, MessageState,
                       RecordedRequest)
 from .rest import RestApi
@@ -63,6 +64,7 @@ class FakeDiscord:
         self.requests: list[RecordedRequest] = []
         self.unknown_routes: list[str] = []
         self.faults = FaultList()
+        self.ratelimits = RateLimits()
         self.sessions: list[GatewaySession] = []
         self.sessions_by_id: dict[str, GatewaySession] = {}
         self.identify_count = 0
@@ -400,6 +402,13 @@ class FakeDiscord:
         429 comes with Retry-After, Via and JSON retry_after (default 0.05 s); 404 with the body Discord
         sends for that route (Unknown interaction / Message / Webhook). Returns the rule (see `.hits`)."""
         return self.faults.add(route_regex, status, body, times=times, retry_after=retry_after, method=method)
+
+    def rate_limit(self, route_regex: str, limit: int, per_s: float, *, method: str | None = None) -> RateLimit:
+        """Discord-style bucket: at most `limit` requests per `per_s` s per bucket key (the regex's `(?P<key>…)`
+        group, else the whole match, e.g. r"^/webhooks/\\d+/[^/]+" = per interaction token). Answers carry
+        X-RateLimit-* headers (discord.py waits pre-emptively when Remaining is 0); a request over budget gets
+        429. Returns the rule (`.limited` counts 429s, `.requests` the requests let through)."""
+        return self.ratelimits.add(route_regex, limit, per_s, method=method)
 
     def clear_faults(self) -> None:
         """Drop every injected failure rule that has not fired yet (Discord is healthy again)."""
