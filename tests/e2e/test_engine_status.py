@@ -1,0 +1,221 @@
+"""The engine's state as users see it, and refusals that arrive after the slow-admission defer.
+
+Real FluxBot against the fake Discord, real SQLite. A failing engine is the real loader given a model path that
+does not exist (no mock): it raises the engine's own ModelNotFoundError.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from bot.client import FluxBot
+from bot.engine_state import EngineStatus
+from db import jobs as store_jobs
+from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
+from tests.e2e.reliability_kit import count_rows, delivered, eventually, has_result, imagine
+
+log = logging.getLogger(__name__)
+
+MISSING_MODEL = "/nonexistent/models/majicflus_v134.safetensors"
+TOKEN = "MTIz.secret-token-never-shown"
+
+
+def public_messages(ix) -> list:
+    """What everybody in the channel still sees of this interaction."""
+    return [m for m in ix.messages if not m.deleted and not m.ephemeral]
+
+
+def everything_said(fake) -> str:
+    return "\n".join(v.content for m in fake.messages for v in [*m.history, m.state]) + \
+        "\n".join(m.text() for m in fake.messages)
+
+
+@pytest.fixture
+def gate():
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def broken_bot(rel_config):
+    """A FluxBot whose [engine] model does not exist, loaded by the real loader (`gate`: wait for it first)."""
+    def _make(*, gate: threading.Event | None = None, **changes) -> FluxBot:
+        from bot.config import Secret
+        from engine.pipeline import Engine
+
+        config = rel_config(engine={"model": MISSING_MODEL}, discord={"token": Secret(TOKEN)}, **changes)
+
+        def load(settings, device):
+            if gate is not None:
+                gate.wait(30)
+            return Engine.load(settings, device)
+        return FluxBot(config, engine_loader=load)
+    return _make
+
+
+# --- the engine failed to start -------------------------------------------------------------------------------------
+
+async def test_an_engine_that_cannot_load_refuses_imagine_with_its_reason_and_queue_shows_it(
+        fake_discord, start_bot, broken_bot):
+    fake = fake_discord
+    bot = await start_bot(broken_bot())
+    assert await bot.wait_until_engines_loaded() == 0
+    assert bot.engine_state.status is EngineStatus.FAILED
+    alice = fake.add_user("alice")
+    # 1. /imagine: an ephemeral refusal with the engine's own reason and what the owner can do; no job.
+    ix = await imagine(fake, alice, prompt="a lighthouse", seed=3)
+    response = await ix.wait_response()
+    assert response.type == 4 and response.ephemeral
+    said = (await ix.wait_message(lambda m: m.ephemeral)).content
+    assert said.startswith("The image engine failed to start: [engine] model = ")
+    assert "no such file or folder" in said and "python -m bot doctor" in said and "Nothing was queued" in said
+    assert public_messages(ix) == []
+    assert await count_rows(bot.store) == 0
+    # 2. /queue says the same.
+    ix = await fake.slash(alice, "queue")
+    text = (await ix.wait_message(lambda m: m.ephemeral and m.embeds)).text()
+    assert "The image engine failed to start" in text and "Nothing is waiting." in text
+    assert "starts at once" not in text
+    # 3. Never a trace, never the token.
+    said_all = everything_said(fake)
+    assert "Traceback" not in said_all and TOKEN not in said_all
+
+
+async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_engine_failed(
+        fake_discord, start_bot, stop_bot, make_rel_bot, broken_bot, rel_config, tmp_path):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    # 1. A result made while the engine worked; an Edit form left open; the PNG pruned since.
+    good = await start_bot(make_rel_bot())
+    await good.wait_until_engines_loaded()
+    ix = await imagine(fake, alice, prompt="a red kite", seed=11)
+    result = await ix.wait_message(has_result, 30)
+    await eventually(lambda: delivered(good, 1))
+    form = await fake.click(alice, result, "fluxbot:edit:1")
+    assert (await form.wait_response()).modal_custom_id
+    await stop_bot(good)
+    for png in (tmp_path / "images").glob("1*.png"):
+        png.unlink()
+    # 2. The next start cannot load its model.
+    bot = await start_bot(broken_bot())
+    assert await bot.wait_until_engines_loaded() == 0
+    attempts = [await fake.click(alice, result, "fluxbot:reroll:1"),
+                await fake.click(alice, result, "fluxbot:vary:1"),
+                await fake.click(alice, result, "fluxbot:edit:1"),
+                await fake.submit_modal(alice, f"fluxbot:editmodal:1:{form.id}", {"prompt": "a blue kite"}),
+                await fake.slash(alice, "show", {"job": 1})]
+    # 3. Each gets the same private answer (the Edit button: no form to fill in for nothing), and no job exists.
+    for attempt in attempts:
+        msg = await attempt.wait_message(lambda m: m.ephemeral)
+        assert "The image engine failed to start" in msg.content, attempt.describe()
+        assert (await attempt.wait_response()).type != 9
+        assert public_messages(attempt) == [], attempt.describe()
+    assert await count_rows(bot.store) == 1
+
+
+# --- the model is still loading ----------------------------------------------------------------------------------------
+
+async def test_while_the_model_loads_jobs_wait_with_an_honest_line_then_run(fake_discord, start_bot, rel_config,
+                                                                         rel_engine, gate):
+    fake = fake_discord
+
+    def slow_load(_settings, _device):
+        gate.wait(30)
+        return rel_engine
+    bot = await start_bot(FluxBot(rel_config(), engine_loader=slow_load, close_engines=False))
+    assert bot.engine_state.status is EngineStatus.LOADING
+    alice = fake.add_user("alice")
+    # 1. Accepted, with "waiting for the model to load" where an ETA would be made up.
+    ix1 = await imagine(fake, alice, prompt="first", seed=1)
+    ix2 = await imagine(fake, alice, prompt="second", seed=2)
+    line = await ix2.wait_message(lambda m: "Queued, position 2 · waiting for the model to load" in m.content)
+    assert all("ready in about" not in v.content for v in [*line.history, line.state])
+    ix = await fake.slash(alice, "queue")
+    text = (await ix.wait_message(lambda m: m.ephemeral and m.embeds)).text()
+    assert "The model is loading" in text and "2 waiting" in text and "~" not in text
+    # 2. The model is there: both run and are delivered, and /queue says it is ready.
+    gate.set()
+    assert await bot.wait_until_engines_loaded() == 1
+    assert bot.engine_state.status is EngineStatus.READY
+    for ix in (ix1, ix2):
+        await ix.wait_message(has_result, 30)
+    ix = await fake.slash(alice, "queue")
+    assert "Engine ready on cpu#0" in (await ix.wait_message(lambda m: m.ephemeral and m.embeds)).text()
+
+
+async def test_jobs_queued_while_loading_are_told_when_the_load_then_fails_and_can_be_cancelled(
+        fake_discord, start_bot, broken_bot, gate):
+    fake = fake_discord
+    bot = await start_bot(broken_bot(gate=gate))
+    alice = fake.add_user("alice")
+    ix = await imagine(fake, alice, prompt="a waiting ship", seed=4)
+    status = await ix.wait_message(lambda m: "waiting for the model to load" in m.content)
+    # 1. The load fails: the waiting line now says so (the job stays saved for the next start).
+    gate.set()
+    assert await bot.wait_until_engines_loaded() == 0
+    status = await ix.wait_message(lambda m: "The image engine failed to start" in m.content)
+    assert "no such file or folder" in status.content and "runs once the bot is fixed" in status.content
+    assert (await store_jobs.get_job(bot.store, 1)).status == "queued"
+    # 2. Its owner can still cancel it.
+    click = await fake.click(alice, status, "fluxbot:cancel:1")
+    assert "Job #1 cancelled" in (await click.wait_message(lambda m: m.ephemeral)).content
+    assert (await store_jobs.get_job(bot.store, 1)).status == "cancelled"
+
+
+# --- a refusal after the slow-admission defer ------------------------------------------------------------------------
+
+def hold_write_lock(db: Path, seconds: float) -> tuple[sqlite3.Connection, threading.Timer]:
+    """Another program (a backup, a `sqlite3` shell) holds SQLite's write lock for `seconds`."""
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE jobs SET prompt = prompt")
+    release = threading.Timer(seconds, other.execute, args=("COMMIT",))
+    release.start()
+    return other, release
+
+
+async def test_a_refusal_after_the_slow_defer_is_private_and_leaves_no_public_message(
+        fake_discord, start_bot, make_rel_bot, tmp_path):
+    fake = fake_discord
+    bot = await start_bot(make_rel_bot(limits={"max_unfinished_per_user": 1, "cooldown_s": 0}))
+    await bot.wait_until_engines_loaded()
+    alice = fake.add_user("alice")
+    # 1. The store is locked for 2.5 s: alice's first request waits to be written, her second waits behind it
+    #    for the per-user check; both defer publicly after the 1.5 s grace.
+    other, release = hold_write_lock(tmp_path / "fluxbot.db", 2.5)
+    try:
+        first = await imagine(fake, alice, prompt="one ship", seed=1)
+        second = await imagine(fake, alice, prompt="two ships", seed=2)
+        for ix in (first, second):
+            response = await ix.wait_response(timeout=5)
+            assert response.deferred and not response.ephemeral and response.latency_s < 3.0
+        # 2. The lock goes: the first is queued; the second is over alice's limit of one unfinished job.
+        refusal = await second.wait_message(lambda m: m.ephemeral, timeout=10)
+    finally:
+        release.join()
+        other.close()
+    assert "unfinished job" in refusal.content
+    # 3. The refusal is private, and the public "thinking…" message of the second is gone.
+    assert public_messages(second) == []
+    assert second.original is not None and second.original.deleted
+    # 4. The first runs and is delivered as usual.
+    await first.wait_message(has_result, 30)
+    assert await count_rows(bot.store) == 1
+
+
+async def test_a_fast_refusal_is_an_ephemeral_response_without_any_defer(fake_discord, start_bot, make_rel_bot):
+    fake = fake_discord
+    bot = await start_bot(make_rel_bot(limits={"max_unfinished_per_user": 1, "cooldown_s": 0},
+                                       discord={"banned_words": ["kraken"]}))
+    await bot.wait_until_engines_loaded()
+    ix = await imagine(fake, fake.add_user("alice"), prompt="a KRAKEN at sea", seed=1)
+    response = await ix.wait_response()
+    assert response.type == 4 and response.ephemeral and "kraken" in response.data.get("content", "")
+    await asyncio.sleep(0.2)
+    assert public_messages(ix) == [] and await count_rows(bot.store) == 0
