@@ -78,7 +78,8 @@ class FluxBot(commands.Bot):
 
         cfg = self.config
         # 1. Store, queue, service, tracker.
-        self.store = await open_store(cfg.database.url, echo=cfg.database.echo)
+        self.store = await open_store(cfg.database.url, echo=cfg.database.echo,
+                                      busy_timeout_s=cfg.database.busy_timeout_s)
         devices = await asyncio.to_thread(resolve_devices, cfg.engine.devices)
         self.queue = JobQueue(workers=len(devices))
         self.service = JobService(self.store, self.queue, [], cfg.limits, cfg.discord.banned_words,

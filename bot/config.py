@@ -75,6 +75,9 @@ class DatabaseSettings:
     url: str = setting("sqlite+aiosqlite:///data/fluxbot.db", "SQLAlchemy async URL. SQLite (aiosqlite) by "
                        "default; postgresql+asyncpg://user:pass@host/db to scale out (pip install fluxbot[postgres]).")
     echo: bool = setting(False, "Log every SQL statement (debugging).")
+    busy_timeout_s: float = setting(10.0, "SQLite: seconds a write waits while another program holds the database "
+                                    "(a backup, a sqlite3 shell) before the request is refused as 'busy'.",
+                                    min=0.1, max=600)
 
 
 @dataclass(frozen=True)

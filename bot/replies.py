@@ -21,6 +21,10 @@ from engine.errors import EngineError
 log = logging.getLogger(__name__)
 
 
+STORE_BUSY = ("The bot's database is busy right now (another program is holding it), so nothing was changed. "
+              "Try again in a minute.")
+
+
 class UserFacingError(Exception):
     """A refusal whose message is written for the user (e.g. "that job does not exist")."""
 
@@ -28,6 +32,13 @@ class UserFacingError(Exception):
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors whose message is meant for the user, including the jobs service's admission errors."""
     return (UserFacingError, InvalidRequest, PermissionDenied, AdmissionError, EngineError)
+
+
+def store_busy(error: BaseException) -> bool:
+    """SQLite still locked by another program after `[database] busy_timeout_s` (nothing was written)."""
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(error, OperationalError) and "database is locked" in str(getattr(error, "orig", error))
 
 
 async def send_ephemeral(interaction: discord.Interaction, text: str, **kwargs) -> None:
@@ -51,6 +62,10 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
     elif isinstance(error, app_commands.CheckFailure):
         text = "You may not use this command here."
         log.info("check failed %s for user %s: %s", _what(interaction), interaction.user.id, error)
+    elif store_busy(error):
+        text = STORE_BUSY
+        log.warning("store busy %s for user %s: another program held the database past [database] "
+                    "busy_timeout_s", _what(interaction), interaction.user.id)
     else:
         ref = secrets.token_hex(3)
         text = f"Something went wrong on the bot's side (ref {ref}). The owner can find it in the log."

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,26 @@ async def test_a_fast_refusal_is_an_ephemeral_response_without_any_defer(fake_di
     assert response.type == 4 and response.ephemeral and "kraken" in response.data.get("content", "")
     await asyncio.sleep(0.2)
     assert public_messages(ix) == [] and await count_rows(bot.store) == 0
+
+
+async def test_a_store_locked_past_the_busy_timeout_refuses_privately_and_writes_nothing(
+        fake_discord, start_bot, make_rel_bot, rel_config, tmp_path):
+    fake = fake_discord
+    config = rel_config()
+    config = replace(config, database=replace(config.database, busy_timeout_s=2.0))
+    bot = await start_bot(make_rel_bot(config))
+    await bot.wait_until_engines_loaded()
+    # 1. Another program holds the write lock longer than the bot waits for it (2 s).
+    other, release = hold_write_lock(tmp_path / "fluxbot.db", 3.0)
+    try:
+        ix = await imagine(fake, fake.add_user("alice"), prompt="a locked door", seed=7)
+        response = await ix.wait_response(timeout=5)
+        assert response.deferred and not response.ephemeral and response.latency_s < 3.0
+        # 2. A private "busy, try again" instead of "Something went wrong (ref …)"; nothing public remains.
+        refusal = await ix.wait_message(lambda m: m.ephemeral, timeout=10)
+    finally:
+        release.join()
+        other.close()
+    assert refusal.content.startswith("The bot's database is busy right now") and "ref " not in refusal.content
+    assert public_messages(ix) == []
+    assert await count_rows(bot.store) == 0
