@@ -111,7 +111,8 @@ async def test_sigkill_mid_job_then_restart_reruns_and_delivers_once(fake_discor
         await wait_for(fake, marker.exists, 60, "the job to reach its first denoising step", first)
         assert rows(db) == [(1, "running", 0, None)]
     finally:
-        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+        rc_first = await first.stop(signal.SIGKILL)
+    assert rc_first == -signal.SIGKILL
     t_killed = time.monotonic()
     # 2. A new process over the same files: the job goes back in the queue, runs again and is delivered.
     second = BotProcess(fake, config, tmp_path / "run2.out")
@@ -161,7 +162,8 @@ async def test_sigkill_after_the_image_was_saved_before_delivery_delivers_once_o
         await wait_for(fake, lambda: followup.hits >= 1 and channel.hits >= 1, 60, "a failed delivery", first)
         assert rows(db) == [(1, "done", 0, None)]
     finally:
-        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL  # killed while retrying the delivery
+        rc_first = await first.stop(signal.SIGKILL)
+    assert rc_first == -signal.SIGKILL  # killed while retrying the delivery
     # 2. Discord is back; the restarted bot sends what was made but never delivered, once, and makes nothing.
     fake.faults = type(fake.faults)()
     second = BotProcess(fake, config, tmp_path / "run2.out")
