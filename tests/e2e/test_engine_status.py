@@ -52,11 +52,10 @@ def broken_bot(rel_config):
 
         config = rel_config(engine={"model": MISSING_MODEL}, discord={"token": Secret(TOKEN)}, **changes)
 
-        def load(settings, device):
-            if gate is not None:
-                gate.wait(30)
+        def load_after_gate(settings, device):
+            gate.wait(30)
             return Engine.load(settings, device)
-        return FluxBot(config, engine_loader=load)
+        return FluxBot(config, engine_loader=load_after_gate if gate is not None else None)  # None: Engine.load
     return _make
 
 
