@@ -1,0 +1,169 @@
+"""Multi-GPU throughput: the bot's own FIFO (engine/queue.py) and workers (engine/worker.py), one worker per
+GPU, each with its own Engine on the FLUX.1-dev architecture with random weights.
+
+    python bench/multigpu_bench.py --jobs 16 --res 1024 --steps 20 --out multigpu.json   # every CUDA GPU
+    python bench/multigpu_bench.py --tiny --devices cpu,cpu --jobs 6                    # CPU, seconds
+
+Runs the same job list twice, first with one worker (the first device), then with one worker per device,
+and prints one table: images per minute, speed-up, each worker's job count and peak VRAM, and whether every
+job started and finished exactly once. Saving PNGs is the jobs service's work, not the workers', and is
+left out here (it costs the same with one or two workers and runs off the GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.engine_bench import FLUX_DEV, TINY, build_pipeline  # noqa: E402
+from engine.pipeline import Engine  # noqa: E402
+from engine.precision import apply_precision, dit_bytes  # noqa: E402
+from engine.queue import JobQueue  # noqa: E402
+from engine.settings import EngineSettings  # noqa: E402
+from engine.spec import JobSpec  # noqa: E402
+from engine.worker import Worker  # noqa: E402
+
+log = logging.getLogger(__name__)
+GiB = 1024 ** 3
+
+
+class Recorder:
+    """WorkerHooks that count every start and outcome per job and note which worker ran it."""
+
+    def __init__(self, total: int):
+        self.started: collections.Counter = collections.Counter()
+        self.finished: collections.Counter = collections.Counter()
+        self.failed: dict[int, str] = {}
+        self.total = total
+        self.all_done = asyncio.Event()
+
+    async def on_started(self, job_id: int) -> None:
+        self.started[job_id] += 1
+
+    def on_progress(self, job_id: int, step: int, total: int) -> None:
+        pass
+
+    async def on_finished(self, job_id: int, result) -> None:
+        self.finished[job_id] += 1
+        self._check()
+
+    async def on_failed(self, job_id: int, message: str) -> None:
+        self.failed[job_id] = message
+        self._check()
+
+    async def on_cancelled(self, job_id: int) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if sum(self.finished.values()) + len(self.failed) >= self.total:
+            self.all_done.set()
+
+
+def load_engine(device: str, tiny: bool) -> Engine:
+    """An Engine around a random-weights pipeline, placed resident with fp8 all-linear, as the bot runs it."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    pipe = build_pipeline(TINY if tiny else FLUX_DEV, dev)
+    pipe.set_progress_bar_config(disable=True)
+    precision = apply_precision(pipe, "all-linear")
+    others = sum(dit_bytes(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "vae"))
+    settings = EngineSettings(model="random-weights", profile="resident", devices=[device], vae_tiling="never")
+    engine = Engine(settings=settings, device=device, pipe=pipe, model_id="flux-dev-arch@random",
+                    precision=precision, dit_bytes=dit_bytes(pipe.transformer), other_bytes=others)
+    engine._place("resident")
+    return engine
+
+
+def warm_up(engine: Engine, res: int) -> None:
+    """One short job per engine so that neither run pays for kernel selection or allocator growth."""
+    engine.generate(JobSpec(prompt="warm up", seed=0, steps=2, width=res, height=res))
+    if engine.device.startswith("cuda"):
+        torch.cuda.synchronize(engine.device)
+        torch.cuda.reset_peak_memory_stats(engine.device)
+
+
+async def run_queue(engines: list[Engine], specs: list[JobSpec]) -> dict:
+    """Submit every spec to one FIFO served by one worker per engine; wait until all are done."""
+    queue = JobQueue(workers=len(engines))
+    hooks = Recorder(len(specs))
+    workers = [Worker(f"{e.device}#{i}", e, queue, hooks) for i, e in enumerate(engines)]
+    ran_by: collections.Counter = collections.Counter()
+    for w in workers:  # count which worker took which job through the queue's own events
+        w.start()
+
+    def on_event(event) -> None:
+        if event.kind == "running":
+            ran_by[event.worker] += 1
+
+    queue.subscribe(on_event)
+    t0 = time.perf_counter()
+    for job_id, spec in enumerate(specs, start=1):
+        queue.submit(job_id, spec)
+    await hooks.all_done.wait()
+    wall = time.perf_counter() - t0
+    for w in workers:
+        await w.stop(close_engine=False)
+    queue.close()
+    once = all(hooks.started[j] == 1 and hooks.finished[j] == 1 for j in range(1, len(specs) + 1))
+    peaks = {e.device: round(torch.cuda.max_memory_allocated(e.device) / GiB, 2) if e.device.startswith("cuda")
+             else None for e in engines}
+    return dict(workers=len(engines), jobs=len(specs), wall_s=round(wall, 2),
+                images_per_min=round(60 * len(specs) / wall, 2), every_job_once=once, failed=len(hooks.failed),
+                jobs_per_worker=dict(ran_by), peak_alloc_gib=peaks)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", default="", help="comma-separated; default: every CUDA GPU")
+    ap.add_argument("--jobs", type=int, default=16)
+    ap.add_argument("--res", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--tiny", action="store_true", help="the tiny architecture (CPU, seconds)")
+    ap.add_argument("--out", default="", help="write the rows as JSON here")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    devices = a.devices.split(",") if a.devices else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if len(devices) < 2:
+        raise SystemExit(f"needs two devices or more, found {devices}")
+    # 1. One engine per device (built one after another, as the bot does), each warmed up.
+    engines = []
+    for d in devices:
+        t0 = time.perf_counter()
+        engines.append(load_engine(d, a.tiny))
+        warm_up(engines[-1], a.res)
+        print(f"engine on {d} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    specs = [JobSpec(prompt=f"job {i}: a lighthouse in a storm, photo", seed=1000 + i, steps=a.steps,
+                     width=a.res, height=a.res) for i in range(a.jobs)]
+    # 2. The same jobs with one worker, then with one worker per device.
+    rows = []
+    for engines_used in (engines[:1], engines):
+        for e in engines_used:
+            if e.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(e.device)
+        row = asyncio.run(run_queue(engines_used, specs))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    rows[1]["speedup"] = round(rows[1]["images_per_min"] / rows[0]["images_per_min"], 2)
+    # 3. The table.
+    print(f"\n{'workers':>7} {'jobs':>5} {'wall s':>8} {'img/min':>8} {'speed-up':>8} {'once':>5}  per worker / peak GiB")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['jobs']:>5} {r['wall_s']:>8} {r['images_per_min']:>8} "
+              f"{r.get('speedup', 1.0):>8} {str(r['every_job_once']):>5}  {r['jobs_per_worker']} {r['peak_alloc_gib']}")
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
