@@ -82,20 +82,22 @@ class Worker:
 
     @classmethod
     async def load(cls, name: str, settings: "EngineSettings", device: str, queue: JobQueue, hooks: WorkerHooks,
-                   *, loader: Callable[[Any, str], Any] | None = None) -> "Worker":
+                   *, loader: Callable[[Any, str], Any] | str | None = None) -> "Worker":
         """Load an Engine for `device` on the worker's own thread (minutes for a real model) and return the
-        worker, not yet started. `loader(settings, device)` defaults to `Engine.load`."""
-        if loader is None:
-            from engine.pipeline import Engine
-            loader = Engine.load
+        worker, not yet started. `loader(settings, device)` defaults to `Engine.load`; a "module:function"
+        string names one. With `[engine] engine_process` "always" (or "auto" and more than one CUDA device)
+        the engine runs in a child process (engine/engine_process.py); a loader given as a Python object
+        always runs in this process. Load errors are raised here either way."""
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fluxbot-{name}")
         loop = asyncio.get_running_loop()
         try:
-            engine = await loop.run_in_executor(executor, loader, settings, device)
+            load = await loop.run_in_executor(executor, _choose_loader, name, settings, loader)
+            engine = await loop.run_in_executor(executor, load, settings, device)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        log.info("worker %s: engine ready on %s (profile %s)", name, device, getattr(engine, "profile", "?"))
+        log.info("worker %s: engine ready on %s (profile %s%s)", name, device, getattr(engine, "profile", "?"),
+                 ", in its own process" if getattr(engine, "pid", None) else "")
         return cls(name, engine, queue, hooks, max_batch=settings.max_batch, executor=executor)
 
     # --- control --------------------------------------------------------------------------------------
@@ -271,8 +273,30 @@ class Worker:
             log.exception("worker %s: hook %s failed for %s", self.name, getattr(hook, "__name__", hook), args)
 
 
+def _choose_loader(name: str, settings: "EngineSettings", loader: Callable[[Any, str], Any] | str | None
+                   ) -> Callable[[Any, str], Any]:
+    """The function that loads this worker's engine: in this process, or in a child process."""
+    from engine.engine_process import ProcessEngine, import_ref, wants_process
+
+    # 1. A Python object (a test's shared engine, the bench's threads) can only run here.
+    if loader is not None and not isinstance(loader, str):
+        if settings.engine_process == "always":
+            log.warning("worker %s: [engine] engine_process = \"always\", but the loader was given as a Python "
+                        "object: the engine runs in this process", name)
+        return loader
+    # 2. Engine.load or a named loader: in a child process when the setting says so.
+    mode = settings.engine_process
+    devices = resolve_devices(settings.devices) if mode == "auto" else []
+    if wants_process(mode, devices):
+        return lambda s, device: ProcessEngine.start(s, device, loader=loader)
+    if loader is None:
+        from engine.pipeline import Engine
+        return Engine.load
+    return import_ref(loader)
+
+
 async def start_workers(settings: "EngineSettings", queue: JobQueue, hooks: WorkerHooks, *,
-                        loader: Callable[[Any, str], Any] | None = None) -> list[Worker]:
+                        loader: Callable[[Any, str], Any] | str | None = None) -> list[Worker]:
     """Load one engine per device of `[engine] devices` (one after another: loading is RAM-heavy), start a
     worker for each and tell the queue how many share it."""
     workers: list[Worker] = []
