@@ -218,6 +218,14 @@ def denoise(pipe, device, *, embeds, pooled, steps: int, res: int, batch: int) -
     return out.images, [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def _held(pipe, device) -> dict:
+    """Allocated GiB now and, for fluxbot's streamed profile, what each unit holds on the device."""
+    out = {"allocated": round(torch.cuda.memory_allocated(device) / GiB, 3) if device.type == "cuda" else 0.0}
+    for unit in getattr(pipe, "_bench_units", []):
+        out[unit.name] = round(unit.device_bytes() / GiB, 3)
+    return out
+
+
 def run_image(pipe, device, *, prompt: str, steps: int, res: int) -> dict:
     """One whole image: encode a new prompt, denoise, decode. Seconds of each phase."""
     peaks = {}
@@ -229,6 +237,8 @@ def run_image(pipe, device, *, prompt: str, steps: int, res: int) -> dict:
     _sync(device)
     t1 = time.perf_counter()
     peaks["encode"] = _peak_gib(device)
+    held = {}
+    held["after_encode"] = _held(pipe, device)
     # 2. Denoise.
     _reset_peak(device)
     lat, step_s = denoise(pipe, device, embeds=pe.to(device, torch.bfloat16), pooled=pooled.to(device, torch.bfloat16),
@@ -236,6 +246,7 @@ def run_image(pipe, device, *, prompt: str, steps: int, res: int) -> dict:
     _sync(device)
     t2 = time.perf_counter()
     peaks["denoise"] = _peak_gib(device)
+    held["after_denoise"] = _held(pipe, device)
     # 3. Decode.
     _reset_peak(device)
     with torch.inference_mode():
@@ -245,10 +256,11 @@ def run_image(pipe, device, *, prompt: str, steps: int, res: int) -> dict:
     _sync(device)
     t3 = time.perf_counter()
     peaks["decode"] = _peak_gib(device)
+    held["after_decode"] = _held(pipe, device)
     return dict(encode_s=round(t1 - t0, 4), denoise_s=round(t2 - t1, 3), decode_s=round(t3 - t2, 4),
                 image_s=round(t3 - t0, 3), s_per_step=round(statistics.median(step_s[1:] or step_s), 4),
                 finite=bool(torch.isfinite(img.float()).all()), phase_peak_gib=peaks,
-                peak_gib=max(peaks.values()))
+                peak_gib=max(peaks.values()), held=held)
 
 
 def dit_bytes_streamed(plan) -> int:
@@ -352,6 +364,10 @@ def recipe_dit(args, device, recipe: str) -> list[dict]:
                    s_per_step=round(statistics.median(step_s[1:]), 4), peak_gib=_peak_gib(device),
                    rss_gib=_rss_gib(), dit_gib=round(dit_bytes(pipe.transformer) / GiB, 2))
         if trace:
+            if args.trace_out:
+                with open(args.trace_out, "a") as fh:
+                    fh.write(json.dumps(dict(prefetch=PREFETCH, budget=budget, timeline=trace["timeline"])) + "\n")
+            trace.pop("timeline")
             row.update({k: (round(v / args.dit_steps, 1) if k.endswith("_ms") else v) for k, v in trace.items()},
                        copy_GBps=round(dit_bytes_streamed(plan) * args.dit_steps / (trace["copy_busy_ms"] / 1e3) / 1e9, 1)
                        if trace.get("copy_busy_ms") else None)
@@ -370,6 +386,7 @@ def recipe_pipe(args, device, recipe: str) -> list[dict]:
     pipe = build_pipeline(arch, device)
     apply_precision(pipe, "all-linear")
     exec_device, plan = place(pipe, recipe, device)
+    pipe._bench_units = plan.streamers if plan is not None else []
     _free(device)
     rss_placed = _rss_gib()
     if args.cap_gib and device.type == "cuda":
@@ -491,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budgets", default="0", help="dit:fluxbot-streamed: VRAM budgets in GiB, comma-separated")
     ap.add_argument("--cap-gib", type=float, default=0.0, help="pipe:*: torch.cuda per-process memory cap")
     ap.add_argument("--trace", action="store_true", help="dit:fluxbot-streamed: copy/compute busy time per step")
+    ap.add_argument("--trace-out", help="with --trace: append the last pass's copy/compute timeline here")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per subprocess with --all")
     ap.add_argument("--out", help="write every row as JSON here")
     return ap

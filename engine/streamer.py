@@ -39,7 +39,7 @@ class HostArena:
 
     def __init__(self, nbytes: int, device: torch.device):
         self.nbytes = nbytes
-        self.buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+        self.buffer = _host_buffer(nbytes) if device.type == "cuda" else torch.empty(max(nbytes, 1), dtype=torch.uint8)
         self.registered = False
         if device.type == "cuda" and nbytes > 0:
             self.registered = _host_register(self.buffer)
@@ -49,6 +49,21 @@ class HostArena:
             torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
             self.registered = False
         self.buffer = torch.empty(0, dtype=torch.uint8)
+
+
+def _host_buffer(nbytes: int) -> torch.Tensor:
+    """Anonymous host memory, backed by transparent huge pages where the kernel allows (fewer pages for the
+    DMA engine to translate: set FLUXBOT_ARENA_THP=0 to compare)."""
+    import mmap
+    import os
+
+    region = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if os.environ.get("FLUXBOT_ARENA_THP", "1") != "0" and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE)
+        except OSError as err:  # THP disabled: plain pages work too
+            log.debug("MADV_HUGEPAGE refused: %s", err)
+    return torch.frombuffer(region, dtype=torch.uint8)
 
 
 def _host_register(buffer: torch.Tensor) -> bool:
@@ -221,12 +236,16 @@ class BlockStreamer:
             return {}
         torch.cuda.synchronize(self.device)
         busy = {"copy": 0.0, "compute": 0.0}
-        for kind, start, end in self.trace:
+        for kind, start, end, _pos in self.trace:
             busy[kind] += start.elapsed_time(end)
         starts = [t for t in self.trace if t[0] == "compute"]
         span = starts[0][1].elapsed_time(starts[-1][2]) if starts else 0.0
         copied = sum(1 for t in self.trace if t[0] == "copy")
-        return dict(copy_busy_ms=round(busy["copy"], 1), compute_busy_ms=round(busy["compute"], 1),
+        origin = starts[0][1] if starts else self.trace[0][1]
+        last = self.trace[-(2 * len(self.order)):]  # about one pass: when each copy and block ran (ms)
+        timeline = [(kind, pos, round(origin.elapsed_time(a), 2), round(origin.elapsed_time(b), 2))
+                    for kind, a, b, pos in last]
+        return dict(timeline=timeline,copy_busy_ms=round(busy["copy"], 1), compute_busy_ms=round(busy["compute"], 1),
                     span_ms=round(span, 1), copies=copied, blocks_run=len(starts))
 
     def _mark(self, kind: str, stream) -> "torch.cuda.Event":
@@ -290,7 +309,8 @@ class BlockStreamer:
         if self.cuda:
             self.slot_free[slot].record(torch.cuda.current_stream(self.device))
             if self.trace is not None and getattr(self, "_open", None) is not None:
-                self.trace.append(("compute", self._open, self._mark("compute", torch.cuda.current_stream(self.device))))
+                self.trace.append(("compute", self._open, self._mark("compute", torch.cuda.current_stream(self.device)),
+                                   pos))
                 self._open = None
         # 2. The block points at its host copy again; no device tensor of it survives the block.
         block = self.packed[self.order[pos]]
@@ -347,7 +367,7 @@ class BlockStreamer:
             dst.copy_(src, non_blocking=True)
             self.ready[self.order[pos]].record(self.copy_stream)
             if start is not None:
-                self.trace.append(("copy", start, self._mark("copy", self.copy_stream)))
+                self.trace.append(("copy", start, self._mark("copy", self.copy_stream), pos))
         self.slot_used[slot] = True
 
     def _slot_views(self, pos: int, slot: int) -> list[torch.Tensor]:

@@ -41,17 +41,23 @@ def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int
     if t5 is not None:
         t5_blocks = list(t5.encoder.block)
         embed = t5.encoder.embed_tokens
-        _move_rest(t5, t5_blocks + [embed], dev)
+        tables = [m for m in (embed, getattr(t5, "shared", None)) if m is not None]  # tied or not: both host
+        _move_rest(t5, t5_blocks + tables, dev)
+        for table in tables[1:]:
+            if table is not embed:
+                table.to("cpu")
         units.append(HostLookup("t5-embedding", embed, dev))
-        units.append(BlockStreamer("t5", t5_blocks, dev, slots=slots, cyclic=False, lease=lease))
+        # T5 encodes in ~0.2 s even with 2 blocks ahead; a deeper ring would only raise the encode peak.
+        units.append(BlockStreamer("t5", t5_blocks, dev, slots=min(slots, 3), cyclic=False, lease=lease))
     # 3. CLIP and the VAE decoder come in for their turn.
     clip = getattr(pipe, "text_encoder", None)
     if clip is not None:
         units.append(ModelSwap("clip", [clip], dev, lease=lease))
     vae = getattr(pipe, "vae", None)
     if vae is not None:
-        parts = [m for m in (vae.decoder, getattr(vae, "post_quant_conv", None)) if m is not None]
-        units.append(ModelSwap("vae-decoder", parts, dev, lease=lease))
+        # The encoder (image-to-image) swaps in with the decoder: nothing of the VAE stays on the device.
+        parts = [getattr(vae, n, None) for n in ("decoder", "post_quant_conv", "encoder", "quant_conv")]
+        units.append(ModelSwap("vae", [m for m in parts if m is not None], dev, lease=lease))
     return units
 
 
