@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Protocol
 
 import discord
