@@ -41,6 +41,9 @@ GiB = 1024 ** 3
 PROMPT = "a red fox in a snowy forest at dawn, photo"
 WARM_PROMPT = "warm up"
 PREFETCH = int(os.environ.get("FLUXBOT_BENCH_PREFETCH", EngineSettings().stream_prefetch))
+if os.environ.get("FLUXBOT_BENCH_MERGE") == "0":  # A/B of single-block pairing in the streamed profile
+    import engine.streamer_flux
+    engine.streamer_flux.MERGE_GROUPS = False
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,7 @@ def recipe_dit(args, device, recipe: str) -> list[dict]:
         if streamer is not None:
             streamer.trace = None
         row = dict(recipe=recipe, batch=args.batch, res=args.res, budget_gib=budget, prefetch=PREFETCH,
+                   merge=os.environ.get("FLUXBOT_BENCH_MERGE", "1"),
                    s_per_step=round(statistics.median(step_s[1:]), 4), peak_gib=_peak_gib(device),
                    rss_gib=_rss_gib(), dit_gib=round(dit_bytes(pipe.transformer) / GiB, 2))
         if trace:

@@ -177,7 +177,8 @@ class BlockStreamer:
     """Streams `blocks` (run in list order) through a ring of `slots` device buffers."""
 
     def __init__(self, name: str, blocks: list[nn.Module], device: str | torch.device, *, slots: int = 3,
-                 resident: frozenset[int] = frozenset(), cyclic: bool = True, lease: DeviceLease | None = None):
+                 resident: frozenset[int] = frozenset(), cyclic: bool = True, lease: DeviceLease | None = None,
+                 merge: bool = True):
         if slots < 1:
             raise ValueError(f"{name}: the ring needs at least one slot, got {slots}")
         self.name = name
@@ -190,11 +191,11 @@ class BlockStreamer:
         self.resident = frozenset(resident)
         for i in sorted(self.resident):
             self.blocks[i].to(self.device)
-        self.order = [i for i in range(len(self.blocks)) if i not in self.resident]
+        self.groups = _group_blocks(self.blocks, self.resident, merge=merge)
+        self.order = list(range(len(self.groups)))   # positions of the streamed groups, in run order
         self.slots = min(slots, max(len(self.order), 1))
-        self.arena, packed = pack_into_arena([[self.blocks[i]] for i in self.order], self.device)
-        self.packed = dict(zip(self.order, packed))
-        self.position = {block_index: pos for pos, block_index in enumerate(self.order)}
+        self.arena, packed = pack_into_arena([[self.blocks[i] for i in g] for g in self.groups], self.device)
+        self.packed = dict(enumerate(packed))
         self.slot_bytes = max((p.nbytes for p in packed), default=0)
         # 2. Ring state: device buffers (allocated on first use), free slots, blocks in flight.
         self.ring: list[torch.Tensor] = []
@@ -209,13 +210,13 @@ class BlockStreamer:
         self.trace: list | None = None   # start_trace(): timed CUDA events of every copy and block
         # 3. Hooks on the streamed blocks.
         self.handles = []
-        for i in self.order:
-            block = self.blocks[i]
-            self.handles.append(block.register_forward_pre_hook(self._make_pre_hook(i)))
-            self.handles.append(block.register_forward_hook(self._make_post_hook(i)))
-        log.info("streamer %s: %d blocks streamed (%.2f GiB host%s), %d resident, ring %d x %.3f GiB on %s",
-                 name, len(self.order), self.arena.nbytes / GiB, ", page-locked" if self.arena.registered else "",
-                 len(self.resident), self.slots, self.slot_bytes / GiB, self.device)
+        for pos, group in enumerate(self.groups):   # a group comes in before its first block, leaves after its last
+            self.handles.append(self.blocks[group[0]].register_forward_pre_hook(self._make_pre_hook(pos)))
+            self.handles.append(self.blocks[group[-1]].register_forward_hook(self._make_post_hook(pos)))
+        log.info("streamer %s: %d blocks streamed as %d groups (%.2f GiB host%s), %d resident, ring %d x %.3f GiB "
+                 "on %s", name, sum(len(g) for g in self.groups), len(self.groups), self.arena.nbytes / GiB,
+                 ", page-locked" if self.arena.registered else "", len(self.resident), self.slots,
+                 self.slot_bytes / GiB, self.device)
 
     # -------------------------------------------------------------------------------- public
     @property
@@ -275,14 +276,14 @@ class BlockStreamer:
         self.arena.close()
 
     # -------------------------------------------------------------------------------- hooks
-    def _make_pre_hook(self, index: int):
+    def _make_pre_hook(self, pos: int):
         def pre_hook(module, args):
-            self._before(self.position[index])
+            self._before(pos)
         return pre_hook
 
-    def _make_post_hook(self, index: int):
+    def _make_post_hook(self, pos: int):
         def post_hook(module, args, output):
-            self._after(self.position[index])
+            self._after(pos)
         return post_hook
 
     def _before(self, pos: int) -> None:
@@ -377,6 +378,26 @@ class BlockStreamer:
             views = self.packed[self.order[pos]].views(self.ring[slot])
             self.view_cache[key] = views
         return views
+
+
+def _group_blocks(blocks: list[nn.Module], resident: frozenset[int], *, merge: bool) -> list[list[int]]:
+    """Consecutive streamed blocks merged while a group stays within the largest block's bytes.
+
+    FLUX's single blocks are 0.42x a double block: paired, they fill a ring slot, so the same ring holds
+    twice as many of them and the copy engine gets further ahead during the (compute-bound) single blocks,
+    a lead it then spends on the (copy-bound) double blocks.
+    """
+    streamed = [i for i in range(len(blocks)) if i not in resident]
+    sizes = {i: _Packed([blocks[i]]).nbytes for i in streamed}
+    cap = max(sizes.values(), default=0)
+    groups: list[list[int]] = []
+    for i in streamed:
+        last = groups[-1] if groups else None
+        if (merge and last and last[-1] == i - 1 and sum(sizes[j] for j in last) + sizes[i] <= cap):
+            last.append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class ModelSwap:

@@ -20,6 +20,8 @@ from engine.streamer import BlockStreamer, DeviceLease, ModelSwap, _Packed
 log = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
+# Pair FLUX's single blocks into one ring slot (see engine.streamer._group_blocks); the bench can turn it off.
+MERGE_GROUPS = True
 
 
 def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int = 3, lean_cast: bool = True) -> list:
@@ -35,7 +37,8 @@ def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int
     rest_bytes = _move_rest(dit, blocks, dev)
     sizes = [_Packed([b]).nbytes for b in blocks]
     resident = choose_resident(sizes, vram_budget_bytes - rest_bytes, slots)
-    units.append(BlockStreamer("dit", blocks, dev, slots=slots, resident=resident, cyclic=True, lease=lease))
+    units.append(BlockStreamer("dit", blocks, dev, slots=slots, resident=resident, cyclic=True, lease=lease,
+                               merge=MERGE_GROUPS))
     # 2. T5: blocks stream; the embedding table is used from host RAM.
     t5 = getattr(pipe, "text_encoder_2", None)
     if t5 is not None:

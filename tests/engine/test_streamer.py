@@ -86,3 +86,22 @@ def test_aborted_run_restarts_cleanly():
     assert torch.equal(run(4), expected)
     assert all(p.data_ptr() != r.data_ptr() for b in blocks for p in b.parameters() for r in streamer.ring)
     streamer.close()
+
+
+def test_small_consecutive_blocks_share_a_slot_and_compute_the_same():
+    torch.manual_seed(0)
+    blocks = [torch.nn.Linear(16, 16), torch.nn.Linear(16, 4), torch.nn.Linear(4, 16), torch.nn.Linear(16, 16)]
+    x = torch.randn(3, 16)
+
+    def run():
+        h = x
+        for b in blocks:
+            h = b(h)
+        return h
+
+    expected = run()
+    streamer = BlockStreamer("t", blocks, "cpu", slots=2)
+    assert streamer.groups == [[0], [1, 2], [3]]   # the two small layers fit in one big layer's slot
+    assert torch.equal(run(), expected) and torch.equal(run(), expected)
+    assert streamer.bytes_copied >= 2 * streamer.arena.nbytes
+    streamer.close()
