@@ -63,6 +63,7 @@ class FluxBot(commands.Bot):
         self._close_engines = close_engines
         self._sync_commands = sync_commands
         self._loading: asyncio.Task | None = None
+        self._pruning: asyncio.Task | None = None
         self.engine_state = EngineState(EngineStatus.LOADING)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
@@ -100,6 +101,11 @@ class FluxBot(commands.Bot):
             await self.sync_commands()
         # 5. Engines, in the background.
         self._loading = asyncio.create_task(self._start_workers(devices), name="fluxbot-load-engines")
+        # 6. Image retention ([storage]): prunes old PNGs; records stay and /show regenerates them.
+        from engine.retention import prune_periodically
+        self._pruning = asyncio.create_task(prune_periodically(
+            cfg.engine.images_dir, cfg.storage.max_image_age_days, int(cfg.storage.max_images_gib * 2**30),
+            cfg.storage.prune_interval_min * 60), name="fluxbot-prune-images")
 
     async def sync_commands(self) -> None:
         guild_ids = self.config.discord.guild_ids
@@ -190,9 +196,10 @@ class FluxBot(commands.Bot):
 
     async def close(self) -> None:
         """Stop the workers (running jobs stay `running` and run again after a restart), then disconnect."""
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-            await asyncio.gather(self._loading, return_exceptions=True)
+        for task in (self._loading, self._pruning):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for worker in self.workers:
             try:
                 await worker.stop(close_engine=self._close_engines)
