@@ -96,6 +96,10 @@ _LOOKALIKES = str.maketrans({
     # Greek
     "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
     "υ": "u", "χ": "x", "ϲ": "c", "ѵ": "v",
+    # small capitals (NFKC keeps them)
+    "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ꜰ": "f", "ɢ": "g", "ʜ": "h", "ɪ": "i", "ᴊ": "j",
+    "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ꞯ": "q", "ʀ": "r", "ꜱ": "s", "ᴛ": "t",
+    "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ʏ": "y", "ᴢ": "z",
     # Latin look-alikes NFKC keeps
     "ı": "i", "ɡ": "g", "ɑ": "a", "ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d",
     # digits and symbols used for letters
@@ -142,6 +146,12 @@ def _spelled(letters: list[str], longest: int = 40) -> list[str]:
     return ["".join(letters[i:j]) for i in range(len(letters)) for j in range(i + 2, len(letters) + 1)]
 
 
+def _inflections(word: str) -> set[str]:
+    """A banned word and its plural forms ("frog" → frogs; "kiss" → kisses); not prefixes, which would ban
+    innocent words ("ass" in "assistant")."""
+    return {word, word + "s", word + "es"}
+
+
 class BannedWords:
     """Whole-word (or whole-phrase) matching of `[discord] banned_words` against prompts."""
 
@@ -162,7 +172,7 @@ class BannedWords:
         joined = " " + " ".join(words) + " "
         for phrase, entry in self._phrases:
             if len(phrase) == 1:
-                if phrase[0] in words:
+                if not _inflections(phrase[0]).isdisjoint(words):
                     return entry
             elif " " + " ".join(phrase) + " " in joined:
                 return entry

@@ -59,6 +59,11 @@ def test_banned_words_match_whole_words_only(prompt):
     assert BannedWords(["nude", "ass", "blood bath"]).find(prompt) is None
 
 
+@pytest.mark.parametrize("prompt", ["two nudes", "NUDES", "ɴᴜᴅᴇ in small capitals", "a frog's kisses"])
+def test_banned_words_catch_plurals_and_small_capitals(prompt):
+    assert BannedWords(["nude", "kiss"]).find(prompt) in ("nude", "kiss")
+
+
 def test_banned_phrase_and_leetspeak():
     banned = BannedWords(["blood bath", "kill"])
     assert banned.find("a Blood  Bath at dawn") == "blood bath"
