@@ -14,6 +14,7 @@ user-safe reason): while it has failed, new jobs are refused with that reason in
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any, Callable
@@ -47,7 +48,7 @@ class FluxBot(commands.Bot):
     `close_engines=False` leaves such a shared engine open when the bot closes."""
 
     def __init__(self, config: Config, *, engine_loader: Callable[[Any, str], Any] | None = None,
-                 close_engines: bool = True, sync_commands: bool = True):
+                 close_engines: bool = True, sync_commands: bool = True, freeze_gc: bool = False):
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None,
                          allowed_mentions=discord.AllowedMentions.none())
         self.config = config
@@ -62,6 +63,7 @@ class FluxBot(commands.Bot):
         self._engine_loader = engine_loader
         self._close_engines = close_engines
         self._sync_commands = sync_commands
+        self._freeze_gc = freeze_gc  # `run` sets it; tests, which start many bots in one process, do not
         self._loading: asyncio.Task | None = None
         self._pruning: asyncio.Task | None = None
         self.engine_state = EngineState(EngineStatus.LOADING)
@@ -143,7 +145,12 @@ class FluxBot(commands.Bot):
             self.queue.set_workers(len(self.workers))
             worker.start()
             self._set_engine_state(EngineState(EngineStatus.READY, devices=tuple(w.name for w in self.workers)))
-        # 3. No device at all: say so to users, not only in the log.
+        # 3. The loaded libraries hold millions of long-lived objects that every full garbage collection would
+        #    walk again (0.3–1 s stalls of the event loop, measured in docs/reliability.md): take them out.
+        if self._freeze_gc:
+            gc.collect()
+            gc.freeze()
+        # 4. No device at all: say so to users, not only in the log.
         if not self.workers:
             reason = failure_reason(first_error) if first_error is not None else "no device to run it on"
             log.error("no engine loaded on any device: new requests are refused with: %s", reason)
@@ -233,7 +240,7 @@ def run_command(args) -> int:
         setup_logging(config.logging, secrets=[token])
     from engine.models import quiet_loading_bars
     quiet_loading_bars()  # per-file loading bars would fill the log
-    bot = FluxBot(config)
+    bot = FluxBot(config, freeze_gc=True)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         bot.run(token, log_handler=None)
