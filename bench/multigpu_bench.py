@@ -2,7 +2,12 @@
 GPU, each with its own Engine on the FLUX.1-dev architecture with random weights.
 
     python bench/multigpu_bench.py --jobs 16 --res 1024 --steps 20 --out multigpu.json   # every CUDA GPU
-    python bench/multigpu_bench.py --tiny --devices cpu,cpu --jobs 6                    # CPU, seconds
+    python bench/multigpu_bench.py --tiny --devices cpu,cpu --jobs 6 --res 256 --steps 2  # CPU, seconds
+    python bench/multigpu_bench.py --threads …   # engines in this process, one thread each (the old way)
+
+Each worker's engine runs in its own child process (engine/engine_process.py, as the bot does with
+`[engine] engine_process` "auto" and two GPUs or more); `--threads` keeps every engine in this process, one
+thread per worker (the old way, for comparison).
 
 Runs the same job list twice, first with one worker (the first device), then with one worker per device,
 and prints one table: images per minute, speed-up, each worker's job count and peak VRAM, and whether every
@@ -25,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.engine_bench import FLUX_DEV, TINY, build_pipeline  # noqa: E402
+from engine.engine_process import ProcessEngine  # noqa: E402
 from engine.pipeline import Engine  # noqa: E402
 from engine.precision import apply_precision, dit_bytes  # noqa: E402
 from engine.queue import JobQueue  # noqa: E402
@@ -84,15 +90,36 @@ def load_engine(device: str, tiny: bool) -> Engine:
     return engine
 
 
-def warm_up(engine: Engine, res: int) -> None:
-    """One short job per engine so that neither run pays for kernel selection or allocator growth."""
-    engine.generate(JobSpec(prompt="warm up", seed=0, steps=2, width=res, height=res))
+def load_engine_for(settings: EngineSettings, device: str) -> Engine:
+    """`load_engine` as a loader(settings, device) for a child process; settings.model names the size."""
+    return load_engine(device, tiny=settings.model == "random-weights:tiny")
+
+
+def reset_peak(engine) -> None:
+    """Wait for the device and forget its peak memory (run in the engine's own process)."""
+    if isinstance(engine, ProcessEngine):
+        return engine.call("bench.multigpu_bench:reset_peak")
     if engine.device.startswith("cuda"):
         torch.cuda.synchronize(engine.device)
         torch.cuda.reset_peak_memory_stats(engine.device)
 
 
-async def run_queue(engines: list[Engine], specs: list[JobSpec]) -> dict:
+def peak_gib(engine) -> float | None:
+    """Peak allocated GiB on the engine's device since the last reset (run in the engine's own process)."""
+    if isinstance(engine, ProcessEngine):
+        return engine.call("bench.multigpu_bench:peak_gib")
+    if not engine.device.startswith("cuda"):
+        return None
+    return round(torch.cuda.max_memory_allocated(engine.device) / GiB, 2)
+
+
+def warm_up(engine, res: int) -> None:
+    """One short job per engine so that neither run pays for kernel selection or allocator growth."""
+    engine.generate(JobSpec(prompt="warm up", seed=0, steps=2, width=res, height=res))
+    reset_peak(engine)
+
+
+async def run_queue(engines: list, specs: list[JobSpec]) -> dict:
     """Submit every spec to one FIFO served by one worker per engine; wait until all are done."""
     queue = JobQueue(workers=len(engines))
     hooks = Recorder(len(specs))
@@ -115,9 +142,9 @@ async def run_queue(engines: list[Engine], specs: list[JobSpec]) -> dict:
         await w.stop(close_engine=False)
     queue.close()
     once = all(hooks.started[j] == 1 and hooks.finished[j] == 1 for j in range(1, len(specs) + 1))
-    peaks = {e.device: round(torch.cuda.max_memory_allocated(e.device) / GiB, 2) if e.device.startswith("cuda")
-             else None for e in engines}
-    return dict(workers=len(engines), jobs=len(specs), wall_s=round(wall, 2),
+    peaks = {f"{e.device}#{i}": peak_gib(e) for i, e in enumerate(engines)}
+    mode = "process" if isinstance(engines[0], ProcessEngine) else "thread"
+    return dict(workers=len(engines), engine=mode, jobs=len(specs), wall_s=round(wall, 2),
                 images_per_min=round(60 * len(specs) / wall, 2), every_job_once=once, failed=len(hooks.failed),
                 jobs_per_worker=dict(ran_by), peak_alloc_gib=peaks)
 
@@ -129,6 +156,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--res", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tiny", action="store_true", help="the tiny architecture (CPU, seconds)")
+    ap.add_argument("--threads", action="store_true", help="engines in this process, one thread per worker "
+                    "(the old way); default: one child process per engine")
     ap.add_argument("--out", default="", help="write the rows as JSON here")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -136,28 +165,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if len(devices) < 2:
         raise SystemExit(f"needs two devices or more, found {devices}")
     # 1. One engine per device (built one after another, as the bot does), each warmed up.
+    settings = EngineSettings(model="random-weights:tiny" if a.tiny else "random-weights:flux-dev",
+                              devices=devices, engine_process="never" if a.threads else "always")
     engines = []
     for d in devices:
         t0 = time.perf_counter()
-        engines.append(load_engine(d, a.tiny))
+        if a.threads:
+            engines.append(load_engine(d, a.tiny))
+        else:
+            engines.append(ProcessEngine.start(settings, d, loader="bench.multigpu_bench:load_engine_for"))
         warm_up(engines[-1], a.res)
-        print(f"engine on {d} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"engine on {d} ({'thread' if a.threads else f'process {engines[-1].pid}'}) ready in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
     specs = [JobSpec(prompt=f"job {i}: a lighthouse in a storm, photo", seed=1000 + i, steps=a.steps,
                      width=a.res, height=a.res) for i in range(a.jobs)]
     # 2. The same jobs with one worker, then with one worker per device.
     rows = []
     for engines_used in (engines[:1], engines):
         for e in engines_used:
-            if e.device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats(e.device)
+            reset_peak(e)
         row = asyncio.run(run_queue(engines_used, specs))
         print(json.dumps(row), flush=True)
         rows.append(row)
     rows[1]["speedup"] = round(rows[1]["images_per_min"] / rows[0]["images_per_min"], 2)
     # 3. The table.
-    print(f"\n{'workers':>7} {'jobs':>5} {'wall s':>8} {'img/min':>8} {'speed-up':>8} {'once':>5}  per worker / peak GiB")
+    for e in engines:
+        e.close()
+    print(f"\n{'workers':>7} {'engine':>7} {'jobs':>5} {'wall s':>8} {'img/min':>8} {'speed-up':>8} {'once':>5}  per worker / peak GiB")
     for r in rows:
-        print(f"{r['workers']:>7} {r['jobs']:>5} {r['wall_s']:>8} {r['images_per_min']:>8} "
+        print(f"{r['workers']:>7} {r['engine']:>7} {r['jobs']:>5} {r['wall_s']:>8} {r['images_per_min']:>8} "
               f"{r.get('speedup', 1.0):>8} {str(r['every_job_once']):>5}  {r['jobs_per_worker']} {r['peak_alloc_gib']}")
     if a.out:
         with open(a.out, "w") as fh:

@@ -28,6 +28,7 @@ import importlib
 import logging
 import logging.handlers
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -120,10 +121,11 @@ def _child_main(conn, cancel, log_queue, log_level: int, settings: "EngineSettin
     root.setLevel(log_level)
     # 2. Load (the same errors as in-process).
     try:
-        if device.startswith("cuda"):
-            import torch
+        import torch
 
+        if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
+        torch.set_num_threads(_cpu_threads(settings))
         if loader_ref:
             loader = import_ref(loader_ref)
         else:
@@ -155,6 +157,16 @@ def _child_main(conn, cancel, log_queue, log_level: int, settings: "EngineSettin
             conn.send(("done", value, getattr(engine, "profile", "")))
         if op == "close":
             return
+
+
+def _cpu_threads(settings: "EngineSettings") -> int:
+    """This child's share of the CPU cores for torch's intra-op pool: N engine processes each using every
+    core would oversubscribe them (OpenMP threads spin while they wait: two CPU engines ran 2x slower
+    together than one alone)."""
+    from engine.worker import resolve_devices
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, len(resolve_devices(settings.devices))))
 
 
 def _serve(engine, conn, cancel, op: str, rid: int, args: tuple) -> Any:
