@@ -43,10 +43,11 @@ class EngineSettings:
                             "else the CPU), or e.g. ['cuda:0', 'cuda:1'] or ['cpu'].")
     engine_process: str = setting("auto", "Where each device's engine runs: auto (in its own child process when "
                                   "more than one CUDA device is configured, else in the bot's process), always, or "
-                                  "never. A child process keeps two GPUs from queueing on one Python lock (1.61x -> "
-                                  "target 1.9x with two workers) but costs a second Python with its own torch "
-                                  "(~0.5-1 GiB host RAM, ~3 s more start-up), and every image crosses back "
-                                  "pickled (~3 MB for 1024x1024).", choices=ENGINE_PROCESS)
+                                  "never. A child process per GPU keeps the GPUs from waiting on one Python lock (two "
+                                  "GPUs in one process: 1.61x one GPU), at a cost: each child is a second Python "
+                                  "with its own torch (~0.4 GiB host RAM before weights, ~1 s more start-up), and "
+                                  "each image crosses back pickled (~3 MB, ~7 ms for 1024x1024).",
+                                  choices=ENGINE_PROCESS)
     vram_budget_gib: float = setting(0.0, "streamed profile: GiB of VRAM the DiT may keep resident; blocks that "
                                      "fit stay on the GPU, the rest stream. 0 = stream every block.", min=0)
     stream_prefetch: int = setting(3, "streamed profile: blocks copied ahead of the one running (the device ring "
