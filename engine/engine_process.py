@@ -17,7 +17,8 @@ at a time over a Pipe. The parent's blocking calls (`generate`, `generate_batch`
   they pickle, else as RuntimeError("Type: message"); the child logs their traceback;
 - a child that dies (killed, segfault, host OOM killer) fails the request with an EngineError naming the
   device and exit code; the next generate starts a new child (a load: seconds to minutes).
-The child's log records cross back through a queue and are handled by the parent's loggers of the same name.
+The child's log records cross back through a second pipe and are handled by the parent's loggers of the same
+name.
 
 Costs: a second Python with its own torch (host RAM), a few seconds more start-up, and results cross back
 pickled (a 1024x1024 RGB image is ~3 MB).
@@ -111,13 +112,23 @@ class _ErrorReply:
 
 # ------------------------------------------------------------------------------------------- the child
 
-def _child_main(conn, cancel, log_queue, log_level: int, settings: "EngineSettings", device: str,
+class _PipeSink:
+    """What QueueHandler puts records into: the log pipe to the parent (the handler's lock serialises sends)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        self.conn.send(record)
+
+
+def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSettings", device: str,
                 loader_ref: str | None) -> None:
     """The child process: load the engine, then serve requests until "close" or the parent goes away."""
     # 1. Ctrl+C is the parent's to handle (it closes us); logs go to the parent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]  # tracebacks fold into the text
+    root.handlers[:] = [logging.handlers.QueueHandler(_PipeSink(log_conn))]  # tracebacks fold into the text
     root.setLevel(log_level)
     # 2. Load (the same errors as in-process).
     try:
@@ -200,34 +211,38 @@ def _close_quietly(engine) -> None:
 
 # ------------------------------------------------------------------------------------------ the parent
 
-class _Relay(logging.Handler):
-    """Hands a child's log record to the parent's logger of the same name."""
-
-    def handle(self, record: logging.LogRecord) -> bool:
+def _relay_logs(conn) -> None:
+    """Parent thread: hand each of a child's log records to this process's logger of the same name, until
+    the child's end of the pipe closes."""
+    while True:
+        try:
+            record = conn.recv()
+        except (EOFError, OSError):
+            return
         logger = logging.getLogger(record.name)
         if logger.isEnabledFor(record.levelno):
             logger.handle(record)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:  # handle() does the work
-        pass
 
 
 class _Child:
-    """One running child: its process, pipe, cancel value and log listener."""
+    """One running child: its process, request pipe, cancel value and log pipe. No multiprocessing locks or
+    queues: nothing for the resource tracker to find leaked when a child is killed."""
 
     def __init__(self, settings: "EngineSettings", device: str, loader_ref: str | None):
         ctx = multiprocessing.get_context("spawn")
         self.conn, child_conn = ctx.Pipe()
-        self.cancel = ctx.Value("q", 0)
-        self.log_queue = ctx.Queue()
-        self.listener = logging.handlers.QueueListener(self.log_queue, _Relay())
+        self.cancel = ctx.RawValue("q", 0)  # one writer (the parent), read at step boundaries
+        log_reader, log_writer = ctx.Pipe(duplex=False)
+        self.log_reader = log_reader
+        self.log_thread = threading.Thread(target=_relay_logs, args=(log_reader,), daemon=True,
+                                           name=f"fluxbot-engine-logs-{device}")
         self.process = ctx.Process(target=_child_main, name=f"fluxbot-engine-{device}", daemon=True,
-                                   args=(child_conn, self.cancel, self.log_queue,
+                                   args=(child_conn, self.cancel, log_writer,
                                          logging.getLogger().getEffectiveLevel(), settings, device, loader_ref))
-        self.listener.start()
         self.process.start()
-        child_conn.close()  # only the child holds its end now: its death reads as EOF here
+        child_conn.close()  # only the child holds its ends now: its death reads as EOF here
+        log_writer.close()
+        self.log_thread.start()
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -237,7 +252,7 @@ class _Child:
         return self.process.exitcode
 
     def dispose(self) -> None:
-        """Stop the process (if it still runs) and the log listener."""
+        """Stop the process (if it still runs), then let the log thread drain the child's last records."""
         if self.process.is_alive():
             self.process.join(timeout=CLOSE_TIMEOUT_S)
         if self.process.is_alive():
@@ -248,9 +263,8 @@ class _Child:
             self.process.kill()
             self.process.join(timeout=5)
         self.conn.close()
-        self.listener.stop()
-        self.log_queue.close()
-        self.log_queue.cancel_join_thread()
+        self.log_thread.join(timeout=5)
+        self.log_reader.close()
 
 
 class _ChildDied(Exception):
