@@ -165,7 +165,12 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
                 log.error("engine process for %s: %s failed", device, op, exc_info=True)
             conn.send(("error", _ErrorReply.of(err), getattr(engine, "profile", "")))
         else:
-            conn.send(("done", value, getattr(engine, "profile", "")))
+            try:  # pickling happens before anything is written: a value that does not pickle becomes an error
+                conn.send(("done", value, getattr(engine, "profile", "")))
+            except (pickle.PicklingError, TypeError, AttributeError) as err:
+                log.error("engine process for %s: the reply to %s does not pickle", device, op, exc_info=True)
+                conn.send(("error", _ErrorReply.of(EngineError(f"the engine's reply to {op} could not be sent "
+                                                               f"back ({type(err).__name__}: {err})")), ""))
         if op == "close":
             return
 

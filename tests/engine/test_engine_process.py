@@ -160,6 +160,14 @@ def test_workers_load_each_engine_in_its_own_process(engines):
     assert len(pids) == 2 and os.getpid() not in pids
     assert engines[0].model_id.startswith("tiny-random@") and engines[0].profile == "resident"
     assert engines[0].call(f"{__name__}:peak_note", "x") == f"x:SeamEngine:{engines[0].pid}"
+    with pytest.raises(EngineError, match="could not be sent back"):  # and the child goes on serving
+        engines[0].call(f"{__name__}:unpicklable")
+    assert engines[0].call(f"{__name__}:peak_note", "y").startswith("y:")
+
+
+def unpicklable(engine):
+    """Runs in the child through ProcessEngine.call."""
+    return lambda: None
 
 
 async def test_two_workers_run_every_job_once(engines):
