@@ -107,6 +107,8 @@ async def test_login_ready_and_command_sync(fake_discord: FakeDiscord, bot: Ping
     assert bot.application_id == fake_discord.application_id
     guild = bot.get_guild(fake_discord.guild_id)
     assert guild is not None and guild.get_channel(fake_discord.channel.id) is not None
+    # without the presences intent Discord lists only the bot itself among the members, as here
+    assert guild.me is not None and guild.get_member(fake_discord.owner.id) is None and guild.member_count == 2
     assert sorted(fake_discord.global_commands) == ["announce", "ask", "ping", "slow", "status"]
     ping = fake_discord.global_commands["ping"]
     assert [(o["name"], o["type"], o.get("required", False)) for o in ping["options"]] == [

@@ -77,7 +77,7 @@ class GatewaySession:
         self.intents = int(d.get("intents") or 0)
         await self.dispatch("READY", payloads.ready(self.fake, self.session_id))
         self.ready = True
-        await self.dispatch("GUILD_CREATE", payloads.guild_create(self.fake))
+        await self.dispatch("GUILD_CREATE", payloads.guild_create(self.fake, self.intents))
         self.fake.identify_count += 1
         await self.fake.notify()
 

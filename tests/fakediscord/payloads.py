@@ -50,8 +50,13 @@ def channel(c: FakeChannel, fake: "FakeDiscord") -> dict:
             "topic": None, "rate_limit_per_user": 0, "last_message_id": None, "flags": 0}
 
 
-def guild_create(fake: "FakeDiscord") -> dict:
-    members = [member(u) for u in fake.users.values() if u.in_guild]
+GUILD_PRESENCES = 1 << 8
+
+
+def guild_create(fake: "FakeDiscord", intents: int = GUILD_PRESENCES) -> dict:
+    """Without the GUILD_PRESENCES intent Discord lists only the bot itself (and voice users) in `members`."""
+    everyone = [u for u in fake.users.values() if u.in_guild]
+    members = [member(u) for u in everyone if intents & GUILD_PRESENCES or u.id == fake.bot_user.id]
     return {
         "id": str(fake.guild_id), "name": fake.guild_name, "icon": None, "splash": None,
         "discovery_splash": None, "owner_id": str(fake.owner.id), "afk_channel_id": None, "afk_timeout": 300,
@@ -61,7 +66,7 @@ def guild_create(fake: "FakeDiscord") -> dict:
         "rules_channel_id": None, "max_members": 500000, "vanity_url_code": None, "description": None,
         "banner": None, "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
         "public_updates_channel_id": None, "nsfw_level": 0, "premium_progress_bar_enabled": False,
-        "joined_at": JOINED_AT, "large": False, "unavailable": False, "member_count": len(members),
+        "joined_at": JOINED_AT, "large": False, "unavailable": False, "member_count": len(everyone),
         "voice_states": [], "members": members, "presences": [], "threads": [], "stage_instances": [],
         "guild_scheduled_events": [], "soundboard_sounds": [],
         "channels": [channel(c, fake) for c in fake.channels.values() if c.guild_id == fake.guild_id],
