@@ -8,7 +8,7 @@ from bench.load import LoadPlan, run_load
 
 @pytest.mark.slow
 async def test_quick_load_delivers_every_job_once_in_order(tmp_path, tiny_model_dir):
-    plan = LoadPlan(jobs=6, users=3, clicks=2, rate=20.0, timeout_s=120.0)
+    plan = LoadPlan(jobs=6, users=3, clicks=2, rate=20.0, timeout_s=120.0, gc_freeze=False)  # no freeze in pytest
     report = await run_load(plan, tmp_path, models_dir=tiny_model_dir.parent)
     table = report.table()
     assert report.jobs_sent == 8 and report.jobs_in_db == 8 and report.jobs_done_in_db == 8, table
