@@ -28,8 +28,6 @@ GiB = 1024 ** 3
 _LEANER = {"resident": "model-offload", "model-offload": "streamed", "streamed": None}
 # Working memory beyond the weights (activations, VAE decode, CUDA context) at 1024², measured on an H100.
 ACTIVATION_HEADROOM = int(3.0 * GiB)
-# Peak of an untiled bf16 FLUX VAE decode at 1024² (DESIGN.md §2: 2.57 GiB); it scales with pixels.
-VAE_DECODE_BYTES_1024 = int(2.57 * GiB)
 # Tile edge of a tiled VAE decode (pixels). diffusers steps tiles by 3/4 of the edge: 704 px tiles cover a
 # 1024² image in 2 x 2 tiles (512 px tiles would take 3 x 3, and more time); each tile ~1/2 of the full peak.
 VAE_TILE_PX = 704
@@ -166,15 +164,16 @@ def _lean_casting(pipe) -> None:
 
 
 def _decide_vae_tiling(settings: EngineSettings, plan: MemoryPlan) -> bool:
-    """always/never as configured; auto tiles when the untiled 1024² decode would not fit on the GPU."""
+    """always/never as configured. auto: tiled on every GPU profile, untiled on the CPU.
+
+    Tiling changes the pixels a little, so it must not depend on the profile (an OOM retry moves a job to a
+    leaner one; /show regenerates on whatever profile runs then) nor on free VRAM at load time: the same seed,
+    prompt, parameters and model give the same image on one machine whatever the memory situation. On a GPU
+    the lean profiles need the tiles (the untiled 1024² decode, 2.57 GiB, would be their peak), and on
+    `resident` they cost ~0.1 s an image. The CPU has no such pressure."""
     if settings.vae_tiling != "auto":
         return settings.vae_tiling == "always"
-    if not plan.device.startswith("cuda"):
-        return False
-    if plan.profile != "resident":
-        return True  # the lean profiles exist to keep the peak small; the decode must not become it
-    free, _ = torch.cuda.mem_get_info(torch.device(plan.device))
-    return free < VAE_DECODE_BYTES_1024 + GiB // 2
+    return plan.device.startswith("cuda")
 
 
 def _enable_vae_tiling(vae) -> None:

@@ -47,6 +47,16 @@ def test_vae_tiling_setting_is_applied():
     assert not apply_profile(pipe, "resident", "cpu", EngineSettings()).vae_tiling  # auto on CPU: no need
 
 
+@pytest.mark.parametrize("profile", ["resident", "model-offload", "streamed"])
+def test_auto_tiling_on_a_gpu_does_not_depend_on_the_profile(profile):
+    # Tiling changes pixels: an OOM retry on a leaner profile or a /show regenerate must give the same image.
+    from engine.memory import MemoryPlan, _decide_vae_tiling
+
+    plan = MemoryPlan(profile=profile, reason="", device="cuda:0", vae_tiling=False)
+    assert _decide_vae_tiling(EngineSettings(), plan) is True
+    assert _decide_vae_tiling(EngineSettings(vae_tiling="never"), plan) is False
+
+
 def test_switching_profiles_keeps_the_image():
     pipe = build_tiny_pipeline()
     apply_precision(pipe, "all-linear")
