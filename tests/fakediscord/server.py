@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, Callable, TypeVar
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_TOKEN = "fakediscord.bot.token"
+# @everyone: view channel, send messages, embed links, attach files, read history, use application commands
+_EVERYONE_PERMS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
 
 
 class FakeDiscord:
@@ -88,7 +91,7 @@ class FakeDiscord:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
         self.host = host
         log.info("fakediscord listening on %s", self.http_url)
         return self
@@ -421,9 +424,6 @@ class FakeDiscord:
             await s.ws.close(code=4000)
 
     def requests_to(self, regex: str, method: str | None = None) -> list[RecordedRequest]:
-        import re
         pat = re.compile(regex)
         return [r for r in self.requests if pat.search(r.path) and (method is None or r.method == method.upper())]
 
-
-_EVERYONE_PERMS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)  # view, send, embed, attach, history, use commands
