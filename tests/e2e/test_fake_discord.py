@@ -280,6 +280,7 @@ async def test_guild_sync_and_gateway_resume(fake_discord: FakeDiscord, start_bo
     assert sorted(fake_discord.guild_commands[fake_discord.guild_id]) == ["announce", "ask", "ping", "slow", "status"]
     await fake_discord.reconnect()
     await fake_discord.wait_until(lambda: fake_discord.resume_count == 1, 10, "a RESUME")
+    assert bot.is_ready() and fake_discord.identify_count == 1  # resumed, not a new session
     alice = fake_discord.add_user("alice", roles=["artists"])
     ix = await fake_discord.slash(alice, "ping", {"text": "after resume"})
     assert ix.data["guild_id"] == str(fake_discord.guild_id)

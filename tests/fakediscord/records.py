@@ -5,7 +5,7 @@ import copy
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
