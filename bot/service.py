@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import inspect
 import logging
 import re
 import unicodedata
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from db import jobs as store_jobs
 from db.models import RUNNING
 from db.records import ImageFile, JobOutput, JobRecord, NewJob
+from engine.listeners import Listeners
 from engine.queue import QUEUED, JobQueue, QueueClosed, QueueEvent
 from engine.spec import JobSpec, Result
 
@@ -260,8 +260,7 @@ class JobService:
         self.banned = BannedWords(banned_words)
         self.images_dir = Path(images_dir)
         self.model_id = model_id
-        self._listeners: list[Listener] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._listeners: Listeners[JobEvent] = Listeners("job event")
         self._admission = asyncio.Lock()  # two requests of one user must not both pass the limit check
         self._unsubscribe_queue = queue.subscribe(self._on_queue_event)
 
@@ -269,24 +268,10 @@ class JobService:
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Hear every JobEvent (a plain function or a coroutine function; it must not block)."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self._listeners.subscribe(listener)
 
     def _emit(self, event: JobEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                out = listener(event)
-                if inspect.isawaitable(out):
-                    task = asyncio.ensure_future(out)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._listener_done)
-            except Exception:
-                log.exception("job event listener failed on %s %s", event.kind, event.job_id)
-
-    def _listener_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("job event listener task failed", exc_info=task.exception())
+        self._listeners.emit(event)
 
     def _on_queue_event(self, event: QueueEvent) -> None:
         if event.kind == QUEUED:

@@ -16,13 +16,13 @@ Whenever a waiting job's position or ETA changes noticeably, every listener gets
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
+from engine.listeners import Listeners
 from engine.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,10 @@ class JobQueue:
         self._workers = max(1, workers)
         self._waiting: dict[int, QueuedJob] = {}  # insertion order is FIFO order
         self._running: dict[int, _Running] = {}
-        self._listeners: list[Listener] = []
+        self._listeners: Listeners[QueueEvent] = Listeners("queue")
         self._announced: dict[int, tuple[int, float]] = {}
         self._changed = asyncio.Event()
         self._closed = False
-        self._tasks: set[asyncio.Task] = set()
         self._last_progress_announce = 0.0
 
     # --- what the service does -----------------------------------------------------------------------
@@ -175,8 +174,7 @@ class JobQueue:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` on the event loop for every QueueEvent; returns the unsubscribe function.
         A listener may be a coroutine function (it then runs as a task); it must not block."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self._listeners.subscribe(listener)
 
     def set_workers(self, count: int) -> None:
         """How many workers share the queue (the wait for the jobs ahead is divided among them)."""
@@ -275,17 +273,4 @@ class JobQueue:
             self._emit(QueueEvent(jid, QUEUED, position=pos, eta_s=eta))
 
     def _emit(self, event: QueueEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                out = listener(event)
-                if inspect.isawaitable(out):
-                    task = asyncio.ensure_future(out)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._listener_done)
-            except Exception:
-                log.exception("queue listener %r failed on %s", listener, event)
-
-    def _listener_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("queue listener task failed on an event", exc_info=task.exception())
+        self._listeners.emit(event)
