@@ -36,9 +36,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 def store_busy(error: BaseException) -> bool:
     """SQLite still locked by another program after `[database] busy_timeout_s` (nothing was written)."""
-    from sqlalchemy.exc import OperationalError
+    from db.errors import is_store_busy
 
-    return isinstance(error, OperationalError) and "database is locked" in str(getattr(error, "orig", error))
+    return is_store_busy(error)
 
 
 async def send_ephemeral(interaction: discord.Interaction, text: str, **kwargs) -> None:

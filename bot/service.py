@@ -248,6 +248,10 @@ def image_names(job_id: int, count: int) -> list[str]:
 
 # --- the service ----------------------------------------------------------------------------------------------
 
+# Waits between tries of a result's write while SQLite is locked past its busy timeout (about 2 minutes).
+BUSY_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+
+
 class JobService:
     """Admission, submit, cancel, recovery and result saving. Implements `engine.worker.WorkerHooks`."""
 
@@ -261,6 +265,7 @@ class JobService:
         self.images_dir = Path(images_dir)
         self.model_id = model_id
         self._listeners: Listeners[JobEvent] = Listeners("job event")
+        self.busy_retry_delays_s: tuple[float, ...] = BUSY_RETRY_DELAYS_S
         self._admission = asyncio.Lock()  # two requests of one user must not both pass the limit check
         self._unsubscribe_queue = queue.subscribe(self._on_queue_event)
 
@@ -430,13 +435,29 @@ class JobService:
         # 2. the row
         output = JobOutput(seeds=list(result.seeds), images=images, timings=dict(result.timings),
                            precision=result.precision, profile=result.profile, model_id=result.model_id)
-        if not await store_jobs.finish_job(self.store, job_id, output):
+        if not await self._while_busy(f"job {job_id}: recording its result",
+                                      lambda: store_jobs.finish_job(self.store, job_id, output)):
             log.warning("job %d finished but its row was already final; result not recorded", job_id)
             return
         # 3. the bot
         record = await store_jobs.get_job(self.store, job_id)
         log.info("job %d done in %.1f s", job_id, result.timings.get("total", 0.0))
         self._emit(JobEvent(job_id, FINISHED, record=record))
+
+    async def _while_busy(self, what: str, write: Callable[[], Any]) -> Any:
+        """Run a store write; while another program holds SQLite past its busy timeout, wait and try again
+        (a finished image must not stay `running` until the next restart because of a backup or a viewer).
+        After `BUSY_RETRY_DELAYS_S` the error goes up: the job stays `running` and a restart reruns it."""
+        from db.errors import is_store_busy
+
+        for delay in (*self.busy_retry_delays_s, None):
+            try:
+                return await write()
+            except Exception as e:
+                if delay is None or not is_store_busy(e):
+                    raise
+                log.warning("%s: the database is locked by another program; trying again in %.0f s", what, delay)
+                await asyncio.sleep(delay)
 
     async def on_failed(self, job_id: int, message: str) -> None:
         if await store_jobs.fail_job(self.store, job_id, message):

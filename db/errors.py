@@ -8,3 +8,11 @@ log = logging.getLogger(__name__)
 
 class StoreError(Exception):
     """The database cannot be opened or migrated."""
+
+
+def is_store_busy(error: BaseException) -> bool:
+    """SQLite still locked by another connection after the busy timeout: nothing was written, and the same
+    statement may succeed when tried again."""
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(error, OperationalError) and "database is locked" in str(getattr(error, "orig", error))

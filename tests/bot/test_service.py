@@ -381,3 +381,49 @@ async def test_regenerate_makes_a_show_job_with_the_same_pixels(store, tmp_path,
     assert np.array_equal(pixels(shown.images[0].path), kept)
     with pytest.raises(AdmissionError, match="no job 999"):
         await service.regenerate(999, user_id=2)
+
+
+# --- a result written while another program holds the database ---------------------------------------------
+
+def _hold_write_lock(path, seconds: float, locked) -> None:
+    import sqlite3
+    import time
+
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a backup or a DB viewer writing: nobody else may write
+    locked.set()
+    time.sleep(seconds)
+    other.execute("COMMIT")
+    other.close()
+
+
+@pytest.mark.parametrize("retries, expected", [((0.3,) * 8, "done"), ((), "running")])
+async def test_a_result_outlasts_a_database_locked_past_its_busy_timeout(tmp_path, tiny_engine, retries, expected):
+    import threading
+
+    path = tmp_path / "busy.db"
+    store = await open_store(f"sqlite+aiosqlite:///{path}", busy_timeout_s=0.2)
+    try:
+        service = make_service(store, tmp_path)
+        service.busy_retry_delays_s = retries
+        sub = await service.submit(request(1, width=256, height=256))
+        assert await jobs.mark_running(store, sub.job_id)
+        spec = JobSpec("a red fox in snow", seed=7, steps=1, width=256, height=256)
+        result = await asyncio.to_thread(tiny_engine.generate, spec)
+        # 1. another connection holds the write lock for 1 s: five busy timeouts
+        locked = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(path, 1.0, locked))
+        holder.start()
+        await asyncio.to_thread(locked.wait, 5)
+        # 2. the worker reports the finished job meanwhile
+        try:
+            await service.on_finished(sub.job_id, result)
+        except Exception as e:  # without retries the lock error reaches the worker, which logs it
+            assert expected == "running" and "locked" in str(e)
+        await asyncio.to_thread(holder.join)
+        # 3. with retries the image is recorded; without, the job waits for a restart to rerun it
+        job = await jobs.get_job(store, sub.job_id)
+        assert job.status == expected
+        assert len(job.images) == (1 if expected == "done" else 0)
+    finally:
+        await store.close()
