@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import discord
 
@@ -25,6 +25,8 @@ from engine.spec import JobSpec, random_seed
 
 if TYPE_CHECKING:
     from bot.client import FluxBot
+    from bot.permissions import Caller
+    from bot.service import Submitted
     from db.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -54,21 +56,24 @@ async def imagine(interaction: discord.Interaction, *, prompt: str, seed: int | 
                             guidance=guidance, count=count)
     spec = JobSpec(prompt=opts.prompt, seed=opts.seed, steps=opts.steps, width=opts.width, height=opts.height,
                    guidance=opts.guidance, count=opts.count)
-    await start_job(interaction, spec, kind="imagine")
+    await start_job(interaction, planned(spec), kind="imagine")
 
 
 async def reroll(interaction: discord.Interaction, job_id: int) -> None:
     """🎲 The same request with a new random seed; the new job is the presser's."""
-    parent = await load_job(interaction, job_id)
-    spec = replace(spec_of(parent), seed=random_seed())
-    await start_job(interaction, spec, kind="reroll", parent_id=parent.id)
+    async def plan() -> Planned:
+        parent = await load_job(interaction, job_id)
+        return Planned(replace(spec_of(parent), seed=random_seed()), parent.id)
+    await start_job(interaction, plan, kind="reroll")
 
 
 async def vary(interaction: discord.Interaction, job_id: int) -> None:
     """🔀 The parent's seed with a fresh variation seed at a subtle strength (variation of the first image)."""
-    parent = await load_job(interaction, job_id)
-    spec = replace(spec_of(parent), count=1, variation_seed=random_seed(), variation_strength=VARY_STRENGTH)
-    await start_job(interaction, spec, kind="vary", parent_id=parent.id)
+    async def plan() -> Planned:
+        parent = await load_job(interaction, job_id)
+        return Planned(replace(spec_of(parent), count=1, variation_seed=random_seed(),
+                               variation_strength=VARY_STRENGTH), parent.id)
+    await start_job(interaction, plan, kind="vary")
 
 
 async def open_edit(interaction: discord.Interaction, job_id: int) -> None:
@@ -87,14 +92,16 @@ async def submit_edit(interaction: discord.Interaction, job_id: int, prompt: str
                       steps_text: str) -> None:
     """The Edit modal was sent: the parent's size, guidance and count with the new prompt, seed and steps."""
     bot = bot_of(interaction)
-    parent = await load_job(interaction, job_id)
-    seed = _parse_int(seed_text, "Seed", default=-1)
-    steps = _parse_int(steps_text, "Steps", default=parent.steps)
-    opts = validate_imagine(bot.config, bot.sizes, prompt=prompt, seed=seed, steps=steps,
-                            guidance=parent.guidance, count=parent.count)
-    spec = replace(spec_of(parent), prompt=opts.prompt, seed=opts.seed, steps=opts.steps,
-                   variation_seed=None, variation_strength=0.0)
-    await start_job(interaction, spec, kind="edit", parent_id=parent.id)
+
+    async def plan() -> Planned:
+        parent = await load_job(interaction, job_id)
+        seed = _parse_int(seed_text, "Seed", default=-1)
+        steps = _parse_int(steps_text, "Steps", default=parent.steps)
+        opts = validate_imagine(bot.config, bot.sizes, prompt=prompt, seed=seed, steps=steps,
+                                guidance=parent.guidance, count=parent.count)
+        return Planned(replace(spec_of(parent), prompt=opts.prompt, seed=opts.seed, steps=opts.steps,
+                               variation_seed=None, variation_strength=0.0), parent.id)
+    await start_job(interaction, plan, kind="edit")
 
 
 def _parse_int(text: str, name: str, *, default: int) -> int:
@@ -107,24 +114,40 @@ def _parse_int(text: str, name: str, *, default: int) -> int:
         raise InvalidRequest(f"{name} must be a whole number, not {text[:20]!r}.") from None
 
 
-async def start_job(interaction: discord.Interaction, spec: JobSpec, *, kind: str,
-                    parent_id: int | None = None) -> None:
-    """Admit and queue a job for whoever started this interaction, answer at once and follow it."""
+@dataclass(frozen=True)
+class Planned:
+    """What a request asks for, once its parent job (if any) was read."""
+    spec: JobSpec
+    parent_id: int | None = None
+
+
+Plan = Callable[[], Awaitable[Planned]]
+
+
+def planned(spec: JobSpec, parent_id: int | None = None) -> Plan:
+    """A plan that needs no reading: the spec is known already."""
+    async def plan() -> Planned:
+        return Planned(spec, parent_id)
+    return plan
+
+
+async def start_job(interaction: discord.Interaction, plan: Plan, *, kind: str) -> None:
+    """Admit and queue a job for whoever started this interaction, answer at once and follow it.
+
+    `plan` reads what the request needs (its parent job) inside the user's turn, so that a user's requests are
+    admitted in the order they reached the bot (see `UserTurns`)."""
     bot = bot_of(interaction)
     caller = caller_of(interaction)
     # 1. Permissions, on the server side; an engine that failed to start takes no job (it would wait forever).
     check_may_generate(bot.config.discord, caller)
     check_can_generate(bot.engine_state)
-    request = NewRequest(user_id=caller.user_id, spec=spec, kind=kind, parent_id=parent_id,
-                         guild_id=caller.guild_id, channel_id=caller.channel_id, interaction_id=interaction.id,
-                         interaction_token=interaction.token, interaction_created_at=interaction.created_at,
-                         exempt=is_admin(bot.config.discord, caller))
-    # 2. Admission and the job row. Usually milliseconds: a refusal is then an ephemeral answer. If the store
-    #    is slow, defer first (a public "thinking…") so that Discord gets its answer within 3 s.
-    task = asyncio.ensure_future(bot.service.submit(request))
+    # 2. Admission and the job row, in this user's turn. Usually milliseconds: a refusal is then an ephemeral
+    #    answer. If it takes longer (a burst of commands waiting for the admission lock, a slow store), defer
+    #    first (a public "thinking…") so that the first response stays fast and Discord gets it within 3 s.
+    task = asyncio.ensure_future(_admit(interaction, caller, plan, kind))
     done, _ = await asyncio.wait({task}, timeout=SUBMIT_GRACE_S)
     if not done:
-        await interaction.response.defer(thinking=True)
+        await _defer(interaction, task)
     try:
         submitted = await task
     except Exception:
@@ -138,6 +161,28 @@ async def start_job(interaction: discord.Interaction, spec: JobSpec, *, kind: st
         await interaction.response.defer(thinking=True)
     await bot.tracker.attach_interaction(submitted.job_id, interaction, position=submitted.position,
                                          eta_s=submitted.eta_s)
+
+
+async def _admit(interaction: discord.Interaction, caller: "Caller", plan: Plan, kind: str) -> "Submitted":
+    """Read what the request needs and submit it, in the caller's turn."""
+    bot = bot_of(interaction)
+    async with bot.service.user_turn(caller.user_id):
+        wanted = await plan()
+        request = NewRequest(user_id=caller.user_id, spec=wanted.spec, kind=kind, parent_id=wanted.parent_id,
+                             guild_id=caller.guild_id, channel_id=caller.channel_id, interaction_id=interaction.id,
+                             interaction_token=interaction.token, interaction_created_at=interaction.created_at,
+                             exempt=is_admin(bot.config.discord, caller))
+        return await bot.service.submit(request)
+
+
+async def _defer(interaction: discord.Interaction, task: asyncio.Future) -> None:
+    """The public "thinking…" while admission goes on. If Discord refuses it, the admission still finishes (a job
+    it admits is delivered by channel message); the error goes to the handler once the admission is over."""
+    try:
+        await interaction.response.defer(thinking=True)
+    except Exception:
+        await asyncio.wait({task})
+        raise
 
 
 async def _withdraw_reply(interaction: discord.Interaction) -> None:
@@ -219,4 +264,4 @@ async def show(interaction: discord.Interaction, job_id: int) -> None:
         return
     # 3. Pruned: the same spec again (same seed, so the same pixels on the same model).
     check_may_generate(bot.config.discord, caller)
-    await start_job(interaction, spec_of(job), kind="show", parent_id=job.id)
+    await start_job(interaction, planned(spec_of(job), job.id), kind="show")

@@ -19,10 +19,11 @@ import enum
 import logging
 import re
 import unicodedata
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from db import jobs as store_jobs
 from db.models import RUNNING
@@ -179,6 +180,41 @@ class BannedWords:
         return None
 
 
+# --- one user's requests in arrival order ---------------------------------------------------------------------
+
+class UserTurns:
+    """One lock per user, so that a user's requests are admitted in the order they reached the bot.
+
+    A request takes its user's turn before its first real `await` (reading a parent job, the admission): asyncio
+    locks wake waiters first come, first served, and discord.py starts one task per interaction in the order the
+    gateway delivered them, so a 🎲 that reads its parent first can no longer be overtaken by an /imagine of the
+    same user sent a few ms later. Locks exist only while someone holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # user id -> (lock, holders and waiters)
+
+    @asynccontextmanager
+    async def turn(self, user_id: int) -> AsyncIterator[None]:
+        # 1. This user's lock, counted as wanted by one more request.
+        lock, wanting = self._locks.get(user_id, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[user_id] = (lock, wanting + 1)
+        try:
+            # 2. Wait for the user's earlier requests (none is the usual case: no wait, no yield).
+            async with lock:
+                yield
+        finally:
+            # 3. Drop the lock with its last user.
+            lock, wanting = self._locks[user_id]
+            if wanting <= 1:
+                del self._locks[user_id]
+            else:
+                self._locks[user_id] = (lock, wanting - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 # --- what goes in and out --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -267,6 +303,7 @@ class JobService:
         self._listeners: Listeners[JobEvent] = Listeners("job event")
         self.busy_retry_delays_s: tuple[float, ...] = BUSY_RETRY_DELAYS_S
         self._admission = asyncio.Lock()  # two requests of one user must not both pass the limit check
+        self.turns = UserTurns()  # a user's requests are admitted in arrival order (`user_turn`)
         self._unsubscribe_queue = queue.subscribe(self._on_queue_event)
 
     # --- listeners -------------------------------------------------------------------------------------
@@ -283,6 +320,11 @@ class JobService:
             self._emit(JobEvent(event.job_id, QUEUED, position=event.position, eta_s=event.eta_s))
 
     # --- admission and submit ----------------------------------------------------------------------------
+
+    def user_turn(self, user_id: int):
+        """`async with service.user_turn(uid):` around everything a request does before `submit` returns (reading
+        its parent job included), so that one user's requests are admitted in the order they arrived."""
+        return self.turns.turn(user_id)
 
     def check_prompt(self, prompt: str) -> str:
         """The prompt, stripped, or an AdmissionError saying what to change."""

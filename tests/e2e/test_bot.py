@@ -202,6 +202,28 @@ async def test_reroll_vary_and_edit_make_new_jobs_owned_by_the_presser(fake_disc
     assert (job5.kind, job5.user_id, job5.seed, job5.steps) == ("edit", alice.id, 1000, 2)
 
 
+async def test_one_users_reroll_and_imagine_sent_back_to_back_keep_their_order(fake_discord, running):
+    # 🎲 reads its parent job before it is admitted; an /imagine of the same user sent right after it (well
+    # under a millisecond later here) used to be admitted first and so got the smaller job id and ran first.
+    fake, bot = fake_discord, running
+    alice = fake.add_user("alice")
+    first = await result_of(await imagine(fake, alice, prompt="a harbour", seed=1))
+    pairs = []
+    for round_ in range(2):  # 4 jobs at once: within alice's limit of 5 unfinished
+        click = await fake.click(alice, first, "fluxbot:reroll:1")
+        slash = await imagine(fake, alice, prompt=f"a boat {round_}", seed=2)
+        pairs.append((click, slash))
+    # Each pair: the reroll (sent first) has the smaller job id, and its result comes first.
+    for round_, (click, slash) in enumerate(pairs):
+        rerolled, imagined = await result_of(click), await result_of(slash)
+        reroll_id, imagine_id = 2 + 2 * round_, 3 + 2 * round_
+        assert rerolled.custom_ids[0] == f"fluxbot:reroll:{reroll_id}", (round_, rerolled.custom_ids)
+        assert imagined.custom_ids[0] == f"fluxbot:reroll:{imagine_id}", (round_, imagined.custom_ids)
+        assert rerolled.id < imagined.id
+    kinds = [(await store_jobs.get_job(bot.store, i)).kind for i in range(2, 6)]
+    assert kinds == ["reroll", "imagine"] * 2
+
+
 async def test_delete_refused_for_a_stranger_and_done_for_the_owner(fake_discord, running):
     fake, bot = fake_discord, running
     alice, mallory = fake.add_user("alice"), fake.add_user("mallory")
