@@ -22,6 +22,7 @@ import pytest
 from engine.spec import MAX_SEED
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import crafted_click, has_result, job_rows
+from tests.e2e.refusals import refusal
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +192,6 @@ async def send(case: Case, w: World):
     raise ValueError(case.via)
 
 
-def ephemeral_answer(ix) -> str | None:
-    """The text of the bot's ephemeral answer to `ix`, if any yet."""
-    r = ix.response
-    if r is not None and r.type == 4 and r.ephemeral:
-        return r.data.get("content") or ""
-    for m in ix.messages:
-        if m.ephemeral and not m.loading:
-            return m.text()
-    return None
-
-
 async def run_case(case: Case, w: World) -> None:
     before = await job_rows(w.bot.store)
     ix = await send(case, w)
@@ -216,11 +206,11 @@ async def run_case(case: Case, w: World) -> None:
             w.problems.append(f"{case.what}: expected one new job with prompt {case.stored!r}, got "
                               f"{[r[prompt_col] for r in new]!r}")
         return
-    # 2. Refused: an ephemeral answer that says why, and not one changed row.
+    # 2. Refused: a private answer that says why (either shape), nothing public left, and not one changed row.
     try:
-        text = await w.fake.wait_until(lambda: ephemeral_answer(ix), 5, f"an answer to {case.what}")
-    except AssertionError:
-        w.problems.append(f"{case.what}: no ephemeral answer within 5 s (response: {ix.response})")
+        text = await refusal(w.fake, ix, timeout=5)
+    except AssertionError as e:
+        w.problems.append(f"{case.what}: {e} (response: {ix.response})")
         return
     await asyncio.sleep(0.05)
     if case.says not in text:

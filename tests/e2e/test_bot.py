@@ -11,6 +11,7 @@ from bot.client import FluxBot
 from bot.config import Config, DatabaseSettings, DiscordSettings, LimitsSettings, LoggingSettings, Secret
 from db import jobs as store_jobs
 from engine.settings import TINY, EngineSettings
+from tests.e2e.refusals import refusal
 
 SIZES = ["1:1 256x256", "2:1 512x256"]
 
@@ -230,8 +231,7 @@ async def test_delete_refused_for_a_stranger_and_done_for_the_owner(fake_discord
     result = await result_of(await imagine(fake, alice, prompt="a cat", seed=3))
     # 1. A stranger: ephemeral refusal, the message stays.
     ix = await fake.click(mallory, result, "fluxbot:delete:1")
-    refusal = await ix.wait_message(lambda m: m.ephemeral)
-    assert "Only the person who asked for this job or an admin may delete it" in refusal.content
+    assert "Only the person who asked for this job or an admin may delete it" in await refusal(fake, ix)
     assert not result.deleted and (await store_jobs.get_job(bot.store, 1)).deleted_at is None
     # 2. The owner: the message goes, the record stays, marked deleted.
     ix = await fake.click(alice, result, "fluxbot:delete:1")
@@ -263,7 +263,7 @@ async def test_cancel_of_a_queued_job_by_its_owner_only(fake_discord, start_bot,
     assert status2.custom_ids == ["fluxbot:cancel:2"]
     # 1. Bob may not cancel alice's job.
     ix = await fake.click(bob, status2, "fluxbot:cancel:2")
-    assert "Only the person who asked" in (await ix.wait_message(lambda m: m.ephemeral)).content
+    assert "Only the person who asked" in await refusal(fake, ix)
     # 2. Alice may: job 2 leaves the queue, and its status message says so.
     ix = await fake.click(alice, status2, "fluxbot:cancel:2")
     assert "Job #2 cancelled" in (await ix.wait_message(lambda m: m.ephemeral)).content
@@ -309,8 +309,8 @@ async def test_bad_inputs_get_an_ephemeral_message_and_no_job(fake_discord, star
     bot = await start_bot(make_bot(banned_words=["frog"]))
     alice = fake.add_user("alice")
     ix = await fake.slash(alice, "imagine", {"size": "256x256", **options}, validate=False)
-    response = await ix.wait_response()
-    assert response.ephemeral and says in response.data["content"], response.data
+    text = await refusal(fake, ix)
+    assert says in text, text
     assert await count_jobs(bot) == 0
     assert not [m for m in fake.messages if not m.ephemeral]
 
@@ -326,8 +326,7 @@ async def test_restricted_channel_and_role_refuse_before_anything_is_queued(fake
              (alice, {"dm": True}, "direct messages")]
     for user, where, says in cases:
         ix = await fake.slash(user, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, **where)
-        response = await ix.wait_response()
-        assert response.ephemeral and says in response.data["content"]
+        assert says in await refusal(fake, ix)
     assert await count_jobs(bot) == 0
     ok = await fake.slash(alice, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, channel=studio)
     await result_of(ok)
@@ -360,7 +359,7 @@ async def test_history_pages_newest_first_and_only_admins_see_others(fake_discor
     assert "Page 2/2" in page1.text() and "old prompt 0" in page1.text() and "old prompt 11" not in page1.text()
     # 3. Someone else's history: refused for bob.
     ix = await fake.slash(bob, "history", {"user": alice.id})
-    assert "Only admins" in (await ix.wait_response()).data["content"]
+    assert "Only admins" in await refusal(fake, ix)
 
 
 async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_discord, running):
@@ -388,7 +387,7 @@ async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_disco
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(again.attachments[0].data))), pixels)
     # 3. A job that does not exist.
     ix = await fake.slash(alice, "show", {"job": 999})
-    assert "does not exist" in (await ix.wait_response()).data["content"]
+    assert "does not exist" in await refusal(fake, ix)
 
 
 async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, start_bot, make_bot, gate):
@@ -568,7 +567,7 @@ async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot
     await opener.wait_response()
     ix = await fake.submit_modal(alice, f"fluxbot:editmodal:1:{opener.id}",
                                  {"prompt": "a fox", "seed": "1", "steps": "lots"})
-    assert "Steps must be a whole number" in (await ix.wait_message(lambda m: m.ephemeral)).content
+    assert "Steps must be a whole number" in await refusal(fake, ix)
     assert await count_jobs(bot) == 1
     # 3. An admin may read alice's history.
     ix = await fake.slash(boss, "history", {"user": alice.id})

@@ -19,16 +19,12 @@ from bot.engine_state import EngineStatus
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import count_rows, delivered, eventually, has_result, imagine
+from tests.e2e.refusals import public_messages, refusal
 
 log = logging.getLogger(__name__)
 
 MISSING_MODEL = "/nonexistent/models/majicflus_v134.safetensors"
 TOKEN = "MTIz.secret-token-never-shown"
-
-
-def public_messages(ix) -> list:
-    """What everybody in the channel still sees of this interaction."""
-    return [m for m in ix.messages if not m.deleted and not m.ephemeral]
 
 
 def everything_said(fake) -> str:
@@ -70,12 +66,9 @@ async def test_an_engine_that_cannot_load_refuses_imagine_with_its_reason_and_qu
     alice = fake.add_user("alice")
     # 1. /imagine: an ephemeral refusal with the engine's own reason and what the owner can do; no job.
     ix = await imagine(fake, alice, prompt="a lighthouse", seed=3)
-    response = await ix.wait_response()
-    assert response.type == 4 and response.ephemeral
-    said = (await ix.wait_message(lambda m: m.ephemeral)).content
+    said = await refusal(fake, ix)
     assert said.startswith("The image engine failed to start: [engine] model = ")
     assert "no such file or folder" in said and "python -m bot doctor" in said and "Nothing was queued" in said
-    assert public_messages(ix) == []
     assert await count_rows(bot.store) == 0
     # 2. /queue says the same.
     ix = await fake.slash(alice, "queue")
@@ -112,10 +105,8 @@ async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_e
                 await fake.slash(alice, "show", {"job": 1})]
     # 3. Each gets the same private answer (the Edit button: no form to fill in for nothing), and no job exists.
     for attempt in attempts:
-        msg = await attempt.wait_message(lambda m: m.ephemeral)
-        assert "The image engine failed to start" in msg.content, attempt.describe()
+        assert "The image engine failed to start" in await refusal(fake, attempt), attempt.describe()
         assert (await attempt.wait_response()).type != 9
-        assert public_messages(attempt) == [], attempt.describe()
     assert await count_rows(bot.store) == 1
 
 
@@ -187,7 +178,7 @@ async def test_a_refusal_after_the_slow_defer_is_private_and_leaves_no_public_me
     await bot.wait_until_engines_loaded()
     alice = fake.add_user("alice")
     # 1. The store is locked for 2.5 s: alice's first request waits to be written, her second waits behind it
-    #    for the per-user check; both defer publicly after the 1.5 s grace.
+    #    for the per-user check; both defer publicly after the grace (actions.SUBMIT_GRACE_S).
     other, release = hold_write_lock(tmp_path / "fluxbot.db", 2.5)
     try:
         first = await imagine(fake, alice, prompt="one ship", seed=1)
@@ -196,13 +187,12 @@ async def test_a_refusal_after_the_slow_defer_is_private_and_leaves_no_public_me
             response = await ix.wait_response(timeout=5)
             assert response.deferred and not response.ephemeral and response.latency_s < 3.0
         # 2. The lock goes: the first is queued; the second is over alice's limit of one unfinished job.
-        refusal = await second.wait_message(lambda m: m.ephemeral, timeout=10)
+        said = await refusal(fake, second)
     finally:
         release.join()
         other.close()
-    assert "unfinished job" in refusal.content
+    assert "unfinished job" in said
     # 3. The refusal is private, and the public "thinking…" message of the second is gone.
-    assert public_messages(second) == []
     assert second.original is not None and second.original.deleted
     # 4. The first runs and is delivered as usual.
     await first.wait_message(has_result, 30)
@@ -215,8 +205,11 @@ async def test_a_fast_refusal_is_an_ephemeral_response_without_any_defer(fake_di
                                        discord={"banned_words": ["kraken"]}))
     await bot.wait_until_engines_loaded()
     ix = await imagine(fake, fake.add_user("alice"), prompt="a KRAKEN at sea", seed=1)
+    assert "kraken" in await refusal(fake, ix)
+    # The shape is the point here, and it does not depend on the machine's load: the banned word is found before
+    # the admission's first await, so the admission is over before the grace timer can fire.
     response = await ix.wait_response()
-    assert response.type == 4 and response.ephemeral and "kraken" in response.data.get("content", "")
+    assert response.type == 4 and response.ephemeral
     await asyncio.sleep(0.2)
     assert public_messages(ix) == [] and await count_rows(bot.store) == 0
 
@@ -235,10 +228,9 @@ async def test_a_store_locked_past_the_busy_timeout_refuses_privately_and_writes
         response = await ix.wait_response(timeout=5)
         assert response.deferred and not response.ephemeral and response.latency_s < 3.0
         # 2. A private "busy, try again" instead of "Something went wrong (ref …)"; nothing public remains.
-        refusal = await ix.wait_message(lambda m: m.ephemeral, timeout=10)
+        said = await refusal(fake, ix)
     finally:
         release.join()
         other.close()
-    assert refusal.content.startswith("The bot's database is busy right now") and "ref " not in refusal.content
-    assert public_messages(ix) == []
+    assert said.startswith("The bot's database is busy right now") and "ref " not in said
     assert await count_rows(bot.store) == 0

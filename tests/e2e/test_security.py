@@ -16,6 +16,7 @@ from bot.logging_setup import setup_logging
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import count_rows, crafted_click, has_result, imagine, job_rows
+from tests.e2e.refusals import private_answer, refusal
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,8 @@ async def test_token_absent_from_logs_and_messages_through_a_session_with_errors
 # --- admin-only actions and generation rights, at every entry point ------------------------------------------------
 
 async def answer(fake, ix) -> str:
-    """The ephemeral answer to an interaction."""
-    def found():
-        r = ix.response
-        if r is not None and r.type == 4:
-            return r.data.get("content") or " "
-        return next((m.text() or " " for m in ix.messages if m.ephemeral and not m.loading), None)
-    return await fake.wait_until(found, 10, "an ephemeral answer")
+    """The ephemeral answer to an interaction (either shape: see tests/e2e/refusals.py)."""
+    return await fake.wait_until(lambda: private_answer(ix), 10, "an ephemeral answer")
 
 
 async def test_admin_only_actions_are_checked_on_every_entry_point(fake_discord, start_bot, make_rel_bot):
@@ -111,7 +107,7 @@ async def test_admin_only_actions_are_checked_on_every_entry_point(fake_discord,
         (await crafted_click(fake, mallory, "fluxbot:cancel:2"), "may cancel it"),
     ]
     for ix, says in refusals:
-        assert says in await answer(fake, ix)
+        assert says in await refusal(fake, ix)
     await asyncio.sleep(0.1)
     assert await job_rows(bot.store) == before and not result.deleted
     # 2. The admins may: boss reads alice's history, the moderator cancels one of her jobs and deletes another.
@@ -151,7 +147,7 @@ async def test_generation_rights_are_checked_for_slash_buttons_and_modal(fake_di
                                 message=result),
     ]
     for ix in ways_in:
-        assert "roles allowed to generate" in await answer(fake, ix)
+        assert "roles allowed to generate" in await refusal(fake, ix)
     await asyncio.sleep(0.2)
     assert await count_rows(bot.store) == before
 
