@@ -35,7 +35,8 @@ VARY_STRENGTH = 0.15  # 🔀 Vary: subtle, the composition stays
 # Defer (a public "thinking…") when admission has not answered within this. A burst of 100 commands waits for the
 # one-at-a-time admission lock (the last ones answered after ~1.5 s with a grace of 1.5 s), and a store locked by
 # another program can take seconds: 0.25 s keeps the first response near 250 ms plus loop lag (bench/load.py,
-# docs/reliability.md "Load"). A refusal found after the defer is still private (`_withdraw_reply`).
+# docs/reliability.md "Load"); a request that finds others already waiting for admission defers at once. A refusal
+# found after the defer is still private (`_withdraw_reply`).
 SUBMIT_GRACE_S = 0.25
 
 
@@ -146,20 +147,23 @@ async def start_job(interaction: discord.Interaction, plan: Plan, *, kind: str) 
     check_may_generate(bot.config.discord, caller)
     check_can_generate(bot.engine_state)
     # 2. Admission and the job row, in this user's turn. Usually milliseconds: a refusal is then an ephemeral
-    #    answer. If it takes longer (a burst of commands waiting for the admission lock, a slow store), defer
-    #    first (a public "thinking…") so that the first response stays fast and Discord gets it within 3 s.
-    task = asyncio.ensure_future(_admit(interaction, caller, plan, kind))
-    done, _ = await asyncio.wait({task}, timeout=SUBMIT_GRACE_S)
-    if not done:
-        await _defer(interaction, task)
-    try:
-        submitted = await task
-    except Exception:
-        # 3. A refusal (or an error) after that defer must stay private: a followup would replace the public
-        #    "thinking…" message, so remove it first; the error handler then answers with an ephemeral followup.
-        if interaction.response.is_done():
-            await _withdraw_reply(interaction)
-        raise
+    #    answer. If it takes longer (a slow store), defer first (a public "thinking…") so that the first response
+    #    stays fast and Discord gets it within 3 s. Behind other admissions (a burst: they run one at a time),
+    #    defer at once: waiting would only add to the answer time, and an admitted job gets the same defer anyway.
+    with bot.service.admission() as ahead:
+        task = asyncio.ensure_future(_admit(interaction, caller, plan, kind))
+        done, _ = await asyncio.wait({task}, timeout=0 if ahead else SUBMIT_GRACE_S)
+        if not done:
+            await _defer(interaction, task)
+        try:
+            submitted = await task
+        except Exception:
+            # 3. A refusal (or an error) after that defer must stay private: a followup would replace the public
+            #    "thinking…" message, so remove it first; the error handler then answers with an ephemeral
+            #    followup.
+            if interaction.response.is_done():
+                await _withdraw_reply(interaction)
+            raise
     # 4. The reply: deferred at once, then the status message that the tracker keeps up to date.
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True)

@@ -19,11 +19,11 @@ import enum
 import logging
 import re
 import unicodedata
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from db import jobs as store_jobs
 from db.models import RUNNING
@@ -303,6 +303,7 @@ class JobService:
         self._listeners: Listeners[JobEvent] = Listeners("job event")
         self.busy_retry_delays_s: tuple[float, ...] = BUSY_RETRY_DELAYS_S
         self._admission = asyncio.Lock()  # two requests of one user must not both pass the limit check
+        self._in_admission = 0  # requests between arrival and the end of their admission (see `admission`)
         self.turns = UserTurns()  # a user's requests are admitted in arrival order (`user_turn`)
         self._unsubscribe_queue = queue.subscribe(self._on_queue_event)
 
@@ -320,6 +321,18 @@ class JobService:
             self._emit(JobEvent(event.job_id, QUEUED, position=event.position, eta_s=event.eta_s))
 
     # --- admission and submit ----------------------------------------------------------------------------
+
+    @contextmanager
+    def admission(self) -> Iterator[int]:
+        """`with service.admission() as ahead:` around one request's admission (entered when the request arrives,
+        before its first await). `ahead` is how many other requests were being admitted already: more than none
+        means this one waits for them (admissions run one at a time), so the bot answers it at once."""
+        ahead = self._in_admission
+        self._in_admission += 1
+        try:
+            yield ahead
+        finally:
+            self._in_admission -= 1
 
     def user_turn(self, user_id: int):
         """`async with service.user_turn(uid):` around everything a request does before `submit` returns (reading

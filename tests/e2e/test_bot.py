@@ -394,8 +394,8 @@ async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, star
     fake = fake_discord
     await start_bot(make_bot(gated=True))
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
-    for user in (alice, bob, alice):
-        await (await imagine(fake, user, prompt="p", seed=1)).wait_response()
+    for user in (alice, bob, alice):  # each is queued once its status line says so (a defer can come first)
+        await (await imagine(fake, user, prompt="p", seed=1)).wait_message(lambda m: "Queued" in m.content)
     ix = await fake.slash(bob, "queue")
     msg = await ix.wait_message(lambda m: m.ephemeral and m.embeds)
     text = msg.text()
