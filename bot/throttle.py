@@ -37,6 +37,14 @@ class ThrottledEditor(Generic[T]):
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="fluxbot-status-edit")
 
+    def refresh(self, state: T) -> bool:
+        """Put `state` in place of an edit that is already due, without asking for one: a minor change that should
+        not cost an edit of its own still shows with the next one. True if an edit was due."""
+        if not self._pending or self._closed:
+            return False
+        self._latest = state
+        return True
+
     async def close(self, state: T | None = None) -> None:
         """Write `state` (if given) as the last edit, waiting out the interval, then stop taking updates."""
         if state is not None:

@@ -3,7 +3,10 @@
 The jobs service emits `JobEvent`s (queued position/ETA, started, step progress, finished, failed,
 cancelled). The tracker keeps the newest state of every job it hears of and, once the job has a status
 message (the deferred reply of the interaction, or a channel message after a restart), edits it through a
-`ThrottledEditor`: at most one edit per `[discord] status_edit_interval_s`, latest state wins.
+`ThrottledEditor`: at most one edit per `[discord] status_edit_interval_s`, latest state wins. A waiting job's
+line is edited only when the change is worth it (`worth_an_edit`: its position moved noticeably or its ETA moved
+a lot): every queue movement re-announces every waiting job, and those edits were half of the bot's REST traffic
+under load (docs/reliability.md "Load"). Running progress and the final state are always shown.
 
 Events can arrive before the cog has answered the interaction (a tiny job may finish in milliseconds), so a
 job's final step waits (briefly) until its status message is attached before delivering.
@@ -37,6 +40,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A waiting job's line is edited again when (against what it shows or is about to show) its position is one of
+# the first FRONT_POSITIONS and changed, or moved by at least POSITION_STEP of the shown position (40 → 30,
+# 8 → 6), or its ETA moved by at least max(ETA_STEP_S, ETA_STEP of the shown ETA).
+FRONT_POSITIONS = 3
+POSITION_STEP = 0.25
+ETA_STEP = 0.25
+ETA_STEP_S = 10.0
 ATTACH_WAIT_S = 10.0  # how long a finished job waits for its status message before delivering anyway
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit for bots when nothing better is known
 
@@ -99,6 +109,7 @@ class Tracked:
     final: asyncio.Task | None = None
     message_saved: bool = False  # the status message id is in the store
     shown: JobStatus | None = None  # the last state an edit really showed
+    pushed: JobStatus | None = None  # the last state handed to the editor (shown, or about to be)
     upload_limit: int | None = None  # bytes per file, from the interaction
 
 
@@ -121,11 +132,15 @@ class JobTracker:
         t = self._jobs.setdefault(ev.job_id, Tracked(ev.job_id))
         if t.final is not None:
             return
-        # 1. The new state.
+        # 1. The new state. A waiting job's minor move replaces an edit already due but asks for none.
         if ev.kind == QUEUED:
             if t.state is not None and t.state.state != QUEUED:
                 return
             t.state = JobStatus(QUEUED, position=ev.position, eta_s=ev.eta_s)
+            if t.editor is not None and not worth_an_edit(t.pushed, t.state):
+                if t.editor.refresh(t.state):
+                    t.pushed = t.state
+                return
         elif ev.kind == svc.STARTED:
             t.started_at = time.monotonic()
             t.state = JobStatus(RUNNING, elapsed_s=0.0)
@@ -138,7 +153,7 @@ class JobTracker:
             return
         # 2. Shown when the job has a status message.
         if t.editor is not None and t.state is not None:
-            t.editor.push(t.state)
+            _push(t, t.state)
 
     # --- status messages ----------------------------------------------------------------------------------------
 
@@ -161,7 +176,7 @@ class JobTracker:
         t.editor = ThrottledEditor(lambda st, t=t: self._show(t, st), self.interval_s)
         t.state = t.state or initial
         if t.state is not None and t.final is None:
-            t.editor.push(t.state)
+            _push(t, t.state)
         t.attached.set()
 
     async def _show(self, t: Tracked, st: JobStatus) -> None:
@@ -188,7 +203,7 @@ class JobTracker:
         """The engine's state changed: redraw the line of every waiting job that has a status message."""
         for t in list(self._jobs.values()):
             if t.editor is not None and t.final is None and t.state is not None and t.state.state == QUEUED:
-                t.editor.push(t.state)
+                _push(t, t.state)
 
     # --- the end of a job -----------------------------------------------------------------------------------------
 
@@ -321,6 +336,32 @@ class JobTracker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def worth_an_edit(shown: JobStatus | None, new: JobStatus) -> bool:
+    """Whether a waiting job's new position/ETA deserves an edit of its line, against what the line shows (or is
+    about to show). Anything that is not a waiting-to-waiting change always does."""
+    # 1. Nothing shown yet, or a change of state: always.
+    if shown is None or shown.state != QUEUED or new.state != QUEUED:
+        return True
+    # 2. The position: every change near the front, a noticeable share of it further back.
+    if new.position != shown.position:
+        if new.position is None or shown.position is None or new.position <= FRONT_POSITIONS:
+            return True
+        if abs(shown.position - new.position) >= POSITION_STEP * shown.position:
+            return True
+    # 3. The ETA: a lot, in seconds and in share.
+    if (new.eta_s is None) != (shown.eta_s is None):
+        return True
+    if new.eta_s is not None and shown.eta_s is not None:
+        return abs(new.eta_s - shown.eta_s) >= max(ETA_STEP_S, ETA_STEP * shown.eta_s)
+    return False
+
+
+def _push(t: Tracked, state: JobStatus) -> None:
+    """Hand `state` to the job's editor (at most one edit per interval; the newest state wins)."""
+    t.pushed = state
+    t.editor.push(state)
 
 
 def _final_state(job: "JobRecord", ev: svc.JobEvent) -> JobStatus:
