@@ -17,6 +17,8 @@ in their own thread and loop, so that the bot's loop does only the bot's work. T
     python -m bench.load --rate 0        # the same 100 commands all at once
     python -m bench.load --no-gc-freeze  # FluxBot as tests start it, without gc.freeze()
     python -m bench.load --quick         # 10 jobs from 4 users + 2 rerolls (seconds)
+    python -m bench.load --rate 0 --jobs 60 --clicks 0 --steps 50 --edit-interval 0.05
+                                         # queue movements slower than the edit interval, as with FLUX jobs
     python -m bench.load --json out.json --strict   # exit 1 when a latency target is missed too
 
 Exit status 1 when a correctness check fails (or, with --strict, a latency target is missed).
@@ -61,6 +63,7 @@ class LoadPlan:
     rate: float = 10.0         # /imagine per second, all users together (random gaps around users/rate)
     seed: int = 1234           # the driver's random choices (gaps, prompts, who clicks)
     gc_freeze: bool = True     # FluxBot(freeze_gc=True), as `python -m bot run` starts it
+    edit_interval_s: float | None = None  # [discord] status_edit_interval_s; None: the config's default (2 s)
     timeout_s: float = 600.0
 
     @classmethod
@@ -70,7 +73,8 @@ class LoadPlan:
     def describe(self) -> str:
         return (f"{self.jobs} /imagine from {self.users} users at {self.rate:g}/s"
                 f"{' (all at once)' if self.rate <= 0 else ''}, {self.clicks} rerolls, {self.size}, {self.steps} steps, "
-                f"gc.freeze {'on' if self.gc_freeze else 'off'}")
+                f"gc.freeze {'on' if self.gc_freeze else 'off'}"
+                f"{'' if self.edit_interval_s is None else f', status edits every {self.edit_interval_s:g} s'}")
 
 
 @dataclass
@@ -230,7 +234,9 @@ def make_config(workdir: Path, plan: LoadPlan, models_dir: Path):
     from engine.settings import TINY, EngineSettings
 
     return Config(
-        discord=DiscordSettings(token=Secret("unused-fake"), sizes=[f"1:1 {plan.size}"]),  # default edit interval
+        discord=DiscordSettings(token=Secret("unused-fake"), sizes=[f"1:1 {plan.size}"],
+                                **({} if plan.edit_interval_s is None else
+                                   {"status_edit_interval_s": plan.edit_interval_s})),
         engine=EngineSettings(model=TINY, models_dir=str(models_dir), profile="resident", devices=["cpu"],
                               images_dir=str(workdir / "images"), default_steps=plan.steps, max_sequence_length=64),
         limits=LimitsSettings(max_unfinished_per_user=100, queue_cap=10000),
@@ -426,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clicks", type=int, help="🎲 presses while jobs run (default 20)")
     parser.add_argument("--rate", type=float, help="/imagine per second, all users together (default 10; "
                                                    "0 = everyone at once)")
+    parser.add_argument("--steps", type=int, help="denoising steps per job (default 2; more makes jobs wait longer)")
+    parser.add_argument("--edit-interval", type=float, help="[discord] status_edit_interval_s (default: the "
+                        "config's 2 s); 0.05 with --steps 50 keeps the ratio of a 2 s interval to 10 s FLUX jobs")
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="start FluxBot without freeze_gc (as tests do) to see the collector's pauses")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -437,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = LoadPlan.quick() if args.quick else LoadPlan()
     changes = {k: v for k, v in (("jobs", args.jobs), ("users", args.users), ("clicks", args.clicks),
-                                                   ("rate", args.rate), ("gc_freeze", False if args.no_gc_freeze else None)) if v is not None}
+                                                   ("rate", args.rate), ("steps", args.steps),
+                                                   ("edit_interval_s", args.edit_interval), ("gc_freeze", False if args.no_gc_freeze else None)) if v is not None}
     plan = LoadPlan(**{**asdict(plan), **changes})
 
     with tempfile.TemporaryDirectory(prefix="fluxbot-load-") as tmp:
