@@ -91,11 +91,12 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
     if is_sqlite(parsed):
         install_sqlite_pragmas(engine, busy_timeout_s)
         # A connection invalidated by a cancelled query (a task cancelled at shutdown) is "terminated": the
-        # pool force-stops aiosqlite's worker thread while a graceful close is still pending, and that close
-        # (aiosqlite 0.22) then awaits a future the stopped thread never resolves, so the event loop can never
-        # finish shutting down (seen as a hang at loop teardown in the e2e tests). A plain close, which lets
-        # the thread finish its queue, has none of that.
-        engine.sync_engine.dialect.has_terminate = False
+        # adapter force-stops aiosqlite's worker thread while its shielded graceful close is still pending,
+        # and that close (aiosqlite 0.22) then awaits a future the stopped thread never resolves, so the event
+        # loop can never finish shutting down (seen as a hang at loop teardown in the e2e tests). A plain
+        # close lets the thread finish its queue and stop by itself.
+        dialect = engine.sync_engine.dialect
+        dialect.do_terminate = dialect.do_close
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     if not migrate:
         return Store(engine=engine, sessions=sessions, url=shown)
