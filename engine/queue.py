@@ -1,12 +1,20 @@
-"""The FIFO of jobs waiting for a worker: positions, ETAs, and listeners that learn when they change.
+"""The queue of jobs waiting for a worker: fair order, positions, ETAs, and listeners that learn when they change.
 
-Pure asyncio, no torch: everything here runs on the event loop. The queue knows job ids and their
-`JobSpec`s only; admission limits, the database and Discord live elsewhere (`bot/service.py`).
+Pure asyncio, no torch: everything here runs on the event loop. The queue knows job ids, their `JobSpec`s and
+who asked (an opaque owner key); admission limits, the database and Discord live elsewhere (`bot/service.py`).
+
+Order: round-robin across owners, first come first served within an owner. Every job gets a *round* when it
+is submitted: the round being served now (the round of the last job taken), or one past the round of its
+owner's newest job still waiting or running, whichever is later. Waiting jobs are ordered by (round, arrival),
+so an owner with three jobs waiting gets one per round while a newcomer's first job goes in the current round.
+Positions and ETAs are read from that same order, and `take` hands out its head: what a user is told is the
+order the workers follow (until newer jobs of other owners are put ahead in a later round's place). A job
+without an owner (None) is ordered by arrival only.
 
 Life of a job in the queue:
-1. `submit(job_id, spec)` appends it and returns its 1-based position.
+1. `submit(job_id, spec, owner=)` places it in the fair order and returns its 1-based position.
 2. A worker's `take(max_images)` removes the head (and, with batching, later jobs of the same
-   `batch_key()`) and marks them running.
+   `batch_key()`, never ahead of an earlier waiting job of their own owner) and marks them running.
 3. The worker reports `progress(job_id, step, total)` and at the end `finish(job_ids, seconds, ...)`, which
    teaches the ETA model how long such jobs take.
 4. `remove(job_id)` takes a job out while it still waits (a user cancelled it).
@@ -16,6 +24,8 @@ Whenever a waiting job's position or ETA changes noticeably, every listener gets
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import time
 from collections import deque
@@ -55,6 +65,14 @@ class QueuedJob:
     job_id: int
     spec: JobSpec
     submitted_at: float  # time.monotonic()
+    owner: int | None = None  # who asked (a user id); None: ordered by arrival only
+    round: int = 0  # the round-robin round it is served in (see the module's doc)
+    seq: int = 0  # arrival order
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Its place in the fair order: by round, then by arrival."""
+        return (self.round, self.seq)
 
 
 @dataclass
@@ -107,12 +125,16 @@ class EtaModel:
 
 
 class JobQueue:
-    """An asyncio FIFO of job ids shared by every worker. Use it from the event loop only."""
+    """An asyncio queue of job ids shared by every worker, in fair order (round-robin across owners, FIFO
+    within one). Use it from the event loop only."""
 
     def __init__(self, *, eta: EtaModel | None = None, workers: int = 1):
         self.eta = eta or EtaModel()
         self._workers = max(1, workers)
-        self._waiting: dict[int, QueuedJob] = {}  # insertion order is FIFO order
+        self._waiting: dict[int, QueuedJob] = {}
+        self._order: list[QueuedJob] = []  # the waiting jobs sorted by `rank`: the order workers take them in
+        self._round = 0  # the round being served: the round of the last head taken
+        self._arrivals = itertools.count()
         self._running: dict[int, _Running] = {}
         self._listeners: Listeners[QueueEvent] = Listeners("queue")
         self._announced: dict[int, tuple[int, float]] = {}
@@ -122,31 +144,37 @@ class JobQueue:
 
     # --- what the service does -----------------------------------------------------------------------
 
-    def submit(self, job_id: int, spec: JobSpec) -> int:
-        """Append a job; returns its 1-based position. A job id may be in the queue once."""
+    def submit(self, job_id: int, spec: JobSpec, *, owner: int | None = None) -> int:
+        """Place a job in the fair order (`owner`: who asked; None = by arrival only); returns its 1-based
+        position. A job id may be in the queue once."""
         if self._closed:
             raise QueueClosed("the queue is closed (the bot is shutting down)")
         if job_id in self._waiting or job_id in self._running:
             raise ValueError(f"job {job_id} is already in the queue")
-        self._waiting[job_id] = QueuedJob(job_id, spec, time.monotonic())
+        job = QueuedJob(job_id, spec, time.monotonic(), owner=owner, round=self._round_for(owner),
+                        seq=next(self._arrivals))
+        self._waiting[job_id] = job
+        index = bisect.bisect_right(self._order, job.rank, key=lambda j: j.rank)
+        self._order.insert(index, job)
         self._changed.set()
         self._announce()
-        return len(self._waiting)
+        return index + 1
 
     def remove(self, job_id: int) -> bool:
-        """Take a waiting job out (cancelled). False when it is not waiting (running, done or unknown)."""
-        if self._waiting.pop(job_id, None) is None:
+        """Take a waiting job out (cancelled). False when it is not waiting (running, done or unknown). The
+        owner's later jobs keep their rounds."""
+        job = self._waiting.pop(job_id, None)
+        if job is None:
             return False
+        self._order.remove(job)
         self._announced.pop(job_id, None)
         self._announce()
         return True
 
     def position(self, job_id: int) -> int | None:
-        """1-based position among waiting jobs; None when it is not waiting."""
-        for i, jid in enumerate(self._waiting, start=1):
-            if jid == job_id:
-                return i
-        return None
+        """1-based position among waiting jobs, in the order workers take them; None when it is not waiting."""
+        job = self._waiting.get(job_id)
+        return None if job is None else self._order.index(job) + 1
 
     def eta_s(self, job_id: int) -> float | None:
         """Estimated seconds until the job is done; None when it is neither waiting nor running."""
@@ -162,7 +190,8 @@ class JobQueue:
         return job_id in self._waiting or job_id in self._running
 
     def waiting(self) -> list[QueuedJob]:
-        return list(self._waiting.values())
+        """The waiting jobs in the order workers take them."""
+        return list(self._order)
 
     def running(self) -> dict[int, str]:
         """Running job id -> name of the worker running it."""
@@ -199,9 +228,11 @@ class JobQueue:
         if self._closed:
             raise QueueClosed("the queue is closed")
         batch = self._pick_batch(max_images)
+        self._round = batch[0].round
         now = time.monotonic()
         for job in batch:
             del self._waiting[job.job_id]
+            self._order.remove(job)
             self._announced.pop(job.job_id, None)
             self._running[job.job_id] = _Running(job, worker, now)
             self._emit(QueueEvent(job.job_id, RUNNING, worker=worker))
@@ -231,17 +262,31 @@ class JobQueue:
 
     # --- inside ----------------------------------------------------------------------------------------
 
+    def _round_for(self, owner: int | None) -> int:
+        """The round of a new job: the current one, or one past the owner's newest job still in the queue."""
+        if owner is None:
+            return self._round
+        rounds = [j.round for j in self._waiting.values() if j.owner == owner]
+        rounds += [r.job.round for r in self._running.values() if r.job.owner == owner]
+        return max(self._round, max(rounds) + 1) if rounds else self._round
+
     def _pick_batch(self, max_images: int) -> list[QueuedJob]:
-        jobs = iter(self._waiting.values())
+        """The head, plus later jobs of its `batch_key()` within `max_images`; a job never joins ahead of an
+        earlier waiting job of its own owner (first come, first served within an owner)."""
+        jobs = iter(self._order)
         head = next(jobs)
         batch, images = [head], max(head.spec.count, 1)
         key = head.spec.batch_key()
+        left_behind: set[int] = set()  # owners with a job waiting that this batch skipped
         for job in jobs:
             if images >= max_images:
                 break
-            if job.spec.batch_key() == key and images + max(job.spec.count, 1) <= max_images:
+            fits = job.spec.batch_key() == key and images + max(job.spec.count, 1) <= max_images
+            if fits and job.owner not in left_behind:
                 batch.append(job)
                 images += max(job.spec.count, 1)
+            elif job.owner is not None:
+                left_behind.add(job.owner)
         return batch
 
     def _remaining(self, run: _Running) -> float:
@@ -254,9 +299,9 @@ class JobQueue:
         """job id -> (position, eta seconds) for every waiting job."""
         ahead = sum(self._remaining(r) for r in self._running.values())
         out = {}
-        for pos, (jid, job) in enumerate(self._waiting.items(), start=1):
+        for pos, job in enumerate(self._order, start=1):
             own = self.eta.estimate(job.spec)
-            out[jid] = (pos, ahead / self._workers + own)
+            out[job.job_id] = (pos, ahead / self._workers + own)
             ahead += own
         return out
 

@@ -170,3 +170,78 @@ async def test_progress_reestimates_at_most_once_a_second_and_at_the_last_step()
     assert [round(e.eta_s) for e in events] == [1500]
     q.progress(1, 10, 10)  # the last step always re-estimates
     assert [round(e.eta_s) for e in events] == [1500, 1000]
+
+
+# --- fair order: round-robin across owners, FIFO within one ---------------------------------------------------
+
+async def take_all(q: JobQueue, max_images: int = 1) -> list[int]:
+    out = []
+    while len(q):
+        out += [j.job_id for j in await q.take(max_images)]
+    return out
+
+
+async def test_one_owners_backlog_does_not_hold_up_the_others():
+    q = JobQueue()
+    # alice (1) sends three jobs, then bob (2) one, then carol (3) two.
+    positions = [q.submit(jid, spec(), owner=owner) for jid, owner in
+                 [(11, 1), (12, 1), (13, 1), (21, 2), (31, 3), (32, 3)]]
+    # bob waits for one job of alice, not three; carol's second comes after everyone's first.
+    assert positions == [1, 2, 3, 2, 3, 5]
+    assert [j.job_id for j in q.waiting()] == [11, 21, 31, 12, 32, 13]
+    told = {j.job_id: q.position(j.job_id) for j in q.waiting()}
+    # What each was told is the order the workers follow.
+    taken = await take_all(q)
+    assert taken == [11, 21, 31, 12, 32, 13]
+    assert [told[jid] for jid in taken] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_newcomer_goes_into_the_round_being_served():
+    q = JobQueue()
+    for jid in (11, 12, 13):
+        q.submit(jid, spec(), owner=1)
+    assert [j.job_id for j in await q.take()] == [11]  # alice's first runs
+    # bob arrives while alice's first runs: he is next, ahead of alice's second.
+    assert q.submit(21, spec(), owner=2) == 1
+    # alice's fourth goes after her third; dave, later still, goes ahead of alice's second (her round 1).
+    assert q.submit(14, spec(), owner=1) == 4
+    assert q.submit(41, spec(), owner=4) == 2
+    assert await take_all(q) == [21, 41, 12, 13, 14]
+
+
+async def test_etas_follow_the_fair_order():
+    q = JobQueue(eta=EtaModel(default_s_per_unit=10.0))  # 4 steps at 1024² = 40 s a job
+    events = []
+    q.subscribe(events.append)
+    for jid, owner in [(11, 1), (12, 1), (13, 1), (21, 2)]:
+        q.submit(jid, spec(steps=4, width=1024, height=1024), owner=owner)
+    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    assert {jid: (e.position, round(e.eta_s)) for jid, e in latest.items()} == \
+        {11: (1, 40), 21: (2, 80), 12: (3, 120), 13: (4, 160)}
+    assert round(q.eta_s(21)) == 80 and round(q.eta_s(13)) == 160
+    # Two workers share what is ahead: bob's job starts when alice's first is half done.
+    q.set_workers(2)
+    assert round(q.eta_s(21)) == 60
+
+
+async def test_batching_keeps_each_owners_order_and_the_fair_order():
+    q = JobQueue()
+    q.submit(11, spec(width=64), owner=1)
+    q.submit(12, spec(width=128), owner=1)  # another size: not in the 64² batch
+    q.submit(13, spec(width=64), owner=1)   # same size, but alice's 12 waits before it
+    q.submit(21, spec(width=64), owner=2)
+    q.submit(22, spec(width=64), owner=2)
+    assert [j.job_id for j in q.waiting()] == [11, 21, 12, 22, 13]
+    batch = await q.take(max_images=4)
+    assert [j.job_id for j in batch] == [11, 21, 22]  # never 13 ahead of 12
+    assert await take_all(q, 4) == [12, 13]
+
+
+async def test_a_cancelled_job_leaves_the_order_and_later_positions_move_up():
+    q = JobQueue()
+    for jid, owner in [(11, 1), (12, 1), (21, 2), (22, 2)]:
+        q.submit(jid, spec(), owner=owner)
+    assert [j.job_id for j in q.waiting()] == [11, 21, 12, 22]
+    assert q.remove(21) is True
+    assert (q.position(12), q.position(22)) == (2, 3)
+    assert await take_all(q) == [11, 12, 22]
