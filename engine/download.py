@@ -7,7 +7,9 @@ Three things live here, in the order a download runs them:
    under `[engine] models_dir` that receives them.
 2. The sources: Hugging Face (`huggingface_hub.snapshot_download`, resumable by itself; the FLUX.1-dev
    repository is gated, see `GATED_HELP`) and ModelScope's HTTP file API (`download_resumable`: HTTP Range
-   requests appended to a `.part` file, so an interrupted download continues where it stopped).
+   requests appended to a `.part` file, so an interrupted download continues where it stopped). A file list
+   comes from the network, so every path in it goes through `local_path` before anything is written: no
+   absolute path, `..`, backslash, and the resolved path stays inside its folder.
 3. The manifest: `<models_dir>/<name>/fluxbot-manifest.json` holds the size and SHA-256 of every file
    written, computed at download time (and compared with the SHA-256 the source publishes, when it does).
    `verify_manifest(folder)` checks the files against it again, e.g. at start-up or from `doctor`.
@@ -29,7 +31,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,41 @@ def select_files(files: Iterable[RemoteFile], patterns: Sequence[str]) -> list[R
         raise DownloadError(f"the repository has no file matching {', '.join(unmatched)}: its layout changed or "
                             "it is not the expected model; nothing was downloaded")
     return sorted(chosen, key=lambda f: f.path)
+
+
+# ---------------------------------------------------------------------------------------------- file paths
+
+def unsafe_path_reason(path: str) -> str | None:
+    """Why a repository file path cannot be written under a local folder, or None if it can.
+
+    A file list comes from the network (ModelScope, a mirror, a custom endpoint): a path like
+    `vae/../../../x`, `/etc/x`, `C:\\x` or `vae\\..\\x` would write outside models_dir. Allowed: relative,
+    `/`-separated names without `..`, `.` or empty segments, backslashes, NUL or a drive."""
+    if not path or "\0" in path:
+        return "it is empty or holds a NUL character"
+    if "\\" in path:
+        return "it holds a backslash"
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).drive:
+        return "it is absolute"
+    if any(seg in ("", ".", "..") for seg in path.split("/")):
+        return "it has an empty, '.' or '..' segment"
+    return None
+
+
+def local_path(folder: str | os.PathLike, path: str) -> Path:
+    """`folder / path` for a repository file path, checked: the path must be safe (`unsafe_path_reason`) and
+    the resolved result (symlinks followed) must stay inside the resolved folder. DownloadError otherwise."""
+    folder = Path(folder)
+    reason = unsafe_path_reason(path)
+    if reason is None:
+        target = folder / path
+        if not target.resolve().is_relative_to(folder.resolve()):
+            reason = "it leads outside the folder (through a symbolic link)"
+        else:
+            return target
+    raise DownloadError(f"refused the file {path!r}: {reason}, so it could be written outside {folder}; "
+                        "nothing was downloaded. The source's file list is wrong or hostile: check the source "
+                        "(--source, MODELSCOPE_ENDPOINT, HF_ENDPOINT)")
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -367,17 +404,23 @@ def download(plan: DownloadPlan, models_dir: str | os.PathLike, *, token: str | 
              hf_endpoint: str | None = None, modelscope_endpoint: str = MODELSCOPE_ENDPOINT,
              progress: bool = True) -> list[PartResult]:
     """Fetch every part of `plan` into `models_dir` and write each folder's manifest."""
-    results = []
+    # 1. What each repository holds and the files the engine needs of it; every path is checked (it must stay
+    #    inside its folder) before anything is written.
+    listings = []
     for part in plan.parts:
         folder = Path(models_dir) / part.folder
-        log.info("fetching %s from %s (%s)", part.label, part.source, part.repo_id)
-        # 1. What the repository holds, and the files the engine needs of it.
+        log.info("listing %s from %s (%s)", part.label, part.source, part.repo_id)
         revision, listed = list_remote_files(part, token=token,
                                              endpoint=hf_endpoint if part.source == "huggingface"
                                              else modelscope_endpoint)
         wanted = select_files(listed, part.patterns)
+        for f in wanted:
+            local_path(folder, f.path)
+        listings.append((part, folder, revision, wanted))
+    results = []
+    for part, folder, revision, wanted in listings:
         total = sum(f.size or 0 for f in wanted)
-        log.info("%d files, %.2f GB, into %s", len(wanted), total / 1e9, folder)
+        log.info("fetching %s: %d files, %.2f GB, into %s", part.label, len(wanted), total / 1e9, folder)
         # 2. Fetch them (each source resumes an interrupted download).
         digests: dict[str, str] = {}
         if part.source == "huggingface":
@@ -385,8 +428,8 @@ def download(plan: DownloadPlan, models_dir: str | os.PathLike, *, token: str | 
         else:
             for f in wanted:
                 url = modelscope_file_url(part.repo_id, f.path, endpoint=modelscope_endpoint, revision=revision)
-                digests[f.path] = download_resumable(url, folder / f.path, size=f.size, sha256=f.sha256,
-                                                     progress=progress)
+                digests[f.path] = download_resumable(url, local_path(folder, f.path), size=f.size,
+                                                     sha256=f.sha256, progress=progress)
         # 3. Hash what is on disk, compare with what the source publishes, record it.
         write_manifest(folder, wanted, source=part.source, repo_id=part.repo_id, revision=revision,
                        known_digests=digests, progress=progress)
@@ -490,7 +533,7 @@ def write_manifest(folder: str | os.PathLike, files: Iterable[RemoteFile | str],
     entries, bad = {}, []
     for item in files:
         remote = item if isinstance(item, RemoteFile) else RemoteFile(item)
-        path = folder / remote.path
+        path = local_path(folder, remote.path)
         if not path.is_file():
             raise DownloadError(f"{path} should have been downloaded but is not there; run the download again")
         digest = known_digests.get(remote.path) or sha256_file(path, progress=progress)
@@ -540,7 +583,9 @@ def verify_manifest(folder: str | os.PathLike, *, full: bool = True, only: Itera
     for name in names:
         entry = recorded.get(name)
         path = folder / name
-        if entry is None:
+        if unsafe_path_reason(name) is not None:
+            problems.append(f"{name!r} is not a path inside the folder (the manifest was altered)")
+        elif entry is None:
             problems.append(f"{name} is not in the manifest")
         elif not path.is_file():
             missing.append(name)

@@ -62,3 +62,16 @@ def test_an_unreachable_source_fails_with_a_message_not_a_traceback(config, monk
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://127.0.0.1:9")
     assert download_command(_args(config, "majicflus")) == 1
     assert "download failed: cannot read the file list" in capsys.readouterr().err
+
+
+def test_a_hostile_file_list_is_refused_and_nothing_lands_outside_models_dir(config, tmp_path, monkeypatch, capsys):
+    """A custom MODELSCOPE_ENDPOINT lists `vae/../../../escaped.txt`: exit 1, a message naming the file, and
+    neither that file nor any other is written."""
+    hostile = {**FLUX_FILES, "vae/../../../escaped.txt": b"owned"}
+    with FakeModelScope({}, repo="unused/repo", more_repos={dl.FLUX_DEV_REPO: hostile}) as ms:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", ms.endpoint)
+        assert download_command(_args(config, "base")) == 1
+    err = capsys.readouterr().err
+    assert "refused the file 'vae/../../../escaped.txt'" in err and "nothing was downloaded" in err
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (tmp_path / "models").exists()

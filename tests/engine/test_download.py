@@ -301,3 +301,52 @@ def test_a_gated_refusal_from_the_hub_explains_the_licence_and_token_steps(tmp_p
     text = str(err.value)
     assert "no HF_TOKEN" in text and "accept the licence" in text and "settings/tokens" in text
     assert not (tmp_path / "FLUX.1-dev").exists()
+
+
+# ---------------------------------------------------------------------------------------------- hostile file lists
+
+@pytest.mark.parametrize("evil", ["vae/../../../x", "vae/..\\..\\..\\x", "vae/\\\\host\\share\\x", "vae//x", "vae/./x"])
+def test_a_file_list_naming_a_path_outside_the_folder_is_refused_before_anything_is_written(tmp_path, evil):
+    """A ModelScope listing (or a custom endpoint's) whose file matches `vae/*` but leads out of models_dir."""
+    files = {"model_index.json": b"{}", "vae/config.json": b"{}", evil: b"owned"}
+    plan = dl.plan_download("base", source="modelscope")
+    part = dl.Part(plan.parts[0].label, plan.parts[0].repo_id, "modelscope", plan.parts[0].folder,
+                   ("model_index.json", "vae/*"))
+    models = tmp_path / "deep" / "models"
+    with FakeModelScope(files, repo=part.repo_id) as ms:
+        with pytest.raises(dl.DownloadError, match="refused the file .*nothing was downloaded"):
+            dl.download(dl.DownloadPlan("base", (part,), "", part.folder), models, modelscope_endpoint=ms.endpoint,
+                        progress=False)
+        assert ms.ranges == []  # not one file was requested
+    assert not models.exists()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "C:/x", "C:x", "a/../b", "..", "", "a\0b"])
+def test_unsafe_paths_are_named_with_the_reason(tmp_path, path):
+    assert dl.unsafe_path_reason(path) is not None
+    with pytest.raises(dl.DownloadError, match="refused the file"):
+        dl.local_path(tmp_path, path)
+
+
+def test_a_symlink_inside_the_folder_that_leads_out_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = tmp_path / "models" / "FLUX.1-dev"
+    folder.mkdir(parents=True)
+    (folder / "vae").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(dl.DownloadError, match="symbolic link"):
+        dl.local_path(folder, "vae/config.json")
+    assert dl.local_path(folder, "text_encoder/config.json") == folder / "text_encoder/config.json"
+
+
+def test_an_altered_manifest_cannot_make_verify_read_outside_the_folder(tmp_path):
+    folder = tmp_path / "m"
+    content = _make_folder(folder)
+    dl.write_manifest(folder, list(content))
+    (tmp_path / "secret").write_bytes(b"x")
+    manifest = json.loads((folder / dl.MANIFEST_NAME).read_text())
+    manifest["files"]["../secret"] = {"size": 1, "sha256": "0" * 64}
+    (folder / dl.MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = dl.verify_manifest(folder)
+    assert not report.ok and "'../secret' is not a path inside the folder" in report.summary()
