@@ -66,6 +66,7 @@ class FluxBot(commands.Bot):
         self._freeze_gc = freeze_gc  # `run` sets it; tests, which start many bots in one process, do not
         self._loading: asyncio.Task | None = None
         self._pruning: asyncio.Task | None = None
+        self._forgetting: asyncio.Task | None = None  # clears expired interaction tokens (bot.token_expiry)
         self.engine_state = EngineState(EngineStatus.LOADING)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
@@ -94,7 +95,10 @@ class FluxBot(commands.Bot):
         for name in COGS:
             await self.load_extension(name)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
-        # 3. Jobs the last run left behind.
+        # 3. Jobs the last run left behind (their interaction tokens cleared once past Discord's 15 minutes).
+        from bot.token_expiry import forget_expired_tokens, forget_periodically
+        await forget_expired_tokens(self.store)
+        self._forgetting = asyncio.create_task(forget_periodically(self.store), name="fluxbot-forget-tokens")
         self.recovered = await self.service.recover()
         await self.tracker.announce_recovered(self.recovered)
         await self.tracker.deliver_undelivered()
@@ -203,7 +207,7 @@ class FluxBot(commands.Bot):
 
     async def close(self) -> None:
         """Stop the workers (running jobs stay `running` and run again after a restart), then disconnect."""
-        for task in (self._loading, self._pruning):
+        for task in (self._loading, self._pruning, self._forgetting):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

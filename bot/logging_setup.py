@@ -1,6 +1,7 @@
 """Logging: a console handler in discord.py's style (colour on a terminal), a rotating log file, levels
-from `[logging]`, and a filter on both handlers that masks the bot token and anything shaped like a
-Discord token in every record (message, arguments, traceback, stack).
+from `[logging]`, and a filter on both handlers that masks the bot token, anything shaped like a Discord
+token, and interaction tokens (in webhook/interaction URLs and "token" fields) in every record (message,
+arguments, traceback, stack).
 
 Call `setup_logging(cfg.logging, secrets=[cfg.discord.token.reveal()])` once at start-up, and start
 discord.py with `log_handler=None` so that it does not add a second, unmasked handler.
@@ -28,6 +29,11 @@ MASK = "[token hidden]"
 # A Discord bot token: base64 user id . base64 timestamp . HMAC (e.g. "MTIz...A.Gxyz12.abc..."), and
 # the "Bot <token>" / "Bearer <token>" forms that end up in HTTP debug logs.
 DISCORD_TOKEN = re.compile(r"(?<![\w-])[\w-]{23,28}\.[\w-]{6,7}\.[\w-]{27,40}(?![\w-])", re.ASCII)
+# Interaction tokens (valid 15 min, enough to post as the bot in that channel): in URLs that discord.py logs at
+# DEBUG (`/webhooks/<application id>/<token>`, `/interactions/<id>/<token>/callback`) and as the "token" key of
+# the INTERACTION_CREATE payloads its gateway logs at DEBUG (a dict repr or JSON).
+INTERACTION_TOKEN_URL = re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/?#\s'\"]+")
+TOKEN_FIELD = re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+""")
 _MARK = "_fluxbot_handler"
 
 
@@ -43,6 +49,8 @@ class SecretMaskFilter(logging.Filter):
     def mask(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, MASK)
+        text = INTERACTION_TOKEN_URL.sub(rf"\g<1>{MASK}", text)
+        text = TOKEN_FIELD.sub(rf"\g<1>{MASK}", text)
         return DISCORD_TOKEN.sub(MASK, text)
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -174,8 +174,23 @@ async def set_interaction(store: Store, job_id: int, interaction_id: int, token:
 
 
 async def mark_delivered(store: Store, job_id: int) -> bool:
-    """The result (or failure notice) reached Discord. False if it was already marked."""
-    return await _change(store, job_id, None, _extra=Job.delivered_at.is_(None), delivered_at=utcnow())
+    """The result (or failure notice) reached Discord. False if it was already marked. The interaction token is
+    cleared with it: nothing needs it any more, and a stored secret is one more thing to leak."""
+    return await _change(store, job_id, None, _extra=Job.delivered_at.is_(None), delivered_at=utcnow(),
+                         interaction_token=None)
+
+
+async def forget_interaction_tokens(store: Store, issued_before: datetime) -> int:
+    """Clear the stored interaction token of every job whose interaction was created before `issued_before`
+    (Discord's tokens live 15 minutes: the caller passes now - 15 min). Returns how many were cleared."""
+    async with store.session() as s, s.begin():
+        result = await s.execute(update(Job).where(Job.interaction_token.is_not(None),
+                                                   (Job.interaction_created_at < issued_before)
+                                                   | Job.interaction_created_at.is_(None))
+                                 .values(interaction_token=None))
+    if result.rowcount:
+        log.debug("%d expired interaction token(s) cleared", result.rowcount)
+    return result.rowcount
 
 
 async def mark_deleted(store: Store, job_id: int) -> bool:

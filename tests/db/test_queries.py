@@ -93,3 +93,23 @@ def test_new_job_refuses_an_unresolved_seed_or_bad_kind():
         NewJob(user_id=1, prompt="x", seed=-1, steps=20, width=64, height=64, guidance=3.5)
     with pytest.raises(ValueError, match="kind"):
         NewJob(user_id=1, prompt="x", seed=1, steps=20, width=64, height=64, guidance=3.5, kind="upscale")
+
+
+async def test_interaction_tokens_are_cleared_on_delivery_and_after_fifteen_minutes(store):
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    fresh = await jobs.create_job(store, new_job(ALICE, interaction_id=1, interaction_token="tok-fresh-0123456789",
+                                                 interaction_created_at=now - timedelta(minutes=2)))
+    stale = await jobs.create_job(store, new_job(ALICE, interaction_id=2, interaction_token="tok-stale-0123456789",
+                                                 interaction_created_at=now - timedelta(minutes=16)))
+    sent = await jobs.create_job(store, new_job(ALICE, interaction_id=3, interaction_token="tok-sent-0123456789",
+                                                interaction_created_at=now))
+    # 1. Delivery clears the token at once; the 15-minute sweep clears the stale one and keeps the fresh one.
+    assert await jobs.mark_delivered(store, sent.id)
+    assert await jobs.forget_interaction_tokens(store, now - timedelta(minutes=15)) == 1
+    tokens = {j.id: j.interaction_token for j in (await jobs.get_jobs(store, [fresh.id, stale.id, sent.id])).values()}
+    assert tokens == {fresh.id: "tok-fresh-0123456789", stale.id: None, sent.id: None}
+    # 2. The rest of the row stays (the interaction id and time are not secrets).
+    row = await jobs.get_job(store, stale.id)
+    assert row.interaction_id == 2 and row.interaction_created_at is not None
