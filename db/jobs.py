@@ -106,7 +106,8 @@ async def undelivered_jobs(store: Store) -> list[JobRecord]:
     """Finished jobs whose result was never delivered (the bot stopped in between), oldest first."""
     async with store.session() as s:
         rows = (await s.scalars(select(Job).where(Job.status.in_((DONE, FAILED)), Job.delivered_at.is_(None),
-                                                  Job.deleted_at.is_(None)).order_by(Job.id))).all()
+                                                  Job.deleted_at.is_(None), Job.undeliverable_reason.is_(None))
+                                .order_by(Job.id))).all()
         return [JobRecord.from_row(row) for row in rows]
 
 

@@ -1,4 +1,6 @@
-"""The ORM schema: one `jobs` table that holds everything needed to reproduce and audit an image.
+"""The ORM schema: the `jobs` table that holds everything needed to reproduce and audit an image.
+
+Plus `instance`: one row with this database's random identity (see `db.instance`).
 
 The schema is owned by the Alembic migrations in `db/migrations/versions/`; a test checks that upgrading an
 empty database to head gives exactly these models. Change both together (see docs/database.md).
@@ -114,6 +116,10 @@ class Job(Base):
     images: Mapped[list | None] = mapped_column(JSON)  # [{"path": …, "sha256": …}], one per image
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # message hidden, record kept
+    # Discord refused the result's delivery (403/404: channel deleted, bot removed, DMs closed) this many times;
+    # at `bot.delivery.MAX_DELIVERY_REFUSALS` the bot stops trying and says why here (the job stays done).
+    delivery_refusals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    undeliverable_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="status"),
@@ -122,3 +128,16 @@ class Job(Base):
         Index("ix_jobs_status_order", "status", "id"),  # unfinished jobs in order
         {"sqlite_autoincrement": True},  # ids go in button custom_ids: never reuse one
     )
+
+
+class Instance(Base):
+    """This database's identity: random, made when the database is created (migration 0002 gave one to databases
+    made before). It goes into new button custom_ids and image file names, so that the job ids of a database that
+    was reset (and starts again at 1) are never taken for those of the old one."""
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1: the table has one row
+    identity: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)

@@ -103,6 +103,8 @@ class JobRecord:
     images: tuple[ImageFile, ...]
     delivered_at: datetime | None
     deleted_at: datetime | None
+    delivery_refusals: int = 0  # 403/404 answers to its delivery
+    undeliverable_reason: str | None = None  # set when the bot stopped trying to deliver it
 
     @property
     def finished(self) -> bool:
@@ -134,6 +136,7 @@ class JobRecord:
             started_at=row.started_at, finished_at=row.finished_at, timings=dict(row.timings or {}),
             precision=row.precision, profile=row.profile, seeds=tuple(row.seeds or ()), images=images,
             delivered_at=row.delivered_at, deleted_at=row.deleted_at,
+            delivery_refusals=row.delivery_refusals or 0, undeliverable_reason=row.undeliverable_reason,
         )
 
 

@@ -7,7 +7,7 @@ keeps every user's history) and returns a `Store`. Any SQLAlchemy async URL work
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import event
@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from db.errors import StoreError
+from db.guard import StoreGuard
 from db.migrate import FOREIGN_KEYS_OFF, upgrade_to_head
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,14 @@ class Store:
     url: str  # password masked: safe to log
     revision_before: str | None = None  # schema revision found on opening (None: empty database)
     revision: str | None = None  # schema revision after migrating (None: opened with migrate=False)
+    guard: StoreGuard = field(default_factory=lambda: StoreGuard(None))  # the file deleted/replaced under us
 
     def session(self) -> AsyncSession:
         return self.sessions()
+
+    def check(self) -> None:
+        """Raise `db.guard.DatabaseGone` if the database file was deleted or replaced since it was opened."""
+        self.guard.check()
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -97,9 +103,11 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
         # close lets the thread finish its queue and stop by itself.
         dialect = engine.sync_engine.dialect
         dialect.do_terminate = dialect.do_close
+    guard = StoreGuard(file)
+    event.listen(engine.sync_engine, "begin", lambda _conn: guard.check(), insert=True)  # before any BEGIN
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     if not migrate:
-        return Store(engine=engine, sessions=sessions, url=shown)
+        return Store(engine=engine, sessions=sessions, url=shown, guard=guard)
 
     # 3. bring the schema to head (creates it on an empty database)
     try:
@@ -116,7 +124,8 @@ async def open_store(url: str = DEFAULT_URL, *, echo: bool = False, migrate: boo
     if before != after:
         log.info("database %s migrated from %s to %s", shown, before or "empty", after)
     log.info("database %s open at schema %s", shown, after)
-    return Store(engine=engine, sessions=sessions, url=shown, revision_before=before, revision=after)
+    guard.arm()  # from now on a deleted or replaced file stops every transaction (db.guard)
+    return Store(engine=engine, sessions=sessions, url=shown, revision_before=before, revision=after, guard=guard)
 
 
 def install_sqlite_pragmas(engine: AsyncEngine, busy_timeout_s: float) -> None:
