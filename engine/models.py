@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,113 +113,146 @@ def _dit_weights(transformer_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------- loading
 
 def load_pipeline(source: ModelSource, fp8: str = "off"):
-    """The FluxPipeline of `source` on the CPU, in eval mode: encoders and VAE in bf16, the DiT read tensor by
-    tensor with the Linears that `fp8` mode stores in float8 cast as they are read (engine/precision.py
-    then adds the compute hooks). Peak host RAM stays near the final size, not the bf16 size."""
+    """The FluxPipeline of `source` on the CPU, in eval mode, without ever holding the big models in RAM.
+
+    The DiT comes from its fp8 cache file (built once, tensor by tensor: `load_dit`) and T5-XXL straight
+    from its safetensors shards, both as memory-mapped CPU tensors (page cache, not anonymous RAM;
+    engine/mmap_weights.py); CLIP and the VAE (0.4 GiB) are read normally. engine/precision.py then adds
+    the compute hooks. The log says how long each part took.
+    """
     import torch
     from diffusers import FluxPipeline
 
-    # 1. Encoders, tokenizers, VAE and scheduler from the folder (the base folder for single files).
+    t0 = time.perf_counter()
+    # 1. T5-XXL mapped from its shards; CLIP, tokenizers, VAE and scheduler from the folder (the base folder
+    #    for single files).
     folder = source.base if source.kind == "single-file" else source.path
+    text_encoder_2 = load_t5(folder / "text_encoder_2")
     try:
-        pipe = FluxPipeline.from_pretrained(folder, transformer=None, dtype=torch.bfloat16, local_files_only=True)
+        pipe = FluxPipeline.from_pretrained(folder, transformer=None, text_encoder_2=text_encoder_2,
+                                            dtype=torch.bfloat16, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ModelNotFoundError(f"could not load the FLUX pipeline from {folder}: {_short(e)}; the folder may be "
                                  f"incomplete or damaged: {HOW_TO_GET}") from e
-    # 2. The DiT, from the single file or the folder's transformer/ shards.
+    t1 = time.perf_counter()
+    # 2. The DiT, from the single file or the folder's transformer/ shards (through the fp8 cache).
     files = [source.path] if source.kind == "single-file" else _dit_weights(source.path / "transformer")
     pipe.register_modules(transformer=load_dit(files, folder / "transformer", fp8))
     # 3. Inference only.
     for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
         getattr(pipe, name).eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
+    log.info("weights loaded from disk in %.1f s (encoders and VAE %.1f s, DiT %.1f s)", time.perf_counter() - t0,
+             t1 - t0, time.perf_counter() - t1)
     return pipe
 
 
 def load_dit(files: list[Path], config_dir: Path, fp8: str = "off"):
     """A FluxTransformer2DModel from safetensors files in diffusers or BFL key layout, config from `config_dir`.
 
-    Tensors are read one at a time: each goes to bf16, or to float8_e4m3fn for the modules `fp8` stores
-    in fp8, and is placed into a model built on the meta device.
+    Its parameters are views of a memory-mapped file: of the source itself when it already is what the
+    engine runs (diffusers layout, every tensor in its storage dtype), else of the fp8 cache file
+    (engine/dit_cache.py) that the first start writes, tensor by tensor, beside the source. Where no cache
+    can be written (read-only folder) the converted tensors are kept in RAM instead, as before the cache.
     """
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from engine.precision import STORAGE, fp8_module_names
+    from engine import dit_cache
+    from engine.mmap_weights import MappedFile
+    from engine.precision import fp8_module_names
 
-    # 1. An empty model and the fp8 part of it.
+    t0 = time.perf_counter()
+    # 1. An empty model and what each of its tensors must be.
     config = FluxTransformer2DModel.load_config(config_dir, local_files_only=True)
     with torch.device("meta"):
         dit = FluxTransformer2DModel.from_config(config)
-    in_fp8 = fp8_module_names(dit, fp8)
-    # 2. Fill it, tensor by tensor.
-    for file in files:
-        for name, tensor in _read_dit_tensors(file, config):
-            module_name = name.rpartition(".")[0]
-            dtype = STORAGE if module_name in in_fp8 else torch.bfloat16
-            # bf16 first: an fp32 file rounds to the same fp8 values as the bf16 release
-            _place_tensor(dit, name, tensor.to(torch.bfloat16).to(dtype), file)
+    planned = dit_cache.planned_tensors(dit, fp8_module_names(dit, fp8))
+    # 2. Map the source as it is, or the cache (built first if missing or stale); or convert into RAM.
+    how = "mapped from the source"
+    if dit_cache.source_is_ready(files, planned):
+        mapped = [MappedFile(f) for f in files]
+    else:
+        cache = dit_cache.cache_path(files, config_dir, fp8)
+        try:
+            built = dit_cache.ensure(cache, files, config_dir, fp8, planned,
+                                     lambda: dit_cache.converted_tensors(files, config, planned))
+        except OSError as e:
+            log.warning("cannot write the fp8 cache %s (%s): the converted DiT is kept in RAM instead (~%.1f GiB); "
+                        "make that folder writable so later starts are fast and use page cache instead of RAM",
+                        cache, e.strerror, sum(t.nbytes for t in planned.values()) / 2**30)
+            for name, tensor in dit_cache.converted_tensors(files, config, planned):
+                _place_tensor(dit, name, tensor, files[0])
+            mapped, how = [], "converted into RAM (no cache)"
+        else:
+            mapped = [MappedFile(cache)]
+            how = f"converted once into {cache}" if built else f"mapped from the cache {cache.name}"
+    for mf in mapped:
+        for name in mf.keys():
+            _place_tensor(dit, name, mf.tensor(name), mf.path)
     # 3. Nothing may be left empty.
     empty = [n for n, p in dit.named_parameters() if p.is_meta]
     if empty:
         raise ModelNotFoundError(f"{files[0]} lacks {len(empty)} DiT tensors (first: {empty[0]}): the download is "
                                  f"incomplete or it is not a FLUX.1 DiT; download it again")
+    log.info("DiT ready in %.1f s: %s", time.perf_counter() - t0, how)
     return dit
 
 
-def _read_dit_tensors(file: Path, config):
-    """(diffusers name, tensor) of one safetensors file, converting BFL keys and skipping non-DiT parts."""
-    from safetensors import SafetensorError, safe_open
+def load_t5(folder: Path):
+    """T5-XXL (text_encoder_2) with its parameters mapped from the folder's safetensors shards (no copy)."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
 
-    from engine.tiny import iter_bfl_to_diffusers
+    from engine.mmap_weights import MappedFile, SafetensorsFormatError
 
+    # 1. An empty model from the folder's config.
     try:
-        with safe_open(str(file), framework="pt") as f:
-            keys = list(f.keys())
-            # 1. All-in-one checkpoints carry the VAE and encoders too: keep the DiT.
-            prefix = "model.diffusion_model."
-            if any(k.startswith(prefix) for k in keys):
-                keys = [k for k in keys if k.startswith(prefix)]
-            else:
-                prefix = ""
-            short = [k.removeprefix(prefix) for k in keys]
-            present = set(short)
+        config = T5Config.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{folder}: no readable T5 config ({_short(e)}); {HOW_TO_GET}") from e
+    with torch.device("meta"):
+        t5 = T5EncoderModel(config)
+    # 2. Each shard's tensors as views of its mapping.
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelNotFoundError(f"{folder} holds no *.safetensors weights; {HOW_TO_GET}")
+    for file in files:
+        try:
+            mf = MappedFile(file)
+        except (SafetensorsFormatError, OSError) as e:
+            raise ModelNotFoundError(f"{file} is not a readable safetensors file ({_short(e)}); download it "
+                                     f"again (`python -m bot download --verify` checks it)") from e
+        for name in mf.keys():
+            _place_tensor(t5, name, mf.tensor(name), file)
+    # 3. Tied tensors (the token embedding) point at the one that was read.
+    tied = getattr(t5, "_tied_weights_keys", None) or {}
+    for target, origin in (tied.items() if isinstance(tied, dict) else ()):
+        module_name, _, attr = target.rpartition(".")
+        if t5.get_submodule(module_name)._parameters[attr].is_meta:
+            t5.get_submodule(module_name)._parameters[attr] = t5.get_parameter(origin)
+    empty = [n for n, p in t5.named_parameters() if p.is_meta]
+    if empty:
+        raise ModelNotFoundError(f"{folder} lacks {len(empty)} T5 tensors (first: {empty[0]}): the download is "
+                                 f"incomplete; {HOW_TO_GET}")
+    return t5.eval()
 
-            def get(key: str):
-                if key not in present:
-                    raise KeyError(f"missing tensor {key}")
-                return f.get_tensor(prefix + key)
 
-            # 2. BFL layout is converted on the fly; diffusers layout is read as is.
-            if any(k.startswith("double_blocks.") for k in short):
-                try:
-                    yield from iter_bfl_to_diffusers(get, short, config)
-                except (KeyError, ValueError, RuntimeError) as e:
-                    raise ModelNotFoundError(f"{file} is not a FLUX.1 DiT checkpoint matching its config "
-                                             f"({_short(e)})") from e
-            else:
-                for k in keys:
-                    yield k, f.get_tensor(k)
-    except (SafetensorError, OSError) as e:
-        raise ModelNotFoundError(f"{file} is not a readable safetensors file ({_short(e)}); download it again "
-                                 f"(`python -m bot download --verify` checks it)") from e
-
-
-def _place_tensor(dit, name: str, tensor, file: Path) -> None:
+def _place_tensor(model, name: str, tensor, file: Path) -> None:
     """Put `tensor` in place of the meta parameter `name`, checking that it exists and fits."""
     import torch
 
     module_name, _, attr = name.rpartition(".")
     try:
-        module = dit.get_submodule(module_name)
+        module = model.get_submodule(module_name)
         current = module._parameters[attr]
     except (AttributeError, KeyError):
-        raise ModelNotFoundError(f"{file} holds {name}, which a FLUX.1 DiT does not have: it is another kind of "
-                                 f"model, or a FLUX variant this config does not describe") from None
+        raise ModelNotFoundError(f"{file} holds {name}, which a {type(model).__name__} does not have: it is "
+                                 f"another kind of model, or a variant this config does not describe") from None
     if tuple(current.shape) != tuple(tensor.shape):
         raise ModelNotFoundError(f"{file}: {name} has shape {tuple(tensor.shape)}, the config expects "
                                  f"{tuple(current.shape)}: the checkpoint does not match {name.split('.')[0]} of "
-                                 f"this FLUX config")
+                                 f"this config")
     module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
 
 
