@@ -103,7 +103,8 @@ async def last_request_at(store: Store, user_id: int) -> datetime | None:
 
 
 async def undelivered_jobs(store: Store) -> list[JobRecord]:
-    """Finished jobs whose result was never delivered (the bot stopped in between), oldest first."""
+    """Finished jobs whose result was never delivered (the bot stopped in between), oldest first; not those the
+    bot gave up on (`db.deliveries`)."""
     async with store.session() as s:
         rows = (await s.scalars(select(Job).where(Job.status.in_((DONE, FAILED)), Job.delivered_at.is_(None),
                                                   Job.deleted_at.is_(None), Job.undeliverable_reason.is_(None))
