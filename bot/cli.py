@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bot.config import ConfigError
+from engine.settings import PROFILES
 from db.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variation-seed", type=int, default=None)
     g.add_argument("--variation-strength", type=float, default=0.0)
     g.add_argument("--model", default=None, help="override [engine] model")
-    g.add_argument("--profile", default=None, help="override [engine] profile")
+    g.add_argument("--profile", default=None, choices=PROFILES, help="override [engine] profile")
     g.add_argument("-o", "--output", default=None, help="PNG path (default: the images folder); with --count > 1, "
                    "_1, _2 … are added")
 

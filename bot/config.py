@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import limits
 from engine.settings import EngineSettings, setting
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,13 @@ class LimitsSettings:
     max_unfinished_per_user: int = setting(3, "Queued or running jobs one user may have at once.", min=1, max=100)
     cooldown_s: float = setting(0.0, "Seconds a user waits between two requests; 0 = none.", min=0, max=86400)
     queue_cap: int = setting(100, "Most jobs waiting in the queue for everyone together.", min=1, max=100000)
-    max_prompt_chars: int = setting(1000, "Longest prompt accepted.", min=1, max=6000)
-    max_count: int = setting(4, "Most images one /imagine may ask for.", min=1, max=4)
+    max_prompt_chars: int = setting(1000, "Longest prompt accepted.", min=1, max=limits.MAX_PROMPT_CHARS)
+    max_count: int = setting(4, "Most images one /imagine may ask for.", min=1, max=limits.MAX_COUNT)
+    max_job_cost: float = setting(limits.DEFAULT_MAX_JOB_COST, "Largest job accepted, as images x steps x "
+                                  "megapixels (1024x1024 = 1.0 megapixel), about proportional to its GPU time. The "
+                                  "default lets through every job the default sizes allow (4 x 50 x 1.0) and "
+                                  "refuses e.g. 4 images x 50 steps at 2048x2048 (800). 0 = no cap.", min=0)
+
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """`python -m bot generate "a cat" --seed 7 --steps 20 --size 1024x1024 -o cat.png`: the bot's engine, from a terminal.
 
-Loads the configured model once, makes the image(s) with a progress bar over the steps, saves PNGs with the
-same metadata as the bot's, and prints the seed(s), the timings and the path(s).
+Checks every value with the bot's own limits (engine/limits.py, `[limits]` of the config) and that the output
+can be written, all before loading; then loads the configured model once, makes the image(s) in phases
+(prompt, a bar over the denoising steps, the decode), saves PNGs with the same metadata as the bot's, and
+prints the seed(s), the timings of each phase and the path(s).
 """
 from __future__ import annotations
 
@@ -9,18 +11,20 @@ import argparse
 import logging
 import re
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from bot.config import load_config
+from bot.config import Config, load_config
+from engine import limits
+from engine.settings import TINY
 
 log = logging.getLogger(__name__)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
-MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 16
-MIN_STEPS, MAX_STEPS = 1, 50
-MAX_COUNT = 16
+TINY_NOTE = (f"note: {TINY} has random weights, so its images are noise: it checks the set-up. For pictures, "
+             f"download a model (python -m bot download flux-dev) and set [engine] model.")
 
 
 class UsageError(ValueError):
@@ -28,16 +32,14 @@ class UsageError(ValueError):
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'1024x768' → (1024, 768); both multiples of 16 from 256 to 2048."""
+    """'1024x768' → (1024, 768); both multiples of 16 from 256 to 2048 (engine/limits.py)."""
     m = _SIZE.match(text)
     if not m:
         raise UsageError(f"--size {text!r}: write WIDTHxHEIGHT, e.g. 1024x1024")
-    width, height = int(m.group(1)), int(m.group(2))
-    for name, v in (("width", width), ("height", height)):
-        if v % SIZE_STEP or not MIN_SIZE <= v <= MAX_SIZE:
-            raise UsageError(f"--size {text}: {name} {v} must be a multiple of {SIZE_STEP} from {MIN_SIZE} to "
-                             f"{MAX_SIZE}")
-    return width, height
+    try:
+        return limits.check_size(int(m.group(1)), int(m.group(2)))
+    except limits.LimitError as e:
+        raise UsageError(f"--size {text}: {e}") from None
 
 
 def output_paths(output: str | None, images_dir: str, seeds: list[int]) -> list[Path]:
@@ -68,52 +70,91 @@ def generate_command(args: argparse.Namespace) -> int:
     from engine.errors import EngineError
     from engine.spec import JobSpec
 
-    # 1. Config and overrides.
+    # 1. Config and overrides (argparse has already refused an unknown --profile).
     cfg = load_config(args.config)
     settings = cfg.engine
     if args.model:
         settings = replace(settings, model=args.model)
     if args.profile:
         settings = replace(settings, profile=args.profile)
-    # 2. Check the request before loading anything.
+    # 2. Check the request and the output paths before loading anything.
     try:
-        spec = _spec_from_args(args, settings, JobSpec)
+        spec = _spec_from_args(args, cfg, settings, JobSpec)
+        paths = output_paths(args.output, settings.images_dir, spec.seeds)
+        check_writable(paths)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # 3. Load, generate, save.
     try:
-        return _run(args, settings, spec)
+        return _run(settings, spec, paths)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
-def _spec_from_args(args: argparse.Namespace, settings, job_spec_cls):
+def _spec_from_args(args: argparse.Namespace, cfg: Config, settings, job_spec_cls):
+    """The JobSpec, every value checked with the bot's limits and wording (engine/limits.py)."""
     width, height = parse_size(args.size)
-    steps = settings.default_steps if args.steps is None else args.steps
-    if not MIN_STEPS <= steps <= MAX_STEPS:
-        raise UsageError(f"--steps {steps}: use {MIN_STEPS} to {MAX_STEPS}")
-    guidance = settings.default_guidance if args.guidance is None else args.guidance
-    if not 0 < guidance <= 30:
-        raise UsageError(f"--guidance {guidance}: use a number above 0 and at most 30 (FLUX.1-dev: about 3.5)")
-    if not 1 <= args.count <= MAX_COUNT:
-        raise UsageError(f"--count {args.count}: use 1 to {MAX_COUNT}")
-    if not 0.0 <= args.variation_strength <= 1.0:
-        raise UsageError(f"--variation-strength {args.variation_strength}: use 0 to 1")
-    if args.variation_strength > 0 and args.variation_seed is None:
-        raise UsageError("--variation-strength needs --variation-seed")
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty")
-    seed = None if args.seed is None or args.seed < 0 else args.seed
-    return job_spec_cls(prompt=args.prompt, seed=seed, steps=steps, width=width, height=height, guidance=guidance,
-                        variation_seed=args.variation_seed, variation_strength=args.variation_strength,
-                        count=args.count).resolve()
+    try:
+        prompt = limits.check_prompt(args.prompt, cfg.limits.max_prompt_chars)
+        seed = limits.check_seed(args.seed)
+        steps = limits.check_steps(settings.default_steps if args.steps is None else args.steps)
+        guidance = limits.check_guidance(settings.default_guidance if args.guidance is None else args.guidance)
+        count = limits.check_count(args.count, cfg.limits.max_count)
+        strength = limits.check_variation(args.variation_strength, args.variation_seed)
+        limits.check_cost(count, steps, width, height, cfg.limits.max_job_cost)
+    except limits.LimitError as e:
+        raise UsageError(str(e)) from None
+    return job_spec_cls(prompt=prompt, seed=seed, steps=steps, width=width, height=height, guidance=guidance,
+                        variation_seed=args.variation_seed, variation_strength=strength, count=count).resolve()
 
 
-def _run(args: argparse.Namespace, settings, spec) -> int:
-    from tqdm import tqdm
+def check_writable(paths: list[Path]) -> None:
+    """UsageError unless each PNG path can be written: its folder exists (made if missing) and takes a file."""
+    for folder in dict.fromkeys(p.parent for p in paths):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".fluxbot-write-test-"):
+                pass
+        except OSError as e:
+            raise UsageError(f"cannot write to {folder}/ ({e.strerror or e}): pick another -o or fix the "
+                             f"folder's permissions") from None
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: give -o a file name, e.g. {path / 'image.png'}")
 
+
+class PhaseReport:
+    """What the terminal shows while a job runs: the prompt phase, a bar over the denoising steps that
+    starts at the first step and closes at the last (so its s/step is the denoising's own), then the decode."""
+
+    def __init__(self, spec, stream=None):
+        self.spec, self.stream, self.bar = spec, sys.stderr if stream is None else stream, None
+
+    def start(self) -> None:
+        print("encoding the prompt…", file=self.stream, flush=True)
+
+    def progress(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        # 1. The first step opens the bar (the prompt encoding is not a step).
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="denoising", unit="step", file=self.stream)
+        self.bar.update(done - self.bar.n)
+        # 2. The last step closes it: the decode is its own phase.
+        if done >= total:
+            self.close()
+            n = self.spec.count
+            print(f"decoding {n} image{'s' if n > 1 else ''}…", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run(settings, spec, paths: list[Path]) -> int:
     from engine.models import quiet_loading_bars
     from engine.pipeline import Engine
     from engine.png import image_params, save_png
@@ -126,24 +167,24 @@ def _run(args: argparse.Namespace, settings, spec) -> int:
     load_s = time.perf_counter() - t0
     print(f"model {engine.model_id} on {device}, profile {engine.profile}, {engine.precision} "
           f"(loaded in {load_s:.1f} s)")
+    if settings.model == TINY:
+        print(TINY_NOTE)
+    report = PhaseReport(spec)
     try:
-        # 2. Generate with a bar over the steps.
-        with tqdm(total=spec.steps, desc="denoising", unit="step", file=sys.stderr) as bar:
-            def progress(done: int, total: int) -> None:
-                bar.update(done - bar.n)
-
-            result = engine.generate(spec, progress=progress)
+        # 2. Generate: prompt, denoising bar, decode.
+        report.start()
+        result = engine.generate(spec, progress=report.progress)
         # 3. Save each image with its recipe.
-        paths = output_paths(args.output, settings.images_dir, result.seeds)
         for i, path in enumerate(paths):
             save_png(result.images[i], path, image_params(result, i))
     finally:
+        report.close()
         engine.close()
-    # 4. Report.
+    # 4. Report the real timings of each phase.
     t = result.timings
     print(f"seed{'s' if len(result.seeds) > 1 else ''}: {', '.join(map(str, result.seeds))}")
-    print(f"timings: encode {t['encode']:.2f} s, denoise {t['denoise']:.2f} s ({t['s_per_step']:.3f} s/step), "
-          f"decode {t['decode']:.2f} s, total {t['total']:.2f} s")
+    print(f"timings: prompt {t['encode']:.2f} s, denoise {t['denoise']:.2f} s ({t['s_per_step']:.3f} s/step over "
+          f"{spec.steps} steps), decode {t['decode']:.2f} s, total {t['total']:.2f} s")
     for path in paths:
         print(f"saved {path}")
     return 0

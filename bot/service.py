@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 from db import jobs as store_jobs
 from db.models import RUNNING
 from db.records import ImageFile, JobOutput, JobRecord, NewJob
+from engine import limits as job_limits  # the shared limits and checks
 from engine.listeners import Listeners
 from engine.queue import QUEUED, JobQueue, QueueClosed, QueueEvent
 from engine.spec import JobSpec, Result
@@ -61,6 +62,10 @@ class BannedWord(AdmissionError):
 
 
 class TooManyImages(AdmissionError):
+    pass
+
+
+class JobTooCostly(AdmissionError):
     pass
 
 
@@ -340,18 +345,34 @@ class JobService:
         return self.turns.turn(user_id)
 
     def check_prompt(self, prompt: str) -> str:
-        """The prompt, stripped, or an AdmissionError saying what to change."""
-        text = (prompt or "").strip()
-        if not text:
-            raise EmptyPrompt("The prompt is empty: describe the image you want.")
-        if len(text) > self.limits.max_prompt_chars:
-            raise PromptTooLong(f"The prompt is {len(text)} characters long; the limit is "
-                                f"{self.limits.max_prompt_chars}. Shorten it and try again.")
+        """The prompt, cleaned (engine/limits.py), or an AdmissionError saying what to change."""
+        try:
+            text = job_limits.check_prompt(prompt, self.limits.max_prompt_chars)
+        except job_limits.PromptEmpty as e:
+            raise EmptyPrompt(str(e)) from None
+        except job_limits.PromptTooLong as e:
+            raise PromptTooLong(str(e)) from None
         word = self.banned.find(text)
         if word is not None:
             raise BannedWord(f"The prompt contains a word this bot does not accept ({word!r}); "
                              f"rephrase it without that word.", word)
         return text
+
+    def check_cost(self, spec: JobSpec) -> None:
+        """JobTooCostly when images x steps x megapixels is over `[limits] max_job_cost`."""
+        try:
+            job_limits.check_cost(spec.count, spec.steps, spec.width, spec.height, self.limits.max_job_cost)
+        except job_limits.JobTooCostly as e:
+            raise JobTooCostly(str(e)) from None
+
+    def check_store(self) -> None:
+        """A database file deleted or replaced under the bot takes no job: the user reads why."""
+        from db.guard import DatabaseGone
+
+        try:
+            self.store.check()
+        except DatabaseGone as e:
+            raise StoreGone(str(e)) from None
 
     async def submit(self, request: NewRequest) -> Submitted:
         """Admit the request, write the job row, then queue it."""
@@ -359,6 +380,7 @@ class JobService:
         prompt = self.check_prompt(request.spec.prompt)
         if request.spec.count > self.limits.max_count:
             raise TooManyImages(f"At most {self.limits.max_count} images per request.")
+        self.check_cost(request.spec)
         spec = replace(request.spec, prompt=prompt).resolve()
         async with self._admission:
             # 2. per-user limits, from the store

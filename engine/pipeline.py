@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from engine import limits
 from engine.errors import EngineError, EngineOutOfMemory
 from engine.prompt_cache import PromptCache, PromptEmbeds
 from engine.settings import EngineSettings
@@ -24,8 +25,6 @@ from engine.spec import CancelFn, JobSpec, ProgressFn, Result
 
 log = logging.getLogger(__name__)
 
-MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 16
-MIN_STEPS, MAX_STEPS = 1, 50
 
 
 class _Cancelled(Exception):
@@ -37,19 +36,18 @@ class _Cancelled(Exception):
 
 
 def check_spec(spec: JobSpec) -> None:
-    """EngineError with a clear message if the spec asks for something the engine cannot make."""
-    for name, value in (("width", spec.width), ("height", spec.height)):
-        if value % SIZE_STEP or not MIN_SIZE <= value <= MAX_SIZE:
-            raise EngineError(f"{name} {value} is not allowed: use a multiple of {SIZE_STEP} from {MIN_SIZE} "
-                              f"to {MAX_SIZE}")
-    if not MIN_STEPS <= spec.steps <= MAX_STEPS:
-        raise EngineError(f"steps {spec.steps} is not allowed: use {MIN_STEPS} to {MAX_STEPS}")
-    if spec.count < 1:
-        raise EngineError(f"count {spec.count} is not allowed: ask for at least one image")
-    if not 0.0 <= spec.variation_strength <= 1.0:
-        raise EngineError(f"variation strength {spec.variation_strength} is not allowed: use 0 to 1")
-    if not spec.prompt.strip():
-        raise EngineError("the prompt is empty: describe the image you want")
+    """EngineError with a clear message if the spec asks for something the engine cannot make (the limits and
+    their wording are engine/limits.py's, shared with the bot and the CLI)."""
+    try:
+        limits.check_size(spec.width, spec.height)
+        limits.check_steps(spec.steps)
+        limits.check_guidance(spec.guidance)
+        limits.check_count(spec.count)
+        limits.check_seed(spec.seed if spec.seed is None or spec.seed >= 0 else None)
+        limits.check_variation(spec.variation_strength, spec.variation_seed)
+        limits.check_prompt(spec.prompt)
+    except limits.LimitError as e:
+        raise EngineError(str(e)) from None
 
 
 class Engine:

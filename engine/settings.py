@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.limits import MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+
 
 def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
             max: float | None = None, env: str | None = None) -> Any:
@@ -60,7 +62,8 @@ class EngineSettings:
                                      "encoders. 0 disables the cache.", min=0, max=10000)
     max_batch: int = setting(1, "Most queued jobs with the same size/steps/guidance run together as one batch.",
                              min=1, max=16)
-    default_steps: int = setting(20, "Steps when a request names none.", min=1, max=50)
-    default_guidance: float = setting(3.5, "Guidance when a request names none.", min=1, max=10)
+    default_steps: int = setting(20, "Steps when a request names none.", min=MIN_STEPS, max=MAX_STEPS)
+    default_guidance: float = setting(3.5, "Guidance when a request names none.", min=MIN_GUIDANCE,
+                                      max=MAX_GUIDANCE)
     max_sequence_length: int = setting(512, "T5 tokens per prompt.", min=16, max=512)
     images_dir: str = setting("data/images", "Where finished PNGs are written (named by job id).")

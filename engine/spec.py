@@ -5,10 +5,10 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
+from engine.limits import MAX_SEED
+
 if TYPE_CHECKING:  # PIL is imported where images are made
     from PIL.Image import Image
-
-MAX_SEED = 2**32 - 1
 
 # Called from the engine's thread after each denoising step: (step done, total steps).
 ProgressFn = Callable[[int, int], None]

@@ -14,8 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import actions
-from bot.validation import MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
-from engine.spec import MAX_SEED
+from engine.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,7 @@ log = logging.getLogger(__name__)
 def build_imagine_command(bot) -> app_commands.Command:
     """The /imagine command with this bot's size choices and limits."""
     cfg = bot.config
-    max_chars = min(6000, cfg.limits.max_prompt_chars)
+    max_chars = min(MAX_PROMPT_CHARS, cfg.limits.max_prompt_chars)
     choices = [app_commands.Choice(name=s.title, value=s.value) for s in bot.sizes]
 
     @app_commands.command(name="imagine", description="Generate an image from a text prompt")

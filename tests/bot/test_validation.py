@@ -51,7 +51,7 @@ def test_limits_come_from_the_config():
 @pytest.mark.parametrize("items, says", [
     ([], "is empty"),
     (["big"], "is not 'LABEL WIDTHxHEIGHT'"),
-    (["1:1 1000x1000"], "multiples of 16"),
+    (["1:1 1000x1000"], "multiple of 16"),
     (["1:1 64x64"], "from 256 to 2048"),
 ])
 def test_bad_size_config_names_the_item(items, says):

@@ -74,6 +74,9 @@ CASES: list[Case] = [
     Case("empty prompt", "imagine", {"prompt": ""}, "The prompt is empty"),
     Case("whitespace prompt", "imagine", {"prompt": " \t\n  "}, "The prompt is empty"),
     Case("only control characters", "imagine", {"prompt": "\x00\x07\x1b\x7f"}, "The prompt is empty"),
+    Case("only invisible characters (zero-width, ZWJ, Hangul filler, braille blank, tag, variation selector)",
+         "imagine", {"prompt": "\u200b\u200d\u3164\u2800\U000e0041\ufe0f"}, "The prompt is empty"),
+    Case("only Hangul fillers and spaces", "imagine", {"prompt": "\u3164 \u3164 \uffa0"}, "The prompt is empty"),
     Case("5000-char prompt", "imagine", {"prompt": "x" * 5000}, "5000 characters long; the limit is 1000"),
     Case("1001-char prompt", "imagine", {"prompt": "y" * 1001}, "1001 characters long; the limit is 1000"),
     Case("control characters inside", "imagine", {"prompt": "a cat\x00 on a\x1b mat\x07"},
@@ -83,6 +86,13 @@ CASES: list[Case] = [
     Case("newline kept", "imagine", {"prompt": "a cat\non a mat"}, stored="a cat\non a mat"),
     Case("emoji prompt", "imagine", {"prompt": "🦊 in ❄️ snow, 👨‍👩‍👧 family"},
          stored="🦊 in ❄️ snow, 👨‍👩‍👧 family"),
+    Case("flag emoji (tag sequence) and ❤️ at the end kept", "imagine",
+         {"prompt": "a flag \U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f ❤️"},
+         stored="a flag \U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f ❤️"),
+    Case("zero-width spaces and braille blanks around a prompt", "imagine", {"prompt": "\u200b\u2800a fox\u200b"},
+         stored="a fox"),
+    Case("job over [limits] max_job_cost (0.2 here)", "imagine", {"prompt": "a fox", "count": 4},
+         "4 image(s) × 1 steps × 0.0625 megapixels = 0.25; this bot allows at most 0.2 per job"),
     Case("Arabic (RTL) prompt", "imagine", {"prompt": "قطة على سطح القمر"}, stored="قطة على سطح القمر"),
     Case("Hebrew mixed with Latin", "imagine", {"prompt": "a sign that says שלום"},
          stored="a sign that says שלום"),
@@ -122,6 +132,8 @@ CASES: list[Case] = [
          "Steps must be between 1 and 50, not 999"),
     Case("Edit modal: whitespace prompt", "modal", {"prompt": "   ", "seed": "1", "steps": "2"},
          "The prompt is empty"),
+    Case("Edit modal: only braille blanks", "modal", {"prompt": "\u2800\u2800\u2800", "seed": "1", "steps": "2"},
+         "The prompt is empty"),
     Case("Edit modal: banned word", "modal", {"prompt": "a Frog", "seed": "", "steps": ""},
          "does not accept ('frog')"),
 ]
@@ -151,7 +163,7 @@ CONFIG_CASES: list[ConfigCase] = [
                "[discord] token = (hidden): must be a string", hides="123456789"),
     ConfigCase("not TOML at all", '[discord\ntoken = "x"\n', "is not valid TOML"),
     ConfigCase("size not a multiple of 16", '[discord]\nsizes = ["1:1 1000x1000"]\n',
-               "width and height must be multiples of 16"),
+               "width 1000 is not allowed: use a multiple of 16 from 256 to 2048"),
 ]
 
 
@@ -223,7 +235,7 @@ async def test_bad_inputs_get_a_clear_message_and_change_no_row(fake_discord, st
     from db.models import Job
 
     fake = fake_discord
-    bot = await start_bot(make_rel_bot(discord={"banned_words": BANNED}))
+    bot = await start_bot(make_rel_bot(discord={"banned_words": BANNED}, limits={"max_job_cost": 0.2}))
     await bot.wait_until_engines_loaded()
     bot.store_columns = list(Job.__table__.columns)
     users = {"alice": fake.add_user("alice"), "bob": fake.add_user("bob")}

@@ -27,6 +27,11 @@ def test_generate_writes_pngs_and_prints_seeds_timings_and_paths(config_file, tm
     assert "seeds: 7, 8" in printed.out and "s/step" in printed.out
     assert f"saved {first}" in printed.out and f"saved {second}" in printed.out
     assert "denoising" in printed.err  # the tqdm bar
+    # the phases in order: prompt, the bar over the steps, then the decode as its own line
+    err = printed.err
+    assert err.index("encoding the prompt") < err.index("denoising") < err.index("decoding 2 images")
+    assert "denoise" in printed.out and "s/step over 2 steps" in printed.out and "decode" in printed.out
+    assert printed.out.count("images are noise") == 1  # said once: tiny-random makes noise
     with Image.open(first) as im:
         assert im.size == (256, 320)
     params = read_png_params(second)
@@ -54,8 +59,15 @@ def test_random_seed_is_printed_and_default_path_is_the_images_folder(config_fil
 @pytest.mark.parametrize("args, words", [(["--size", "1000x1024"], "multiple of 16"),
                                          (["--size", "128x128"], "from 256 to 2048"),
                                          (["--size", "big"], "WIDTHxHEIGHT"),
-                                         (["--steps", "60"], "1 to 50"),
-                                         (["--variation-strength", "0.5"], "needs --variation-seed")])
+                                         (["--steps", "60"], "Steps must be between 1 and 50, not 60"),
+                                         (["--guidance", "0"], "Guidance must be between 1 and 10"),
+                                         (["--count", "5"], "Count must be between 1 and 4"),
+                                         (["--variation-strength", "0.5"], "needs a variation seed"),
+                                         # what the bot refuses, the CLI refuses with the same words
+                                         (["--seed", str(2**32)], "Seed 4294967296 is out of range"),
+                                         (["--seed", "-5"], "Seed -5 is out of range"),
+                                         (["--count", "4", "--steps", "50", "--size", "2048x2048"],
+                                          "= 800; this bot allows at most 200 per job. Ask for fewer images")])
 def test_bad_arguments_exit_2_with_a_clear_error_before_loading(config_file, capsys, args, words):
     rc = main(["--config", str(config_file), "generate", "a cat", *args])
     assert rc == 2 and words in capsys.readouterr().err
@@ -65,3 +77,35 @@ def test_missing_model_exits_1_and_says_how_to_download(config_file, tmp_path, c
     rc = main(["--config", str(config_file), "generate", "a cat", "--steps", "1", "--size", "256x256",
                "--model", str(tmp_path / "nothing-here")])
     assert rc == 1 and "python -m bot download" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prompt, words", [("x" * 10_000, "10000 characters long; the limit is 1000"),
+                                           ("\u200b\u3164\u2800 \U000e0041\ufe0f", "The prompt is empty"),
+                                           ("", "The prompt is empty")])
+def test_prompt_is_checked_with_the_bots_limit_and_wording(config_file, capsys, prompt, words):
+    rc = main(["--config", str(config_file), "generate", prompt, "--steps", "1", "--size", "256x256"])
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and "Traceback" not in err
+
+
+def test_unknown_profile_is_refused_by_the_parser_before_loading(config_file, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(config_file), "generate", "a cat", "--profile", "fast"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'fast'" in err and "streamed" in err
+
+
+def test_unwritable_output_is_refused_before_generating(config_file, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    started = __import__("time").perf_counter()
+    rc = main(["--config", str(config_file), "generate", "a cat", "--steps", "1", "--size", "256x256",
+               "-o", str(blocker / "cat.png")])
+    printed = capsys.readouterr()
+    assert rc == 2 and "cannot write to" in printed.err and "pick another -o" in printed.err
+    assert "model " not in printed.out and __import__("time").perf_counter() - started < 2  # nothing was loaded
+    folder = tmp_path / "out-folder"
+    folder.mkdir()
+    (folder / "x.png").mkdir()
+    assert main(["--config", str(config_file), "generate", "a cat", "-o", str(folder / "x.png")]) == 2
+    assert "is a folder" in capsys.readouterr().err
