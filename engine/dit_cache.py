@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from engine.errors import EngineError, ModelNotFoundError
-from engine.mmap_weights import (DiskFullError, PlannedTensor, SafetensorsFormatError, StreamingWriter,
-                                 drop_cached_pages, read_header, read_tensor)
+from engine.mmap_weights import (PAD_PREFIX, DiskFullError, PlannedTensor, SafetensorsFormatError,
+                                 StreamingWriter, drop_cached_pages, read_header, read_tensor)
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _read_dit_tensors(file: Path, config) -> Iterator[tuple[str, torch.Tensor]]:
                                  f"(`python -m bot download --verify` checks it)") from e
     try:
         # 1. All-in-one checkpoints carry the VAE and encoders too: keep the DiT.
-        keys = list(infos)
+        keys = [k for k in infos if not k.startswith(PAD_PREFIX)]
         prefix = BFL_PREFIX if any(k.startswith(BFL_PREFIX) for k in keys) else ""
         short = [k.removeprefix(prefix) for k in keys if k.startswith(prefix)]
         present = set(short)

@@ -192,10 +192,11 @@ class StreamingWriter:
     Use as a context manager: leaving it without `commit()` (an error) removes the temp file.
     """
 
-    def __init__(self, path: str | os.PathLike, tensors: Iterable[PlannedTensor], metadata: dict[str, str]):
+    def __init__(self, path: str | os.PathLike, tensors: Iterable[PlannedTensor], metadata: dict[str, str], *,
+                 align: int = ALIGN):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.header, self.offsets, self.size = _plan_layout(list(tensors), metadata)
+        self.header, self.offsets, self.size = _plan_layout(list(tensors), metadata, align)
         self.pending = {name for name in self.offsets if not name.startswith(PAD_PREFIX)}
         self.fd = -1
         self._since_drop = 0
@@ -268,15 +269,16 @@ class StreamingWriter:
                                       f"{_free_gib(self.path.parent)} free): {os.strerror(e.errno or 0)}")
 
 
-def _plan_layout(tensors: list[PlannedTensor], metadata: dict[str, str]
+def _plan_layout(tensors: list[PlannedTensor], metadata: dict[str, str], align: int
                  ) -> tuple[bytes, dict[str, tuple[int, PlannedTensor]], int]:
     """(header bytes with its 8-byte length, absolute offset of each tensor, file size). Every tensor starts on
-    an ALIGN boundary; the gaps are U8 filler entries so the data section has no holes."""
+    an `align` boundary; the gaps are U8 filler entries so the data section has no holes (align 1: none, the
+    plain layout of files written by torch, header padded to 8 bytes)."""
     # 1. Relative offsets, with fillers where a tensor would start off a boundary.
     entries: list[tuple[PlannedTensor, int]] = []
     at = 0
     for t in tensors:
-        gap = -at % ALIGN
+        gap = -at % align
         if gap:
             entries.append((PlannedTensor(f"{PAD_PREFIX}{len(entries)}", torch.uint8, (gap,)), at))
             at += gap
@@ -287,7 +289,7 @@ def _plan_layout(tensors: list[PlannedTensor], metadata: dict[str, str]
     for t, rel in entries:
         header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [rel, rel + t.nbytes]}
     text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-(8 + len(text)) % ALIGN)
+    text += b" " * (-(8 + len(text)) % max(align, 8))
     base = 8 + len(text)
     offsets = {t.name: (base + rel, t) for t, rel in entries}
     return struct.pack("<Q", len(text)) + text, offsets, base + at

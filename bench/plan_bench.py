@@ -1,0 +1,659 @@
+"""Plan benchmark (issue 12): the bot's real engine on emulated small PCs, against each plan's physical floor.
+
+On the GPU machine, as root:
+
+    python bench/plan_bench.py --all --dir /tmp/pb --out $OUT/plan.jsonl   # write the files, anchors, every row
+    python bench/plan_bench.py --tiny                                         # CPU smoke, the tiny arch, seconds
+
+1. Files: random weights (`randn * 0.02`, never zeros) written to disk in the real layouts: a BFL single-file
+   bf16 DiT with FLUX.1-dev's keys and shapes (`flux1-dev.safetensors`), and a FLUX.1-dev base folder with
+   CLIP-L (`text_encoder/model.safetensors`), T5-XXL in bf16 sharded like the release (`text_encoder_2/model-
+   0000{1,2}-of-00002.safetensors` + index), the VAE, configs, the scheduler and small offline tokenizers
+   (engine/tiny.py's: the token ids stay inside the real vocabularies; T5 always encodes 512 tokens).
+2. Anchors, same run: pinned host→device bandwidth; page cache → pinned copy bandwidth; cold disk read
+   bandwidth (page cache dropped: `echo 3 > /proc/sys/vm/drop_caches`).
+3. Rows: each (RAM cap, VRAM cap) runs in a child process inside a cgroup v2 memory limit (`memory.max`, swap
+   off) with `torch.cuda.set_per_process_memory_fraction` for the VRAM cap (0.5 GiB of it counted as the CUDA
+   context), page cache dropped before it: `Engine.load` from settings (profile auto unless the row forces
+   one), one warm-up image (other prompt, 2 steps), then one measured image: new prompt, 1024², 20 steps.
+   Recorded: load time, s/image and its phases, the plan's prediction, peak VRAM (max allocated + 0.5 GiB
+   context), the child's peak RSS (VmHWM) and its anonymous/file split, the cgroup's `memory.peak` and
+   `memory.events` oom_kill. The first child only loads: the first start, which builds the DiT's fp8 cache.
+4. Floors: per row, max(DiT compute per step, bytes moved per step over each path / that path's measured
+   bandwidth) x steps + encode + decode (resident row's compute, encode and decode; the row's plan says which
+   bytes go through which path); and the same with a PCIe 4.0 x16 board's 25 GB/s host→device.
+Every row prints one JSON line (starting with '{'); `--all` prints the table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+log = logging.getLogger("plan_bench")
+
+GiB = 1024 ** 3
+CONTEXT_GIB = 0.5       # a real card's CUDA context, counted inside each VRAM cap
+PCIE4_H2D = 25e9        # bytes/s host→device of a PCIe 4.0 x16 consumer board
+PROMPT = "a lighthouse on a cliff above a stormy sea, oil painting"
+WARM_PROMPT = "warm up"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+DIT_FILE = "flux1-dev.safetensors"
+BASE = "FLUX.1-dev"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    ram_gib: float        # cgroup memory.max; 0 = no limit
+    vram_gib: float       # the card's size (allocator cap = this - CONTEXT_GIB); 0 = no cap
+    profile: str = "auto"
+    must: str = ""
+    load_only: bool = False
+
+
+# The issue's targets, then the references. The first row is the first start (builds the fp8 cache).
+ROWS = [
+    Row("first-start", 16, 8, load_only=True, must="converts the DiT within 16 GiB"),
+    Row("16/6", 16, 6, must="<= 1.25x floor"), Row("16/8", 16, 8, must="<= 1.25x floor"),
+    Row("16/12", 16, 12, must="<= 1.25x floor"), Row("32/8", 32, 8, must="<= 1.25x floor"),
+    Row("24/2.5", 24, 2.5, must="<= 1.25x floor, no regression from 5.1 s"),
+    Row("64/24", 64, 24, must="<= 1.05x resident"),
+    Row("resident", 0, 0, profile="resident", must="reference"),
+    Row("streamed", 0, 3.5, profile="streamed", must="today's point: 1.83 GiB peak allocated, 5.1 s/image"),
+]
+
+
+@dataclass(frozen=True)
+class Arch:
+    dit: dict
+    clip: dict
+    t5: dict
+    vae: dict
+    t5_shards: int
+
+
+FLUX_DEV = Arch(
+    dit=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+             axes_dims_rope=[16, 56, 56]),
+    clip=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+              num_hidden_layers=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
+    t5=dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+            feed_forward_proj="gated-gelu", is_encoder_decoder=False, dense_act_fn="gelu_new", dropout_rate=0.1,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6),
+    vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+             up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+             latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+             use_quant_conv=False, use_post_quant_conv=False),
+    t5_shards=2)
+TINY = Arch(
+    dit=dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=3, attention_head_dim=16,
+             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+             axes_dims_rope=[4, 6, 6]),
+    clip=dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+              max_position_embeddings=77, projection_dim=32, hidden_act="gelu"),
+    t5=dict(vocab_size=1000, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False, relative_attention_num_buckets=8, dropout_rate=0.0),
+    vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+             up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
+             latent_channels=16, norm_num_groups=4, sample_size=64, scaling_factor=0.3611, shift_factor=0.1159,
+             use_quant_conv=False, use_post_quant_conv=False),
+    t5_shards=2)
+
+
+# ------------------------------------------------------------------------------------------------- files
+
+def write_model(root: Path, arch: Arch, device: str) -> dict:
+    """The DiT single file and the base folder, random bf16 weights, real layouts. Skipped when complete."""
+    import torch
+
+    done = root / "complete.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    shutil.rmtree(root, ignore_errors=True)
+    base = root / BASE
+    base.mkdir(parents=True)
+    gen = torch.Generator(device).manual_seed(0)
+    # 1. Configs, scheduler, tokenizers, model_index.json.
+    clip_cls, t5_cls = _write_configs(base, arch)
+    # 2. The DiT in BFL layout (names and shapes from the diffusers model through engine/tiny.py's converter).
+    sizes = {"dit": _write_random(root / DIT_FILE, _bfl_shapes(arch), gen, device)}
+    # 3. T5-XXL sharded like the release, with its index; CLIP and the VAE in one file each.
+    t5_shapes = _state_shapes(lambda: t5_cls(_t5_config(arch)), drop=("encoder.embed_tokens.weight",))
+    sizes["t5"] = _write_shards(base / "text_encoder_2", t5_shapes, arch.t5_shards, gen, device)
+    sizes["clip"] = _write_random(base / "text_encoder" / "model.safetensors",
+                                  _state_shapes(lambda: clip_cls(_clip_config(arch))), gen, device)
+    from diffusers import AutoencoderKL
+    sizes["vae"] = _write_random(base / "vae" / "diffusion_pytorch_model.safetensors",
+                                 _state_shapes(lambda: AutoencoderKL(**arch.vae)), gen, device)
+    info = {"bytes": sizes, "write_s": round(time.perf_counter() - t0, 1),
+            "dit_tensors": len(_bfl_shapes(arch))}
+    done.write_text(json.dumps(info))
+    return info
+
+
+def _write_configs(base: Path, arch: Arch):
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    from engine.tiny import _tiny_tokenizers
+
+    with torch.device("meta"):
+        FluxTransformer2DModel(**arch.dit).save_config(base / "transformer")
+        AutoencoderKL(**arch.vae).save_config(base / "vae")
+    clip_tok, t5_tok = _tiny_tokenizers()
+    clip_tok.save_pretrained(base / "tokenizer")
+    t5_tok.save_pretrained(base / "tokenizer_2")
+    _clip_config(arch).save_pretrained(base / "text_encoder")
+    _t5_config(arch).save_pretrained(base / "text_encoder_2")
+    FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
+                                    shift=3.0, use_dynamic_shifting=True).save_config(base / "scheduler")
+    index = {"_class_name": "FluxPipeline", "_diffusers_version": "0.30.0.dev0",
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+             "tokenizer": ["transformers", type(clip_tok).__name__],
+             "tokenizer_2": ["transformers", type(t5_tok).__name__],
+             "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (base / "model_index.json").write_text(json.dumps(index, indent=2))
+    return CLIPTextModel, T5EncoderModel
+
+
+def _clip_config(arch: Arch):
+    from transformers import CLIPTextConfig
+
+    from engine.tiny import _tiny_tokenizers
+
+    tok = _tiny_tokenizers()[0]
+    return CLIPTextConfig(**arch.clip, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id, dtype="bfloat16")
+
+
+def _t5_config(arch: Arch):
+    from transformers import T5Config
+
+    return T5Config(**arch.t5, dtype="bfloat16")
+
+
+def _bfl_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from engine.tiny import diffusers_to_bfl
+
+    with torch.device("meta"):
+        dit = FluxTransformer2DModel(**arch.dit)
+    return {k: tuple(v.shape) for k, v in diffusers_to_bfl(dit.state_dict(), dit.config).items()}
+
+
+def _state_shapes(build, drop: tuple[str, ...] = ()) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in drop}
+
+
+def _write_random(path: Path, shapes: dict[str, tuple[int, ...]], gen, device: str) -> int:
+    """A plain safetensors file (no alignment fillers: the layout torch writes) of random bf16 tensors."""
+    import torch
+
+    from engine.mmap_weights import PlannedTensor, StreamingWriter
+
+    planned = [PlannedTensor(k, torch.bfloat16, s) for k, s in shapes.items()]
+    with StreamingWriter(path, planned, {"format": "pt"}, align=1) as w:
+        for t in planned:
+            x = torch.randn(t.shape, generator=gen, device=device, dtype=torch.float32).mul_(0.02)
+            w.write(t.name, x.to(torch.bfloat16).cpu())
+        w.commit()
+    return sum(t.nbytes for t in planned)
+
+
+def _write_shards(folder: Path, shapes: dict[str, tuple[int, ...]], shards: int, gen, device: str) -> int:
+    """`model-0000i-of-0000n.safetensors` of about equal size and `model.safetensors.index.json`."""
+    import math
+
+    sizes = {k: math.prod(s) * 2 for k, s in shapes.items()}
+    per = sum(sizes.values()) / shards
+    groups: list[dict] = [{}]
+    acc = 0
+    for k, s in shapes.items():
+        if acc >= per * len(groups) and len(groups) < shards:
+            groups.append({})
+        groups[-1][k] = s
+        acc += sizes[k]
+    weight_map, total = {}, 0
+    for i, group in enumerate(groups, start=1):
+        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        total += _write_random(folder / name, group, gen, device)
+        weight_map.update({k: name for k in group})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                     "weight_map": weight_map}, indent=1))
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ anchors
+
+def measure_anchors(root: Path, device: str, *, sample_bytes: int, may_drop: bool) -> dict:
+    """Pinned H2D, page cache → pinned (torch copy from a mapping, and pread), cold disk (same two ways)."""
+    import torch
+
+    from engine.mmap_weights import MappedFile
+
+    out: dict = {}
+    src = root / DIT_FILE
+    mf = MappedFile(src)
+    n = min(sample_bytes, mf.storage.nbytes() // 3)
+    pinned = torch.empty(n, dtype=torch.uint8, pin_memory=device.startswith("cuda"))
+    # 1. Host → device from pinned memory.
+    if device.startswith("cuda"):
+        dev = torch.empty(n, dtype=torch.uint8, device=device)
+        out["h2d_GBps"] = _rate(lambda: (dev.copy_(pinned, non_blocking=True), torch.cuda.synchronize()), n, 5)
+    # 2. Cold disk: two different regions, page cache dropped first (root only).
+    chunk = 64 << 20
+    region = lambda i: torch.empty(0, dtype=torch.uint8).set_(mf.storage, i * n, (n,), (1,))  # noqa: E731
+    if may_drop and drop_caches():
+        out["disk_cold_mmap_GBps"] = _rate(lambda: _copy_chunks(pinned, region(1), chunk), n, 1)
+        out["disk_cold_pread_GBps"] = _rate(lambda: _pread_into(src, 2 * n, pinned), n, 1)
+    else:
+        out["disk_cold"] = "not measured: dropping the page cache needs root (and is not done with --tiny)"
+    # 3. Page cache → pinned: the same regions again, now cached.
+    _copy_chunks(pinned, region(0), chunk)
+    out["pagecache_copy_GBps"] = _rate(lambda: _copy_chunks(pinned, region(0), chunk), n, 3)
+    out["pagecache_pread_GBps"] = _rate(lambda: _pread_into(src, 0, pinned), n, 3)
+    out["sample_GiB"] = round(n / GiB, 2)
+    return out
+
+
+def _copy_chunks(dst, src, chunk: int) -> None:
+    for i in range(0, src.numel(), chunk):
+        dst[i:i + chunk].copy_(src[i:i + chunk])
+
+
+def _pread_into(path: Path, offset: int, dst) -> None:
+    view = memoryview(dst.numpy())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            done += os.preadv(fd, [view[done:done + (64 << 20)]], offset + done)
+    finally:
+        os.close(fd)
+
+
+def _rate(fn, nbytes: int, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return round(nbytes / statistics.median(times) / 1e9, 3)
+
+
+def drop_caches() -> bool:
+    """Write back dirty pages and drop the page cache (root only); False when not allowed."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- the child
+
+def child(args) -> dict:
+    """One row inside its limits: load the engine from settings, a warm-up image, then the measured image."""
+    import torch
+
+    from engine.mmap_weights import memory_status
+    from engine.pipeline import Engine
+    from engine.settings import EngineSettings
+    from engine.spec import JobSpec
+
+    root, row = Path(args.dir), json.loads(args.child)
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    out: dict = {"row": row["name"], "steps": args.steps, "res": args.res}
+    # 1. The VRAM cap: the card's size less its CUDA context is what the allocator may take.
+    if row["vram_gib"] and device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction((row["vram_gib"] - CONTEXT_GIB) * GiB / total, 0)
+    # 2. Settings as an owner would write them (the budgets: the card's size; RAM detected from the cgroup).
+    fields = {f for f in EngineSettings.__dataclass_fields__}
+    kw = dict(model=str(root / DIT_FILE), base_model=str(root / BASE), models_dir=str(root), profile=row["profile"],
+              devices=[device], images_dir=str(root / "images"), max_sequence_length=args.seq)
+    if row["vram_gib"] and "ram_budget_gib" in fields:  # the planner's era: the budget is every plan's VRAM
+        kw["vram_budget_gib"] = row["vram_gib"] - CONTEXT_GIB
+    settings = EngineSettings(**kw)
+    t0 = time.perf_counter()
+    engine = Engine.load(settings, device)
+    out["load_s"] = round(time.perf_counter() - t0, 2)
+    out["mem_after_load"] = _gib(memory_status())
+    out.update(_plan_info(engine))
+    if row.get("load_only"):
+        return out
+    # 3. Warm-up (another prompt, 2 steps), then the measured image: new prompt, all steps.
+    size = args.res
+    engine.generate(JobSpec(WARM_PROMPT, seed=1, steps=2, width=size, height=size))
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    result = engine.generate(JobSpec(PROMPT, seed=7, steps=args.steps, width=size, height=size),
+                             progress=lambda i, n: stamps.append(time.perf_counter()))
+    wall = time.perf_counter() - t0
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    t = result.timings
+    out.update(image_s=round(t["total"], 3), wall_s=round(wall, 3), encode_s=round(t["encode"], 3),
+               decode_s=round(t["decode"], 3), denoise_s=round(t["denoise"], 3),
+               s_per_step=round(statistics.median(steps), 4) if steps else round(t["s_per_step"], 4),
+               profile=result.profile)
+    if device == "cuda":
+        out["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
+        out["peak_vram_gib"] = round(out["peak_alloc_gib"] + CONTEXT_GIB, 3)
+    out["mem_end"] = _gib(memory_status())
+    out["peak_rss_gib"] = out["mem_end"].get("VmHWM")
+    import numpy as np
+    out["image_std"] = round(float(np.asarray(result.images[0], dtype=np.float32).std()), 2)  # 0 = a flat image
+    engine.close()
+    return out
+
+
+def _plan_info(engine) -> dict:
+    """The plan the engine chose and what it predicted (the planner's era), else the profile only."""
+    plan = getattr(engine.plan, "plan", None)
+    info: dict = {"profile": engine.profile}
+    if plan is None:
+        return info
+    placement = plan.placement
+    counts = {tier: sum(1 for t in placement.dit if t == tier) for tier in ("gpu", "pinned", "disk")}
+    info.update(pred_s_per_step=round(plan.s_per_step, 4), pred_s_per_image=round(plan.s_per_image, 2),
+                pred_encode_s=round(plan.encode_s, 3), pred_decode_s=round(plan.decode_s, 3),
+                pred_peak_vram_gib=round(plan.peak_vram / GiB + CONTEXT_GIB, 2),
+                pred_host_ram_gib=round(plan.host_ram / GiB, 2), pred_page_cache_gib=round(plan.page_cache / GiB, 2),
+                pred_disk_read_per_step_gib=round(plan.disk_read_per_step / GiB, 3),
+                dit_tiers=counts, t5_tiers={t: sum(1 for x in placement.t5 if x == t) for t in ("gpu", "pinned", "disk")},
+                clip_tier=placement.clip, vae_tier=placement.vae, summary=plan.summary())
+    sizes = getattr(engine, "_sizes", None)
+    if sizes is not None:
+        blocks, t5 = sizes.dit_blocks, sizes.t5_blocks
+        info["moved"] = {
+            "dit_pinned": sum(b for b, t in zip(blocks, placement.dit) if t == "pinned"),
+            "dit_disk": sum(b for b, t in zip(blocks, placement.dit) if t == "disk"),
+            "t5_pinned": sum(b for b, t in zip(t5, placement.t5) if t == "pinned"),
+            "t5_disk": sum(b for b, t in zip(t5, placement.t5) if t == "disk"),
+            "disk_read_per_step": plan.disk_read_per_step}
+    return info
+
+
+def _gib(status: dict) -> dict:
+    return {k: round(v / GiB, 3) for k, v in status.items()}
+
+
+# --------------------------------------------------------------------------------------------- the parent
+
+def run_row(args, row: Row) -> dict:
+    """The row in a child process, inside a fresh cgroup when root; reads memory.peak and oom_kill after."""
+    cg = _make_cgroup(row) if not args.tiny else None
+    cmd = [sys.executable, os.path.abspath(__file__), "--dir", args.dir, "--res", str(args.res), "--steps",
+           str(args.steps), "--seq", str(args.seq), "--child", json.dumps(row.__dict__)] + (["--tiny"] if args.tiny else [])
+    if not args.tiny:
+        drop_caches()
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout,
+                              preexec_fn=(lambda: (cg / "cgroup.procs").write_text(str(os.getpid()))) if cg else None)
+        rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, stdout, stderr = "timeout", e.stdout or "", e.stderr or ""
+        stdout, stderr = (s.decode() if isinstance(s, bytes) else s for s in (stdout, stderr))
+    got = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    out = got[-1] if got else {"row": row.name}
+    out.update(ram_cap_gib=row.ram_gib, vram_cap_gib=row.vram_gib, forced=row.profile, must=row.must, rc=rc,
+               child_wall_s=round(time.time() - t0, 1))
+    if rc != 0:
+        out["error"] = (stderr.strip().splitlines() or ["killed"])[-1][:300]
+    if args.log:
+        with open(args.log, "a") as fh:
+            fh.write(f"\n===== row {row.name} (rc {rc}) =====\n{stderr[-100000:]}")
+    if cg is not None:
+        out.update(_read_cgroup(cg))
+        _remove_cgroup(cg)
+    return out
+
+
+def _run_here(args, row: Row) -> dict:
+    """The child's work in this process (the --tiny smoke)."""
+    out = child(argparse.Namespace(**{**vars(args), "child": json.dumps(row.__dict__)}))
+    out.update(ram_cap_gib=row.ram_gib, vram_cap_gib=row.vram_gib, forced=row.profile, must=row.must, rc=0)
+    return out
+
+
+def _make_cgroup(row: Row) -> Path | None:
+    """/sys/fs/cgroup/plan-bench-<row>: memory.max = the RAM cap (or max), swap off. None when not possible."""
+    cg = CGROUP_ROOT / f"plan-bench-{row.name.replace('/', '_').replace('@', '_')}"
+    try:
+        if "memory" not in (CGROUP_ROOT / "cgroup.subtree_control").read_text():
+            (CGROUP_ROOT / "cgroup.subtree_control").write_text("+memory")
+        if cg.exists():
+            _remove_cgroup(cg)
+        cg.mkdir()
+        (cg / "memory.max").write_text(f"{int(row.ram_gib * GiB)}\n" if row.ram_gib else "max\n")
+        if (cg / "memory.swap.max").exists():
+            (cg / "memory.swap.max").write_text("0\n")
+        return cg
+    except OSError as e:
+        log.warning("no cgroup for %s (%s): the row runs without a RAM cap", row.name, e)
+        return None
+
+
+def _read_cgroup(cg: Path) -> dict:
+    out: dict = {}
+    try:
+        out["cgroup_peak_gib"] = round(int((cg / "memory.peak").read_text()) / GiB, 3)
+    except (OSError, ValueError):
+        pass
+    try:
+        events = dict(line.split() for line in (cg / "memory.events").read_text().splitlines())
+        out["oom_kill"] = int(events.get("oom_kill", 0))
+        out["mem_high_events"] = int(events.get("high", 0))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _remove_cgroup(cg: Path) -> None:
+    for _ in range(50):
+        try:
+            cg.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------------------------- floors
+
+def add_floors(rows: list[dict], anchors: dict) -> None:
+    """floor = max(DiT compute/step, bytes per step over each path / its bandwidth) x steps + encode + decode.
+
+    Compute, encode and decode come from the resident row of the same run; a row's bytes per path from its plan
+    (DiT blocks pinned: H2D; on disk: page cache → pinned, then H2D, and `disk_read_per_step` from the disk
+    itself); a streamed T5 adds its bytes over the same paths to the encode. `pcie4_floor_s` is the same floor
+    with 25 GB/s host→device (a PCIe 4.0 x16 board; the H200's compute kept): a computed figure, not measured."""
+    ref = next((r for r in rows if r.get("row") == "resident" and "s_per_step" in r), None)
+    if ref is None or "h2d_GBps" not in anchors:
+        return
+    h2d = anchors["h2d_GBps"] * 1e9
+    pc = anchors.get("pagecache_copy_GBps", 0) * 1e9 or None
+    disk = anchors.get("disk_cold_mmap_GBps", 0) * 1e9 or None
+    for r in rows:
+        moved = r.get("moved")
+        if moved is None or "s_per_step" not in r:
+            continue
+        for key, bw in (("floor", h2d), ("pcie4_floor", PCIE4_H2D)):
+            step = _floor_step(ref["s_per_step"], moved["dit_pinned"], moved["dit_disk"], moved["disk_read_per_step"],
+                               bw, pc, disk)
+            encode = max(ref["encode_s"], _floor_step(0.0, moved["t5_pinned"], moved["t5_disk"], 0, bw, pc, disk))
+            r[f"{key}_s_per_step"] = round(step, 4)
+            r[f"{key}_s"] = round(step * r.get("steps", 20) + encode + ref["decode_s"], 3)
+        r["x_floor"] = round(r["image_s"] / r["floor_s"], 2)
+    for r in rows:
+        if "image_s" in r and r.get("row") != "resident":
+            r["x_resident"] = round(r["image_s"] / ref["image_s"], 3)
+
+
+def _floor_step(compute: float, pinned: int, on_disk: int, from_disk: int, h2d: float, pc: float | None,
+                disk: float | None) -> float:
+    times = [compute, (pinned + on_disk) / h2d]
+    if pc:
+        times.append(on_disk / pc)
+    if disk:
+        times.append(from_disk / disk)
+    return max(times)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'row':12} {'profile':9} {'s/image':>8} {'pred':>6} {'floor':>6} {'x fl':>5} {'s/step':>7} "
+            f"{'enc':>5} {'dec':>5} {'VRAM':>6} {'RSS':>6} {'cg peak':>7} {'oom':>3} {'load s':>6} {'pcie4':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "anchors" in r:
+            print("anchors:", json.dumps(r["anchors"]))
+            continue
+        if "image_s" not in r:
+            print(f"{r.get('row', '?'):12} {r.get('profile', ''):9} load {r.get('load_s', '-')} s "
+                  f"cgroup peak {r.get('cgroup_peak_gib', '-')} oom_kill {r.get('oom_kill', '-')} "
+                  f"{r.get('error', '')[:80]}")
+            continue
+        print(f"{r['row']:12} {r.get('profile', ''):9} {r['image_s']:>8.2f} {r.get('pred_s_per_image', '-'):>6} "
+              f"{r.get('floor_s', '-'):>6} {r.get('x_floor', '-'):>5} {r['s_per_step']:>7.3f} {r['encode_s']:>5.2f} "
+              f"{r['decode_s']:>5.2f} {r.get('peak_vram_gib', '-'):>6} {r.get('peak_rss_gib', '-'):>6} "
+              f"{r.get('cgroup_peak_gib', '-'):>7} {r.get('oom_kill', '-'):>3} {r.get('load_s', '-'):>6} "
+              f"{r.get('pcie4_floor_s', '-'):>6}")
+
+
+def plot(jsonl: str, png: str) -> None:
+    """s/image against (VRAM cap, RAM cap): one point per measured row, labelled; OOM-killed rows as crosses."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(jsonl) if line.startswith("{")]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = {16: "tab:red", 24: "tab:orange", 32: "tab:green", 64: "tab:blue", 0: "black"}
+    for r in rows:
+        if "vram_cap_gib" not in r or r.get("row") == "first-start":
+            continue
+        vram = r.get("peak_vram_gib") if not r["vram_cap_gib"] else r["vram_cap_gib"]
+        ram = r["ram_cap_gib"]
+        color = colors.get(int(ram), "gray")
+        if "image_s" in r:
+            ax.plot(vram, r["image_s"], "o", color=color)
+            if "floor_s" in r:
+                ax.plot(vram, r["floor_s"], "_", color=color, markersize=14)
+            ax.annotate(f"{r['row']} ({r.get('profile', '')})", (vram, r["image_s"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        else:
+            ax.plot(vram or 0, 0, "x", color=color, markersize=9)
+            ax.annotate(f"{r['row']}: {r.get('error', 'failed')[:30]}", (vram or 0, 0), fontsize=7)
+    for ram, color in colors.items():
+        ax.plot([], [], "o", color=color, label=f"RAM cap {ram} GiB" if ram else "no RAM cap")
+    ax.plot([], [], "_", color="gray", markersize=14, label="floor (same run)")
+    ax.set_xlabel("VRAM of the emulated card, GiB (cap incl. 0.5 GiB context; uncapped rows: measured peak)")
+    ax.set_ylabel("s/image, 1024², 20 steps, new prompt")
+    ax.set_title("fluxbot on emulated PCs: FLUX.1-dev architecture, H200")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--all", action="store_true", help="write the files, measure the anchors, run every row")
+    ap.add_argument("--tiny", action="store_true", help="the tiny architecture on the CPU, no limits (seconds)")
+    ap.add_argument("--dir", default="/tmp/plan-bench", help="where the model files are written")
+    ap.add_argument("--only", default="", help="comma-separated row names to run (first-start always runs)")
+    ap.add_argument("--res", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--seq", type=int, default=512, help="T5 tokens ([engine] max_sequence_length)")
+    ap.add_argument("--row-timeout", type=int, default=300)
+    ap.add_argument("--deadline", type=float, default=0, help="seconds: skip rows that would start after this")
+    ap.add_argument("--sample-gib", type=float, default=4.0, help="bytes of each bandwidth anchor")
+    ap.add_argument("--out", help="append every row here as JSON lines")
+    ap.add_argument("--log", help="append each child's stderr (the engine's log) to this file")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--plot", nargs=2, metavar=("JSONL", "PNG"), help="plot a run's JSON lines")
+    args = ap.parse_args(argv)
+    if args.res is None:
+        args.res = 256 if args.tiny else 1024
+    if args.tiny:
+        args.steps, args.seq = min(args.steps, 2), min(args.seq, 32)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.plot:
+        plot(*args.plot)
+        return []
+    if args.child:
+        print(json.dumps(child(args)), flush=True)
+        return []
+    return run_all(args)
+
+
+def run_all(args) -> list[dict]:
+    import torch
+
+    t_start = time.time()
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    root = Path(args.dir)
+    # 1. Files, then the anchors (page cache dropped where allowed).
+    files = write_model(root, TINY if args.tiny else FLUX_DEV, device)
+    anchors = measure_anchors(root, device, sample_bytes=int(args.sample_gib * GiB), may_drop=not args.tiny)
+    head = {"anchors": anchors, "files": files, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+            "torch": torch.__version__}
+    _emit(args, head)
+    # 2. The rows (the tiny smoke runs the first start, resident and one auto row).
+    wanted = set(filter(None, args.only.split(",")))
+    rows: list[dict] = []
+    chosen = [r for r in ROWS if r.load_only or not wanted or r.name in wanted]
+    if args.tiny:  # in this process: no limits to apply, and seconds matter
+        chosen = [Row("first-start", 0, 0, load_only=True), Row("auto", 0, 0)]
+    for row in chosen:
+        if args.deadline and time.time() - t_start > args.deadline:
+            rows.append({"row": row.name, "error": "skipped: the run's deadline passed"})
+            continue
+        rows.append(_run_here(args, row) if args.tiny else run_row(args, row))
+        _emit(args, rows[-1])
+    # 3. Floors and ratios, then the table.
+    add_floors(rows, anchors)
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps({"final": rows}) + "\n")
+    print_table([head] + rows)
+    return [head] + rows
+
+
+def _emit(args, row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

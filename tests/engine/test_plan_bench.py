@@ -1,0 +1,28 @@
+"""bench/plan_bench.py --tiny keeps running on CPU (the GPU table of issue 12 comes from the same script)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+
+def test_tiny_plan_bench_writes_real_layouts_loads_through_the_cache_and_times_an_image(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[2] / "bench" / "plan_bench.py"
+    spec = importlib.util.spec_from_file_location("plan_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["plan_bench"] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--tiny", "--dir", str(tmp_path / "pb"), "--out", str(tmp_path / "plan.jsonl")])
+    head, by = rows[0], {r["row"]: r for r in rows[1:]}
+    # 1. The files: a BFL single-file DiT and a base folder with T5 in two shards and its index.
+    assert head["files"]["dit_tensors"] > 0 and (tmp_path / "pb" / "flux1-dev.safetensors").exists()
+    index = json.loads((tmp_path / "pb" / "FLUX.1-dev" / "text_encoder_2" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 2
+    assert head["anchors"]["pagecache_copy_GBps"] > 0
+    # 2. The first start built the fp8 cache; the row loaded and made an image, with the plan's prediction.
+    assert list((tmp_path / "pb" / ".fluxbot-cache").glob("flux1-dev.all-linear.*.safetensors"))
+    assert by["first-start"]["load_s"] > 0
+    auto = by["auto"]
+    assert auto["image_s"] > 0 and auto["s_per_step"] > 0 and auto["image_std"] > 0
+    assert auto["mem_end"]["VmHWM"] > 0
+    assert "auto" in capsys.readouterr().out
+    assert len((tmp_path / "plan.jsonl").read_text().splitlines()) == 4  # head, two rows, the final list
