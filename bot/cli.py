@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bot.config import ConfigError
+from bot.errors import CannotStart
 from engine.settings import PROFILES
 from db.errors import StoreError
 
@@ -22,15 +23,23 @@ HANDLERS = {
 }
 
 
+CONFIG_HELP = "config file (default: $FLUXBOT_CONFIG, else ./config.toml); before or after the command"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bot", description="fluxbot: FLUX.1 image generation for Discord, "
                                 "on your own GPU.")
-    p.add_argument("--config", metavar="PATH", help="config file (default: $FLUXBOT_CONFIG, else ./config.toml)")
+    p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    # --config is accepted after the subcommand too (`python -m bot run --config x.toml`); SUPPRESS keeps a value
+    # given before it when none comes after.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    sub.add_parser("run", help="start the Discord bot")
+    sub.add_parser("run", parents=[common], help="start the Discord bot")
 
-    g = sub.add_parser("generate", help="make an image from the terminal with the same engine as the bot")
+    g = sub.add_parser("generate", parents=[common],
+                       help="make an image from the terminal with the same engine as the bot")
     g.add_argument("prompt")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
     g.add_argument("--steps", type=int, default=None, help="default: [engine] default_steps")
@@ -44,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", default=None, help="PNG path (default: the images folder); with --count > 1, "
                    "_1, _2 … are added")
 
-    sub.add_parser("migrate", help="create or upgrade the database schema to the newest version")
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema to the newest version")
 
-    d = sub.add_parser("download", help="fetch model weights into [engine] models_dir (needs network)")
+    d = sub.add_parser("download", parents=[common],
+                       help="fetch model weights into [engine] models_dir (needs network)")
     d.add_argument("what", nargs="?", default="flux-dev", choices=["flux-dev", "majicflus", "base"],
                    help="flux-dev: the whole FLUX.1-dev folder; majicflus: majicflus_v1 DiT + FLUX.1-dev base; "
                    "base: only the FLUX.1-dev encoders, tokenizers, VAE and configs")
@@ -57,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another repository for the majicflus_v1 DiT (e.g. a Hugging Face mirror)")
     d.add_argument("--verify", action="store_true", help="download nothing; check every file against its manifest")
 
-    doc = sub.add_parser("doctor", help="check GPU, RAM, disk, model files and config; non-zero exit if the bot "
+    doc = sub.add_parser("doctor", parents=[common],
+                         help="check GPU, RAM, disk, model files and config; non-zero exit if the bot "
                          "could not start")
     doc.add_argument("--quick", action="store_true", help="check model files by size only (no SHA-256 re-hash, "
                      "which takes a minute or two for 30 GB)")
@@ -75,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StoreError as e:
         print(f"database error: {e}", file=sys.stderr)
+        return 1
+    except CannotStart as e:
+        print(str(e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

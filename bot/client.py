@@ -17,14 +17,17 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from typing import Any, Callable
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Config, ConfigError, load_config
 from bot.delivery import Deliverer
+from bot.errors import CannotStart
 from bot.engine_state import EngineState, EngineStatus, failure_reason
 from bot.replies import report_error
 from bot.validation import SizeChoice, parse_sizes
@@ -43,12 +46,20 @@ def intents() -> discord.Intents:
     return wanted
 
 
+def without_voice() -> None:
+    """The bot has no voice: discord.py's warnings that PyNaCl / davey (voice support) are missing would only
+    alarm an owner, so they are switched off (discord.py reads these flags once, in Client.__init__)."""
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
+
+
 class FluxBot(commands.Bot):
     """The bot. `engine_loader(settings, device)` replaces `Engine.load` (e.g. one engine shared by tests);
     `close_engines=False` leaves such a shared engine open when the bot closes."""
 
     def __init__(self, config: Config, *, engine_loader: Callable[[Any, str], Any] | None = None,
                  close_engines: bool = True, sync_commands: bool = True, freeze_gc: bool = False):
+        without_voice()
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None,
                          allowed_mentions=discord.AllowedMentions.none())
         self.config = config
@@ -233,19 +244,17 @@ def _stop_like_ctrl_c(signum, _frame) -> None:
 
 
 def run_command(args) -> int:
-    """`python -m bot run`: load the config (the token is required), set up logging, run until stopped."""
+    """`python -m bot run`: load the config (the token is required), set up logging, run until stopped.
+    Discord out of reach is one line (here and in the log file) and exit status 1, not a traceback."""
     config = load_config(getattr(args, "config", None), require_token=True)
     token = config.discord.token.reveal()
-    try:
-        from bot.logging_setup import setup_logging
-    except ImportError:
-        discord.utils.setup_logging()
-    else:
-        setup_logging(config.logging, secrets=[token])
+    from bot.logging_setup import setup_logging
+    handles = setup_logging(config.logging, secrets=[token])
     from engine.models import quiet_loading_bars
     quiet_loading_bars()  # per-file loading bars would fill the log
     bot = FluxBot(config, freeze_gc=True)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    print("connecting to Discord…", file=sys.stderr, flush=True)
     try:
         bot.run(token, log_handler=None)
     except discord.LoginFailure:
@@ -253,4 +262,23 @@ def run_command(args) -> int:
                           "from the Developer Portal → your application → Bot → Reset Token") from None
     except discord.PrivilegedIntentsRequired as e:  # not expected: fluxbot asks for none
         raise ConfigError(f"Discord refused the gateway intents: {e}") from None
+    except UNREACHABLE as e:
+        message = f"cannot reach Discord ({unreachable_reason(e)}): check network, firewall or proxy"
+        handles.fatal(message)  # the log file keeps the reason; the console gets it once, from bot.cli
+        raise CannotStart(message) from None
     return 0
+
+
+# Errors that mean Discord could not be reached at all: DNS, refused or reset connections, proxies, TLS, time-outs.
+UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError, discord.GatewayNotFound)
+
+
+def unreachable_reason(err: BaseException) -> str:
+    """A short reason: 'discord.com:443: Name or service not known', not aiohttp's whole repr."""
+    if isinstance(err, aiohttp.ClientConnectorError):
+        cause = err.os_error
+        why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        return f"{err.host}:{err.port}: {why}"
+    if isinstance(err, asyncio.TimeoutError):
+        return "timed out"
+    return str(err) or type(err).__name__

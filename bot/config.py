@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import limits
-from engine.settings import EngineSettings, setting
+from engine.settings import TINY, EngineSettings, setting
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,51 @@ def load_config(path: str | os.PathLike | None = None, *, env: typing.Mapping[st
     if file is not None:
         data = _read_toml(file)
     cfg = parse_config(data, env=env, path=str(file or ""))
+    if file is not None:
+        cfg = anchor_paths(cfg, file.resolve().parent)
     if require_token and not cfg.discord.token:
         raise ConfigError("[discord] token is empty: put the bot token in the config file or in env DISCORD_TOKEN "
                           "(Developer Portal → your application → Bot → Reset Token)")
     return cfg
+
+
+def anchor_paths(cfg: Config, folder: Path) -> Config:
+    """Relative paths in the file mean "beside the config file", whatever the working directory: models_dir,
+    images_dir, the log file and a SQLite database file are resolved against `folder`; `model` and
+    `base_model` too when they name something that exists there (else models_dir/<value> when that exists, else
+    they stay as written: the engine looks in models_dir too)."""
+    def beside(value: str) -> str:
+        return value if not value or Path(value).expanduser().is_absolute() else str(folder / value)
+
+    def found(value: str, models_dir: str) -> str:
+        if not value or value == TINY or Path(value).expanduser().is_absolute():
+            return value
+        for candidate in (folder / value, Path(models_dir) / value):
+            if candidate.exists():
+                return str(candidate)
+        return value
+
+    eng = cfg.engine
+    models_dir = beside(eng.models_dir)
+    engine = dataclasses.replace(eng, models_dir=models_dir, images_dir=beside(eng.images_dir),
+                                 model=found(eng.model, models_dir), base_model=found(eng.base_model, models_dir))
+    logging_ = dataclasses.replace(cfg.logging, file=beside(cfg.logging.file))
+    database = dataclasses.replace(cfg.database, url=_anchor_sqlite(cfg.database.url, folder))
+    return dataclasses.replace(cfg, engine=engine, logging=logging_, database=database)
+
+
+def _anchor_sqlite(url: str, folder: Path) -> str:
+    """A SQLite URL whose relative file path is made absolute against `folder`; other URLs unchanged."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception:  # a bad URL is reported, naming the key, when the store opens
+        return url
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
+            or u.database.startswith("file:") or Path(u.database).is_absolute():
+        return url
+    return u.set(database=str(folder / u.database)).render_as_string(hide_password=False)
 
 
 def parse_config(data: dict[str, Any], *, env: typing.Mapping[str, str] | None = None, path: str = "") -> Config:
@@ -150,6 +191,11 @@ def parse_config(data: dict[str, Any], *, env: typing.Mapping[str, str] | None =
     env = {} if env is None else env
     sections = {}
     for name, value in data.items():
+        home = _section_of(name)
+        if name not in SECTIONS and home is not None and not isinstance(value, dict):
+            shown = "…" if name == "token" else _show(value)
+            raise ConfigError(f"{name} = {shown} is at the top of the file{_where(path)}: put it under [{home}] "
+                              f"(a line [{home}] above it)")
         if name not in SECTIONS:
             raise ConfigError(f"unknown section [{name}]{_where(path)}; known sections: {', '.join(SECTIONS)}")
         if not isinstance(value, dict):
@@ -159,12 +205,22 @@ def parse_config(data: dict[str, Any], *, env: typing.Mapping[str, str] | None =
     return Config(**sections, path=path)
 
 
+def _section_of(key: str) -> str | None:
+    """The section that has `key`, e.g. 'discord' for 'token'; None if none has it."""
+    for name, cls in SECTIONS.items():
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return name
+    return None
+
+
 def _parse_section(section: str, cls: type, table: dict[str, Any], env: typing.Mapping[str, str], path: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in table:
         if key not in fields:
-            raise ConfigError(f"[{section}] {key}: unknown key{_where(path)}; known keys: {', '.join(fields)}")
+            home = _section_of(key)
+            hint = f"; {key} belongs under [{home}]" if home else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"[{section}] {key}: unknown key{_where(path)}{hint}")
     values = {}
     for key, f in fields.items():
         meta = f.metadata
@@ -203,6 +259,9 @@ def _check(section: str, key: str, value: Any, hint: Any, meta: typing.Mapping, 
             raise bad("must be a string (in quotes)")
         if secret:
             value = Secret(value.strip())
+            if value.reveal().lower().startswith(("bot ", "bearer ")):
+                raise bad(f"starts with {value.reveal().split()[0]!r}: give the token alone, in the file or "
+                          f"in env DISCORD_TOKEN (discord.py adds 'Bot ' itself; twice, Discord answers 401)")
     elif base is list:
         if not isinstance(value, list):
             raise bad("must be a list, e.g. [] or [1, 2]")

@@ -109,7 +109,7 @@ def _check_token(cfg: Config, env: Mapping[str, str], checks: list[Check]) -> No
     if not token:
         checks.append(Check("token", FAIL, "no Discord bot token: set [discord] token or env DISCORD_TOKEN "
                             "(Developer Portal → your application → Bot → Reset Token)"))
-    elif not DISCORD_TOKEN.fullmatch(token.removeprefix("Bot ")):
+    elif not DISCORD_TOKEN.fullmatch(token):  # a "Bot " prefix is refused by the config loader, naming it
         checks.append(Check("token", WARN, f"set in {where}, but it does not look like a bot token (three parts "
                             "separated by dots); a client secret or application id will be refused with 401"))
     else:

@@ -102,6 +102,14 @@ class LoggingHandles:
     mask: SecretMaskFilter
     previous_levels: dict[str, int]
 
+    def fatal(self, message: str) -> None:
+        """Write why the bot stops to the log file only (the caller shows the same line on the console once)."""
+        if self.file is None:
+            return
+        record = logging.getLogger("bot").makeRecord("bot", logging.CRITICAL, __file__, 0, message, None, None)
+        if self.mask.filter(record):
+            self.file.handle(record)
+
     def close(self) -> None:
         root = logging.getLogger()
         for handler in (self.console, self.file):

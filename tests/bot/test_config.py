@@ -33,7 +33,7 @@ def test_minimal_file_runs_with_defaults(tmp_path):
     assert cfg.discord.token.reveal() == "abc"
     assert cfg.limits.max_unfinished_per_user == 3
     assert cfg.engine.default_steps == 20
-    assert cfg.database.url == "sqlite+aiosqlite:///x.db"
+    assert cfg.database.url == f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"  # beside the config file
 
 
 @pytest.mark.parametrize("text, message", [
@@ -104,3 +104,37 @@ def test_cli_reports_config_errors_with_exit_2(tmp_path):
                        cwd=ROOT, env={**os.environ, "DISCORD_TOKEN": ""})
     assert r.returncode != 0
     assert "[engine] profile = 'fast'" in r.stderr + r.stdout
+
+
+def test_relative_paths_mean_beside_the_config_file_whatever_the_working_directory(tmp_path, monkeypatch):
+    home, elsewhere = tmp_path / "bot-home", tmp_path / "elsewhere"
+    (home / "models" / "FLUX.1-dev").mkdir(parents=True)
+    elsewhere.mkdir()
+    p = write(home, '[engine]\nmodel = "tiny-random"\n[logging]\nfile = "logs/bot.log"\n')
+    monkeypatch.chdir(elsewhere)  # e.g. a service started from /
+    cfg = load_config(p, env={})
+    assert cfg.database.url == f"sqlite+aiosqlite:///{home / 'data' / 'fluxbot.db'}"
+    assert (cfg.engine.models_dir, cfg.engine.images_dir) == (str(home / "models"), str(home / "data" / "images"))
+    assert cfg.engine.base_model == str(home / "models" / "FLUX.1-dev")
+    assert cfg.logging.file == str(home / "logs" / "bot.log")
+    absolute = write(home, f'[engine]\nimages_dir = "{tmp_path / "pngs"}"\n[database]\nurl = "sqlite+aiosqlite://"\n')
+    cfg = load_config(absolute, env={})
+    assert cfg.engine.images_dir == str(tmp_path / "pngs") and cfg.database.url == "sqlite+aiosqlite://"
+
+
+@pytest.mark.parametrize("where", ["file", "env"])
+def test_a_bot_prefix_in_the_token_is_refused_with_what_to_do(tmp_path, where):
+    token = "MTA5ODc2NTQzMjEwOTg3NjU0.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456789AB"
+    text = f'[discord]\ntoken = "Bot {token}"\n' if where == "file" else ""
+    env = {"DISCORD_TOKEN": f"Bot {token}"} if where == "env" else {}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), env=env)
+    assert "starts with 'Bot': give the token alone" in str(err.value) and token not in str(err.value)
+
+
+def test_a_top_level_token_says_to_put_it_under_discord(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, 'token = "secret-token-value"\n[engine]\nmodel = "tiny-random"\n'), env={})
+    assert "put it under [discord]" in str(err.value) and "secret-token-value" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"\[engine\] token: unknown key .*token belongs under \[discord\]"):
+        load_config(write(tmp_path, '[engine]\ntoken = "x"\n'), env={})

@@ -72,6 +72,12 @@ def test_missing_model_fails_and_says_how_to_get_it(tmp_path, capsys):
     assert "FAIL" in out and "python -m bot download" in out
 
 
+def test_a_bot_prefix_in_the_token_fails_with_what_to_do_and_stays_hidden(tmp_path, capsys):
+    rc, out = _run(_config(tmp_path, token=f"Bot {TOKEN}"), capsys)
+    assert rc == 1 and "starts with 'Bot': give the token alone" in out  # was "ok": Discord would answer 401
+    assert TOKEN not in out and TOKEN[:20] not in out
+
+
 def test_missing_token_fails(tmp_path, capsys):
     rc, out = _run(_config(tmp_path, token=""), capsys)
     assert rc == 1 and "no Discord bot token" in out
