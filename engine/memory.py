@@ -1,53 +1,70 @@
-"""Memory profiles: where the pipeline's weights live while a job runs.
+"""Memory placement: the planner's plan (engine/planner.py) for this machine, applied to a pipeline.
 
-- `resident`: every model on the device. Fastest; needs VRAM for all weights plus activations.
-- `model-offload`: diffusers' model CPU offload: a whole model moves to the GPU when it runs. Needs VRAM
-  for the largest model (the fp8 DiT, ~11.6 GiB at 1024²); moves ~23 GiB of weights per image.
-- `streamed`: fluxbot's block streamer (engine/streamer.py): the DiT's and T5's blocks stream from
-  pinned host RAM through a small ring of device buffers on a copy stream; CLIP and the VAE come in for
-  their turn. About 2 GiB of VRAM at 1024².
-- `auto`: picks one of the above from free VRAM and host RAM and says why.
+- `detect_budgets(settings, device) -> Budgets`: the VRAM and host RAM fluxbot may use. `[engine]
+  vram_budget_gib` / `ram_budget_gib` when set (checked against the machine: an error names the key), else
+  measured: free VRAM (and a `set_per_process_memory_fraction` cap) minus a margin; host RAM available =
+  min(MemAvailable, the room under every cgroup v2 `memory.max` / v1 limit of this process: limit − usage +
+  its reclaimable page cache) minus a reserve.
+- `pipe_sizes(pipe) -> ModelSizes`: bytes of each block and model as stored (measured on the loaded pipeline).
+- `make_plan(settings, device, sizes, budgets, profile) -> Plan`: the planner's inputs from the settings.
+- `apply_plan(pipe, plan, device, settings) -> MemoryPlan`: the executor (engine/streamer_flux.py), or
+  diffusers' model CPU offload for the forced `model-offload`.
+- `leaner(profile)`: the profile an OOM retry moves to.
 
-Layerwise casting (engine/precision.py) is applied before `apply_profile`, so host copies are fp8.
-Every profile has a seam that runs on the CPU: `streamed` on "cpu" runs the same streamer code with host
-"device" buffers and no CUDA streams; `model-offload` on "cpu" falls back to resident with a logged reason.
+Layerwise casting (engine/precision.py) is applied before any placement, so host copies are fp8.
+Every plan has a seam that runs on the CPU: on "cpu" the streamer runs with host "device" buffers and no CUDA
+streams; `model-offload` on "cpu" falls back to resident with a logged reason.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from engine.errors import EngineError
+from engine.planner import (MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, GiB, ModelSizes,
+                            Placement, Plan, PlanInputs, plan_placement)
 from engine.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-GiB = 1024 ** 3
-# Leaner means less VRAM: each profile's next step down, for the worker's OOM retry.
-_LEANER = {"resident": "model-offload", "model-offload": "streamed", "streamed": None}
-# Working memory beyond the weights (activations, VAE decode, CUDA context) at 1024², measured on an H100.
-ACTIVATION_HEADROOM = int(3.0 * GiB)
-# Tile edge of a tiled VAE decode (pixels). diffusers steps tiles by 3/4 of the edge: 704 px tiles cover a
-# 1024² image in 2 x 2 tiles (512 px tiles would take 3 x 3, and more time); each tile ~1/2 of the full peak.
-VAE_TILE_PX = 704
-# Host RAM kept free for the OS, Python and the bot when pinning host copies.
-HOST_RESERVE = int(3.0 * GiB)
+# Leaner means less VRAM: each profile's next step down, for the worker's OOM retry. `streamed` keeps no
+# weight on the GPU (unless [engine] vram_budget_gib says so): nothing is leaner.
+_LEANER = {RESIDENT: STREAMED, MIXED: STREAMED, MODEL_OFFLOAD: STREAMED, STREAMED: None}
+# Host RAM kept free when the budget is measured: the bot, CUDA's host side, transient copies.
+RAM_RESERVE = int(1.5 * GiB)
+# VRAM kept free when the budget is measured: allocator fragmentation.
+VRAM_MARGIN = int(0.25 * GiB)
+# The size plans are made for: the bot's default sizes are all about one megapixel.
+PLAN_SIZE = (1024, 1024)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What fluxbot may use on this machine (bytes), how it was found, and the copy speeds to plan with."""
+    vram: int
+    ram: int
+    note: str
+    bandwidth: Bandwidths = field(default_factory=Bandwidths)
 
 
 @dataclass
 class MemoryPlan:
-    """What `apply_profile` did: the profile that runs (after any fallback) and why."""
+    """What `apply_plan` did: the profile that runs (after any fallback), why, and the planner's plan."""
     profile: str
     reason: str
     device: str
     vae_tiling: bool
-    streamers: list = field(default_factory=list)   # streamer units (engine/streamer.py) owned by the plan
+    plan: Plan | None = None
+    streamers: list = field(default_factory=list)   # units (engine/streamer.py) owned by the plan
     undo: list = field(default_factory=list)        # callables that remove other hooks this plan installed
 
     def release(self) -> None:
         """Remove the plan's hooks and free its device buffers and host copies; the pipeline's weights stay
-        usable (in host RAM) so that another profile can be applied."""
+        usable (in host RAM, or back on their memory map) so that another plan can be applied."""
         for streamer in self.streamers:
             streamer.close()
         self.streamers.clear()
@@ -63,117 +80,252 @@ def leaner(profile: str) -> str | None:
     return _LEANER[profile]
 
 
-def choose_profile(device: str, *, free_vram: int, host_ram: int, dit_bytes: int,
-                   other_bytes: int) -> tuple[str, str]:
-    """The `auto` decision from measured numbers (bytes): (profile, reason). Pure, so it is testable."""
-    # 1. The CPU holds everything already.
+# ------------------------------------------------------------------------------------------------ budgets
+
+def detect_budgets(settings: EngineSettings, device: str, *, proc: str = "/proc",
+                   cgroup_root: str = "/sys/fs/cgroup") -> Budgets:
+    """The budgets for `device`; EngineError naming the key when a configured budget is impossible."""
+    _check_budget_values(settings)
+    # 1. Host RAM: what the machine (and its cgroup) lets this process still take.
+    available, machine, how = host_ram(proc=proc, cgroup_root=cgroup_root)
+    if settings.ram_budget_gib > 0:
+        ram = int(settings.ram_budget_gib * GiB)
+        if ram > machine:
+            raise EngineError(f"[engine] ram_budget_gib = {settings.ram_budget_gib:g} is larger than this machine: "
+                              f"{machine / GiB:.1f} GiB ({how}); use at most that, or 0 to measure it")
+        ram_note = f"RAM: [engine] ram_budget_gib = {settings.ram_budget_gib:g}"
+    else:
+        ram = max(0, available - RAM_RESERVE)
+        ram_note = f"RAM: {available / GiB:.1f} GiB available ({how}) - {RAM_RESERVE / GiB:.1f} reserve"
+    # 2. VRAM: free memory on the card (within a per-process fraction cap, if one is set).
     if not device.startswith("cuda"):
-        return "resident", f"device {device} is not a GPU: weights stay in host RAM"
-    total = dit_bytes + other_bytes
-    need_resident = total + ACTIVATION_HEADROOM
-    # 2. Everything fits on the GPU with room for activations.
-    if free_vram >= need_resident:
-        return "resident", (f"{free_vram / GiB:.1f} GiB free VRAM >= {need_resident / GiB:.1f} GiB "
-                            f"(weights {total / GiB:.1f} + working {ACTIVATION_HEADROOM / GiB:.1f})")
-    # 3. The streamer pins every host copy: it needs that much host RAM to spare.
-    if host_ram >= total + HOST_RESERVE:
-        return "streamed", (f"{free_vram / GiB:.1f} GiB free VRAM < {need_resident / GiB:.1f} GiB for resident; "
-                            f"{host_ram / GiB:.1f} GiB host RAM available pins the {total / GiB:.1f} GiB of "
-                            f"weights: blocks stream through a small device ring")
-    # 4. Not enough host RAM to pin: whole models move in turn (pageable copies).
-    return "model-offload", (f"{free_vram / GiB:.1f} GiB free VRAM < {need_resident / GiB:.1f} GiB and only "
-                             f"{host_ram / GiB:.1f} GiB host RAM available (< {(total + HOST_RESERVE) / GiB:.1f} "
-                             f"GiB to pin every weight): whole models move to the GPU when used")
+        return Budgets(vram=ram, ram=ram, note=f"{ram_note}; device {device}: weights stay in host RAM")
+    free, total, cap_note = _free_vram(device)
+    if settings.vram_budget_gib > 0:
+        vram = int(settings.vram_budget_gib * GiB)
+        if vram > total:
+            raise EngineError(f"[engine] vram_budget_gib = {settings.vram_budget_gib:g} is larger than {device}: "
+                              f"{total / GiB:.1f} GiB; use at most that, or 0 to measure the free VRAM")
+        vram_note = f"VRAM: [engine] vram_budget_gib = {settings.vram_budget_gib:g}"
+    else:
+        vram = max(0, free - VRAM_MARGIN)
+        vram_note = f"VRAM: {free / GiB:.2f} GiB free on {device}{cap_note} - {VRAM_MARGIN / GiB:.2f} margin"
+    bandwidth = Bandwidths(h2d=measure_h2d(device), source=f"pinned->GPU measured on {device}; page cache, disk: "
+                                                           f"defaults")
+    return Budgets(vram=vram, ram=ram, note=f"{vram_note}; {ram_note}", bandwidth=bandwidth)
 
 
-def resolve_profile(settings: EngineSettings, device: str, *, dit_bytes: int, other_bytes: int) -> tuple[str, str]:
-    """The profile to run on `device` and the reason; `auto` measures free VRAM and host RAM now."""
-    # 1. A configured profile is taken as is.
-    if settings.profile != "auto":
-        return settings.profile, f"[engine] profile = {settings.profile!r}"
-    # 2. Measure what is free.
-    free_vram = 0
-    if device.startswith("cuda") and torch.cuda.is_available():
-        free_vram, _ = torch.cuda.mem_get_info(torch.device(device))
-    host_ram = _available_host_ram()
-    # 3. Decide and log it.
-    profile, reason = choose_profile(device, free_vram=free_vram, host_ram=host_ram, dit_bytes=dit_bytes,
-                                     other_bytes=other_bytes)
-    log.info("memory profile auto -> %s: %s", profile, reason)
-    return profile, reason
+def _check_budget_values(settings: EngineSettings) -> None:
+    for key in ("vram_budget_gib", "ram_budget_gib"):
+        value = getattr(settings, key)
+        if not isinstance(value, (int, float)) or value < 0 or value != value:
+            raise EngineError(f"[engine] {key} = {value!r}: must be 0 (measure it) or a positive number of GiB")
 
 
-def apply_profile(pipe, profile: str, device: str, settings: EngineSettings) -> MemoryPlan:
-    """Place the pipeline's weights for `profile` on `device`; returns the plan that actually runs."""
-    if profile == "auto":
-        raise ValueError("apply_profile needs a concrete profile: call resolve_profile first")
-    if profile not in _LEANER:
-        raise ValueError(f"unknown memory profile {profile!r}; expected one of {sorted(_LEANER)}")
+def host_ram(*, proc: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> tuple[int, int, str]:
+    """(available bytes, the machine's bytes, how it was found): MemAvailable/MemTotal, lowered by every
+    cgroup limit above this process (v2 `memory.max`, v1 `memory.limit_in_bytes`)."""
+    info = _meminfo(Path(proc) / "meminfo")
+    available, machine = info.get("MemAvailable", 0), info.get("MemTotal", 0)
+    how = f"MemAvailable {available / GiB:.1f} of {machine / GiB:.1f} GiB"
+    for limit, room, where in _cgroup_limits(Path(proc) / "self" / "cgroup", Path(cgroup_root)):
+        if room < available:
+            available, how = room, f"cgroup {where}: limit {limit / GiB:.1f} GiB, room {room / GiB:.1f} GiB"
+        machine = min(machine, limit)
+    return available, machine, how
+
+
+def _meminfo(path: Path) -> dict[str, int]:
+    out = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except OSError as e:
+        log.warning("cannot read %s (%s): host RAM unknown", path, e.strerror)
+    return out
+
+
+def _cgroup_limits(self_cgroup: Path, root: Path):
+    """(limit, room, path) for each memory-limited cgroup from this process's up to the root."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        hid, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if hid == "0" and controllers == "":            # cgroup v2
+            files = ("memory.max", "memory.current", "inactive_file", "active_file")
+            base = root
+        elif "memory" in controllers.split(","):         # cgroup v1
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "total_active_file")
+            base = root / "memory"
+        else:
+            continue
+        folder = base / rel.lstrip("/")
+        while True:
+            found = _cgroup_room(folder, *files)
+            if found is not None:
+                yield (*found, str(folder))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+
+
+def _cgroup_room(folder: Path, max_file: str, usage_file: str, inactive: str, active: str):
+    try:
+        raw = (folder / max_file).read_text().strip()
+        usage = int((folder / usage_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if raw == "max" or not raw.isdigit() or int(raw) >= 1 << 60:
+        return None
+    limit = int(raw)
+    stat = {}
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            stat[key] = int(value) if value.strip().isdigit() else 0
+    except OSError:
+        pass
+    reclaimable = stat.get(inactive, 0) + stat.get(active, 0)   # page cache the kernel takes back first
+    return limit, max(0, limit - usage + reclaimable)
+
+
+def _free_vram(device: str) -> tuple[int, int, str]:
+    """(free bytes, card bytes, note): free on the card, within a set_per_process_memory_fraction cap."""
+    dev = torch.device(device)
+    free, total = torch.cuda.mem_get_info(dev)
+    fraction = torch.cuda.get_per_process_memory_fraction(dev)
+    if fraction < 1.0:
+        capped = int(fraction * total) - torch.cuda.memory_reserved(dev)
+        if capped < free:
+            return max(0, capped), total, f" (capped to {fraction:.3f} of the card by this process)"
+    return free, total, ""
+
+
+def measure_h2d(device: str, nbytes: int = 256 * 1024 ** 2) -> float:
+    """Pinned host -> device bytes/s, best of 3 copies of `nbytes` (~20 ms on PCIe 4/5)."""
+    dev = torch.device(device)
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    best = float("inf")
+    for _ in range(3):
+        torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize(dev)
+        best = min(best, time.perf_counter() - t0)
+    del src, dst
+    return nbytes / best
+
+
+# -------------------------------------------------------------------------------------------------- plans
+
+def pipe_sizes(pipe) -> ModelSizes:
+    """The loaded pipeline's bytes per block and model as stored now (as the streamer will lay them out)."""
+    from engine.streamer import _Packed
+    from engine.streamer_flux import t5_blocks
+
+    def nbytes(modules) -> int:
+        return _Packed(list(modules)).nbytes if modules else 0
+
+    dit = pipe.transformer
+    doubles = tuple(nbytes([b]) for b in dit.transformer_blocks)
+    singles = tuple(nbytes([b]) for b in dit.single_transformer_blocks)
+    t5 = getattr(pipe, "text_encoder_2", None)
+    t5_sizes = tuple(nbytes([b]) for b in t5_blocks(pipe))
+    return ModelSizes(double_blocks=doubles, single_blocks=singles,
+                      dit_rest=max(0, nbytes([dit]) - sum(doubles) - sum(singles)), t5_blocks=t5_sizes,
+                      t5_rest=max(0, nbytes([t5]) - sum(t5_sizes)) if t5 is not None else 0,
+                      clip=nbytes([pipe.text_encoder]) if getattr(pipe, "text_encoder", None) is not None else 0,
+                      vae=nbytes([pipe.vae]) if getattr(pipe, "vae", None) is not None else 0,
+                      source="the loaded model")
+
+
+def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets: Budgets,
+              profile: str | None = None, *, size: tuple[int, int] = PLAN_SIZE) -> Plan:
+    """The plan for `profile` (default: `[engine] profile`) on `device` within `budgets`."""
+    force = profile or settings.profile
+    # `streamed` keeps DiT blocks resident only within an explicit vram_budget_gib (what it always did).
+    cap = None
+    if force == STREAMED:
+        cap = int(settings.vram_budget_gib * GiB)
+    inputs = PlanInputs(vram_budget=budgets.vram, ram_budget=budgets.ram, sizes=sizes, width=size[0], height=size[1],
+                        steps=settings.default_steps, batch=settings.max_batch, slots=settings.stream_prefetch + 1,
+                        vae_tiled=_tiles(settings, device), device=device, force=force, max_resident_dit=cap,
+                        bandwidth=budgets.bandwidth, budget_note=budgets.note)
+    return plan_placement(inputs)
+
+
+def apply_plan(pipe, plan: Plan, device: str, settings: EngineSettings) -> MemoryPlan:
+    """Place the pipeline's weights as `plan` says on `device`; returns what actually runs."""
     is_gpu = device.startswith("cuda")
+    profile, reason = plan.profile, plan.summary()
     # 1. model-offload needs an accelerator (diffusers refuses otherwise): fall back on the CPU.
-    reason = f"profile {profile} on {device}"
-    if profile == "model-offload" and not is_gpu:
+    if profile == MODEL_OFFLOAD and not is_gpu:
         reason = f"model-offload needs a CUDA device; {device} runs resident instead"
         log.warning("memory: %s", reason)
-        profile = "resident"
-    plan = MemoryPlan(profile=profile, reason=reason, device=device, vae_tiling=False)
+        profile, plan = RESIDENT, _all_on_device(plan)
+    mp = MemoryPlan(profile=profile, reason=reason, device=device, vae_tiling=False, plan=plan)
     # 2. Place the weights.
-    if profile == "resident":
-        pipe.to(device)
-        _lean_casting(pipe)
-    elif profile == "model-offload":
+    if profile == MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)
-        plan.undo.append(pipe.remove_all_hooks)
+        mp.undo.append(pipe.remove_all_hooks)
     else:
-        _apply_streamed(pipe, device, settings, plan)
-    # 3. VAE tiling when the decode would not fit.
-    plan.vae_tiling = _decide_vae_tiling(settings, plan)
+        from engine.streamer_flux import apply_placement
+
+        mp.streamers.extend(apply_placement(pipe, plan.placement, device, slots=settings.stream_prefetch + 1))
+    # 3. VAE tiling as configured (never dependent on the plan: see _tiles).
+    mp.vae_tiling = _tiles(settings, device)
     vae = getattr(pipe, "vae", None)
-    if vae is not None and plan.vae_tiling:
+    if vae is not None and mp.vae_tiling:
         _enable_vae_tiling(vae)
-    log.info("memory: %s on %s (vae tiling %s)", plan.profile, device, "on" if plan.vae_tiling else "off")
-    return plan
+    log.info("memory: %s on %s (vae tiling %s)", mp.profile, device, "on" if mp.vae_tiling else "off")
+    return mp
+
+
+def apply_profile(pipe, profile: str, device: str, settings: EngineSettings,
+                  budgets: Budgets | None = None) -> MemoryPlan:
+    """Plan `profile` for this pipeline and machine (budgets measured unless given) and apply it."""
+    if profile == "auto":
+        raise ValueError("apply_profile needs a concrete profile: plan `auto` with make_plan first")
+    if profile not in (RESIDENT, STREAMED, MODEL_OFFLOAD):
+        raise ValueError(f"unknown memory profile {profile!r}; expected resident, streamed or model-offload")
+    budgets = budgets or detect_budgets(settings, device)
+    return apply_plan(pipe, make_plan(settings, device, pipe_sizes(pipe), budgets, profile), device, settings)
 
 
 def execution_device(pipe, plan: MemoryPlan) -> torch.device:
     """The device where latents and prompt embeddings must be created for this plan."""
-    if plan.profile == "model-offload":
+    if plan.profile == MODEL_OFFLOAD:
         return pipe._execution_device
     return torch.device(plan.device)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def _apply_streamed(pipe, device: str, settings: EngineSettings, plan: MemoryPlan) -> None:
-    """Stream the DiT's and T5's blocks with fluxbot's streamer; CLIP and the VAE come in for their turn."""
-    from engine.streamer_flux import stream_pipeline
+def _all_on_device(plan: Plan) -> Plan:
+    from dataclasses import replace
 
-    units = stream_pipeline(pipe, device, vram_budget_bytes=int(settings.vram_budget_gib * GiB),
-                            slots=settings.stream_prefetch + 1)
-    plan.streamers.extend(units)
-
-
-def _lean_casting(pipe) -> None:
-    """Resident DiT blocks skip diffusers' fp8 re-cast after each Linear too (measured on an H100: 0.219
-    instead of 0.234 s/step at 1024²; see docs/benchmarks.md)."""
-    from engine.streamer_flux import lean_layerwise_casting
-
-    dit = getattr(pipe, "transformer", None)
-    if dit is not None and hasattr(dit, "transformer_blocks"):
-        lean_layerwise_casting(list(dit.transformer_blocks) + list(dit.single_transformer_blocks))
+    p = plan.placement
+    n = lambda tiers: ("gpu",) * len(tiers)  # noqa: E731
+    return replace(plan, profile=RESIDENT, placement=Placement(dit=n(p.dit), t5=n(p.t5), clip="gpu", vae="gpu"))
 
 
-def _decide_vae_tiling(settings: EngineSettings, plan: MemoryPlan) -> bool:
-    """always/never as configured. auto: tiled on every GPU profile, untiled on the CPU.
+def _tiles(settings: EngineSettings, device: str) -> bool:
+    """always/never as configured. auto: tiled on every GPU plan, untiled on the CPU.
 
-    Tiling changes the pixels a little, so it must not depend on the profile (an OOM retry moves a job to a
-    leaner one; /show regenerates on whatever profile runs then) nor on free VRAM at load time: the same seed,
+    Tiling changes the pixels a little, so it must not depend on the plan (an OOM retry moves a job to a
+    leaner one; /show regenerates on whatever plan runs then) nor on free VRAM at load time: the same seed,
     prompt, parameters and model give the same image on one machine whatever the memory situation. On a GPU
-    the lean profiles need the tiles (the untiled 1024² decode, 2.57 GiB, would be their peak), and on
+    the lean plans need the tiles (the untiled 1024² decode, 2.57 GiB, would be their peak), and on
     `resident` they cost ~0.1 s an image. The CPU has no such pressure."""
     if settings.vae_tiling != "auto":
         return settings.vae_tiling == "always"
-    return plan.device.startswith("cuda")
+    return device.startswith("cuda")
 
 
 def _enable_vae_tiling(vae) -> None:
@@ -184,11 +336,3 @@ def _enable_vae_tiling(vae) -> None:
         vae.tile_sample_min_size = VAE_TILE_PX
         vae.tile_latent_min_size = VAE_TILE_PX // scale
 
-
-def _available_host_ram() -> int:
-    try:
-        import psutil
-    except ImportError:  # psutil is a dependency; without it assume plenty and say so
-        log.warning("psutil is not installed: host RAM unknown, assuming 64 GiB (pip install psutil)")
-        return 64 * GiB
-    return int(psutil.virtual_memory().available)

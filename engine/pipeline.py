@@ -54,7 +54,9 @@ class Engine:
     """A loaded pipeline. Build it with `Engine.load(settings, device)`."""
 
     def __init__(self, *, settings: EngineSettings, device: str, pipe, model_id: str, precision: str,
-                 dit_bytes: int, other_bytes: int):
+                 budgets=None, **_sizes_of_old):
+        # `budgets` (memory.Budgets) are measured on first placement when not given; the old keyword arguments
+        # dit_bytes/other_bytes are accepted and ignored (the plan measures every block itself).
         self.settings = settings
         self.device = device
         self.pipe = pipe
@@ -63,8 +65,8 @@ class Engine:
         self.profile = ""
         self.plan = None
         self.prompt_cache = PromptCache(settings.prompt_cache_size)
-        self._dit_bytes = dit_bytes
-        self._other_bytes = other_bytes
+        self._budgets = budgets        # memory.Budgets measured before loading (what the plans may use)
+        self._sizes = None             # planner.ModelSizes of the loaded pipeline
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -72,34 +74,41 @@ class Engine:
     @classmethod
     def load(cls, settings: EngineSettings, device: str = "cpu") -> "Engine":
         """Load the configured model onto `device` (blocking: seconds for tiny-random, minutes for FLUX)."""
-        from engine.memory import resolve_profile
+        from engine.memory import detect_budgets, make_plan, pipe_sizes
         from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
-        from engine.precision import apply_precision, dit_bytes
+        from engine.precision import apply_precision
 
         t0 = time.perf_counter()
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError(f"device {device} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU: "
                               f"set [engine] devices = [\"cpu\"], or install a CUDA build of torch and its driver")
-        # 1. Find the files (ModelNotFoundError says what is missing) and name the model.
+        # 1. Find the files (ModelNotFoundError says what is missing) and name the model; measure the budgets
+        #    before loading (bad budgets fail here, naming the key).
         source = resolve_source(settings)
         check_downloaded_files(source)
         mid = model_id(source)
-        # 2. Load in bf16 on the CPU, then store the DiT in fp8 (before any offloading).
+        budgets = detect_budgets(settings, device)
+        # 2. Load on the CPU (memory-mapped where the loader can), then store the DiT in fp8 (before placing).
         pipe = load_pipeline(source, settings.fp8)
         precision = apply_precision(pipe, settings.fp8)
-        others = sum(dit_bytes(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "vae"))
-        engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision,
-                     dit_bytes=dit_bytes(pipe.transformer), other_bytes=others)
-        # 3. Place the weights for the memory profile ("auto" decides from free VRAM and host RAM).
-        profile, reason = resolve_profile(settings, device, dit_bytes=engine._dit_bytes, other_bytes=others)
-        engine._place(profile)
+        engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision, budgets=budgets)
+        engine._sizes = pipe_sizes(pipe)
+        # 3. Plan where every weight lives (the planner for "auto") and place them.
+        plan = make_plan(settings, device, engine._sizes, budgets)
+        log.info("placement plan on %s:\n  %s", device, plan.describe().replace("\n", "\n  "))
+        if not plan.fits and settings.profile == "auto":
+            engine.close()
+            raise EngineError(f"fluxbot cannot run on {device} within its budgets: {plan.problem}")
+        engine._place(plan)
         log.info("engine ready: %s on %s, profile %s (%s), %s, loaded in %.1f s", mid, device, engine.profile,
-                 reason, precision, time.perf_counter() - t0)
+                 plan.summary(), precision, time.perf_counter() - t0)
         return engine
 
     def set_profile(self, profile: str) -> None:
-        """Move the weights to another memory profile (the worker's OOM retry goes leaner)."""
+        """Move the weights to another plan: a forced profile, or "auto" (the worker's OOM retry goes leaner)."""
         with self._lock:
+            if self.pipe is None:
+                raise EngineError("the engine is closed")
             self._place(profile)
 
     def close(self) -> None:
@@ -114,14 +123,19 @@ class Engine:
                 torch.cuda.empty_cache()
         log.info("engine closed (%s on %s)", self.model_id, self.device)
 
-    def _place(self, profile: str) -> None:
-        from engine.memory import apply_profile
+    def _place(self, plan) -> None:
+        """Apply a planner `Plan`, or plan a profile name ("auto", "resident", …) first and apply that."""
+        from engine.memory import apply_plan, detect_budgets, make_plan, pipe_sizes
 
         if self.pipe is None:
             raise EngineError("the engine is closed")
         if self.plan is not None:
             self.plan.release()
-        self.plan = apply_profile(self.pipe, profile, self.device, self.settings)
+        if isinstance(plan, str):
+            self._budgets = self._budgets or detect_budgets(self.settings, self.device)
+            self._sizes = self._sizes or pipe_sizes(self.pipe)
+            plan = make_plan(self.settings, self.device, self._sizes, self._budgets, plan)
+        self.plan = apply_plan(self.pipe, plan, self.device, self.settings)
         self.profile = self.plan.profile
         if not self.plan.vae_tiling:
             self.pipe.vae.disable_tiling()
@@ -285,7 +299,10 @@ class Engine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         # 2. Say what to try.
-        suggested = leaner(self.profile) if self.profile in ("resident", "model-offload", "streamed") else None
+        try:
+            suggested = leaner(self.profile)
+        except ValueError:
+            suggested = None
         first = specs[0]
         what = f"{len(specs)} job(s) of {first.width}x{first.height}"
         if suggested:

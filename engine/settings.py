@@ -35,9 +35,12 @@ class EngineSettings:
     base_model: str = setting("models/FLUX.1-dev", "A diffusers FLUX.1-dev folder that provides the text encoders, "
                               "tokenizers, VAE and configs when `model` is a single file.")
     models_dir: str = setting("models", "Where `python -m bot download` puts weights.")
-    profile: str = setting("auto", "Memory profile: resident (all on the GPU), model-offload (whole models move "
-                           "to the GPU when used), streamed (DiT blocks stream from pinned host RAM), or auto "
-                           "(picked from free VRAM and host RAM; the log says why).", choices=PROFILES)
+    profile: str = setting("auto", "Where the weights live. auto: the placement planner decides, per DiT and T5 "
+                           "block, GPU-resident / streamed from pinned host RAM / read from disk (page cache) at each "
+                           "use, from the VRAM and RAM budgets below (the log and `python -m bot plan` say why). "
+                           "resident: everything on the GPU. streamed: everything streams (DiT blocks stay resident "
+                           "only within vram_budget_gib), from pinned RAM while ram_budget_gib lasts, else from disk. "
+                           "model-offload: diffusers' whole-model offload.", choices=PROFILES)
     fp8: str = setting("all-linear", "DiT weight storage: all-linear (every Linear in float8_e4m3fn, computed in "
                        "bf16), diffusers-default (diffusers' skip list keeps norms/modulation in bf16), or off "
                        "(bf16).", choices=FP8_MODES)
@@ -50,8 +53,13 @@ class EngineSettings:
                                   "with its own torch (~0.4 GiB host RAM before weights, ~1 s more start-up), and "
                                   "each image crosses back pickled (~3 MB, ~7 ms for 1024x1024).",
                                   choices=ENGINE_PROCESS)
-    vram_budget_gib: float = setting(0.0, "streamed profile: GiB of VRAM the DiT may keep resident; blocks that "
-                                     "fit stay on the GPU, the rest stream. 0 = stream every block.", min=0)
+    vram_budget_gib: float = setting(0.0, "GiB of VRAM every plan may use (weights, ring and working memory; the "
+                                     "CUDA context not counted). 0 = the free VRAM at start-up minus 0.25 GiB. With "
+                                     "profile = streamed: the GiB of DiT blocks that stay resident (0 = none).", min=0)
+    ram_budget_gib: float = setting(0.0, "GiB of host RAM the plan may hold (pinned copies and working memory). 0 = "
+                                    "measured at start-up: the smaller of MemAvailable and the room under the "
+                                    "process's cgroup memory limit, minus 1.5 GiB. What does not fit is read from "
+                                    "disk (memory-mapped weights) at each use.", min=0)
     stream_prefetch: int = setting(3, "streamed profile: blocks copied ahead of the one running (the device ring "
                                    "holds this + 1 blocks, ~0.32 GiB each for FLUX.1-dev). More smooths copy/compute "
                                    "jitter at the cost of VRAM.", min=1, max=8)

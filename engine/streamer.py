@@ -1,4 +1,12 @@
-"""fluxbot's block streamer: weights live in host RAM, blocks come to the device just before they run.
+"""fluxbot's block streamer: weights live off the device, blocks come to the device just before they run.
+
+One unit type, `BlockStreamer`, and one way to build it, `stream_blocks(...)` (like diffusers'
+hooks/group_offloading.py). Each block of a unit has a tier (engine/planner.py):
+- `gpu`: moved to the device for good; the ring skips it.
+- `pinned`: copied once into the unit's page-locked `HostArena`; streamed arena -> device ring slot.
+- `disk`: left where the loader put it (a read-only memory map of a safetensors file: page cache, never
+  written, never copied into pinned RAM for good); at each use a copier thread moves it page cache -> a small
+  pinned staging buffer -> device ring slot, in chunks.
 
 Pieces:
 - `HostArena`: one flat host buffer per model holding every streamed tensor, page-locked once with
@@ -9,11 +17,13 @@ Pieces:
   compute stream waits on the event of i's copy; after it runs, its slot's "free" event is recorded and the
   copy stream (which waits on that event) fills the slot with the block `slots - 1` places ahead. With
   `cyclic=True` the order wraps, so the next denoising step's first blocks arrive during this step's last.
-  Blocks chosen by the VRAM budget stay resident and are skipped by the ring.
-- `ModelSwap`: a whole small model (CLIP, the VAE decoder) that comes in when first called and stays until
-  another unit takes the device.
+  Blocks of the `gpu` tier stay resident and are skipped by the ring. With `keep=True` (a whole small model:
+  CLIP, the VAE) all streamed blocks form one group that comes in when any of them is first called and stays
+  until another unit takes the device.
 - `DeviceLease`: one holder of transient device buffers at a time; taking it releases the last holder
-  (the DiT's ring is freed while the VAE decodes, the VAE while T5 encodes…).
+  (the DiT's ring is freed while the VAE decodes, the VAE while T5 encodes…). It also owns what the disk
+  tier shares: the copier thread and the pinned staging chunks (only the holder streams).
+- `Unit`: the one release/close path every unit (and `HostLookup` in engine/streamer_flux.py) shares.
 On device "cpu" the same code runs with host "device" buffers and no streams or events (tests, CI).
 fp8 → bf16 upcasts happen per Linear on the compute stream (engine/precision.py's layerwise-casting hooks).
 """
@@ -21,10 +31,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from engine.planner import DISK, GPU, PINNED, STAGING_CHUNK, STAGING_CHUNKS, TIERS, group_runs
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +131,41 @@ class _Packed:
             out.append(raw.view(e.dtype).view(e.shape))
         return out
 
+    def capture_origins(self, file_ranges: list[tuple[int, int]]) -> bool:
+        """Remember the tensors as they are now if every one is a view of a file mapping (page cache, free
+        to keep); True if so. Anonymous tensors are not kept (that would double their RAM)."""
+        current = [self._current(e) for e in self.entries]
+        if not current or not all(t.device.type == "cpu" and _in_ranges(t.data_ptr(), file_ranges) for t in current):
+            return False
+        self.origins = current
+        return True
+
+    def keep_host(self) -> None:
+        """Disk tier: the host copies are the tensors as loaded (memory-mapped views); nothing is copied."""
+        self.host_views = [self._current(e) for e in self.entries]
+
+    def chunks(self, size: int) -> list[tuple[int, int, list[tuple[torch.Tensor, int]]]]:
+        """The host copies as (start, end, [(source bytes, byte offset in the layout)]) spans of at most
+        `size` bytes of the layout, in order: what one staging buffer carries to the device at a time."""
+        out: list = []
+        start, end, items = 0, 0, []
+        for e, view in zip(self.entries, self.host_views):
+            flat = view.reshape(-1).view(torch.uint8)
+            done = 0
+            while done < e.nbytes:
+                at = e.offset + done
+                if items and at + 1 > start + size:
+                    out.append((start, end, items))
+                    items = []
+                if not items:
+                    start = at
+                n = min(e.nbytes - done, start + size - at)
+                items.append((flat[done:done + n], at))
+                done, end = done + n, at + n
+        if items:
+            out.append((start, end, items))
+        return out
+
     def fill_host(self, arena: HostArena, base: int) -> None:
         """Copy the current tensors into the arena and point the modules at the host copies."""
         self.host_views = self.views(arena.buffer, base)
@@ -139,6 +187,32 @@ class _Packed:
         return t.detach()
 
 
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [t for t in list(module.parameters()) + list(module.buffers())]
+
+
+def _file_backed_ranges(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from regular files (Linux; elsewhere none)."""
+    out = []
+    try:
+        with open(maps) as fh:
+            for line in fh:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/") and not parts[5].startswith("/dev/"):
+                    lo, _, hi = parts[0].partition("-")
+                    out.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return sorted(out)
+
+
+def _in_ranges(ptr: int, ranges: list[tuple[int, int]]) -> bool:
+    import bisect
+
+    i = bisect.bisect_right(ranges, (ptr, float("inf"))) - 1
+    return i >= 0 and ranges[i][0] <= ptr < ranges[i][1]
+
+
 def pack_into_arena(groups: list[list[nn.Module]], device: torch.device) -> tuple[HostArena, list[_Packed]]:
     """One arena for several module groups; each group's tensors move into it (originals are freed)."""
     packed = [_Packed(g) for g in groups]
@@ -154,10 +228,15 @@ def pack_into_arena(groups: list[list[nn.Module]], device: torch.device) -> tupl
 # ------------------------------------------------------------------------------------------------ leases
 
 class DeviceLease:
-    """At most one holder of transient device buffers at a time (per device and pipeline)."""
+    """At most one holder of transient device buffers at a time (per device and pipeline), and the pieces
+    the disk tier shares: one copier thread and a few pinned staging chunks (only the holder streams)."""
 
     def __init__(self):
         self.holder = None
+        self.units: set[int] = set()
+        self._copier: ThreadPoolExecutor | None = None
+        self._staging: list[tuple[torch.Tensor, object]] = []
+        self._next_chunk = 0
 
     def acquire(self, unit) -> None:
         if self.holder is unit:
@@ -170,53 +249,159 @@ class DeviceLease:
         if self.holder is unit:
             self.holder = None
 
+    def copier(self) -> ThreadPoolExecutor:
+        """The thread that runs disk-tier copies (torch's copies release the GIL: they overlap the compute)."""
+        if self._copier is None:
+            self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fluxbot-copier")
+        return self._copier
+
+    def staging_chunk(self, device: torch.device) -> tuple[torch.Tensor, object]:
+        """The next pinned staging chunk, round robin; the caller waits on its event before writing it."""
+        if not self._staging:
+            self._staging = [(torch.empty(STAGING_CHUNK, dtype=torch.uint8, pin_memory=True), torch.cuda.Event())
+                             for _ in range(STAGING_CHUNKS)]
+        chunk = self._staging[self._next_chunk]
+        self._next_chunk = (self._next_chunk + 1) % len(self._staging)
+        return chunk
+
+    def join(self, unit) -> None:
+        self.units.add(id(unit))
+
+    def leave(self, unit) -> None:
+        """A unit closed; the last one out stops the copier thread and frees the staging chunks."""
+        self.drop(unit)
+        self.units.discard(id(unit))
+        if not self.units:
+            if self._copier is not None:
+                self._copier.shutdown(wait=True)
+                self._copier = None
+            self._staging = []
+
+
+class Unit:
+    """What every unit shares: a lease, hooks and host memory, and the one release/close path."""
+
+    name: str = ""
+    lease: DeviceLease
+    handles: list
+    arena: HostArena | None = None
+
+    def device_bytes(self) -> int:
+        """Device bytes held now by transient buffers (resident weights not counted)."""
+        return 0
+
+    def _free_device(self) -> None:
+        """Give back transient device buffers; every weight points at its host copy again."""
+
+    def release(self) -> None:
+        """Free the transient device buffers; the unit comes back on its next call."""
+        self._free_device()
+        self.lease.drop(self)
+
+    def close(self) -> None:
+        """Release, remove the hooks and free the host copies (the model is unusable until placed again)."""
+        self.release()
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        if self.arena is not None:
+            self.arena.close()
+        self.lease.leave(self)
+
 
 # ------------------------------------------------------------------------------------------- the streamer
 
-class BlockStreamer:
-    """Streams `blocks` (run in list order) through a ring of `slots` device buffers."""
+def stream_blocks(name: str, blocks: list[nn.Module], device: str | torch.device, *,
+                  tiers: list[str] | None = None, slots: int = 3, cyclic: bool = True,
+                  lease: DeviceLease | None = None, merge: bool = True, keep: bool = False,
+                  move_inputs: bool = False) -> "BlockStreamer":
+    """Put `blocks` (run in list order) under one streaming unit: each block on its tier (default pinned).
 
-    def __init__(self, name: str, blocks: list[nn.Module], device: str | torch.device, *, slots: int = 3,
-                 resident: frozenset[int] = frozenset(), cyclic: bool = True, lease: DeviceLease | None = None,
-                 merge: bool = True):
+    `keep`: the streamed blocks are one model's parts (CLIP, the VAE): they come in together when any is
+    called and stay until another unit takes the lease. `move_inputs`: tensors passed to a block move to the
+    device first (callers put inputs where the weights were: host RAM)."""
+    return BlockStreamer(name, blocks, device, tiers=tiers, slots=slots, cyclic=cyclic, lease=lease, merge=merge,
+                         keep=keep, move_inputs=move_inputs)
+
+
+class BlockStreamer(Unit):
+    """Streams `blocks` (run in list order) through a ring of `slots` device buffers; see `stream_blocks`."""
+
+    def __init__(self, name: str, blocks: list[nn.Module], device: str | torch.device, *,
+                 tiers: list[str] | None = None, resident: frozenset[int] = frozenset(), slots: int = 3,
+                 cyclic: bool = True, lease: DeviceLease | None = None, merge: bool = True, keep: bool = False,
+                 move_inputs: bool = False):
         if slots < 1:
             raise ValueError(f"{name}: the ring needs at least one slot, got {slots}")
         self.name = name
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.blocks = list(blocks)
-        self.cyclic = cyclic
+        self.cyclic = cyclic and not keep
+        self.keep = keep
+        self.move_inputs = move_inputs
         self.lease = lease or DeviceLease()
-        # 1. Resident blocks go to the device for good; the others are packed into pinned host RAM.
-        self.resident = frozenset(resident)
+        self.lease.join(self)
+        self.tiers = list(tiers) if tiers is not None else [GPU if i in resident else PINNED
+                                                           for i in range(len(self.blocks))]
+        if len(self.tiers) != len(self.blocks) or any(t not in TIERS for t in self.tiers):
+            raise ValueError(f"{name}: one tier of {TIERS} per block expected, got {self.tiers}")
+        # 1. Blocks loaded from a memory map go back to it when the unit closes (nothing is left behind);
+        #    resident blocks go to the device for good; disk-tier blocks must be in host memory.
+        ranges = _file_backed_ranges()
+        self.restore = [p for p in (_Packed([b]) for b in self.blocks) if p.capture_origins(ranges)]
+        self.resident = frozenset(i for i, t in enumerate(self.tiers) if t == GPU)
+        for i, tier in enumerate(self.tiers):
+            if tier == DISK and any(t.device.type != "cpu" for t in _tensors(self.blocks[i])):
+                self.blocks[i].to("cpu")
         for i in sorted(self.resident):
             self.blocks[i].to(self.device)
-        self.groups = _group_blocks(self.blocks, self.resident, merge=merge)
+        # 2. Groups of streamed blocks; pinned groups move into the arena, disk groups stay where they are.
+        sizes = [_Packed([b]).nbytes for b in self.blocks]
+        streamed = [i for i in range(len(self.blocks)) if i not in self.resident]
+        self.groups = ([streamed] if streamed else []) if keep else group_runs(sizes, self.tiers, merge=merge)
+        self.group_tier = [self.tiers[g[0]] for g in self.groups]
         self.order = list(range(len(self.groups)))   # positions of the streamed groups, in run order
-        self.slots = min(slots, max(len(self.order), 1))
-        self.arena, packed = pack_into_arena([[self.blocks[i] for i in g] for g in self.groups], self.device)
-        self.packed = dict(enumerate(packed))
-        self.slot_bytes = max((p.nbytes for p in packed), default=0)
-        # 2. Ring state: device buffers (allocated on first use), free slots, blocks in flight.
+        self.slots = len(self.order) if keep else min(slots, max(len(self.order), 1))
+        pinned = [pos for pos in self.order if self.group_tier[pos] == PINNED]
+        self.arena, packed = pack_into_arena([[self.blocks[i] for i in self.groups[pos]] for pos in pinned],
+                                             self.device)
+        self.packed: dict[int, _Packed] = dict(zip(pinned, packed))
+        for pos in self.order:
+            if self.group_tier[pos] == DISK:
+                self.packed[pos] = _Packed([self.blocks[i] for i in self.groups[pos]])
+                self.packed[pos].keep_host()
+        self.chunks = {pos: self.packed[pos].chunks(STAGING_CHUNK) for pos in self.order
+                       if self.group_tier[pos] == DISK}
+        self.disk_bytes = sum(self.packed[pos].nbytes for pos in self.chunks)
+        self.slot_bytes = max((p.nbytes for p in self.packed.values()), default=0)
+        # 3. Ring state: device buffers (allocated on first use), free slots, blocks in flight.
         self.ring: list[torch.Tensor] = []
         self.free: deque[int] = deque()
         self.inflight: deque[tuple[int, int]] = deque()   # (position in order, slot), in issue order
+        self.pending: dict[int, Future] = {}             # disk-tier copies the copier thread is doing
         self.next_pos = 0
         self.view_cache: dict[tuple[int, int], list[torch.Tensor]] = {}
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.ready = {i: torch.cuda.Event() for i in self.order} if self.cuda else {}
         self.slot_free: list = []
+        self.slot_used: list[bool] = []
+        self.loaded: dict[int, int] = {}                 # keep mode: group position -> its slot
         self.bytes_copied = 0
         self.trace: list | None = None   # start_trace(): timed CUDA events of every copy and block
-        # 3. Hooks on the streamed blocks.
+        # 4. Hooks: a group comes in before its first block and leaves after its last (keep: any block).
         self.handles = []
-        for pos, group in enumerate(self.groups):   # a group comes in before its first block, leaves after its last
-            self.handles.append(self.blocks[group[0]].register_forward_pre_hook(self._make_pre_hook(pos)))
-            self.handles.append(self.blocks[group[-1]].register_forward_hook(self._make_post_hook(pos)))
-        log.info("streamer %s: %d blocks streamed as %d groups (%.2f GiB host%s), %d resident, ring %d x %.3f GiB "
-                 "on %s", name, sum(len(g) for g in self.groups), len(self.groups), self.arena.nbytes / GiB,
-                 ", page-locked" if self.arena.registered else "", len(self.resident), self.slots,
-                 self.slot_bytes / GiB, self.device)
+        for pos, group in enumerate(self.groups):
+            firsts = group if keep else group[:1]
+            for i in firsts:
+                self.handles.append(self.blocks[i].register_forward_pre_hook(self._make_pre_hook(pos),
+                                                                             with_kwargs=True))
+            if not keep:
+                self.handles.append(self.blocks[group[-1]].register_forward_hook(self._make_post_hook(pos)))
+        log.info("streamer %s: %d blocks streamed as %d groups (%.2f GiB pinned host%s, %.2f GiB from disk), %d "
+                 "resident, ring %d x %.3f GiB on %s", name, len(streamed), len(self.groups), self.arena.nbytes / GiB,
+                 ", page-locked" if self.arena.registered else "", self.disk_bytes / GiB, len(self.resident),
+                 self.slots, self.slot_bytes / GiB, self.device)
 
     # -------------------------------------------------------------------------------- public
     @property
@@ -246,7 +431,7 @@ class BlockStreamer:
         last = self.trace[-(2 * len(self.order)):]  # about one pass: when each copy and block ran (ms)
         timeline = [(kind, pos, round(origin.elapsed_time(a), 2), round(origin.elapsed_time(b), 2))
                     for kind, a, b, pos in last]
-        return dict(timeline=timeline,copy_busy_ms=round(busy["copy"], 1), compute_busy_ms=round(busy["compute"], 1),
+        return dict(timeline=timeline, copy_busy_ms=round(busy["copy"], 1), compute_busy_ms=round(busy["compute"], 1),
                     span_ms=round(span, 1), copies=copied, blocks_run=len(starts))
 
     def _mark(self, kind: str, stream) -> "torch.cuda.Event":
@@ -254,37 +439,55 @@ class BlockStreamer:
         event.record(stream)
         return event
 
-    def release(self) -> None:
+    def close(self) -> None:
+        super().close()
+        for p in self.restore:     # back onto the memory map: the arena and the device copies can go
+            p.point(p.origins)
+        self.restore = []
+
+    def _free_device(self) -> None:
         """Wait for copies in flight, point every streamed block at its host copy, free the ring."""
+        self._wait_pending(list(self.pending))
         if self.cuda and self.copy_stream is not None:
             self.copy_stream.synchronize()
-        for pos, _slot in self.inflight:
-            self.packed[self.order[pos]].point(self.packed[self.order[pos]].host_views)
+        for pos in {p for p, _slot in self.inflight} | set(self.loaded):
+            self.packed[pos].point(self.packed[pos].host_views)
         self.inflight.clear()
+        self.loaded.clear()
         self.free.clear()
         self.ring = []
         self.slot_free = []
         self.view_cache.clear()
-        self.lease.drop(self)
-
-    def close(self) -> None:
-        """Release the ring, remove the hooks and unpin the host arena (the model becomes unusable)."""
-        self.release()
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        self.arena.close()
 
     # -------------------------------------------------------------------------------- hooks
     def _make_pre_hook(self, pos: int):
-        def pre_hook(module, args):
-            self._before(pos)
+        def pre_hook(module, args, kwargs):
+            if self.keep:
+                self._bring(pos)
+            else:
+                self._before(pos)
+            if self.move_inputs:
+                return _to_device(args, self.device), _to_device(kwargs, self.device)
+            return None
         return pre_hook
 
     def _make_post_hook(self, pos: int):
         def post_hook(module, args, output):
             self._after(pos)
         return post_hook
+
+    def _bring(self, pos: int) -> None:
+        """keep mode: the group comes in once and stays until the lease goes to another unit."""
+        self.lease.acquire(self)
+        if not self.ring:
+            self._allocate_ring()
+        if pos in self.loaded:
+            return
+        slot = self.free.popleft()
+        self._issue(pos, slot)
+        self.loaded[pos] = slot
+        self._wait_ready(pos)
+        self.packed[pos].point(self._slot_views(pos, slot))
 
     def _before(self, pos: int) -> None:
         # 1. Own the device; a ring freed by another holder is allocated again.
@@ -297,12 +500,10 @@ class BlockStreamer:
         self._top_up()
         # 3. Compute waits for this block's copy, then reads the weights from its slot.
         _, slot = self.inflight[0]
-        if self.cuda:
-            compute = torch.cuda.current_stream(self.device)
-            compute.wait_event(self.ready[self.order[pos]])
-            if self.trace is not None:
-                self._open = self._mark("compute", compute)
-        self.packed[self.order[pos]].point(self._slot_views(pos, slot))
+        self._wait_ready(pos)
+        if self.cuda and self.trace is not None:
+            self._open = self._mark("compute", torch.cuda.current_stream(self.device))
+        self.packed[pos].point(self._slot_views(pos, slot))
 
     def _after(self, pos: int) -> None:
         # 1. The slot becomes free once the compute stream is past this block.
@@ -314,11 +515,19 @@ class BlockStreamer:
                                    pos))
                 self._open = None
         # 2. The block points at its host copy again; no device tensor of it survives the block.
-        block = self.packed[self.order[pos]]
+        block = self.packed[pos]
         block.point(block.host_views)
         self.free.append(slot)
         # 3. Refill the ring right away so the copy engine never idles.
         self._top_up()
+
+    def _wait_ready(self, pos: int) -> None:
+        """The compute that follows sees the copy of group `pos` complete."""
+        future = self.pending.pop(pos, None)
+        if future is not None:
+            future.result()      # the copier thread has issued (CPU: done) every chunk; errors surface here
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_event(self.ready[pos])
 
     # -------------------------------------------------------------------------------- ring
     def _allocate_ring(self) -> None:
@@ -331,10 +540,11 @@ class BlockStreamer:
         """Drop whatever was prefetched (its copies are harmless) and start the sequence at `pos`."""
         if self.inflight:
             log.debug("streamer %s: restart at block %d (expected %d)", self.name, pos, self.inflight[0][0])
+        self._wait_pending([p for p, _slot in self.inflight])
         for p, slot in self.inflight:
             if self.cuda:  # an aborted block's kernels may still read its slot: later copies wait for them
                 self.slot_free[slot].record(torch.cuda.current_stream(self.device))
-            self.packed[self.order[p]].point(self.packed[self.order[p]].host_views)
+            self.packed[p].point(self.packed[p].host_views)
             self.free.append(slot)
         self.inflight.clear()
         self.next_pos = pos
@@ -354,92 +564,62 @@ class BlockStreamer:
             self.next_pos += 1
 
     def _issue(self, pos: int, slot: int) -> None:
-        block = self.packed[self.order[pos]]
-        src = self.arena.buffer[block.base: block.base + block.nbytes]
+        """Start the copy of group `pos` into `slot`: from the arena here, from disk on the copier thread."""
+        block = self.packed[pos]
         dst = self.ring[slot][: block.nbytes]
         self.bytes_copied += block.nbytes
+        # 1. The slot's last reader must be done (recorded now, before anyone can re-record it).
+        if self.cuda and self.slot_used[slot]:
+            self.copy_stream.wait_event(self.slot_free[slot])
+        if self.cuda:
+            self.slot_used[slot] = True
+        # 2. Disk tier: page cache -> staging -> device on the copier thread.
+        if self.group_tier[pos] == DISK:
+            self.pending[pos] = self.lease.copier().submit(self._copy_from_disk, pos, dst)
+            return
+        # 3. Pinned tier: one copy from the arena.
+        src = self.arena.buffer[block.base: block.base + block.nbytes]
         if not self.cuda:
             dst.copy_(src)
             return
         with torch.cuda.stream(self.copy_stream):
-            if self.slot_used[slot]:
-                self.copy_stream.wait_event(self.slot_free[slot])
             start = self._mark("copy", self.copy_stream) if self.trace is not None else None
             dst.copy_(src, non_blocking=True)
-            self.ready[self.order[pos]].record(self.copy_stream)
+            self.ready[pos].record(self.copy_stream)
             if start is not None:
                 self.trace.append(("copy", start, self._mark("copy", self.copy_stream), pos))
-        self.slot_used[slot] = True
+
+    def _copy_from_disk(self, pos: int, dst: torch.Tensor) -> None:
+        """(copier thread) Every chunk of group `pos`: host tensors -> pinned staging chunk -> `dst`.
+        On the CPU the chunks go straight into `dst`. The host tensors are only read."""
+        if not self.cuda:
+            for start, end, items in self.chunks[pos]:
+                for src, at in items:
+                    dst[at: at + src.numel()].copy_(src)
+            return
+        with torch.cuda.device(self.device), torch.cuda.stream(self.copy_stream):
+            for start, end, items in self.chunks[pos]:
+                buffer, done = self.lease.staging_chunk(self.device)
+                done.synchronize()               # its previous copy to the device has finished
+                for src, at in items:
+                    buffer[at - start: at - start + src.numel()].copy_(src)
+                dst[start:end].copy_(buffer[: end - start], non_blocking=True)
+                done.record(self.copy_stream)
+            self.ready[pos].record(self.copy_stream)
+
+    def _wait_pending(self, positions: list[int]) -> None:
+        for p in positions:
+            future = self.pending.pop(p, None)
+            if future is not None:
+                future.result()
 
     def _slot_views(self, pos: int, slot: int) -> list[torch.Tensor]:
         key = (pos, slot)
         views = self.view_cache.get(key)
         if views is None:
-            views = self.packed[self.order[pos]].views(self.ring[slot])
+            views = self.packed[pos].views(self.ring[slot])
             self.view_cache[key] = views
         return views
-
-
-def _group_blocks(blocks: list[nn.Module], resident: frozenset[int], *, merge: bool) -> list[list[int]]:
-    """Consecutive streamed blocks merged while a group stays within the largest block's bytes.
-
-    FLUX's single blocks are 0.42x a double block: paired, they fill a ring slot, so the same ring holds
-    twice as many of them and the copy engine gets further ahead during the (compute-bound) single blocks,
-    a lead it then spends on the (copy-bound) double blocks.
-    """
-    streamed = [i for i in range(len(blocks)) if i not in resident]
-    sizes = {i: _Packed([blocks[i]]).nbytes for i in streamed}
-    cap = max(sizes.values(), default=0)
-    groups: list[list[int]] = []
-    for i in streamed:
-        last = groups[-1] if groups else None
-        if (merge and last and last[-1] == i - 1 and sum(sizes[j] for j in last) + sizes[i] <= cap):
-            last.append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-class ModelSwap:
-    """A small model that comes to the device when one of its modules is called and stays until another
-    unit takes the lease (CLIP while prompts encode, the VAE decoder while images decode)."""
-
-    def __init__(self, name: str, modules: list[nn.Module], device: str | torch.device, *,
-                 lease: DeviceLease | None = None):
-        self.name = name
-        self.device = torch.device(device)
-        self.lease = lease or DeviceLease()
-        self.arena, (self.packed,) = pack_into_arena([modules], self.device)
-        self.device_buffer: torch.Tensor | None = None
-        self.bytes_copied = 0
-        self.handles = [m.register_forward_pre_hook(self._pre_hook, with_kwargs=True) for m in modules]
-        log.info("model swap %s: %.3f GiB comes to %s when used", name, self.arena.nbytes / GiB, self.device)
-
-    def device_bytes(self) -> int:
-        return 0 if self.device_buffer is None else self.device_buffer.numel()
-
-    def _pre_hook(self, module, args, kwargs):
-        # 1. Take the device and bring the weights (same stream as the compute that follows: ordered).
-        self.lease.acquire(self)
-        if self.device_buffer is None:
-            self.device_buffer = self.arena.buffer.to(self.device, non_blocking=self.arena.registered)
-            self.bytes_copied += self.arena.nbytes
-            self.packed.point(self.packed.views(self.device_buffer))
-        # 2. Callers place inputs where the model's weights were (host RAM): bring them along.
-        return _to_device(args, self.device), _to_device(kwargs, self.device)
-
-    def release(self) -> None:
-        if self.device_buffer is not None:
-            self.packed.point(self.packed.host_views)
-            self.device_buffer = None
-        self.lease.drop(self)
-
-    def close(self) -> None:
-        self.release()
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        self.arena.close()
 
 
 def _to_device(value, device: torch.device):

@@ -1,11 +1,14 @@
-"""Wiring fluxbot's streamer into a FluxPipeline (the `streamed` memory profile).
+"""Wiring fluxbot's streamer into a FluxPipeline: the executor of a planner `Placement`.
 
-- DiT: the 19 double and 38 single blocks stream through a 3-slot ring (cyclic: the next step's first
-  blocks arrive during this step's last); blocks that fit `vram_budget_bytes` stay resident, spread evenly
-  so the copy engine can run ahead during them. The small rest (embedders, final norm) stays on the device.
-- T5: its 24 encoder blocks stream the same way (not cyclic: one encode per prompt); the final norm stays on
-  the device; the 32k×4096 token embedding stays in host RAM and is looked up there (4 MB comes over).
-- CLIP and the VAE decoder: whole-model swaps, on the device only during their turn.
+- DiT: every block on its tier (engine/planner.py): `gpu` blocks stay resident (spread over the order by the
+  planner so the copy engine can run ahead during them), `pinned` and `disk` blocks stream through one ring
+  (cyclic: the next step's first blocks arrive during this step's last). The small rest (embedders, final
+  norm) stays on the device.
+- T5: resident as a whole when every block is `gpu`; else its 24 blocks stream the same way (not cyclic: one
+  encode per prompt), the final norm stays on the device and the 32k×4096 token embedding stays in host RAM
+  and is looked up there (4 MB comes over). With every block on `disk`, T5 holds neither RAM nor VRAM between
+  prompts (its blocks are read from the page cache at encode time).
+- CLIP and the VAE: resident, or whole-model units that come in for their turn (from pinned RAM or disk).
 All units share one `DeviceLease`, so only one unit's transient buffers exist at a time.
 """
 from __future__ import annotations
@@ -15,53 +18,85 @@ import logging
 import torch
 from torch import nn
 
-from engine.streamer import BlockStreamer, DeviceLease, ModelSwap, _Packed
+from engine.planner import GPU, Placement
+from engine.streamer import DeviceLease, Unit, stream_blocks
 
 log = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
-# Pair FLUX's single blocks into one ring slot (see engine.streamer._group_blocks); the bench can turn it off.
+# Pair FLUX's single blocks into one ring slot (see engine.planner.group_runs); the bench can turn it off.
 MERGE_GROUPS = True
 
 
-def stream_pipeline(pipe, device: str, *, vram_budget_bytes: int = 0, slots: int = 3, lean_cast: bool = True) -> list:
-    """Apply the streamed profile to `pipe` in place; returns the units (each has `close()`)."""
+def dit_blocks(pipe) -> list[nn.Module]:
+    """The DiT's blocks in run order: double blocks, then single blocks (the planner's order)."""
+    dit = pipe.transformer
+    return list(dit.transformer_blocks) + list(dit.single_transformer_blocks)
+
+
+def t5_blocks(pipe) -> list[nn.Module]:
+    t5 = getattr(pipe, "text_encoder_2", None)
+    return list(t5.encoder.block) if t5 is not None else []
+
+
+def apply_placement(pipe, placement: Placement, device: str, *, slots: int = 3, lean_cast: bool = True) -> list:
+    """Place `pipe`'s weights as `placement` says, in place; returns the units (each has `close()`)."""
     dev = torch.device(device)
     lease = DeviceLease()
     units: list = []
-    # 1. The DiT: blocks stream (or stay resident within the budget); the rest lives on the device.
+    # 1. The DiT: blocks on their tiers; the rest lives on the device.
     dit = pipe.transformer
-    blocks = list(dit.transformer_blocks) + list(dit.single_transformer_blocks)
+    blocks = dit_blocks(pipe)
+    if len(placement.dit) != len(blocks):
+        raise ValueError(f"the placement has {len(placement.dit)} DiT tiers for {len(blocks)} blocks")
     if lean_cast:
         lean_layerwise_casting(blocks)
-    rest_bytes = _move_rest(dit, blocks, dev)
-    sizes = [_Packed([b]).nbytes for b in blocks]
-    resident = choose_resident(sizes, vram_budget_bytes - rest_bytes, slots)
-    units.append(BlockStreamer("dit", blocks, dev, slots=slots, resident=resident, cyclic=True, lease=lease,
+    _move_rest(dit, blocks, dev)
+    units.append(stream_blocks("dit", blocks, dev, tiers=list(placement.dit), slots=slots, cyclic=True, lease=lease,
                                merge=MERGE_GROUPS))
-    # 2. T5: blocks stream; the embedding table is used from host RAM.
+    # 2. T5: resident as a whole, or blocks on their tiers with the embedding table used from host RAM.
     t5 = getattr(pipe, "text_encoder_2", None)
     if t5 is not None:
-        t5_blocks = list(t5.encoder.block)
-        embed = t5.encoder.embed_tokens
-        tables = [m for m in (embed, getattr(t5, "shared", None)) if m is not None]  # tied or not: both host
-        _move_rest(t5, t5_blocks + tables, dev)
-        for table in tables[1:]:
-            if table is not embed:
-                table.to("cpu")
-        units.append(HostLookup("t5-embedding", embed, dev))
-        # T5 encodes in ~0.2 s even with 2 blocks ahead; a deeper ring would only raise the encode peak.
-        units.append(BlockStreamer("t5", t5_blocks, dev, slots=min(slots, 3), cyclic=False, lease=lease))
-    # 3. CLIP and the VAE decoder come in for their turn.
+        units.extend(_place_t5(t5, list(placement.t5), dev, slots, lease))
+    # 3. CLIP and the VAE: resident, or they come in for their turn.
     clip = getattr(pipe, "text_encoder", None)
     if clip is not None:
-        units.append(ModelSwap("clip", [clip], dev, lease=lease))
+        units.extend(_place_whole("clip", [clip], placement.clip, dev, lease))
     vae = getattr(pipe, "vae", None)
     if vae is not None:
-        # The encoder (image-to-image) swaps in with the decoder: nothing of the VAE stays on the device.
+        # The encoder (image-to-image) travels with the decoder: nothing of the VAE stays on the device.
         parts = [getattr(vae, n, None) for n in ("decoder", "post_quant_conv", "encoder", "quant_conv")]
-        units.append(ModelSwap("vae", [m for m in parts if m is not None], dev, lease=lease))
+        units.extend(_place_whole("vae", [m for m in parts if m is not None], placement.vae, dev, lease))
+        if placement.vae == GPU:
+            vae.to(dev)
     return units
+
+
+def _place_t5(t5: nn.Module, tiers: list[str], dev: torch.device, slots: int, lease: DeviceLease) -> list:
+    blocks = list(t5.encoder.block)
+    if len(tiers) != len(blocks):
+        raise ValueError(f"the placement has {len(tiers)} T5 tiers for {len(blocks)} blocks")
+    if all(t == GPU for t in tiers):
+        t5.to(dev)
+        return []
+    embed = t5.encoder.embed_tokens
+    tables = [m for m in (embed, getattr(t5, "shared", None)) if m is not None]  # tied or not: both host
+    _move_rest(t5, blocks + tables, dev)
+    for table in tables[1:]:
+        if table is not embed:
+            table.to("cpu")
+    # T5 encodes in ~0.2 s even with 2 blocks ahead; a deeper ring would only raise the encode peak.
+    return [HostLookup("t5-embedding", embed, dev, lease),
+            stream_blocks("t5", blocks, dev, tiers=tiers, slots=min(slots, 3), cyclic=False, lease=lease)]
+
+
+def _place_whole(name: str, modules: list[nn.Module], tier: str, dev: torch.device, lease: DeviceLease) -> list:
+    if tier == GPU:
+        for m in modules:
+            m.to(dev)
+        return []
+    return [stream_blocks(name, modules, dev, tiers=[tier] * len(modules), keep=True, move_inputs=True,
+                          lease=lease)]
 
 
 def lean_layerwise_casting(modules: list[nn.Module]) -> int:
@@ -104,26 +139,6 @@ def lean_layerwise_casting(modules: list[nn.Module]) -> int:
     return changed
 
 
-def choose_resident(block_bytes: list[int], budget: int, slots: int) -> frozenset[int]:
-    """Blocks kept on the device: as many as fit in `budget` after the ring, spread evenly over the order."""
-    n = len(block_bytes)
-    if n == 0 or budget <= 0:
-        return frozenset()
-    # 1. If everything fits without a ring, keep everything.
-    if sum(block_bytes) <= budget:
-        return frozenset(range(n))
-    # 2. The ring comes first; then count how many average blocks fit in what is left.
-    available = budget - slots * max(block_bytes)
-    if available <= 0:
-        return frozenset()
-    count = min(n - 1, int(available // (sum(block_bytes) / n)))
-    # 3. Evenly spaced picks, dropped from the end until they really fit.
-    picks = sorted({round(k * n / count) for k in range(count)}) if count > 0 else []
-    while picks and sum(block_bytes[i] for i in picks) > available:
-        picks.pop()
-    return frozenset(picks)
-
-
 def _move_rest(model: nn.Module, skip: list[nn.Module], device: torch.device) -> int:
     """Move every parameter/buffer of `model` outside the `skip` subtrees to `device`; returns bytes moved."""
     skipped = {id(m) for s in skip for m in s.modules()}
@@ -143,12 +158,14 @@ def _move_rest(model: nn.Module, skip: list[nn.Module], device: torch.device) ->
     return moved
 
 
-class HostLookup:
+class HostLookup(Unit):
     """An embedding table that stays in host RAM: ids go to the host, only the looked-up rows come over."""
 
-    def __init__(self, name: str, embedding: nn.Module, device: torch.device):
+    def __init__(self, name: str, embedding: nn.Module, device: torch.device, lease: DeviceLease | None = None):
         self.name = name
         self.device = device
+        self.lease = lease or DeviceLease()
+        self.lease.join(self)
         embedding.to("cpu")
         self.handles = [embedding.register_forward_pre_hook(self._to_host),
                         embedding.register_forward_hook(self._to_device)]
@@ -159,14 +176,3 @@ class HostLookup:
 
     def _to_device(self, module, args, output):
         return output.to(self.device, non_blocking=True)
-
-    def device_bytes(self) -> int:
-        return 0
-
-    def release(self) -> None:
-        pass
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()

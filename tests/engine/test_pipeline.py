@@ -124,8 +124,8 @@ def test_cuda_out_of_memory_becomes_engine_out_of_memory_with_a_leaner_profile(t
     with pytest.raises(EngineOutOfMemory) as info:
         tiny_engine.generate(JobSpec("a cat", seed=1, **SMALL), progress=oom)
     err = info.value
-    assert err.profile == "resident" and err.suggested_profile == "model-offload"
-    assert 'profile = "model-offload"' in str(err)
+    assert err.profile == "resident" and err.suggested_profile == "streamed"
+    assert 'profile = "streamed"' in str(err)
 
 
 def test_other_failures_become_a_short_engine_error(tiny_engine):

@@ -5,7 +5,6 @@ from engine.memory import apply_profile
 from engine.precision import apply_precision
 from engine.settings import EngineSettings
 from engine.streamer import BlockStreamer
-from engine.streamer_flux import choose_resident
 from engine.tiny import build_tiny_pipeline
 
 
@@ -58,15 +57,6 @@ def test_vram_budget_keeps_blocks_resident_and_output_unchanged():
     dit = next(u for u in plan.streamers if u.name == "dit")
     assert len(dit.resident) == 2 and dit.order == []
     assert (_image(pipe) == expected).all()
-
-
-def test_choose_resident_spreads_blocks_and_respects_the_budget():
-    sizes = [100] * 10
-    picks = choose_resident(sizes, budget=3 * 100 + 450, slots=3)   # ring 300, room for 4 blocks
-    assert len(picks) == 4 and sum(sizes[i] for i in picks) <= 450
-    assert max(picks) - min(picks) >= 5          # spread over the order, not bunched at the start
-    assert choose_resident(sizes, budget=200, slots=3) == frozenset()
-    assert choose_resident(sizes, budget=1000, slots=3) == frozenset(range(10))
 
 
 def test_aborted_run_restarts_cleanly():

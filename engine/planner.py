@@ -1,0 +1,541 @@
+"""The placement planner: where every weight of the FLUX pipeline lives, from a VRAM and a RAM budget.
+
+Pure and deterministic: no torch, no I/O. `plan_placement(PlanInputs) -> Plan` decides, per DiT block and
+per T5 block, one of three tiers, and one tier each for CLIP and the VAE:
+
+- `gpu`: resident on the device for good;
+- `pinned`: a copy in page-locked host RAM, streamed to the device through a small ring at each use;
+- `disk`: left where the loader put it (a memory-mapped safetensors file: page cache, evictable), copied
+  page cache → small pinned staging buffer → device at each use.
+
+The greedy rule: VRAM goes first to the DiT's blocks (they run every step; double blocks first, they are
+copy-bound when streamed, single blocks are compute-bound), then the VAE and CLIP (every image), then T5
+(every new prompt; the prompt cache skips it for rerolls). Pinned RAM goes in the same order to what is not on
+the GPU; nothing below the DiT is pinned while a DiT block still reads from disk (that RAM serves better as page
+cache for those blocks). The rest stays on disk. The prediction is the floor the issue defines:
+max(compute, bytes over each path / its bandwidth) per step, plus encode and decode.
+
+Forced profiles keep their old meaning: `resident` (everything on the GPU), `streamed` (T5, CLIP and the VAE
+never resident; DiT blocks resident only within `max_resident_dit`), `model-offload` (diffusers' whole-model
+offload, costed here but placed by engine/memory.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+GiB = 1024 ** 3
+GPU, PINNED, DISK = "gpu", "pinned", "disk"
+TIERS = (GPU, PINNED, DISK)
+FORCEABLE = ("auto", "resident", "streamed", "model-offload")
+# What an auto plan is called in Results and logs, by what it keeps on the GPU.
+RESIDENT, STREAMED, MIXED, MODEL_OFFLOAD = "resident", "streamed", "mixed", "model-offload"
+
+# ----------------------------------------------------------------------------------- reference figures
+# Working memory measured on an H100/H200 at 1024² (4096 image + 512 text tokens), batch 1: the DiT's
+# activations (~0.5 GiB: resident peak 11.59 GiB with 11.08 GiB of weights; streamed 1.83 = ring 1.27 + rest
+# 0.06 + activations), T5's encode (0.32 GiB besides its ring), a VAE decode (2.57 GiB untiled at 1 MPixel).
+REF_TOKENS = 4096 + 512
+DIT_ACTIVATIONS_REF = int(0.5 * GiB)
+T5_WORKING = int(0.32 * GiB)
+CLIP_WORKING = int(0.05 * GiB)
+DECODE_PER_MPIXEL = int(2.4 * GiB)
+# Tile edge of a tiled VAE decode (pixels). diffusers steps tiles by 3/4 of the edge: 704 px tiles cover a
+# 1024² image in 2 x 2 tiles (512 px tiles would take 3 x 3, and more time); each tile ~1/2 of the full peak.
+VAE_TILE_PX = 704
+TEXT_TOKENS = 512
+# Pinned staging for disk-tier copies: chunks of this size, this many in flight (engine/streamer.py).
+STAGING_CHUNK = 32 * 1024 ** 2
+STAGING_CHUNKS = 4
+STAGING_BYTES = STAGING_CHUNK * STAGING_CHUNKS
+# Host bytes the engine holds besides weights while it runs: prompt embeddings, images, transient copies.
+HOST_WORKING = int(0.5 * GiB)
+# What a machine of N GiB leaves to fluxbot (OS, Python, torch and CUDA's host side), and a card of N GiB
+# (the CUDA context): used when a budget is given as the size of a machine (`plan --ram 16 --vram 8`).
+MACHINE_RAM_RESERVE = int(2.5 * GiB)
+CUDA_CONTEXT = int(0.5 * GiB)
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Bytes of each part as stored (fp8 DiT Linears count 1 byte a weight)."""
+    double_blocks: tuple[int, ...]
+    single_blocks: tuple[int, ...]
+    dit_rest: int                   # embedders, final norm: always on the device
+    t5_blocks: tuple[int, ...]
+    t5_rest: int                    # token embedding (looked up on the host when T5 streams) + final norm
+    clip: int
+    vae: int
+    source: str = "measured"
+
+    @property
+    def dit_blocks(self) -> tuple[int, ...]:
+        return self.double_blocks + self.single_blocks
+
+    @property
+    def dit(self) -> int:
+        return sum(self.dit_blocks) + self.dit_rest
+
+    @property
+    def t5(self) -> int:
+        return sum(self.t5_blocks) + self.t5_rest
+
+    @property
+    def total(self) -> int:
+        return self.dit + self.t5 + self.clip + self.vae
+
+
+@dataclass(frozen=True)
+class Bandwidths:
+    """Bytes per second of each path. Defaults: a PCIe 4.0 x16 consumer board, DDR4 memcpy, an NVMe SSD."""
+    h2d: float = 25e9          # pinned host RAM -> device
+    page_cache: float = 8e9    # page cache -> pinned staging (a CPU memcpy)
+    disk: float = 2e9          # disk -> page cache
+    source: str = "defaults (PCIe 4.0 x16, NVMe)"
+
+
+@dataclass(frozen=True)
+class ComputeCosts:
+    """Seconds of DiT compute per block at 1024², batch 1 (measured on an H200, fp8 storage, bf16 compute),
+    scaled to other sizes by tokens (linear layers) and tokens² (attention, 11% at 1024²)."""
+    double_s: float = 0.00455
+    single_s: float = 0.0035
+    attention_share: float = 0.11
+    t5_s: float = 0.03          # one 512-token encode, weights resident
+    clip_s: float = 0.01
+    decode_s: float = 0.16      # one tiled 1024² decode
+    source: str = "H200 reference"
+
+    def step(self, tokens: int, doubles: int, singles: int, batch: int = 1) -> float:
+        r = tokens / REF_TOKENS
+        scale = (1 - self.attention_share) * r + self.attention_share * r * r
+        return (doubles * self.double_s + singles * self.single_s) * scale * batch
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    vram_budget: int                 # bytes fluxbot may allocate on the device (CUDA context excluded)
+    ram_budget: int                  # bytes of host RAM fluxbot may hold (after the OS/Python reserve)
+    sizes: ModelSizes
+    width: int = 1024
+    height: int = 1024
+    steps: int = 20
+    batch: int = 1
+    slots: int = 4                   # DiT ring slots ([engine] stream_prefetch + 1)
+    vae_tiled: bool = True
+    device: str = "cuda"
+    force: str = "auto"
+    max_resident_dit: int | None = None   # bytes of DiT blocks that may stay resident (None: what fits)
+    bandwidth: Bandwidths = field(default_factory=Bandwidths)
+    compute: ComputeCosts = field(default_factory=ComputeCosts)
+    budget_note: str = ""            # how the budgets were found (printed in the why)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Tiers only: what the executor (engine/streamer_flux.py) applies."""
+    dit: tuple[str, ...]             # one tier per DiT block, double blocks then single blocks
+    t5: tuple[str, ...]              # one per T5 encoder block
+    clip: str
+    vae: str
+
+    def __post_init__(self):
+        for tier in (*self.dit, *self.t5, self.clip, self.vae):
+            if tier not in TIERS:
+                raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
+
+    @property
+    def all_gpu(self) -> bool:
+        return all(t == GPU for t in (*self.dit, *self.t5, self.clip, self.vae))
+
+    @property
+    def nothing_resident(self) -> bool:
+        return not any(t == GPU for t in (*self.dit, *self.t5, self.clip, self.vae))
+
+    @classmethod
+    def uniform(cls, sizes: ModelSizes, tier: str) -> "Placement":
+        return cls(dit=(tier,) * len(sizes.dit_blocks), t5=(tier,) * len(sizes.t5_blocks), clip=tier, vae=tier)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A placement with its predicted cost and the reasons."""
+    profile: str                     # resident / streamed / mixed / model-offload
+    placement: Placement
+    fits: bool
+    s_per_step: float
+    encode_s: float                  # a new prompt (a cached one costs 0)
+    decode_s: float
+    s_per_image: float
+    peak_vram: int
+    pinned_ram: int                  # page-locked host RAM held
+    host_ram: int                    # everything the engine holds in host RAM (pinned + working)
+    page_cache: int                  # page cache the disk tier would like to keep (evictable)
+    disk_read_per_step: int          # bytes read from the disk itself every step (page cache too small)
+    why: tuple[str, ...]
+    problem: str = ""                # when not `fits`: what it would need and the cheapest change
+
+    def describe(self) -> str:
+        return "\n".join(self.why + ((f"CANNOT FIT: {self.problem}",) if self.problem else ()))
+
+    def summary(self) -> str:
+        p = self.placement
+        n = {t: sum(1 for x in p.dit if x == t) for t in TIERS}
+        return (f"{self.profile}: DiT blocks {n[GPU]} on the GPU / {n[PINNED]} pinned / {n[DISK]} disk, T5 "
+                f"{_tier_word(p.t5)}, CLIP {p.clip}, VAE {p.vae}; ~{self.s_per_step:.3f} s/step, "
+                f"{self.s_per_image:.1f} s/image, peak VRAM {self.peak_vram / GiB:.2f} GiB, host RAM "
+                f"{self.host_ram / GiB:.1f} GiB")
+
+
+# ------------------------------------------------------------------------------------------ model sizes
+
+def flux_dev_sizes(fp8: str = "all-linear") -> ModelSizes:
+    """FLUX.1-dev's bytes per part as fluxbot stores them, from its architecture (no files needed):
+    DiT width 3072, 19 double + 38 single blocks; T5-XXL (24 blocks, d_model 4096, d_ff 10240), CLIP-L, the
+    16-channel VAE in bf16."""
+    d, mlp, head = 3072, 12288, 128
+
+    def linear(n_in: int, n_out: int, *, bf16: bool = False) -> int:
+        weight = n_in * n_out * (2 if bf16 or fp8 == "off" else 1)
+        return weight + 2 * n_out                       # bias in bf16
+
+    keep_mod = fp8 == "diffusers-default"               # norm*.linear (modulation) stays bf16 there
+    double = (2 * linear(d, 6 * d, bf16=keep_mod) + 8 * linear(d, d) + 2 * (linear(d, mlp) + linear(mlp, d))
+              + 4 * head * 2)
+    single = (linear(d, 3 * d, bf16=keep_mod) + linear(d, mlp) + 3 * linear(d, d) + linear(d + mlp, d)
+              + 2 * head * 2)
+    rest = (linear(64, d) + linear(4096, d) + 3 * linear(d, d) + linear(256, d) * 2 + linear(768, d)
+            + linear(d, 2 * d, bf16=keep_mod) + linear(d, 64))
+    t5_block = 2 * (4 * 4096 * 4096 + 3 * 4096 * 10240 + 2 * 4096)
+    t5_first = t5_block + 2 * 32 * 64                   # relative attention bias
+    return ModelSizes(double_blocks=(double,) * 19, single_blocks=(single,) * 38, dit_rest=rest,
+                      t5_blocks=(t5_first,) + (t5_block,) * 23, t5_rest=2 * (32128 * 4096 + 4096),
+                      clip=2 * 123_060_480, vae=2 * 83_819_683, source=f"FLUX.1-dev reference sizes (fp8 {fp8})")
+
+
+# ----------------------------------------------------------------------------------------- grouping
+
+def group_runs(sizes: list[int], tiers: list[str], *, merge: bool = True) -> list[list[int]]:
+    """Streamed blocks (tier not gpu) in run order, consecutive ones of one tier merged while a group stays
+    within the largest block's bytes. FLUX's single blocks are 0.42x a double block: paired, they fill a ring
+    slot, so the same ring holds twice as many of them and the copy engine gets further ahead during the
+    (compute-bound) single blocks, a lead it then spends on the (copy-bound) double blocks."""
+    streamed = [i for i, t in enumerate(tiers) if t != GPU]
+    cap = max((sizes[i] for i in streamed), default=0)
+    groups: list[list[int]] = []
+    for i in streamed:
+        last = groups[-1] if groups else None
+        if (merge and last and last[-1] == i - 1 and tiers[last[-1]] == tiers[i]
+                and sum(sizes[j] for j in last) + sizes[i] <= cap):
+            last.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def spread(n: int, count: int) -> list[int]:
+    """`count` of `n` positions evenly spaced over the run order (the copy engine runs ahead during them)."""
+    if count <= 0:
+        return []
+    if count >= n:
+        return list(range(n))
+    return sorted({math.floor(k * n / count) for k in range(count)})
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+def plan_placement(inp: PlanInputs) -> Plan:
+    """The placement for these budgets, its predicted cost, and why."""
+    if inp.force not in FORCEABLE:
+        raise ValueError(f"unknown profile {inp.force!r}; expected one of {FORCEABLE}")
+    sizes = inp.sizes
+    why = [f"budgets: {inp.vram_budget / GiB:.2f} GiB VRAM, {inp.ram_budget / GiB:.2f} GiB host RAM"
+           + (f" ({inp.budget_note})" if inp.budget_note else "")]
+    why.append(f"model: {sizes.source}: DiT {sizes.dit / GiB:.2f} GiB ({len(sizes.double_blocks)} double + "
+               f"{len(sizes.single_blocks)} single blocks), T5 {sizes.t5 / GiB:.2f}, CLIP {sizes.clip / GiB:.2f}, "
+               f"VAE {sizes.vae / GiB:.2f} GiB")
+    # 1. The CPU holds everything already (a forced profile still runs its executor there: the CPU seam).
+    if not inp.device.startswith("cuda") and inp.force == "auto":
+        plan = _finish(inp, Placement.uniform(sizes, GPU), RESIDENT, why + [f"device {inp.device} is not a GPU: "
+                                                                            "weights stay in host RAM"])
+        return replace(plan, fits=True, problem="")
+    # 2. Forced profiles.
+    if inp.force == "resident":
+        return _finish(inp, Placement.uniform(sizes, GPU), RESIDENT, why + ["[engine] profile = resident: "
+                                                                            "everything on the GPU"])
+    if inp.force == "model-offload":
+        return _model_offload(inp, why)
+    # 3. Everything on the GPU when it fits (auto only).
+    everything = Placement.uniform(sizes, GPU)
+    if inp.force == "auto" and _peak_vram(inp, everything) <= inp.vram_budget:
+        return _finish(inp, everything, RESIDENT, why + [f"everything fits on the GPU "
+                                                         f"({_peak_vram(inp, everything) / GiB:.2f} GiB)"])
+    # 4. Start from nothing resident, then VRAM, then pinned RAM, greedily.
+    dit = _fill_vram_dit(inp)
+    rest_gpu = _fill_vram_rest(inp, dit) if inp.force == "auto" else {"vae": False, "clip": False, "t5": 0}
+    tiers = _fill_ram(inp, dit, rest_gpu)
+    label = STREAMED if inp.force == "streamed" else (STREAMED if tiers.nothing_resident else MIXED)
+    return _finish(inp, tiers, label, why + _why_choices(inp, tiers))
+
+
+def _fill_vram_dit(inp: PlanInputs) -> list[str]:
+    """DiT tiers with as many blocks resident as fit: double blocks first, spread over the order."""
+    sizes = inp.sizes
+    nd, ns = len(sizes.double_blocks), len(sizes.single_blocks)
+    cap = inp.max_resident_dit
+    lean = Placement.uniform(sizes, PINNED)
+
+    def tiers_for(n_double: int, n_single: int) -> list[str]:
+        out = [PINNED] * (nd + ns)
+        for i in spread(nd, n_double):
+            out[i] = GPU
+        for i in spread(ns, n_single):
+            out[nd + i] = GPU
+        return out
+
+    def ok(t: list[str]) -> bool:
+        held = sum(b for b, x in zip(sizes.dit_blocks, t) if x == GPU)
+        placement = replace(lean, dit=tuple(t))
+        return (cap is None or held <= cap) and _peak_vram(inp, placement) <= inp.vram_budget
+
+    # The whole DiT resident frees the ring too: try it first.
+    if ok(tiers_for(nd, ns)):
+        return tiers_for(nd, ns)
+    best = tiers_for(0, 0)
+    for n_double in range(nd, -1, -1):
+        if ok(tiers_for(n_double, 0)):
+            best = tiers_for(n_double, 0)
+            if n_double == nd:
+                for n_single in range(ns, -1, -1):
+                    if ok(tiers_for(nd, n_single)):
+                        return tiers_for(nd, n_single)
+            return best
+    return best
+
+
+def _fill_vram_rest(inp: PlanInputs, dit: list[str]) -> dict:
+    """After the DiT: the VAE, then CLIP, then T5's blocks, while the VRAM budget holds."""
+    sizes = inp.sizes
+    chosen = {"vae": False, "clip": False, "t5": 0}
+
+    def placement(c: dict) -> Placement:
+        t5 = tuple(GPU if i < c["t5"] else PINNED for i in range(len(sizes.t5_blocks)))
+        return Placement(dit=tuple(dit), t5=t5, clip=GPU if c["clip"] else PINNED, vae=GPU if c["vae"] else PINNED)
+
+    if any(t != GPU for t in dit):     # blocks still stream: the rest is better spent on them (nothing left)
+        return chosen
+    for key in ("vae", "clip"):
+        trial = {**chosen, key: True}
+        if _peak_vram(inp, placement(trial)) <= inp.vram_budget:
+            chosen = trial
+    for n in range(len(sizes.t5_blocks), 0, -1):
+        trial = {**chosen, "t5": n}
+        if _peak_vram(inp, placement(trial)) <= inp.vram_budget:
+            chosen = trial
+            break
+    return chosen
+
+
+def _fill_ram(inp: PlanInputs, dit: list[str], rest_gpu: dict) -> Placement:
+    """Pinned RAM in order DiT (double, then single), VAE, CLIP, T5; the rest stays on disk."""
+    sizes = inp.sizes
+    nd = len(sizes.double_blocks)
+    t5 = [GPU if i < rest_gpu["t5"] else DISK for i in range(len(sizes.t5_blocks))]
+    clip = GPU if rest_gpu["clip"] else DISK
+    vae = GPU if rest_gpu["vae"] else DISK
+    dit = [GPU if t == GPU else DISK for t in dit]
+    room = inp.ram_budget - _fixed_host(inp, Placement(tuple(dit), tuple(t5), clip, vae), assume_disk=True)
+    # 1. DiT blocks: every step. Double blocks first; single blocks (compute-bound) are the ones left on disk.
+    order = [i for i in range(nd) if dit[i] == DISK] + [i for i in range(nd, len(dit)) if dit[i] == DISK]
+    for i in order:
+        if sizes.dit_blocks[i] <= room:
+            dit[i], room = PINNED, room - sizes.dit_blocks[i]
+    if any(t == DISK for t in dit):     # what is left is page cache for those blocks
+        return Placement(tuple(dit), tuple(t5), clip, vae)
+    # 2. The VAE and CLIP: every image / every new prompt.
+    if vae == DISK and sizes.vae <= room:
+        vae, room = PINNED, room - sizes.vae
+    if clip == DISK and sizes.clip <= room:
+        clip, room = PINNED, room - sizes.clip
+    # 3. T5's blocks, while RAM lasts (a lean plan reads it from disk per new prompt instead).
+    for i, tier in enumerate(t5):
+        if tier == DISK and sizes.t5_blocks[i] <= room:
+            t5[i], room = PINNED, room - sizes.t5_blocks[i]
+    return Placement(tuple(dit), tuple(t5), clip, vae)
+
+
+def _model_offload(inp: PlanInputs, why: list[str]) -> Plan:
+    """diffusers' model CPU offload: one whole model on the GPU at a time, all weights in pageable RAM."""
+    sizes = inp.sizes
+    act = _dit_activations(inp)
+    peak = max(sizes.dit + act, sizes.t5 + T5_WORKING, sizes.clip + CLIP_WORKING, sizes.vae + _decode_working(inp))
+    compute = inp.compute.step(_tokens(inp), len(sizes.double_blocks), len(sizes.single_blocks), inp.batch)
+    move = sizes.total / (inp.bandwidth.h2d / 2)            # pageable copies run at about half pinned speed
+    per_image = inp.steps * compute + move + inp.compute.t5_s + inp.compute.decode_s
+    host = sizes.total + HOST_WORKING
+    problem = _problems(inp, peak, host, minimum_host=host)
+    return Plan(profile=MODEL_OFFLOAD, placement=Placement.uniform(sizes, PINNED), fits=not problem,
+                s_per_step=compute, encode_s=inp.compute.t5_s + sizes.t5 / (inp.bandwidth.h2d / 2),
+                decode_s=inp.compute.decode_s, s_per_image=per_image, peak_vram=peak, pinned_ram=0, host_ram=host,
+                page_cache=0, disk_read_per_step=0,
+                why=tuple(why + ["[engine] profile = model-offload: one whole model at a time on the GPU; every "
+                                 f"weight in pageable host RAM ({sizes.total / GiB:.1f} GiB), "
+                                 f"~{sizes.total / GiB:.0f} GiB moved per image"]), problem=problem)
+
+
+# ---------------------------------------------------------------------------------------- costing
+
+def _tokens(inp: PlanInputs) -> int:
+    return (inp.width // 16) * (inp.height // 16) + TEXT_TOKENS
+
+
+def _dit_activations(inp: PlanInputs) -> int:
+    return int(DIT_ACTIVATIONS_REF * _tokens(inp) / REF_TOKENS * inp.batch)
+
+
+def _decode_working(inp: PlanInputs) -> int:
+    pixels = inp.width * inp.height
+    if inp.vae_tiled:
+        pixels = min(pixels, VAE_TILE_PX * VAE_TILE_PX)
+    return int(DECODE_PER_MPIXEL * pixels / 2 ** 20)
+
+
+def _ring(sizes: list[int], tiers: list[str], slots: int) -> int:
+    groups = group_runs(sizes, tiers)
+    if not groups:
+        return 0
+    return min(slots, len(groups)) * max(sum(sizes[i] for i in g) for g in groups)
+
+
+def _peak_vram(inp: PlanInputs, p: Placement) -> int:
+    """Resident weights + the largest phase's transient buffers (the lease frees one phase's before the next)."""
+    s = inp.sizes
+    held = s.dit_rest + _sum(s.dit_blocks, p.dit, GPU) + _sum(s.t5_blocks, p.t5, GPU)
+    held += s.clip if p.clip == GPU else 0
+    held += s.vae if p.vae == GPU else 0
+    t5_all = all(t == GPU for t in p.t5)
+    held += s.t5_rest if t5_all else 4096 * 2     # a streamed T5 keeps only its final norm on the device
+    denoise = _ring(list(s.dit_blocks), list(p.dit), inp.slots) + _dit_activations(inp)
+    encode = _ring(list(s.t5_blocks), list(p.t5), min(inp.slots, 3)) + T5_WORKING
+    clip = (0 if p.clip == GPU else s.clip) + CLIP_WORKING
+    decode = (0 if p.vae == GPU else s.vae) + _decode_working(inp)
+    return held + max(denoise, encode, clip, decode)
+
+
+def _fixed_host(inp: PlanInputs, p: Placement, *, assume_disk: bool = False) -> int:
+    """Host bytes besides pinned weights: working memory, the T5 table looked up on the host, staging."""
+    s = inp.sizes
+    host = HOST_WORKING
+    if not all(t == GPU for t in p.t5):
+        host += s.t5_rest
+    if assume_disk or any(t == DISK for t in (*p.dit, *p.t5, p.clip, p.vae)):
+        host += STAGING_BYTES
+    return host
+
+
+def _finish(inp: PlanInputs, p: Placement, label: str, why: list[str]) -> Plan:
+    """Predict the plan's cost and check it against the budgets."""
+    s, bw, c = inp.sizes, inp.bandwidth, inp.compute
+    # 1. RAM: pinned copies + fixed; the disk tier wants page cache for the DiT blocks read every step.
+    pinned = (_sum(s.dit_blocks, p.dit, PINNED) + _sum(s.t5_blocks, p.t5, PINNED)
+              + (s.clip if p.clip == PINNED else 0) + (s.vae if p.vae == PINNED else 0))
+    host = pinned + _fixed_host(inp, p)
+    dit_disk = _sum(s.dit_blocks, p.dit, DISK)
+    cache_room = max(0, inp.ram_budget - host)
+    cached = min(dit_disk, cache_room)
+    uncached = dit_disk - cached
+    # 2. Time per step: compute, or the slowest copy path.
+    compute = c.step(_tokens(inp), len(s.double_blocks), len(s.single_blocks), inp.batch)
+    h2d = (_sum(s.dit_blocks, p.dit, PINNED) + dit_disk) / bw.h2d
+    host_path = cached / bw.page_cache + uncached / bw.disk
+    step = max(compute, h2d, host_path)
+    bound = "compute" if step == compute else ("pinned host->device copies" if step == h2d else
+                                               "page cache/disk reads")
+    # 3. Encode (a new prompt) and decode.
+    t5_moved = _sum(s.t5_blocks, p.t5, PINNED) + _sum(s.t5_blocks, p.t5, DISK)
+    encode = max(c.t5_s, t5_moved / bw.h2d, _sum(s.t5_blocks, p.t5, DISK) / bw.disk) + _swap_s(inp, s.clip, p.clip)
+    encode += c.clip_s
+    decode = c.decode_s + _swap_s(inp, s.vae, p.vae)
+    per_image = inp.steps * step + encode + decode
+    peak = _peak_vram(inp, p)
+    # 4. Why, and what does not fit.
+    why = why + [f"predicted {step:.3f} s/step ({bound}-bound: compute {compute:.3f}, pinned->GPU {h2d:.3f}, page "
+                 f"cache/disk {host_path:.3f}), encode of a new prompt {encode:.2f} s, decode {decode:.2f} s: "
+                 f"{per_image:.1f} s/image at {inp.width}x{inp.height}, {inp.steps} steps (bandwidths: "
+                 f"{bw.source}; compute: {c.source})",
+                 f"peak VRAM {peak / GiB:.2f} GiB; host RAM {host / GiB:.2f} GiB ({pinned / GiB:.2f} pinned)"
+                 + (f" + page cache for {dit_disk / GiB:.2f} GiB of DiT blocks read every step" if dit_disk else "")]
+    if uncached:
+        why.append(f"{uncached / GiB:.2f} GiB of DiT blocks do not fit in the page cache: read from disk every "
+                   f"step ({uncached / bw.disk:.2f} s/step); {(inp.ram_budget + uncached) / GiB:.1f} GiB of RAM "
+                   f"would keep them cached")
+    problem = _problems(inp, peak, host, minimum_host=_fixed_host(inp, p))
+    return Plan(profile=label, placement=p, fits=not problem, s_per_step=step, encode_s=encode, decode_s=decode,
+                s_per_image=per_image, peak_vram=peak, pinned_ram=pinned, host_ram=host, page_cache=cached,
+                disk_read_per_step=uncached, why=tuple(why), problem=problem)
+
+
+def _swap_s(inp: PlanInputs, nbytes: int, tier: str) -> float:
+    if tier == GPU:
+        return 0.0
+    return nbytes / inp.bandwidth.h2d + (nbytes / inp.bandwidth.disk if tier == DISK else 0.0)
+
+
+def _problems(inp: PlanInputs, peak: int, host: int, *, minimum_host: int) -> str:
+    """'' when the plan fits; else what it needs and the cheapest change."""
+    out = []
+    if peak > inp.vram_budget and inp.device.startswith("cuda"):
+        change = _smaller_size(inp)
+        out.append(f"it needs {peak / GiB:.2f} GiB of VRAM at {inp.width}x{inp.height} and the budget is "
+                   f"{inp.vram_budget / GiB:.2f} GiB; cheapest change: "
+                   + (f"a smaller size ({change} fits)" if change else "a card with more memory")
+                   + (f", or [engine] stream_prefetch = 1 (a ring of 2 blocks)" if inp.slots > 2 else "")
+                   + (f", or [engine] profile = \"auto\"" if inp.force != "auto" else ""))
+    if host > inp.ram_budget or minimum_host > inp.ram_budget:
+        out.append(f"it needs {max(host, minimum_host) / GiB:.2f} GiB of host RAM and the budget is "
+                   f"{inp.ram_budget / GiB:.2f} GiB; cheapest change: more RAM (or a larger [engine] ram_budget_gib)"
+                   + (", or [engine] profile = \"auto\" (reads what does not fit from disk; T5 on demand)"
+                      if inp.force != "auto" else ""))
+    return "; ".join(out)
+
+
+def _smaller_size(inp: PlanInputs) -> str:
+    """The largest square size (multiple of 64, from 256) whose leanest plan fits the VRAM budget."""
+    lean = Placement.uniform(inp.sizes, PINNED)
+    for edge in range(min(inp.width, inp.height) - 64, 255, -64):
+        if _peak_vram(replace(inp, width=edge, height=edge), lean) <= inp.vram_budget:
+            return f"{edge}x{edge}"
+    return ""
+
+
+def _why_choices(inp: PlanInputs, p: Placement) -> list[str]:
+    s = inp.sizes
+    nd = len(s.double_blocks)
+    doubles = {t: sum(1 for x in p.dit[:nd] if x == t) for t in TIERS}
+    singles = {t: sum(1 for x in p.dit[nd:] if x == t) for t in TIERS}
+    lines = [f"DiT: {doubles[GPU]}/{nd} double and {singles[GPU]}/{len(s.single_blocks)} single blocks stay on the "
+             f"GPU ({_sum(s.dit_blocks, p.dit, GPU) / GiB:.2f} GiB; double blocks first: streamed, they are "
+             f"copy-bound); {doubles[PINNED] + singles[PINNED]} stream from pinned RAM "
+             f"({_sum(s.dit_blocks, p.dit, PINNED) / GiB:.2f} GiB), {doubles[DISK] + singles[DISK]} from disk/page "
+             f"cache ({_sum(s.dit_blocks, p.dit, DISK) / GiB:.2f} GiB)"]
+    if inp.force == "streamed":
+        lines.append("[engine] profile = streamed: T5, CLIP and the VAE stream; DiT blocks stay resident only within "
+                     "[engine] vram_budget_gib")
+    lines.append(f"T5: {_tier_word(p.t5)} (runs once per new prompt; the prompt cache skips it for rerolls)")
+    lines.append(f"CLIP: {_tier_word((p.clip,))}; VAE: {_tier_word((p.vae,))}")
+    return lines
+
+
+def _tier_word(tiers: tuple[str, ...]) -> str:
+    n = {t: sum(1 for x in tiers if x == t) for t in TIERS}
+    if n[GPU] == len(tiers):
+        return "on the GPU"
+    if n[PINNED] == len(tiers):
+        return "streamed from pinned RAM"
+    if n[DISK] == len(tiers):
+        return "on demand from disk (page cache), nothing held between uses"
+    return f"{n[GPU]} blocks on the GPU, {n[PINNED]} pinned, {n[DISK]} from disk"
+
+
+def _sum(sizes, tiers, tier: str) -> int:
+    return sum(b for b, t in zip(sizes, tiers) if t == tier)

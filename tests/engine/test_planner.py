@@ -1,0 +1,132 @@
+"""The placement planner with FLUX.1-dev's real sizes: the issue's machines fit their budgets, the greedy's
+choices, impossible plans say what they need, and the planner stays pure."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from engine.planner import (CUDA_CONTEXT, DISK, GPU, MACHINE_RAM_RESERVE, PINNED, GiB, Bandwidths, Placement,
+                            PlanInputs, flux_dev_sizes, group_runs, plan_placement, spread)
+
+SIZES = flux_dev_sizes()
+H200 = Bandwidths(h2d=52e9, source="H200")
+
+
+def machine(ram_gib: float, vram_gib: float, **kw) -> PlanInputs:
+    """A machine with this much RAM and a card with this much memory, as `python -m bot plan` models it."""
+    return PlanInputs(vram_budget=int(vram_gib * GiB) - CUDA_CONTEXT, ram_budget=int(ram_gib * GiB) - MACHINE_RAM_RESERVE,
+                      sizes=SIZES, **kw)
+
+
+def test_reference_sizes_are_flux_dev_as_measured():
+    # docs/benchmarks.md: the fp8 all-linear DiT is 11.08 GiB, a double block 0.32 GiB; T5-XXL bf16 8.6 GiB + table
+    assert SIZES.dit / GiB == pytest.approx(11.08, abs=0.02)
+    assert SIZES.double_blocks[0] / GiB == pytest.approx(0.317, abs=0.002)
+    assert SIZES.single_blocks[0] / SIZES.double_blocks[0] == pytest.approx(0.42, abs=0.01)
+    assert sum(SIZES.t5_blocks) / GiB == pytest.approx(8.62, abs=0.02)
+    assert flux_dev_sizes("off").dit / GiB == pytest.approx(22.2, abs=0.1)
+
+
+@pytest.mark.parametrize("ram, vram", [(16, 6), (16, 8), (16, 12), (32, 8), (24, 2.5), (64, 24)])
+@pytest.mark.parametrize("bandwidth", [Bandwidths(), H200])
+def test_the_issue_machines_get_a_plan_within_their_budgets(ram, vram, bandwidth):
+    inp = machine(ram, vram, bandwidth=bandwidth)
+    plan = plan_placement(inp)
+    assert plan.fits and not plan.problem
+    assert plan.peak_vram <= inp.vram_budget and plan.host_ram <= inp.ram_budget
+    assert plan.disk_read_per_step == 0                    # the DiT never waits on the disk itself
+    assert len(plan.placement.dit) == 57 and len(plan.placement.t5) == 24
+    assert plan.why and "predicted" in plan.describe()
+
+
+def test_what_each_machine_gets():
+    # 64 GiB + 24 GiB card: everything resident.
+    assert plan_placement(machine(64, 24)).profile == "resident"
+    # 24 GiB + 2.5 GiB card: today's streamed point (1.83 GiB at 1024²) does not regress.
+    lean = plan_placement(machine(24, 2.5))
+    assert lean.placement.nothing_resident and lean.peak_vram / GiB == pytest.approx(1.83, abs=0.05)
+    # 16 GiB + 6 GiB card: DiT blocks on the card, the rest of the DiT pinned, T5 not all held in RAM.
+    small = plan_placement(machine(16, 6))
+    assert GPU in small.placement.dit and DISK not in small.placement.dit
+    assert DISK in small.placement.t5
+    # More VRAM never makes a plan slower or keeps fewer blocks on the card.
+    gpu_blocks = [plan_placement(machine(16, v)).placement.dit.count(GPU) for v in (4, 6, 8, 12, 16)]
+    assert gpu_blocks == sorted(gpu_blocks) and gpu_blocks[-1] == 57
+
+
+def test_double_blocks_stay_on_the_gpu_first_and_are_spread_over_the_order():
+    plan = plan_placement(machine(32, 6))
+    dit = plan.placement.dit
+    doubles = [i for i in range(19) if dit[i] == GPU]
+    assert 0 < len(doubles) < 19 and GPU not in dit[19:]   # copy-bound double blocks first
+    assert max(doubles) - min(doubles) >= 12               # spread, not bunched at the start
+    assert spread(10, 4) == [0, 2, 5, 7] and spread(5, 9) == [0, 1, 2, 3, 4] and spread(5, 0) == []
+
+
+def test_short_ram_reads_single_blocks_from_disk_and_t5_on_demand():
+    plan = plan_placement(machine(10, 6))
+    dit = plan.placement.dit
+    on_disk = [i for i, t in enumerate(dit) if t == DISK]
+    assert on_disk and min(on_disk) >= 19                  # double blocks keep pinned RAM, single blocks go to disk
+    assert set(plan.placement.t5) == {DISK} and plan.placement.clip == DISK
+    assert plan.host_ram <= machine(10, 6).ram_budget
+
+
+def test_ram_too_small_for_the_page_cache_says_what_it_costs_and_what_would_help():
+    plan = plan_placement(machine(6, 6, bandwidth=H200))
+    assert plan.disk_read_per_step > 0
+    assert "read from disk every step" in plan.describe() and "GiB of RAM would keep them cached" in plan.describe()
+
+
+def test_an_impossible_plan_says_what_it_needs_and_the_cheapest_change():
+    plan = plan_placement(machine(16, 2))
+    assert not plan.fits
+    assert "needs 1.8" in plan.problem and "budget is 1.50 GiB" in plan.problem
+    assert "a smaller size (" in plan.problem and "fits)" in plan.problem
+    assert "CANNOT FIT" in plan.describe()
+    forced = plan_placement(replace(machine(16, 8), force="resident"))
+    assert not forced.fits and 'profile = "auto"' in forced.problem
+    offload = plan_placement(replace(machine(16, 12), force="model-offload"))
+    assert not offload.fits and "host RAM" in offload.problem and "more RAM" in offload.problem
+
+
+def test_forced_profiles_keep_their_meaning():
+    streamed = plan_placement(replace(machine(64, 24), force="streamed", max_resident_dit=0))
+    assert streamed.profile == "streamed" and streamed.placement.nothing_resident
+    budgeted = plan_placement(replace(machine(64, 24), force="streamed", max_resident_dit=4 * GiB))
+    held = sum(b for b, t in zip(SIZES.dit_blocks, budgeted.placement.dit) if t == GPU)
+    assert 3 * GiB < held <= 4 * GiB and set(budgeted.placement.t5) == {PINNED}
+    resident = plan_placement(replace(machine(64, 80), force="resident"))
+    assert resident.placement.all_gpu and resident.fits
+    with pytest.raises(ValueError, match="unknown profile"):
+        plan_placement(replace(machine(64, 24), force="fast"))
+
+
+def test_the_cpu_runs_resident_and_plans_are_deterministic():
+    assert plan_placement(replace(machine(16, 0), device="cpu")).profile == "resident"
+    assert plan_placement(machine(16, 8)) == plan_placement(machine(16, 8))
+
+
+def test_bigger_images_need_more_vram():
+    small, big = plan_placement(machine(24, 2.5, width=512, height=512)), plan_placement(machine(24, 2.5, width=2048,
+                                                                                               height=2048))
+    assert small.peak_vram < big.peak_vram
+
+
+def test_groups_never_mix_tiers_and_pair_single_blocks():
+    sizes = [10, 4, 4, 4, 4, 10]
+    assert group_runs(sizes, [PINNED] * 6) == [[0], [1, 2], [3, 4], [5]]
+    assert group_runs(sizes, [PINNED, PINNED, DISK, DISK, GPU, PINNED]) == [[0], [1], [2, 3], [5]]
+
+
+def test_placement_rejects_unknown_tiers():
+    with pytest.raises(ValueError, match="unknown tier"):
+        Placement(dit=("ssd",), t5=(), clip=GPU, vae=GPU)
+
+
+def test_the_planner_imports_without_torch():
+    code = "import sys, engine.planner; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
