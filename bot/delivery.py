@@ -21,6 +21,8 @@ from typing import Awaitable, Callable, TypeVar
 import aiohttp
 import discord
 
+from bot.literal import echo_mentions
+
 log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME = timedelta(minutes=15)
@@ -41,8 +43,7 @@ class Payload:
         return [discord.File(io.BytesIO(data), filename=name) for name, data in self.files]
 
     def allowed_mentions(self) -> discord.AllowedMentions:
-        users = [discord.Object(self.mention_user_id)] if self.mention_user_id else False
-        return discord.AllowedMentions(everyone=False, roles=False, users=users)
+        return echo_mentions(self.mention_user_id)  # the embed echoes the prompt: only the requester is pinged
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """How jobs look in Discord: the status line while a job waits or runs, the result embed, history and queue.
 
-Pure functions of job records and numbers; nothing here talks to Discord or the store.
+Pure functions of job records and numbers; nothing here talks to Discord or the store. Prompts are user text:
+they always go through `bot.literal.literal` (markdown and mentions shown as typed, cut to a budget).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime
 import discord
 
 from bot.engine_state import EngineState, EngineStatus
+from bot.literal import literal
 from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from db.records import JobRecord
 
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 COLOR_OK = discord.Colour.from_rgb(88, 101, 242)
 COLOR_BAD = discord.Colour.from_rgb(237, 66, 69)
 EMBED_DESCRIPTION_MAX = 4096
+STATUS_PROMPT_CHARS = 160  # the prompt in a status line, as sent (escapes count)
+HISTORY_PROMPT_CHARS = 120  # the prompt of one /history line, as sent (10 lines fit the 4096 of an embed)
 STATUS_ICONS = {QUEUED: "⏳", RUNNING: "🎨", DONE: "✅", FAILED: "⚠️", CANCELLED: "🚫"}
 
 
@@ -35,11 +39,6 @@ class JobStatus:
     note: str = ""  # QUEUED: why the job cannot move yet (the model is loading…); shown instead of the ETA
 
 
-def excerpt(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "?"
@@ -52,7 +51,7 @@ def fmt_seconds(s: float | None) -> str:
 def status_text(job_id: int, prompt: str, st: JobStatus) -> str:
     """One short message: the prompt excerpt and where the job stands."""
     icon = STATUS_ICONS.get(st.state, "")
-    head = f"**{excerpt(prompt, 120)}** · job {job_id}\n"
+    head = f"**{literal(prompt, STATUS_PROMPT_CHARS)}** · job {job_id}\n"
     if st.state == QUEUED:
         where = f"position {st.position}" if st.position else "waiting"
         if st.note:
@@ -77,7 +76,7 @@ def image_name(job_id: int, index: int) -> str:
 
 def result_embed(job: JobRecord, *, requester: str | None = None) -> discord.Embed:
     """The embed under a result: prompt, seeds, steps, size, guidance, model, time and job id."""
-    emb = discord.Embed(description=excerpt_block(job.prompt), colour=COLOR_OK)
+    emb = discord.Embed(description=literal(job.prompt, EMBED_DESCRIPTION_MAX, one_line=False), colour=COLOR_OK)
     seeds = job.seeds or [job.seed]
     emb.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(str(s) for s in seeds))
     emb.add_field(name="Steps", value=str(job.steps))
@@ -93,11 +92,6 @@ def result_embed(job: JobRecord, *, requester: str | None = None) -> discord.Emb
     if requester:
         emb.set_footer(text=f"Requested by {requester}")
     return emb
-
-
-def excerpt_block(prompt: str) -> str:
-    """The prompt as the embed description (Discord allows 4096 characters)."""
-    return prompt if len(prompt) <= EMBED_DESCRIPTION_MAX else prompt[: EMBED_DESCRIPTION_MAX - 1] + "…"
 
 
 def jump_url(job: JobRecord) -> str | None:
@@ -117,9 +111,10 @@ def history_embed(jobs: list[JobRecord], *, user_id: int, page: int, pages: int)
     for job in jobs:
         icon = STATUS_ICONS.get(job.status, "")
         link = jump_url(job)
-        shown = f"[{excerpt(job.prompt, 60)}]({link})" if link and not job.deleted_at else excerpt(job.prompt, 60)
+        jump = f" · [jump to it]({link})" if link and not job.deleted_at else ""  # never the prompt as link text
         when = _when(job.created_at)
-        lines.append(f"`#{job.id}` {icon} {job.status} · seed {job.seed} · {when}\n{shown}")
+        lines.append(f"`#{job.id}` {icon} {job.status} · seed {job.seed} · {when}{jump}\n"
+                     f"{literal(job.prompt, HISTORY_PROMPT_CHARS)}")
     emb.description = f"<@{user_id}>\n\n" + "\n\n".join(lines)
     emb.set_footer(text=f"Page {page}/{pages} · /show job:<id> posts an image again")
     return emb

@@ -29,6 +29,7 @@ from bot import service as svc
 from bot.delivery import Deliverer, Payload, Target
 from bot.engine_state import EngineState, EngineStatus, failed_text
 from bot.embeds import JobStatus, image_name, result_embed, status_text
+from bot.literal import echo_mentions, literal
 from bot.throttle import ThrottledEditor
 from bot.views import result_view, status_view
 from db import jobs as store_jobs
@@ -73,7 +74,8 @@ class InteractionStatus:
         if not self.usable():
             return None
         try:
-            msg = await self.interaction.edit_original_response(content=content, view=view)
+            msg = await self.interaction.edit_original_response(content=content, view=view,
+                                                                allowed_mentions=echo_mentions())
         except discord.NotFound as e:  # token expired early, or someone deleted the message
             self.gone = True
             log.info("status message of interaction %s is gone (%s); no more status edits", self.interaction.id,
@@ -93,7 +95,7 @@ class ChannelStatus:
         return True
 
     async def edit(self, content: str, view: discord.ui.View | None) -> int | None:
-        await self.message.edit(content=self.prefix + content, view=view)
+        await self.message.edit(content=self.prefix + content, view=view, allowed_mentions=echo_mentions())
         return self.message.id
 
 
@@ -273,10 +275,10 @@ class JobTracker:
     async def _notify_failure(self, job: "JobRecord", message: str) -> None:
         if job.channel_id is None:
             return
-        text = f"<@{job.user_id}> ⚠️ Job #{job.id} (**{job.prompt[:80]}**) failed: {message}"
+        text = f"<@{job.user_id}> ⚠️ Job #{job.id} (**{literal(job.prompt, 160)}**) failed: {message}"
         try:
-            await self.client.get_partial_messageable(job.channel_id).send(
-                text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]))
+            channel = self.client.get_partial_messageable(job.channel_id)
+            await channel.send(text, allowed_mentions=echo_mentions(job.user_id))
             await store_jobs.mark_delivered(self.store, job.id)
         except discord.HTTPException as e:
             log.error("job %d: could not tell user %d that it failed (HTTP %s)", job.id, job.user_id, e.status)
@@ -298,7 +300,7 @@ class JobTracker:
             try:
                 msg = await self.client.get_partial_messageable(job.channel_id).send(
                     text, view=status_view(job.id),
-                    allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]))
+                    allowed_mentions=echo_mentions(job.user_id))
             except discord.HTTPException as e:
                 log.warning("job %d: could not tell user %d about the restart (HTTP %s)", job.id, job.user_id,
                             e.status)

@@ -158,6 +158,7 @@ def history_view(user_id: int, page: int, pages: int) -> discord.ui.View | None:
 
 
 EDIT_FORM = re.compile(r"fluxbot:editmodal:(?P<job>\d+):(?P<nonce>\d+)")
+TEXT_INPUT_MAX_CHARS = 4000  # Discord's longest text input (its prefilled value included)
 
 
 class EditModal(discord.ui.Modal):
@@ -170,9 +171,14 @@ class EditModal(discord.ui.Modal):
     def __init__(self, job: "JobRecord", *, opener_id: int, max_prompt_chars: int):
         super().__init__(title=f"Edit job #{job.id}", timeout=15 * 60,
                          custom_id=custom_id("editmodal", job.id, opener_id))
-        self.add_item(discord.ui.TextInput(label="Prompt", style=discord.TextStyle.paragraph, custom_id="prompt",
-                                           default=job.prompt[:max_prompt_chars],
-                                           max_length=min(4000, max_prompt_chars), required=True))
+        # The prompt is prefilled up to what the form takes (Discord refuses the whole form otherwise: 4000, or a
+        # lower `[limits] max_prompt_chars`); the label says when the prompt had to be cut.
+        room = min(TEXT_INPUT_MAX_CHARS, max_prompt_chars)
+        cut = len(job.prompt) > room
+        self.add_item(discord.ui.TextInput(label=f"Prompt (cut to {room} characters)" if cut else "Prompt",
+                                           custom_id="prompt",
+                                           style=discord.TextStyle.paragraph, default=job.prompt[:room],
+                                           max_length=room, required=True))
         self.add_item(discord.ui.TextInput(label="Seed (-1 = random)", custom_id="seed", default=str(job.seed),
                                            max_length=12, required=False))
         self.add_item(discord.ui.TextInput(label="Steps (1-50)", custom_id="steps", default=str(job.steps),

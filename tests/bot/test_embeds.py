@@ -25,7 +25,8 @@ def test_status_lines():
         "🎨 Generating, step 7/20 · 6.2 s")
     assert status_text(3, "a fox", JobStatus("done", elapsed_s=125)).endswith("✅ Done in 2 min 05 s.")
     assert status_text(3, "a fox", JobStatus("failed", error="out of memory")).endswith("⚠️ Failed: out of memory")
-    assert "**" + "x" * 119 + "…**" in status_text(3, "x" * 500, JobStatus("cancelled"))
+    assert "**" + "x" * 159 + "…**" in status_text(3, "x" * 500, JobStatus("cancelled"))
+    assert status_text(3, "**a** <@1>", JobStatus("cancelled")).startswith("**\\*\\*a\\*\\* \\<@\u200b1\\>** · job 3")
     assert fmt_seconds(3 * 3600 + 120) == "3 h 02 min"
 
 
@@ -45,7 +46,7 @@ def test_history_links_to_results_and_hides_deleted_ones():
     assert jump_url(record(guild_id=None)) == "https://discord.com/channels/@me/200/300"
     text = history_embed([record(), record(id=13, deleted_at=datetime.now(timezone.utc))], user_id=5, page=1,
                          pages=3).to_dict()["description"]
-    assert "[a red fox](https://discord.com/channels/100/200/300)" in text
+    assert "[jump to it](https://discord.com/channels/100/200/300)\na red fox" in text  # the prompt is no link text
     assert text.count("](https://") == 1 and "`#13`" in text and "seed 42" in text
 
 

@@ -58,7 +58,7 @@ async def test_no_interaction_token_in_any_log_line_at_debug_and_none_kept_once_
         job = await eventually(lambda: delivered(bot, job_id), 10, "the delivery")
         assert job.interaction_token is None
         # 2d. More interactions that go through callbacks and webhooks: a modal, a cancel, a refusal, a bad button.
-        await (await fake.click(alice, result, "fluxbot:edit:%d" % job_id)).wait_response()
+        await (await fake.click(alice, result, "Edit")).wait_response()
         await (await crafted_click(fake, alice, "fluxbot:cancel:%d" % job_id)).wait_response()
         await (await fake.slash(alice, "imagine", {"prompt": "", "size": "256x256"}, validate=False)).wait_response()
         await (await crafted_click(fake, alice, "fluxbot:nuke:1")).wait_response()

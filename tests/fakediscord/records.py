@@ -5,7 +5,10 @@ import copy
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from .markdown import Pings
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class MessageState:
     attachments: list[FakeAttachment] = field(default_factory=list)
     flags: int = 0
     at: float = 0.0
+    allowed_mentions: dict | None = None  # as sent; None = not given (Discord then parses every mention)
 
 
 @dataclass(eq=False)
@@ -161,6 +165,11 @@ class FakeMessage:
             raise LookupError(f"message {self.id} has no component {key!r}; it has "
                               f"{[(c.custom_id, c.label) for c in self.walk_components()]}")
         return found[0]
+
+    def pings(self) -> "Pings":
+        """Who this version of the message notifies (content mentions that `allowed_mentions` lets through)."""
+        from .markdown import pings
+        return pings(self.content, self.state.allowed_mentions)
 
     # 3. editing (used by the server)
     def apply_edit(self, new: MessageState) -> None:

@@ -285,7 +285,8 @@ class RestApi:
         return MessageState(content=body.get("content") or "", embeds=body.get("embeds") or [],
                             components=body.get("components") or [],
                             attachments=self._attachments(body.get("attachments"), files, channel_id, []),
-                            flags=int(body.get("flags") or 0) if flags is None else flags, at=self.fake.clock())
+                            flags=int(body.get("flags") or 0) if flags is None else flags, at=self.fake.clock(),
+                            allowed_mentions=body.get("allowed_mentions"))
 
     def _edit(self, msg: FakeMessage, body: dict, files: list[UploadedFile]) -> FakeMessage:
         old = msg.snapshot()
@@ -295,7 +296,7 @@ class RestApi:
             components=(body.get("components") or []) if "components" in body else old.components,
             attachments=self._attachments(body.get("attachments") if "attachments" in body else None,
                                           files, msg.channel_id, old.attachments),
-            flags=old.flags & ~LOADING, at=self.fake.clock())
+            flags=old.flags & ~LOADING, at=self.fake.clock(), allowed_mentions=body.get("allowed_mentions"))
         msg.apply_edit(new)
         return msg
 

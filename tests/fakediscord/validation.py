@@ -73,3 +73,35 @@ def check_modal(data: dict) -> None:
         raise FormError("data.custom_id: must be 1-100 characters")
     if not 1 <= len(data.get("components") or []) <= 5:
         raise FormError("data.components: a modal needs 1-5 components")
+    for path, text_input in _text_inputs(data.get("components") or [], "data.components"):
+        check_text_input(text_input, path)
+
+
+TEXT_INPUT_MAX = 4000  # Discord's longest text input: value, min_length and max_length
+
+
+def check_text_input(c: dict, path: str) -> None:
+    """A modal's text input (type 4), with Discord's limits on label, placeholder, lengths and prefilled value."""
+    if not 1 <= len(c.get("custom_id") or "") <= 100:
+        raise FormError(f"{path}.custom_id: must be 1-100 characters")
+    if "label" in c and not 1 <= len(c.get("label") or "") <= 45:
+        raise FormError(f"{path}.label: must be 1-45 characters (got {len(c.get('label') or '')})")
+    if len(c.get("placeholder") or "") > 100:
+        raise FormError(f"{path}.placeholder: must be 100 or fewer in length")
+    if c.get("min_length") is not None and not 0 <= c["min_length"] <= TEXT_INPUT_MAX:
+        raise FormError(f"{path}.min_length: must be between 0 and {TEXT_INPUT_MAX}")
+    if c.get("max_length") is not None and not 1 <= c["max_length"] <= TEXT_INPUT_MAX:
+        raise FormError(f"{path}.max_length: must be between 1 and {TEXT_INPUT_MAX}")
+    if len(c.get("value") or "") > TEXT_INPUT_MAX:
+        raise FormError(f"{path}.value: must be {TEXT_INPUT_MAX} or fewer in length (got {len(c['value'])})")
+
+
+def _text_inputs(components: list, path: str):
+    """(path, component) of every text input in a modal's rows or labels (type 18 holds one `component`)."""
+    for i, comp in enumerate(components):
+        here = f"{path}.{i}"
+        if comp.get("type") == 4:
+            yield here, comp
+        yield from _text_inputs(comp.get("components") or [], here + ".components")
+        if isinstance(comp.get("component"), dict):
+            yield from _text_inputs([comp["component"]], here + ".component")
