@@ -113,6 +113,8 @@ def _spec_from_args(args: argparse.Namespace, cfg: Config, settings, job_spec_cl
 def check_writable(paths: list[Path]) -> None:
     """UsageError unless each PNG path can be written: its folder exists (made if missing) and takes a file."""
     for folder in dict.fromkeys(p.parent for p in paths):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"cannot write to {folder}/: it is a file, not a folder; pick another -o")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".fluxbot-write-test-"):
