@@ -20,6 +20,7 @@ HANDLERS = {
     "migrate": "bot.migrate_cmd:migrate_command",
     "download": "bot.download_cmd:download_command",
     "doctor": "bot.doctor:doctor_command",
+    "plan": "bot.plan_cmd:plan_command",
 }
 
 
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "could not start")
     doc.add_argument("--quick", action="store_true", help="check model files by size only (no SHA-256 re-hash, "
                      "which takes a minute or two for 30 GB)")
+
+    from bot.plan_cmd import add_arguments as plan_arguments
+
+    plan_arguments(sub.add_parser("plan", parents=[common], help="where every weight would live on this machine (or "
+                                  "on one you describe) and how fast; works without a GPU or the weights"))
     return p
 
 

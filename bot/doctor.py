@@ -2,20 +2,17 @@
 
 It reports the config file, the Discord token's presence (never its value), the GPU(s) with VRAM, compute
 capability and fp8 support, host RAM, free disk, the model files and their SHA-256 manifests, the memory
-profile `auto` would pick and why, and whether the database answers (URL shown without its password).
+placement plan the engine would start with and why, and whether the database answers (URL shown without its password).
 The exit status is 1 when the bot could not start: bad config, no token, model missing or corrupt,
 database unreachable, a configured GPU absent.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import os
 import shutil
 import sqlite3
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,68 +210,35 @@ def _check_model(settings: EngineSettings, full: bool, checks: list[Check]) -> b
 
 
 def _check_profile(settings: EngineSettings, devices: list[str], checks: list[Check]) -> None:
-    """What `auto` (or the configured profile) would run with, from the weights' sizes on disk."""
+    """The placement plan the engine would start with on each device (`python -m bot plan` prints the same),
+    from the model files' sizes (FLUX.1-dev's where absent) and the budgets measured now."""
     try:
-        from engine.memory import resolve_profile
+        from engine.errors import EngineError
+        from engine.memory import detect_budgets, make_plan
+        from engine.model_sizes import sizes_from_files
     except ImportError as e:  # a broken install should not hide the other checks
         checks.append(Check("profile", WARN, f"engine.memory cannot be imported ({e})"))
         return
-    dit, other = estimate_weight_bytes(settings)
+    sizes, _missing = sizes_from_files(settings)
     for device in devices:
-        profile, reason = resolve_profile(settings, device, dit_bytes=dit, other_bytes=other)
-        checks.append(Check("profile", INFO, f"{device}: {profile} — {reason} (DiT ~{dit / GiB:.1f} GiB as stored "
-                            f"with fp8 = {settings.fp8}, encoders+VAE ~{other / GiB:.1f} GiB, from the files)"))
+        try:
+            plan = make_plan(settings, device, sizes, detect_budgets(settings, device))
+        except EngineError as e:      # a bad [engine] budget: the engine would refuse to start
+            checks.append(Check("profile", FAIL, f"{device}: {e}"))
+            continue
+        status = INFO if plan.fits else (FAIL if settings.profile == "auto" else WARN)
+        checks.append(Check("profile", status, f"{device}: {plan.summary()}"))
+        for line in plan.why + ((f"cannot fit: {plan.problem}",) if plan.problem else ()):
+            checks.append(Check("plan", status, line))
 
 
 def estimate_weight_bytes(settings: EngineSettings) -> tuple[int, int]:
     """(DiT bytes after fp8 storage, text encoders + VAE bytes in bf16), read from safetensors headers
-    without loading a tensor. Zero for files that are not there."""
-    # 1. Which files hold the DiT and the rest.
-    if settings.model == TINY:
-        root, dit_files = Path(settings.models_dir) / "tiny-random", None
-    else:
-        model = _find(settings.model, settings.models_dir)
-        if model is not None and model.is_file():
-            root, dit_files = _find(settings.base_model, settings.models_dir), [model]
-        else:
-            root, dit_files = model, None
-    if root is None:
-        return 0, 0
-    if dit_files is None:
-        dit_files = sorted((root / "transformer").glob("*.safetensors"))
-    others = [f for sub in ("text_encoder", "text_encoder_2", "vae") for f in sorted((root / sub).glob("*.safetensors"))]
-    # 2. Count parameters; Linear weights (2-D) are stored in fp8 (1 byte) unless fp8 is off.
-    dit = 0
-    for name, shape in _tensors(dit_files):
-        numel = math.prod(shape)
-        one_byte = settings.fp8 != "off" and name.endswith(".weight") and len(shape) == 2 and not (
-            settings.fp8 == "diffusers-default" and ("norm" in name or "pos_embed" in name))
-        dit += numel * (1 if one_byte else 2)
-    other = sum(2 * math.prod(shape) for _, shape in _tensors(others))
-    return dit, other
+    without loading a tensor (engine/model_sizes.py). Zero for files that are not there."""
+    from engine.model_sizes import sizes_from_files
 
-
-def _find(value: str, models_dir: str) -> Path | None:
-    """A config path as written, else relative to models_dir (the engine's look-up order)."""
-    for candidate in (Path(value).expanduser(), Path(models_dir) / value):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _tensors(files: list[Path]):
-    """(name, shape) of every tensor in safetensors files, from the JSON header only."""
-    for path in files:
-        try:
-            with open(path, "rb") as fh:
-                (length,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(length))
-        except (OSError, ValueError, struct.error) as e:
-            log.warning("cannot read the safetensors header of %s: %s", path, e)
-            continue
-        for name, meta in header.items():
-            if name != "__metadata__":
-                yield name, meta.get("shape", [])
+    sizes, _ = sizes_from_files(settings, fallback=False)
+    return sizes.dit, sizes.t5 + sizes.clip + sizes.vae
 
 
 # ---------------------------------------------------------------------------------------------- database

@@ -249,10 +249,9 @@ def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets:
               profile: str | None = None, *, size: tuple[int, int] = PLAN_SIZE) -> Plan:
     """The plan for `profile` (default: `[engine] profile`) on `device` within `budgets`."""
     force = profile or settings.profile
-    # `streamed` keeps DiT blocks resident only within an explicit vram_budget_gib (what it always did).
-    cap = None
-    if force == STREAMED:
-        cap = int(settings.vram_budget_gib * GiB)
+    # `streamed` streams what does not fit an explicit vram_budget_gib; without one it keeps no DiT block
+    # resident (the leanest plan: what it always did, and where an OOM retry goes).
+    cap = 0 if force == STREAMED and settings.vram_budget_gib <= 0 else None
     inputs = PlanInputs(vram_budget=budgets.vram, ram_budget=budgets.ram, sizes=sizes, width=size[0], height=size[1],
                         steps=settings.default_steps, batch=settings.max_batch, slots=settings.stream_prefetch + 1,
                         vae_tiled=_tiles(settings, device), device=device, force=force, max_resident_dit=cap,

@@ -458,6 +458,8 @@ def _finish(inp: PlanInputs, p: Placement, label: str, why: list[str]) -> Plan:
     decode = c.decode_s + _swap_s(inp, s.vae, p.vae)
     per_image = inp.steps * step + encode + decode
     peak = _peak_vram(inp, p)
+    if not inp.device.startswith("cuda"):      # the CPU: every weight in host RAM, no device memory
+        peak, host, pinned, encode = 0, s.total + HOST_WORKING, 0, c.t5_s + c.clip_s
     # 4. Why, and what does not fit.
     why = why + [f"predicted {step:.3f} s/step ({bound}-bound: compute {compute:.3f}, pinned->GPU {h2d:.3f}, page "
                  f"cache/disk {host_path:.3f}), encode of a new prompt {encode:.2f} s, decode {decode:.2f} s: "

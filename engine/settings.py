@@ -55,7 +55,7 @@ class EngineSettings:
                                   choices=ENGINE_PROCESS)
     vram_budget_gib: float = setting(0.0, "GiB of VRAM every plan may use (weights, ring and working memory; the "
                                      "CUDA context not counted). 0 = the free VRAM at start-up minus 0.25 GiB. With "
-                                     "profile = streamed: the GiB of DiT blocks that stay resident (0 = none).", min=0)
+                                     "profile = streamed and 0, no DiT block stays resident (the leanest plan).", min=0)
     ram_budget_gib: float = setting(0.0, "GiB of host RAM the plan may hold (pinned copies and working memory). 0 = "
                                     "measured at start-up: the smaller of MemAvailable and the room under the "
                                     "process's cgroup memory limit, minus 1.5 GiB. What does not fit is read from "
