@@ -1,4 +1,5 @@
 """bench/plan_bench.py --tiny keeps running on CPU (the GPU table of issue 12 comes from the same script)."""
+import hashlib
 import importlib.util
 import json
 import sys
@@ -18,6 +19,10 @@ def test_tiny_plan_bench_writes_real_layouts_loads_through_the_cache_and_times_a
     index = json.loads((tmp_path / "pb" / "FLUX.1-dev" / "text_encoder_2" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == 2
     assert head["anchors"]["pagecache_copy_GBps"] > 0
+    # the DiT's sha256 was computed while writing: the sidecar engine/models.py reads matches the file
+    dit = tmp_path / "pb" / "flux1-dev.safetensors"
+    sidecar = json.loads((tmp_path / "pb" / "flux1-dev.safetensors.sha256").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(dit.read_bytes()).hexdigest() and sidecar["size"] == dit.stat().st_size
     # 2. The first start built the fp8 cache; the row loaded and made an image, with the plan's prediction.
     assert list((tmp_path / "pb" / ".fluxbot-cache").glob("flux1-dev.all-linear.*.safetensors"))
     assert by["first-start"]["load_s"] > 0
