@@ -310,6 +310,7 @@ class Engine:
                    f"= \"{suggested}\" or a smaller size")
         else:
             msg = (f"out of GPU memory on {self.device} even with profile {self.profile} ({what}); try a smaller "
-                   f"size, [engine] vae_tiling = \"always\", or close other programs using the GPU")
+                   f"size, [engine] stream_prefetch = 1 (a smaller ring), [engine] vae_tiling = \"always\", or "
+                   f"close other programs using the GPU")
         log.warning("%s (%s)", msg, str(err).splitlines()[0] if str(err) else "OOM")
         return EngineOutOfMemory(msg, profile=self.profile, suggested_profile=suggested)

@@ -66,9 +66,8 @@ def apply_placement(pipe, placement: Placement, device: str, *, slots: int = 3, 
     if vae is not None:
         # The encoder (image-to-image) travels with the decoder: nothing of the VAE stays on the device.
         parts = [getattr(vae, n, None) for n in ("decoder", "post_quant_conv", "encoder", "quant_conv")]
-        units.extend(_place_whole("vae", [m for m in parts if m is not None], placement.vae, dev, lease))
-        if placement.vae == GPU:
-            vae.to(dev)
+        units.extend(_place_whole("vae", [vae] if placement.vae == GPU else [m for m in parts if m is not None],
+                                  placement.vae, dev, lease))
     return units
 
 
@@ -76,9 +75,8 @@ def _place_t5(t5: nn.Module, tiers: list[str], dev: torch.device, slots: int, le
     blocks = list(t5.encoder.block)
     if len(tiers) != len(blocks):
         raise ValueError(f"the placement has {len(tiers)} T5 tiers for {len(blocks)} blocks")
-    if all(t == GPU for t in tiers):
-        t5.to(dev)
-        return []
+    if all(t == GPU for t in tiers):   # a unit all the same: the weights go back onto their memory map on close
+        return [stream_blocks("t5", [t5], dev, tiers=[GPU], lease=lease)]
     embed = t5.encoder.embed_tokens
     tables = [m for m in (embed, getattr(t5, "shared", None)) if m is not None]  # tied or not: both host
     _move_rest(t5, blocks + tables, dev)
@@ -92,9 +90,7 @@ def _place_t5(t5: nn.Module, tiers: list[str], dev: torch.device, slots: int, le
 
 def _place_whole(name: str, modules: list[nn.Module], tier: str, dev: torch.device, lease: DeviceLease) -> list:
     if tier == GPU:
-        for m in modules:
-            m.to(dev)
-        return []
+        return [stream_blocks(name, modules, dev, tiers=[GPU] * len(modules), lease=lease)]
     return [stream_blocks(name, modules, dev, tiers=[tier] * len(modules), keep=True, move_inputs=True,
                           lease=lease)]
 

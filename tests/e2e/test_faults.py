@@ -68,10 +68,9 @@ async def test_cuda_oom_is_retried_on_a_leaner_profile_and_delivered(fake_discor
     assert "a tall tower" in result.text()
     job = await eventually(lambda: delivered(bot, 1))
     assert job.status == "done" and job.error in (None, "")
-    # 2. The owner's log says what happened: OOM on resident, retried on model-offload (on the CPU that
-    #    profile falls back to resident, which the log says too).
+    # 2. The owner's log says what happened: OOM on resident, retried on the leanest plan (streamed).
     text = caplog.text
-    assert "out of memory on profile resident; retrying jobs [1] on model-offload" in text
+    assert "out of memory on profile resident; retrying jobs [1] on streamed" in text
     assert engine_faults.ooms_raised == 1
 
 
@@ -84,7 +83,7 @@ async def test_cuda_oom_twice_fails_with_advice(fake_discord, start_bot, make_re
     # 1. One retry only, then a failure that says what to try.
     assert engine_faults.ooms_raised == 2
     assert "out of GPU memory" in status.content
-    assert "smaller size" in status.content and "[engine] profile" in status.content
+    assert "smaller size" in status.content and "[engine] stream_prefetch" in status.content
     job = await store_jobs.get_job(bot.store, 1)
     assert job.status == "failed" and "out of GPU memory" in job.error
     # 2. Memory is back: the next job runs.

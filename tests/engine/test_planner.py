@@ -17,8 +17,8 @@ H200 = Bandwidths(h2d=52e9, source="H200")
 
 def machine(ram_gib: float, vram_gib: float, **kw) -> PlanInputs:
     """A machine with this much RAM and a card with this much memory, as `python -m bot plan` models it."""
-    return PlanInputs(vram_budget=int(vram_gib * GiB) - CUDA_CONTEXT, ram_budget=int(ram_gib * GiB) - MACHINE_RAM_RESERVE,
-                      sizes=SIZES, **kw)
+    return PlanInputs(vram_budget=int(vram_gib * GiB) - CUDA_CONTEXT,
+                      ram_budget=int(ram_gib * GiB) - MACHINE_RAM_RESERVE, sizes=SIZES, **kw)
 
 
 def test_reference_sizes_are_flux_dev_as_measured():
