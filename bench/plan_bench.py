@@ -614,6 +614,32 @@ def print_table(rows: list[dict]) -> None:
               f"{r.get('pcie4_floor_s', '-'):>6}")
 
 
+def markdown(jsonl: str) -> str:
+    """The docs table of a saved run (its `final` line): one row per machine, measured next to predicted."""
+    final = [json.loads(line) for line in open(jsonl) if line.startswith('{"final"')]
+    rows = final[-1]["final"] if final else []
+    out = ["| RAM cap / card | plan | s/image | predicted | floor | x floor | x resident | s/step | encode s | "
+           "decode s | peak VRAM GiB (pred) | peak RSS GiB: anon / file | cgroup memory.peak GiB | oom_kill | "
+           "load s | PCIe 4.0 floor s |",
+           "|" + "---|" * 16]
+    for r in rows:
+        cap = f"{r.get('ram_cap_gib') or '-'} / {r.get('vram_cap_gib') or '-'}"
+        if "image_s" not in r:
+            what = f"load only: {r['load_s']} s" if "load_s" in r and "error" not in r else r.get("error", "?")[:120]
+            out.append(f"| {r['row']} ({cap}) | {r.get('profile', '')} | {what} |" + " |" * 9
+                       + f" {r.get('cgroup_peak_gib', '')} | {r.get('oom_kill', '')} | {r.get('load_s', '')} | |")
+            continue
+        peaks = r.get("image_peaks", {})
+        out.append(
+            f"| {r['row']} ({cap}) | {r.get('summary', r.get('profile', '')).split(';')[0]} | **{r['image_s']:.2f}** | "
+            f"{r.get('pred_s_per_image', '–')} | {r.get('floor_s', '–')} | {r.get('x_floor', '–')} | "
+            f"{r.get('x_resident', '–')} | {r['s_per_step']:.3f} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | "
+            f"{r.get('peak_vram_gib', '–')} ({r.get('pred_peak_vram_gib', '–')}) | "
+            f"{peaks.get('RssAnon', '–')} / {peaks.get('RssFile', '–')} | {r.get('cgroup_peak_gib', '–')} | "
+            f"{r.get('oom_kill', '–')} | {r.get('load_s', '–')} | {r.get('pcie4_floor_s', '–')} |")
+    return "\n".join(out)
+
+
 def plot(jsonl: str, png: str) -> None:
     """s/image against (VRAM cap, RAM cap): one point per measured row, labelled; OOM-killed rows as crosses."""
     import matplotlib
@@ -666,6 +692,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--log", help="append each child's stderr (the engine's log) to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--plot", nargs=2, metavar=("JSONL", "PNG"), help="plot a run's JSON lines")
+    ap.add_argument("--markdown", metavar="JSONL", help="print the docs table of a saved run")
     args = ap.parse_args(argv)
     if args.res is None:
         args.res = 256 if args.tiny else 1024
@@ -674,6 +701,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.plot:
         plot(*args.plot)
+        return []
+    if args.markdown:
+        print(markdown(args.markdown))
         return []
     if args.child:
         print(json.dumps(child(args)), flush=True)
