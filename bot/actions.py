@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import discord
 
 from bot.engine_state import check_can_generate
-from bot.permissions import caller_of, check_may_generate, check_may_manage, is_admin
+from bot.permissions import (ShownJob, caller_of, check_may_generate, check_may_manage, check_may_show, is_admin,
+                             is_admin_of, is_owner)
 from bot.replies import UserFacingError, send_ephemeral
 from bot.service import CancelOutcome, NewRequest, spec_of
 from bot.validation import InvalidRequest, validate_imagine
@@ -179,7 +180,9 @@ async def _admit(interaction: discord.Interaction, caller: "Caller", plan: Plan,
         request = NewRequest(user_id=caller.user_id, spec=wanted.spec, kind=kind, parent_id=wanted.parent_id,
                              guild_id=caller.guild_id, channel_id=caller.channel_id, interaction_id=interaction.id,
                              interaction_token=interaction.token, interaction_created_at=interaction.created_at,
-                             exempt=is_admin(bot.config.discord, caller))
+                             exempt=is_admin(bot.config.discord, caller),
+                             skips_queue_caps=bot.config.limits.owners_skip_queue_caps
+                             and is_owner(bot.config.discord, caller))
         return await bot.service.submit(request)
 
 
@@ -211,8 +214,9 @@ async def cancel(interaction: discord.Interaction, job_id: int) -> None:
     bot = bot_of(interaction)
     caller = caller_of(interaction)
     job = await load_job(interaction, job_id)
-    check_may_manage(bot.config.discord, caller, job.user_id, "cancel")
-    outcome = await bot.service.cancel(job_id, caller.user_id, is_admin=is_admin(bot.config.discord, caller))
+    check_may_manage(bot.config.discord, caller, job.user_id, "cancel", job_guild_id=job.guild_id)
+    outcome = await bot.service.cancel(job_id, caller.user_id,
+                                       is_admin=is_admin_of(bot.config.discord, caller, job.guild_id))
     text = {
         CancelOutcome.CANCELLED: f"Job #{job_id} cancelled.",
         CancelOutcome.STOPPING: f"Job #{job_id} stops at its next step.",
@@ -227,7 +231,7 @@ async def delete(interaction: discord.Interaction, job_id: int) -> None:
     """🗑 Delete the result message (requester or admins); the record stays for /history and audit."""
     bot = bot_of(interaction)
     job = await load_job(interaction, job_id)
-    check_may_manage(bot.config.discord, caller_of(interaction), job.user_id, "delete")
+    check_may_manage(bot.config.discord, caller_of(interaction), job.user_id, "delete", job_guild_id=job.guild_id)
     await store_jobs.mark_deleted(bot.store, job_id)
     # The click's own message is the one to remove. Deleting it through the channel may be refused (no
     # permission in that channel); editing it through the interaction always works, so blank it then.
@@ -253,11 +257,12 @@ async def show(interaction: discord.Interaction, job_id: int) -> None:
     bot = bot_of(interaction)
     caller = caller_of(interaction)
     job = await load_job(interaction, job_id)
-    # 1. Who may see it: the requester, an admin, or anyone in the guild where it was made.
-    admin = is_admin(bot.config.discord, caller)
-    same_guild = job.guild_id is not None and job.guild_id == caller.guild_id
-    if not (job.user_id == caller.user_id or admin or (same_guild and not job.deleted)):
-        raise UserFacingError(f"Job #{job_id} is not yours to show.")
+    # 1. Who may post it here (the same checks whether its PNG is on disk or must be made again): the requester,
+    #    an admin of its guild, or anyone in the channel where it was made; and posting must be allowed here
+    #    (allowed channels and roles, DMs), as for a new image.
+    check_may_show(bot.config.discord, caller, ShownJob(owner_id=job.user_id, guild_id=job.guild_id,
+                                                        channel_id=job.channel_id, deleted=job.deleted), job_id)
+    check_may_generate(bot.config.discord, caller)
     if job.status != DONE:
         raise UserFacingError(f"Job #{job_id} is {job.status}; only finished jobs can be shown.")
     # 2. From disk, if every PNG is still there.
@@ -271,5 +276,4 @@ async def show(interaction: discord.Interaction, job_id: int) -> None:
         await store_jobs.set_message(bot.store, job.id, msg.channel.id, msg.id)
         return
     # 3. Pruned: the same spec again (same seed, so the same pixels on the same model).
-    check_may_generate(bot.config.discord, caller)
     await start_job(interaction, planned(spec_of(job), job.id), kind="show")

@@ -49,10 +49,14 @@ class DiscordSettings:
     guild_ids: list = setting([], "Guild ids to sync slash commands to at once (development); empty = global "
                               "sync, which Discord may take up to an hour to show.")
     owner_ids: list = setting([], "User ids with admin rights everywhere (cancel/delete any job, /history of others).")
-    admin_role_ids: list = setting([], "Role ids whose members have admin rights in their guild.")
+    admin_role_ids: list = setting([], "Role ids whose members have admin rights in their guild, over the jobs made "
+                                   "in that guild only (never other guilds' or DM jobs).")
     allowed_channel_ids: list = setting([], "If not empty, /imagine works only in these channels.")
     allowed_role_ids: list = setting([], "If not empty, only members with one of these roles may generate.")
     allow_dms: bool = setting(True, "Whether /imagine works in direct messages with the bot.")
+    allow_dms_when_restricted: bool = setting(False, "While allowed_channel_ids or allowed_role_ids is set, DMs are "
+                                              "refused too (a DM has no channel or role to check) unless this is "
+                                              "true (and allow_dms).")
     banned_words: list = setting([], "Prompts containing any of these words (any case, look-alike letters "
                                  "folded) are refused with a message; nothing is queued.")
     status_edit_interval_s: float = setting(2.0, "Least seconds between two edits of one status message.",
@@ -67,6 +71,10 @@ class LimitsSettings:
     max_unfinished_per_user: int = setting(3, "Queued or running jobs one user may have at once.", min=1, max=100)
     cooldown_s: float = setting(0.0, "Seconds a user waits between two requests; 0 = none.", min=0, max=86400)
     queue_cap: int = setting(100, "Most jobs waiting in the queue for everyone together.", min=1, max=100000)
+    max_unfinished_per_guild: int = setting(0, "Queued or running jobs one server may have at once (DMs count as "
+                                            "one server); 0 = no cap.", min=0, max=100000)
+    owners_skip_queue_caps: bool = setting(False, "Whether [discord] owner_ids may queue past queue_cap and "
+                                           "max_unfinished_per_guild (admin roles never do).")
     max_prompt_chars: int = setting(1000, "Longest prompt accepted.", min=1, max=limits.MAX_PROMPT_CHARS)
     max_count: int = setting(4, "Most images one /imagine may ask for.", min=1, max=limits.MAX_COUNT)
     max_job_cost: float = setting(limits.DEFAULT_MAX_JOB_COST, "Largest job accepted, as images x steps x "

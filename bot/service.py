@@ -8,9 +8,11 @@ Admission order (a refusal is an `AdmissionError` whose message is shown to the 
 1. the prompt: not empty, not too long, no banned word (NFKC, case-folded, look-alike letters folded,
    whole words);
 2. the image count;
-3. from the store (so that limits survive a restart): the user's unfinished jobs and cooldown;
-4. the global queue cap.
-Then the job row is written (status queued) and only then put on the FIFO.
+3. from the store (so that limits survive a restart): the user's unfinished jobs and cooldown (admins skip these);
+4. the queue caps: the guild's unfinished jobs (`max_unfinished_per_guild`, DMs counted as one guild) and the
+   global queue cap. No admin skips them; owners do only with `[limits] owners_skip_queue_caps`.
+Then the job row is written (status queued) and only then put in the queue, in fair order (round-robin across
+users, FIFO within one: `engine/queue.py`).
 """
 from __future__ import annotations
 
@@ -80,6 +82,10 @@ class CoolingDown(AdmissionError):
 
 
 class QueueFull(AdmissionError):
+    pass
+
+
+class GuildQueueFull(AdmissionError):
     pass
 
 
@@ -235,7 +241,8 @@ class NewRequest:
     interaction_token: str | None = None
     interaction_created_at: datetime | None = None
     status_message_id: int | None = None
-    exempt: bool = False  # admins: no per-user limit, no cooldown (the prompt checks and queue cap still hold)
+    exempt: bool = False  # admins: no per-user limit, no cooldown (the prompt checks and queue caps still hold)
+    skips_queue_caps: bool = False  # owners, when [limits] owners_skip_queue_caps: past the guild and global caps
 
 
 @dataclass(frozen=True)
@@ -386,10 +393,13 @@ class JobService:
             # 2. per-user limits, from the store
             if not request.exempt:
                 await self._check_user(request.user_id)
-            # 3. the global cap
-            if len(self.queue) >= self.limits.queue_cap:
-                raise QueueFull(f"The queue is full ({len(self.queue)} jobs waiting); try again in a few minutes.")
-            # 4. the row first, then the FIFO
+            # 3. the queue caps: this guild's share, then everyone's
+            if not request.skips_queue_caps:
+                await self._check_guild(request.guild_id)
+                if len(self.queue) >= self.limits.queue_cap:
+                    raise QueueFull(f"The queue is full ({len(self.queue)} jobs waiting); try again in a few "
+                                    f"minutes.")
+            # 4. the row first, then the queue
             record = await store_jobs.create_job(self.store, NewJob(
                 user_id=request.user_id, prompt=spec.prompt, seed=spec.seed, steps=spec.steps, width=spec.width,
                 height=spec.height, guidance=spec.guidance, count=spec.count, guild_id=request.guild_id,
@@ -399,7 +409,7 @@ class JobService:
                 interaction_token=request.interaction_token, interaction_created_at=request.interaction_created_at,
                 status_message_id=request.status_message_id))
             try:
-                position = self.queue.submit(record.id, spec)
+                position = self.queue.submit(record.id, spec, owner=request.user_id)
             except QueueClosed:  # the row stays queued: recovery runs it at the next start
                 raise ShuttingDown("The bot is shutting down; your request is saved and will run when it is "
                                    "back.") from None
@@ -421,6 +431,16 @@ class JobService:
                 left = self.limits.cooldown_s - waited
                 if left > 0:
                     raise CoolingDown(f"Please wait {left:.0f} s before your next request.", left)
+
+    async def _check_guild(self, guild_id: int | None) -> None:
+        limit = self.limits.max_unfinished_per_guild
+        if limit <= 0:
+            return
+        unfinished = await store_jobs.count_unfinished_in_guild(self.store, guild_id)
+        if unfinished >= limit:
+            where = "Direct messages with this bot have" if guild_id is None else "This server has"
+            raise GuildQueueFull(f"{where} {unfinished} unfinished job(s) already (the limit is {limit}); try "
+                                 f"again when some have finished.")
 
     async def regenerate(self, job_id: int, *, user_id: int, exempt: bool = False, **where: Any) -> Submitted:
         """/show of a job whose PNG was pruned: a new job of kind `show` with the parent's exact spec (same
@@ -474,9 +494,9 @@ class JobService:
     # --- restart recovery ------------------------------------------------------------------------------------
 
     async def recover(self) -> list[JobRecord]:
-        """At start-up, before the workers take anything: put every queued or running job back on the queue in
-        its original order (a running one starts again from scratch: same seed, same image). Returns them so
-        the bot can tell their owners in their channel."""
+        """At start-up, before the workers take anything: put every queued or running job back on the queue, in id
+        (= arrival) order with their owners, so the queue rebuilds the fair order (a running one starts again from
+        scratch: same seed, same image). Returns them so the bot can tell their owners in their channel."""
         jobs = await store_jobs.unfinished_jobs(self.store)
         recovered = []
         for job in jobs:
@@ -484,7 +504,7 @@ class JobService:
                 continue
             if job.status == RUNNING:
                 await store_jobs.requeue(self.store, job.id)
-            self.queue.submit(job.id, spec_of(job))
+            self.queue.submit(job.id, spec_of(job), owner=job.user_id)
             recovered.append(job)
         if recovered:
             log.info("recovered %d unfinished job(s): %s", len(recovered), [j.id for j in recovered])

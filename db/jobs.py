@@ -60,8 +60,9 @@ async def children(store: Store, job_id: int) -> list[JobRecord]:
 
 
 async def user_history(store: Store, user_id: int, page: int = 1, per_page: int = 10, *,
-                       include_deleted: bool = False) -> Page:
-    """A user's jobs, newest first, one page (counted from 1) plus the total. Other users' jobs never show."""
+                       include_deleted: bool = False, guild_id: int | None = None) -> Page:
+    """A user's jobs, newest first, one page (counted from 1) plus the total. Other users' jobs never show.
+    `guild_id`: only the jobs made in that guild (what a guild's admin may see of someone's history)."""
     # 1. arguments
     if page < 1:
         raise ValueError(f"page counts from 1, not {page}")
@@ -70,6 +71,8 @@ async def user_history(store: Store, user_id: int, page: int = 1, per_page: int 
     where: list[ColumnElement[bool]] = [Job.user_id == user_id]
     if not include_deleted:
         where.append(Job.deleted_at.is_(None))
+    if guild_id is not None:
+        where.append(Job.guild_id == guild_id)
     # 2. total and page in one read transaction (the same snapshot)
     async with store.session() as s, s.begin():
         total = await s.scalar(select(func.count()).select_from(Job).where(*where))
@@ -91,6 +94,14 @@ async def count_unfinished(store: Store, user_id: int | None = None) -> int:
     query = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED))
     if user_id is not None:
         query = query.where(Job.user_id == user_id)
+    async with store.session() as s:
+        return int(await s.scalar(query) or 0)
+
+
+async def count_unfinished_in_guild(store: Store, guild_id: int | None) -> int:
+    """Queued + running jobs made in one guild; `guild_id` None counts the jobs made in direct messages."""
+    where = Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
+    query = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED), where)
     async with store.session() as s:
         return int(await s.scalar(query) or 0)
 

@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.embeds import history_embed
-from bot.permissions import PermissionDenied, caller_of, is_admin
+from bot.permissions import caller_of, history_guild
 from db import jobs as store_jobs
 
 log = logging.getLogger(__name__)
@@ -18,18 +18,19 @@ PER_PAGE = 10
 
 
 async def show_page(interaction: discord.Interaction, user_id: int, page: int, *, edit: bool) -> None:
-    """One page of `user_id`'s history; only that user or an admin may see it. `edit` replaces the message the
-    paging button is on."""
+    """One page of `user_id`'s history: all of it for that user and owners; for a role admin, only the jobs made in
+    their guild; refused to anyone else. `edit` replaces the message the paging button is on."""
     bot = interaction.client
     caller = caller_of(interaction)
-    # 1. Who may look.
-    if user_id != caller.user_id and not is_admin(bot.config.discord, caller):
-        raise PermissionDenied("Only admins may look at another user's history.")
+    # 1. Who may look, and at what.
+    guild = history_guild(bot.config.discord, caller, user_id)
     # 2. The page (clamped: jobs may have been deleted since the buttons were drawn).
-    first = await store_jobs.user_history(bot.store, user_id, 1, PER_PAGE)
+    first = await store_jobs.user_history(bot.store, user_id, 1, PER_PAGE, guild_id=guild)
     page = max(1, min(page, first.pages))
-    data = first if page == 1 else await store_jobs.user_history(bot.store, user_id, page, PER_PAGE)
+    data = first if page == 1 else await store_jobs.user_history(bot.store, user_id, page, PER_PAGE, guild_id=guild)
     embed = history_embed(data.items, user_id=user_id, page=page, pages=data.pages)
+    if guild is not None:
+        embed.title = f"{embed.title} · this server's jobs only"
     from bot.views import history_view
     view = history_view(user_id, page, data.pages)
     # 3. A new ephemeral message, or the same one turned to another page.

@@ -9,7 +9,7 @@ import pytest
 
 from bot.config import LimitsSettings
 from bot.service import (AdmissionError, BannedWord, BannedWords, CancelOutcome, CoolingDown, EmptyPrompt,
-                         JobService, NewRequest, PromptTooLong, QueueFull, ShuttingDown, TooManyImages,
+                         GuildQueueFull, JobService, NewRequest, PromptTooLong, QueueFull, ShuttingDown, TooManyImages,
                          TooManyUnfinished, fold_words)
 from db import jobs
 from db.records import JobOutput
@@ -86,11 +86,12 @@ async def test_prompt_checks_refuse_before_anything_is_written(store, tmp_path):
 
 # --- admission from the store ---------------------------------------------------------------------------
 
-async def test_fifo_order_across_users_and_resolved_seed(store, tmp_path):
+async def test_fair_order_across_users_and_resolved_seed(store, tmp_path):
     service = make_service(store, tmp_path)
     subs = [await service.submit(request(user, seed=None)) for user in (10, 20, 10, 30)]
-    assert [s.position for s in subs] == [1, 2, 3, 4]
-    assert [j.job_id for j in service.queue.waiting()] == [s.job_id for s in subs]
+    # user 10's second job waits for user 30's first (round-robin across users, FIFO within one)
+    assert [s.position for s in subs] == [1, 2, 3, 3]
+    assert [j.job_id for j in service.queue.waiting()] == [subs[i].job_id for i in (0, 1, 3, 2)]
     row = await jobs.get_job(store, subs[0].job_id)
     assert row.status == "queued" and row.seed == subs[0].seed >= 0 and row.prompt == "a red fox in snow"
 
@@ -131,6 +132,37 @@ async def test_queue_cap_refuses_everyone(store, tmp_path):
     where = service.where(first.job_id)
     assert (where.kind, where.position, where.eta_s) == ("queued", 1, pytest.approx(first.eta_s))
     assert service.where(999) is None
+
+
+async def test_guild_cap_counts_each_guilds_unfinished_jobs_and_dms_as_one(store, tmp_path):
+    service = make_service(store, tmp_path, limits=replace(LIMITS, max_unfinished_per_guild=2))
+    in_guild = lambda user, guild: replace(request(user), guild_id=guild)  # noqa: E731
+    first = await service.submit(in_guild(1, 100))
+    await service.submit(in_guild(2, 100))
+    before = await jobs.count_unfinished(store)
+    # 1. A third job of guild 100, from anyone (an admin too), is refused; nothing is written.
+    for refused in (in_guild(3, 100), replace(in_guild(3, 100), exempt=True)):
+        with pytest.raises(GuildQueueFull, match="This server has 2 unfinished job.s. already .the limit is 2."):
+            await service.submit(refused)
+    assert await jobs.count_unfinished(store) == before
+    # 2. Another guild and DMs have their own share; DMs together are one.
+    await service.submit(in_guild(3, 200))
+    await service.submit(in_guild(4, None))
+    await service.submit(in_guild(5, None))
+    with pytest.raises(GuildQueueFull, match="Direct messages with this bot have 2"):
+        await service.submit(in_guild(6, None))
+    # 3. A finished job frees its place; an owner allowed by [limits] owners_skip_queue_caps passes the cap.
+    await service.cancel(first.job_id, by_user_id=1)
+    await service.submit(in_guild(3, 100))
+    assert (await service.submit(replace(in_guild(7, 100), skips_queue_caps=True))).job_id
+
+
+async def test_only_a_request_marked_skips_queue_caps_passes_the_global_cap(store, tmp_path):
+    service = make_service(store, tmp_path, limits=replace(LIMITS, queue_cap=1))
+    await service.submit(request(1))
+    with pytest.raises(QueueFull):
+        await service.submit(replace(request(2), exempt=True))  # admins: exempt from per-user limits only
+    assert (await service.submit(replace(request(2), skips_queue_caps=True))).position == 2
 
 
 async def test_a_request_during_shutdown_is_kept_for_the_next_start(store, tmp_path):
@@ -174,6 +206,22 @@ async def test_recover_requeues_queued_and_running_jobs_in_their_order(db_url, t
     assert [j.job_id for j in service.queue.waiting()] == [ids[0], ids[2], ids[3]]
     assert (await jobs.get_job(store, ids[0])).status == "queued"
     assert await service.recover() == []  # twice is harmless
+    await store.close()
+
+
+async def test_recover_rebuilds_the_fair_order_not_the_arrival_order(db_url, tmp_path):
+    store = await open_store(db_url)
+    service = make_service(store, tmp_path)
+    for user in (1, 1, 1, 2, 3, 3):  # user 1 sent three jobs before users 2 and 3 came
+        await service.submit(request(user))
+    before = [j.job_id for j in service.queue.waiting()]
+    await store.close()
+
+    store = await open_store(db_url)
+    service = make_service(store, tmp_path)
+    await service.recover()
+    after = [j.job_id for j in service.queue.waiting()]
+    assert after == before == [1, 4, 5, 2, 6, 3]
     await store.close()
 
 
