@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 FIRST_RESPONSE_P99_TARGET_MS = 300.0
 LOOP_LAG_P99_TARGET_MS = 50.0
 LAG_INTERVAL_S = 0.005
-JOB_ID = re.compile(r"^fluxbot:reroll:(\d+)$")
+JOB_ID = re.compile(r"^fluxbot:reroll:(?:[0-9a-f]{8}:)?(\d+)$")  # with the database's identity (bot/views.py)
 NEAR_SIMULTANEOUS_S = 0.05  # two requests of one user closer than this have no order a person could mean
 
 
@@ -335,7 +335,7 @@ async def _drive(plan: LoadPlan, fake) -> tuple[list[Sent], dict[str, list[Sent]
         if s.kind != "imagine":
             continue
         presser = rng.choice(users)
-        ix = await fake.click(presser, fake.message(s.result_message_id), f"fluxbot:reroll:{s.job_id}")
+        ix = await fake.click(presser, fake.message(s.result_message_id), "Reroll")
         c = Sent(presser.name, "reroll", len(per_user[presser.name]), ix)
         per_user[presser.name].append(c)
         sent.append(c)

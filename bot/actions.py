@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from bot.client import FluxBot
     from bot.permissions import Caller
     from bot.service import Submitted
+    from bot.views import JobRef
     from db.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,16 @@ async def open_edit(interaction: discord.Interaction, job_id: int) -> None:
     check_can_generate(bot.engine_state)  # no form to fill in for a job that cannot run
     parent = await load_job(interaction, job_id)
     await interaction.response.send_modal(EditModal(parent, opener_id=interaction.id,
-                                                    max_prompt_chars=bot.config.limits.max_prompt_chars))
+                                                    max_prompt_chars=bot.config.limits.max_prompt_chars,
+                                                    identity=bot.identity))
 
 
-async def submit_edit(interaction: discord.Interaction, job_id: int, prompt: str, seed_text: str,
+async def submit_edit(interaction: discord.Interaction, ref: "JobRef", prompt: str, seed_text: str,
                       steps_text: str) -> None:
     """The Edit modal was sent: the parent's size, guidance and count with the new prompt, seed and steps."""
     bot = bot_of(interaction)
+    check_this_database(bot, ref)
+    job_id = ref.job_id
 
     async def plan() -> Planned:
         parent = await load_job(interaction, job_id)
@@ -207,6 +211,39 @@ async def _withdraw_reply(interaction: discord.Interaction) -> None:
                     "may be public", interaction.id, e.status)
 
 
+# --- which job a button means ------------------------------------------------------------------------------------
+
+FOREIGN_BUTTON = ("This button comes from an earlier database of this bot (it was reset or replaced since), so it "
+                  "no longer stands for any job here and nothing was done. /history lists your images.")
+
+
+def check_this_database(bot: "FluxBot", ref: "JobRef") -> None:
+    """A button or form made by another database (its identity differs) means no job of this one."""
+    if ref.identity is not None and ref.identity != bot.identity:
+        log.info("button of database %s pressed; this database is %s", ref.identity, bot.identity)
+        raise UserFacingError(FOREIGN_BUTTON)
+
+
+def check_own_message(interaction: discord.Interaction, job: "JobRecord") -> None:
+    """Delete and Cancel act only from the job's own message: its status or result message, or a later copy of it
+    (/show posts one). A message older than the job holds the button of an earlier job with the same number (a
+    database reset or restored from a backup issued the number again)."""
+    message = interaction.message
+    if message is None or message.id in (job.status_message_id, job.result_message_id):
+        return
+    if message.created_at >= job.created_at:
+        return
+    log.info("job %d: button on message %d, older than the job, refused", job.id, message.id)
+    raise UserFacingError(f"This button is on a message older than job #{job.id}: it belongs to an earlier job with "
+                          f"the same number (the bot's database was reset or restored since), so nothing was done.")
+
+
+async def job_button(interaction: discord.Interaction, action: str, ref: "JobRef") -> None:
+    """A job button was pressed: the action, once the button is known to mean a job of this database."""
+    check_this_database(bot_of(interaction), ref)
+    await JOB_ACTIONS[action](interaction, ref.job_id)
+
+
 # --- managing jobs -----------------------------------------------------------------------------------------------
 
 async def cancel(interaction: discord.Interaction, job_id: int) -> None:
@@ -214,6 +251,7 @@ async def cancel(interaction: discord.Interaction, job_id: int) -> None:
     bot = bot_of(interaction)
     caller = caller_of(interaction)
     job = await load_job(interaction, job_id)
+    check_own_message(interaction, job)
     check_may_manage(bot.config.discord, caller, job.user_id, "cancel", job_guild_id=job.guild_id)
     outcome = await bot.service.cancel(job_id, caller.user_id,
                                        is_admin=is_admin_of(bot.config.discord, caller, job.guild_id))
@@ -231,6 +269,7 @@ async def delete(interaction: discord.Interaction, job_id: int) -> None:
     """🗑 Delete the result message (requester or admins); the record stays for /history and audit."""
     bot = bot_of(interaction)
     job = await load_job(interaction, job_id)
+    check_own_message(interaction, job)
     check_may_manage(bot.config.discord, caller_of(interaction), job.user_id, "delete", job_guild_id=job.guild_id)
     await store_jobs.mark_deleted(bot.store, job_id)
     # The click's own message is the one to remove. Deleting it through the channel may be refused (no
@@ -277,3 +316,9 @@ async def show(interaction: discord.Interaction, job_id: int) -> None:
         return
     # 3. Pruned: the same spec again (same seed, so the same pixels on the same model).
     await start_job(interaction, planned(spec_of(job), job.id), kind="show")
+
+
+# What each job button does (bot.views.JOB_BUTTONS draws them).
+JOB_ACTIONS: dict[str, Callable[[discord.Interaction, int], Awaitable[None]]] = {
+    "reroll": reroll, "vary": vary, "edit": open_edit, "delete": delete, "cancel": cancel,
+}

@@ -35,6 +35,7 @@ from bot.validation import SizeChoice, parse_sizes
 log = logging.getLogger(__name__)
 
 COGS = ("bot.cogs.imagine", "bot.cogs.history", "bot.cogs.queue")
+STORE_WATCH_S = 30.0  # how often an idle bot checks that its database file is still the one it opened
 
 
 def intents() -> discord.Intents:
@@ -78,6 +79,8 @@ class FluxBot(commands.Bot):
         self._loading: asyncio.Task | None = None
         self._pruning: asyncio.Task | None = None
         self._forgetting: asyncio.Task | None = None  # clears expired interaction tokens (bot.token_expiry)
+        self._watching: asyncio.Task | None = None  # notices the database file deleted or replaced (db.instance)
+        self.identity: str | None = None  # this database's identity, in new custom_ids and file names (db.instance)
         self.engine_state = EngineState(EngineStatus.LOADING)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
@@ -95,13 +98,14 @@ class FluxBot(commands.Bot):
         # 1. Store, queue, service, tracker.
         self.store = await open_store(cfg.database.url, echo=cfg.database.echo,
                                       busy_timeout_s=cfg.database.busy_timeout_s)
+        self.identity = await self._database_identity()
         devices = await asyncio.to_thread(resolve_devices, cfg.engine.devices)
         self.queue = JobQueue(workers=len(devices))
         self.service = JobService(self.store, self.queue, [], cfg.limits, cfg.discord.banned_words,
-                                  cfg.engine.images_dir)
+                                  cfg.engine.images_dir, identity=self.identity)
         self.tracker = JobTracker(self, self.service, self.store, self.deliverer,
                                   interval_s=cfg.discord.status_edit_interval_s,
-                                  engine_state=lambda: self.engine_state)
+                                  engine_state=lambda: self.engine_state, identity=self.identity)
         # 2. Cogs and persistent buttons.
         for name in COGS:
             await self.load_extension(name)
@@ -123,6 +127,24 @@ class FluxBot(commands.Bot):
         self._pruning = asyncio.create_task(prune_periodically(
             cfg.engine.images_dir, cfg.storage.max_image_age_days, int(cfg.storage.max_images_gib * 2**30),
             cfg.storage.prune_interval_min * 60), name="fluxbot-prune-images")
+
+    async def _database_identity(self) -> str:
+        """This database's identity; job ids it issued before a restore from an older backup stay unused; a watch
+        notices the database file deleted or replaced later."""
+        from db import instance
+        from engine.image_files import IdMark
+
+        identity = await instance.identity(self.store)
+        highest = await asyncio.to_thread(IdMark(self.config.engine.images_dir).highest, identity)
+        before = await instance.skip_job_ids_through(self.store, highest)
+        if before is not None:
+            log.warning("the database would issue job id %d again, but the images folder holds images of its jobs up "
+                        "to %d: it was restored from an older backup. New jobs start at %d, so that the buttons and "
+                        "files of those jobs keep their meaning", before, highest, highest + 1)
+        self._watching = asyncio.create_task(instance.watch(self.store, identity, STORE_WATCH_S),
+                                             name="fluxbot-watch-database")
+        log.info("database identity %s", identity)
+        return identity
 
     async def sync_commands(self) -> None:
         guild_ids = self.config.discord.guild_ids
@@ -218,7 +240,7 @@ class FluxBot(commands.Bot):
 
     async def close(self) -> None:
         """Stop the workers (running jobs stay `running` and run again after a restart), then disconnect."""
-        for task in (self._loading, self._pruning, self._forgetting):
+        for task in (self._loading, self._pruning, self._watching, self._forgetting):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

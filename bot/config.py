@@ -83,7 +83,6 @@ class LimitsSettings:
                                   "refuses e.g. 4 images x 50 steps at 2048x2048 (800). 0 = no cap.", min=0)
 
 
-
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = setting("sqlite+aiosqlite:///data/fluxbot.db", "SQLAlchemy async URL. SQLite (aiosqlite) by "
@@ -98,8 +97,8 @@ class DatabaseSettings:
 class StorageSettings:
     max_image_age_days: float = setting(0.0, "Delete PNGs older than this; 0 = keep forever. Job records stay; "
                                         "/show regenerates a pruned image from its record.", min=0)
-    max_images_gib: float = setting(0.0, "Delete the oldest PNGs while the images folder is larger than this; "
-                                    "0 = no limit.", min=0)
+    max_images_gib: float = setting(20.0, "Delete the oldest PNGs while the images folder is larger than this "
+                                    "(roughly 13,000 to 20,000 photo-like 1024² images); 0 = no limit.", min=0)
     prune_interval_min: float = setting(60.0, "Minutes between two pruning passes.", min=1)
 
 

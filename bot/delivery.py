@@ -7,7 +7,9 @@ Rules (docs/bot.md, "Delivery"):
    message that mentions the user (bot token).
 3. Discord 5xx: each way is retried a few times with backoff (discord.py already retries 429 and most 5xx
    itself; this covers 503 and the case where its retries ran out).
-4. If every way fails the job stays done in the database and `/show job:<id>` posts it again.
+4. If every way fails the job stays done in the database and `/show job:<id>` posts it again. A channel that
+   answers 403/404 (deleted, the bot removed from its guild, the user's DMs closed) is a refusal: the job's row
+   counts it, and after `MAX_DELIVERY_REFUSALS` the bot stops trying (`db.deliveries`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME = timedelta(minutes=15)
 TOKEN_MARGIN = timedelta(seconds=30)  # a send that starts later than this may arrive after expiry
+MAX_DELIVERY_REFUSALS = 3  # 403/404 answers to one job's delivery (start-ups included) before the bot gives up
 T = TypeVar("T")
 
 
@@ -51,6 +54,13 @@ class Delivered:
     channel_id: int
     message_id: int
     via: str  # "followup" or "channel"
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """No way worked. `refused`: Discord said no for good (403/404), so trying again later will not help."""
+    reason: str
+    refused: bool
 
 
 @dataclass(frozen=True)
@@ -97,8 +107,9 @@ class Deliverer:
         self.attempts = attempts
         self.backoff_s = backoff_s
 
-    async def deliver(self, target: Target, make: Callable[[], Payload], *, job_id: int) -> Delivered | None:
-        """Post the payload; None when no way worked (the job stays done; /show finds it)."""
+    async def deliver(self, target: Target, make: Callable[[], Payload], *,
+                      job_id: int) -> Delivered | Undelivered:
+        """Post the payload; `Undelivered` when no way worked (the job stays done; /show finds it)."""
         # 1. The interaction's followup, while its token is fresh.
         if target.token_fresh():
             try:
@@ -111,7 +122,7 @@ class Deliverer:
         # 2. A normal channel message that mentions the user.
         if target.channel_id is None:
             log.error("job %d: no channel to deliver to; the result stays available through /show", job_id)
-            return None
+            return Undelivered("no channel to post in", refused=True)
         try:
             return await with_retries(lambda: self._channel(target, make()), attempts=self.attempts,
                                       backoff_s=self.backoff_s, what=f"job {job_id}: channel message")
@@ -119,7 +130,7 @@ class Deliverer:
             # 3. Nothing worked: the job stays done in the database.
             log.error("job %d: could not deliver (%s); the result stays available through /show job:%d",
                       job_id, _describe(e), job_id)
-            return None
+            return Undelivered(_describe(e), refused=is_refusal(e))
 
     async def _followup(self, target: Target, p: Payload) -> Delivered:
         hook = discord.Webhook.partial(target.application_id, target.token, client=self.client)
@@ -142,6 +153,12 @@ class Deliverer:
             kwargs["view"] = p.view
         msg = await channel.send(**kwargs)
         return Delivered(channel_id=target.channel_id, message_id=msg.id, via="channel")
+
+
+def is_refusal(err: BaseException) -> bool:
+    """Discord will keep saying no: the channel is gone (404), or the bot may not post there any more (403: removed
+    from the guild, permissions taken away, the user's DMs closed)."""
+    return isinstance(err, (discord.NotFound, discord.Forbidden))
 
 
 def _describe(err: Exception) -> str:

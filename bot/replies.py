@@ -16,6 +16,7 @@ from discord import app_commands
 from bot.permissions import PermissionDenied
 from bot.service import AdmissionError
 from bot.validation import InvalidRequest
+from db.guard import DatabaseGone
 from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ class UserFacingError(Exception):
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors whose message is meant for the user, including the jobs service's admission errors."""
-    return (UserFacingError, InvalidRequest, PermissionDenied, AdmissionError, EngineError)
+    """Errors whose message is meant for the user, including the jobs service's admission errors and the store's
+    refusal once its file was deleted or replaced (db.guard)."""
+    return (UserFacingError, InvalidRequest, PermissionDenied, AdmissionError, EngineError, DatabaseGone)
 
 
 def store_busy(error: BaseException) -> bool:

@@ -31,6 +31,7 @@ from db import jobs as store_jobs
 from db.models import RUNNING
 from db.records import ImageFile, JobOutput, JobRecord, NewJob
 from engine import limits as job_limits  # the shared limits and checks
+from engine.image_files import IdMark, image_names
 from engine.listeners import Listeners
 from engine.queue import QUEUED, JobQueue, QueueClosed, QueueEvent
 from engine.spec import JobSpec, Result
@@ -95,6 +96,10 @@ class JobNotFound(AdmissionError):
 
 class ShuttingDown(AdmissionError):
     pass
+
+
+class StoreGone(AdmissionError):
+    """The database file was deleted or replaced while the bot ran (db.guard)."""
 
 
 # --- banned words --------------------------------------------------------------------------------------------
@@ -289,11 +294,6 @@ def spec_of(job: JobRecord) -> JobSpec:
                    variation_strength=job.variation_strength, count=job.count)
 
 
-def image_names(job_id: int, count: int) -> list[str]:
-    """PNG file names of a job: from its id only, never from user input."""
-    return [f"{job_id}.png"] if count == 1 else [f"{job_id}_{i}.png" for i in range(count)]
-
-
 # --- the service ----------------------------------------------------------------------------------------------
 
 # Waits between tries of a result's write while SQLite is locked past its busy timeout (about 2 minutes).
@@ -304,13 +304,16 @@ class JobService:
     """Admission, submit, cancel, recovery and result saving. Implements `engine.worker.WorkerHooks`."""
 
     def __init__(self, store: "Store", queue: JobQueue, workers: list["Worker"] | None, limits: "LimitsSettings",
-                 banned_words: list[str], images_dir: str | Path, *, model_id: str | None = None):
+                 banned_words: list[str], images_dir: str | Path, *, model_id: str | None = None,
+                 identity: str | None = None):
         self.store = store
         self.queue = queue
         self.workers: list[Worker] = list(workers or [])
         self.limits = limits
         self.banned = BannedWords(banned_words)
         self.images_dir = Path(images_dir)
+        self.identity = identity  # the database's, in image file names (engine.image_files); None: names without
+        self.id_mark = IdMark(self.images_dir)  # the highest job id written here, per identity
         self.model_id = model_id
         self._listeners: Listeners[JobEvent] = Listeners("job event")
         self.busy_retry_delays_s: tuple[float, ...] = BUSY_RETRY_DELAYS_S
@@ -383,7 +386,8 @@ class JobService:
 
     async def submit(self, request: NewRequest) -> Submitted:
         """Admit the request, write the job row, then queue it."""
-        # 1. checks that need nothing but the request
+        # 1. checks that need nothing but the request (and a database that is still there: db.guard)
+        self.check_store()
         prompt = self.check_prompt(request.spec.prompt)
         if request.spec.count > self.limits.max_count:
             raise TooManyImages(f"At most {self.limits.max_count} images per request.")
@@ -566,12 +570,18 @@ class JobService:
         await self._cancelled(job_id)
 
     def _write_pngs(self, job_id: int, result: Result) -> list[ImageFile]:
-        """Save each image as <images_dir>/<job_id>[_<i>].png with its recipe; return paths and SHA-256s."""
+        """Save each image as <images_dir>/<identity>-<job_id>[_<i>].png with its recipe (engine.image_files);
+        return paths and SHA-256s, and remember the job id in the folder's mark."""
         from engine.png import image_params, save_png
 
         files = []
-        for i, name in enumerate(image_names(job_id, len(result.images))):
+        for i, name in enumerate(image_names(job_id, len(result.images), self.identity)):
             path = self.images_dir / name
             digest = save_png(result.images[i], path, {**image_params(result, i), "job_id": job_id})
             files.append(ImageFile(path=str(path), sha256=digest))
+        if self.identity:
+            try:
+                self.id_mark.note(self.identity, job_id)
+            except OSError as e:  # the images are saved; only the guard against a restored backup is weaker
+                log.warning("job %d: cannot update %s (%s)", job_id, self.id_mark.path, e.strerror or e)
         return files

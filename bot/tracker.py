@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import discord
 
 from bot import service as svc
-from bot.delivery import Deliverer, Payload, Target
+from bot.delivery import MAX_DELIVERY_REFUSALS, Deliverer, Payload, Target, Undelivered, is_refusal
 from bot.engine_state import EngineState, EngineStatus, failed_text
 from bot.embeds import JobStatus, image_name, result_embed, status_text
 from bot.literal import echo_mentions, literal
 from bot.throttle import ThrottledEditor
-from bot.views import result_view, status_view
+from bot.views import JobRef, result_view, status_view
+from db import deliveries
 from db import jobs as store_jobs
 from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
@@ -117,8 +118,10 @@ class Tracked:
 
 class JobTracker:
     def __init__(self, client: discord.Client, service: svc.JobService, store: "Store", deliverer: Deliverer,
-                 *, interval_s: float, engine_state: Callable[[], EngineState] | None = None):
+                 *, interval_s: float, engine_state: Callable[[], EngineState] | None = None,
+                 identity: str | None = None):
         self.client = client
+        self.identity = identity  # the database's, in the custom_ids of the buttons this tracker posts
         self._engine_state = engine_state or (lambda: EngineState(EngineStatus.READY))
         self.service = service
         self.store = store
@@ -184,7 +187,7 @@ class JobTracker:
     async def _show(self, t: Tracked, st: JobStatus) -> None:
         if t.sink is None or not t.sink.usable():
             return
-        view = status_view(t.job_id) if st.state in (QUEUED, RUNNING) else None
+        view = status_view(self.ref(t.job_id)) if st.state in (QUEUED, RUNNING) else None
         message_id = await t.sink.edit(status_text(t.job_id, t.prompt, self._with_engine_note(st)), view)
         if message_id:
             t.shown = st
@@ -245,7 +248,9 @@ class JobTracker:
         t = self._jobs.get(job.id)
         payload = await self.result_payload(job, upload_limit=t.upload_limit if t else None)
         delivered = await self.deliverer.deliver(target, lambda: payload, job_id=job.id)
-        if delivered is None:
+        if isinstance(delivered, Undelivered):
+            if delivered.refused:
+                await self._refused(job, delivered.reason)
             return False
         await store_jobs.set_message(self.store, job.id, delivered.channel_id, delivered.message_id)
         await store_jobs.mark_delivered(self.store, job.id)
@@ -265,7 +270,7 @@ class JobTracker:
                         f"limit here ({limit / 2**20:.0f} MiB) and could not be attached; a smaller size fits.")
             log.warning("job %d: %d image(s) over the %d-byte upload limit left out", job.id,
                         len(blobs) - len(files), limit)
-        return Payload(content=content, embed=result_embed(job), files=files, view=result_view(job.id),
+        return Payload(content=content, embed=result_embed(job), files=files, view=result_view(self.ref(job.id)),
                        mention_user_id=job.user_id)
 
     def _guild_upload_limit(self, guild_id: int | None) -> int:
@@ -282,6 +287,18 @@ class JobTracker:
             await store_jobs.mark_delivered(self.store, job.id)
         except discord.HTTPException as e:
             log.error("job %d: could not tell user %d that it failed (HTTP %s)", job.id, job.user_id, e.status)
+            if is_refusal(e):
+                await self._refused(job, f"HTTP {e.status} {e.text[:200]}")
+
+    async def _refused(self, job: "JobRecord", reason: str) -> None:
+        """Discord refused this job's delivery for good (403/404): count it; at the bound, stop trying."""
+        count = await deliveries.record_refusal(self.store, job.id, reason, limit=MAX_DELIVERY_REFUSALS)
+        if count >= MAX_DELIVERY_REFUSALS:
+            log.warning("job %d: Discord refused its delivery %d times (last: %s); the bot stops trying. The result "
+                        "stays in the database: /show job:%d posts it elsewhere", job.id, count, reason, job.id)
+        else:
+            log.info("job %d: delivery refused (%s), %d of %d; tried again at the next start-up", job.id, reason,
+                     count, MAX_DELIVERY_REFUSALS)
 
     # --- restart ---------------------------------------------------------------------------------------------------
 
@@ -289,35 +306,80 @@ class JobTracker:
         """Tell each owner in their channel that their job is back in the queue; that message then shows its
         status (the old reply's token may have expired while the bot was down)."""
         for job in jobs:
-            t = self._jobs.setdefault(job.id, Tracked(job.id, prompt=job.prompt))
-            position = self.service.queue.position(job.id)
-            t.state = t.state or JobStatus(QUEUED, position=position, eta_s=self.service.queue.eta_s(job.id))
-            if job.channel_id is None:
-                t.attached.set()
-                continue
-            prefix = f"<@{job.user_id}> The bot restarted; job #{job.id} is back in the queue.\n"
-            text = prefix + status_text(job.id, job.prompt, self._with_engine_note(t.state))
             try:
-                msg = await self.client.get_partial_messageable(job.channel_id).send(
-                    text, view=status_view(job.id),
-                    allowed_mentions=echo_mentions(job.user_id))
-            except discord.HTTPException as e:
-                log.warning("job %d: could not tell user %d about the restart (HTTP %s)", job.id, job.user_id,
-                            e.status)
-                t.attached.set()
-                continue
-            t.message_saved = await store_jobs.set_status_message(self.store, job.id, msg.id)
-            await self.attach_channel_message(job.id, job.channel_id, msg.id, prefix=prefix)
+                await self._announce_recovered(job)
+            except Exception:  # one job's trouble must not stop the start-up, nor the other jobs
+                log.exception("job %d: telling its owner about the restart failed; going on with the next job", job.id)
+                self._jobs.setdefault(job.id, Tracked(job.id, prompt=job.prompt)).attached.set()
+
+    async def _announce_recovered(self, job: "JobRecord") -> None:
+        t = self._jobs.setdefault(job.id, Tracked(job.id, prompt=job.prompt))
+        position = self.service.queue.position(job.id)
+        t.state = t.state or JobStatus(QUEUED, position=position, eta_s=self.service.queue.eta_s(job.id))
+        if job.channel_id is None:
+            t.attached.set()
+            return
+        prefix = f"<@{job.user_id}> The bot restarted; job #{job.id} is back in the queue.\n"
+        text = prefix + status_text(job.id, job.prompt, self._with_engine_note(t.state))
+        try:
+            msg = await self.client.get_partial_messageable(job.channel_id).send(
+                text, view=status_view(self.ref(job.id)),
+                allowed_mentions=echo_mentions(job.user_id))
+        except discord.HTTPException as e:
+            log.warning("job %d: could not tell user %d about the restart (HTTP %s)", job.id, job.user_id,
+                        e.status)
+            t.attached.set()
+            return
+        t.message_saved = await store_jobs.set_status_message(self.store, job.id, msg.id)
+        await self.attach_channel_message(job.id, job.channel_id, msg.id, prefix=prefix)
 
     async def deliver_undelivered(self) -> int:
-        """Results that were made but never reached Discord (the bot stopped in between)."""
+        """Results that were made but never reached Discord (the bot stopped in between), and failure notices.
+        Never stops the start-up: each job's trouble is logged and the next job goes on."""
         sent = 0
         for job in await store_jobs.undelivered_jobs(self.store):
-            if job.status == DONE and await self.deliver(job):
-                sent += 1
-            elif job.status == FAILED:
-                await self._notify_failure(job, job.error or "unknown error")
+            try:
+                sent += await self._deliver_left_over(job)
+            except Exception:
+                log.exception("job %d: delivering it at start-up failed; going on with the next job", job.id)
         return sent
+
+    async def _deliver_left_over(self, job: "JobRecord") -> bool:
+        # 1. A failure notice.
+        if job.status == FAILED:
+            await self._notify_failure(job, job.error or "unknown error")
+            return False
+        # 2. A result whose PNG is gone (pruned, or removed by hand while the bot was down): say how to get it
+        #    back (/show makes the same pixels again from the record) instead of posting it.
+        missing = [i.path for i in job.images if not Path(i.path).is_file()]
+        if missing or not job.images:
+            return await self._notify_missing_image(job, missing)
+        # 3. The result.
+        return await self.deliver(job)
+
+    async def _notify_missing_image(self, job: "JobRecord", missing: list[str]) -> bool:
+        log.warning("job %d: its result was never delivered and its image file is gone (%s); telling user %d that "
+                    "/show job:%d makes it again", job.id, ", ".join(missing) or "no image recorded", job.user_id,
+                    job.id)
+        target = Target(application_id=self.client.application_id, token=job.interaction_token,
+                        token_created_at=job.interaction_created_at, channel_id=job.channel_id,
+                        user_id=job.user_id)
+        text = (f"<@{job.user_id}> Job #{job.id} (**{job.prompt[:80]}**) was made while the bot could not post it, "
+                f"and its image file is gone since. `/show job:{job.id}` makes it again (same seed, same image).")
+        payload = Payload(content=text, embed=None, files=[], view=None, mention_user_id=job.user_id)
+        outcome = await self.deliverer.deliver(target, lambda: payload, job_id=job.id)
+        if isinstance(outcome, Undelivered):
+            if outcome.refused:
+                await self._refused(job, outcome.reason)
+            return False
+        await deliveries.mark_undeliverable(self.store, job.id, "its image file was gone when the bot could post "
+                                                                "it; the user was told that /show makes it again")
+        await store_jobs.mark_delivered(self.store, job.id)
+        return False
+
+    def ref(self, job_id: int) -> JobRef:
+        """What this bot's buttons for `job_id` name (bot.views)."""
+        return JobRef(job_id, self.identity)
 
     # --- housekeeping ------------------------------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
-"""Buttons and the Edit modal. Every button is a `DynamicItem` whose custom_id carries the job id
-(`fluxbot:<action>:<job id>`), so buttons keep working after a restart: a click is resolved from the database.
+"""Buttons and the Edit modal. Every job button is a `JobButton` (one `DynamicItem`) whose custom_id names the
+action, the identity of the database that issued the job id, and the job id (`fluxbot:<action>:<identity>:<job
+id>`), so buttons keep working after a restart (a click is resolved from the database) and a button of a database
+that was reset since is recognised as such. Buttons posted before identities existed (`fluxbot:<action>:<job id>`)
+keep working.
 
 Callbacks only parse the click and hand it to `bot.actions`; errors go through `bot.replies.report_error`
 (discord.py logs and swallows DynamicItem callback errors, so each callback catches its own).
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
@@ -15,6 +19,7 @@ from discord.ui import Button, DynamicItem
 
 from bot import actions
 from bot.replies import guarded
+from engine.image_files import IDENTITY
 
 if TYPE_CHECKING:
     from db.records import JobRecord
@@ -24,92 +29,51 @@ log = logging.getLogger(__name__)
 PREFIX = "fluxbot"
 
 
-def custom_id(action: str, *parts: int) -> str:
+@dataclass(frozen=True)
+class JobRef:
+    """What a button or form names: a job id and the identity of the database that issued it (None on buttons
+    posted before identities existed: they are taken to mean this database)."""
+    job_id: int
+    identity: str | None = None
+
+    def parts(self) -> list[str]:
+        return [self.identity, str(self.job_id)] if self.identity else [str(self.job_id)]
+
+
+def custom_id(action: str, *parts: int | str) -> str:
     return ":".join([PREFIX, action, *map(str, parts)])
 
 
-def _job_id(match: re.Match[str]) -> int:
-    return int(match["job"])
+def job_custom_id(action: str, ref: JobRef, *more: int) -> str:
+    """`fluxbot:<action>:<identity>:<job id>[:<more>…]` (≤ 100 characters: 8 + 19 digits at most per part)."""
+    return custom_id(action, *ref.parts(), *more)
 
 
-class RerollButton(DynamicItem[Button], template=r"fluxbot:reroll:(?P<job>\d+)"):
-    """🎲 Same everything, a new random seed; the new job belongs to whoever pressed."""
-
-    def __init__(self, job_id: int):
-        super().__init__(Button(label="Reroll", emoji="🎲", style=discord.ButtonStyle.secondary,
-                                custom_id=custom_id("reroll", job_id)))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match):
-        return cls(_job_id(match))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda: actions.reroll(interaction, self.job_id))
+# action -> (label, emoji, style); the action's behaviour is `bot.actions.JOB_ACTIONS[action]`
+JOB_BUTTONS = {
+    "reroll": ("Reroll", "🎲", discord.ButtonStyle.secondary),   # same everything, a new random seed
+    "vary": ("Vary", "🔀", discord.ButtonStyle.secondary),       # the same seed with a subtle variation
+    "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),       # a form prefilled with prompt, seed, steps
+    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),      # removes the result message; the record stays
+    "cancel": ("Cancel", "✖️", discord.ButtonStyle.secondary),   # stops a queued or running job
+}
+_REF = rf"(?:(?P<identity>{IDENTITY.pattern}):)?(?P<job>\d+)"
 
 
-class VaryButton(DynamicItem[Button], template=r"fluxbot:vary:(?P<job>\d+)"):
-    """🔀 The same seed with a random variation seed at a subtle strength."""
+class JobButton(DynamicItem[Button], template=rf"{PREFIX}:(?P<action>{'|'.join(JOB_BUTTONS)}):{_REF}"):
+    """🎲 Reroll, 🔀 Vary, ✏️ Edit, 🗑 Delete (under a result) and Cancel (under a status message)."""
 
-    def __init__(self, job_id: int):
-        super().__init__(Button(label="Vary", emoji="🔀", style=discord.ButtonStyle.secondary,
-                                custom_id=custom_id("vary", job_id)))
-        self.job_id = job_id
+    def __init__(self, action: str, ref: JobRef):
+        label, emoji, style = JOB_BUTTONS[action]
+        super().__init__(Button(label=label, emoji=emoji, style=style, custom_id=job_custom_id(action, ref)))
+        self.action, self.ref = action, ref
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match):
-        return cls(_job_id(match))
+        return cls(match["action"], JobRef(int(match["job"]), match["identity"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda: actions.vary(interaction, self.job_id))
-
-
-class EditButton(DynamicItem[Button], template=r"fluxbot:edit:(?P<job>\d+)"):
-    """✏️ Opens a modal prefilled with the job's prompt, seed and steps."""
-
-    def __init__(self, job_id: int):
-        super().__init__(Button(label="Edit", emoji="✏️", style=discord.ButtonStyle.secondary,
-                                custom_id=custom_id("edit", job_id)))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match):
-        return cls(_job_id(match))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda: actions.open_edit(interaction, self.job_id))
-
-
-class DeleteButton(DynamicItem[Button], template=r"fluxbot:delete:(?P<job>\d+)"):
-    """🗑 Removes the result message (requester or admins); the record stays."""
-
-    def __init__(self, job_id: int):
-        super().__init__(Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger,
-                                custom_id=custom_id("delete", job_id)))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match):
-        return cls(_job_id(match))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda: actions.delete(interaction, self.job_id))
-
-
-class CancelButton(DynamicItem[Button], template=r"fluxbot:cancel:(?P<job>\d+)"):
-    """Stops a queued or running job (requester or admins)."""
-
-    def __init__(self, job_id: int):
-        super().__init__(Button(label="Cancel", emoji="✖️", style=discord.ButtonStyle.secondary,
-                                custom_id=custom_id("cancel", job_id)))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match):
-        return cls(_job_id(match))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda: actions.cancel(interaction, self.job_id))
+        await guarded(interaction, lambda: actions.job_button(interaction, self.action, self.ref))
 
 
 class HistoryPageButton(DynamicItem[Button], template=r"fluxbot:hist:(?P<user>\d+):(?P<page>\d+):(?P<dir>[pn])"):
@@ -130,21 +94,21 @@ class HistoryPageButton(DynamicItem[Button], template=r"fluxbot:hist:(?P<user>\d
         await guarded(interaction, lambda: show_page(interaction, self.user_id, self.page, edit=True))
 
 
-DYNAMIC_ITEMS = (RerollButton, VaryButton, EditButton, DeleteButton, CancelButton, HistoryPageButton)
+DYNAMIC_ITEMS = (JobButton, HistoryPageButton)
 
 
-def result_view(job_id: int) -> discord.ui.View:
+def result_view(ref: JobRef) -> discord.ui.View:
     """The four buttons under a result."""
     view = discord.ui.View(timeout=None)
-    for cls in (RerollButton, VaryButton, EditButton, DeleteButton):
-        view.add_item(cls(job_id))
+    for action in ("reroll", "vary", "edit", "delete"):
+        view.add_item(JobButton(action, ref))
     return view
 
 
-def status_view(job_id: int) -> discord.ui.View:
+def status_view(ref: JobRef) -> discord.ui.View:
     """The Cancel button under a status message."""
     view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id))
+    view.add_item(JobButton("cancel", ref))
     return view
 
 
@@ -157,7 +121,7 @@ def history_view(user_id: int, page: int, pages: int) -> discord.ui.View | None:
     return view
 
 
-EDIT_FORM = re.compile(r"fluxbot:editmodal:(?P<job>\d+):(?P<nonce>\d+)")
+EDIT_FORM = re.compile(rf"{PREFIX}:editmodal:{_REF}:(?P<nonce>\d+)")
 TEXT_INPUT_MAX_CHARS = 4000  # Discord's longest text input (its prefilled value included)
 
 
@@ -168,9 +132,9 @@ class EditModal(discord.ui.Modal):
     object: a form opened before a restart still works, and two people editing the same job at once each
     get their own form (the custom_id carries the opening interaction's id)."""
 
-    def __init__(self, job: "JobRecord", *, opener_id: int, max_prompt_chars: int):
+    def __init__(self, job: "JobRecord", *, opener_id: int, max_prompt_chars: int, identity: str | None = None):
         super().__init__(title=f"Edit job #{job.id}", timeout=15 * 60,
-                         custom_id=custom_id("editmodal", job.id, opener_id))
+                         custom_id=job_custom_id("editmodal", JobRef(job.id, identity), opener_id))
         # The prompt is prefilled up to what the form takes (Discord refuses the whole form otherwise: 4000, or a
         # lower `[limits] max_prompt_chars`); the label says when the prompt had to be cut.
         room = min(TEXT_INPUT_MAX_CHARS, max_prompt_chars)
@@ -211,6 +175,7 @@ async def handle_modal_submit(interaction: discord.Interaction) -> bool:
     if match is None:
         return False
     values = submitted_values(data)
-    await guarded(interaction, lambda: actions.submit_edit(interaction, int(match["job"]), values.get("prompt", ""),
+    ref = JobRef(int(match["job"]), match["identity"])
+    await guarded(interaction, lambda: actions.submit_edit(interaction, ref, values.get("prompt", ""),
                                                            values.get("seed", ""), values.get("steps", "")))
     return True

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 SAMPLER = "Euler (flow match)"
 PARAMETERS_KEY = "parameters"
 FLUXBOT_KEY = "fluxbot"
+# The temporary file a PNG is written to before it is renamed into place: `.<final name>.<pid>.tmp`, beside it.
+TEMP_NAME = re.compile(r"\.(?P<final>.+)\.\d+\.tmp")
+
+
+def temp_path(path: Path) -> Path:
+    """Where `save_png` writes `path` first (a crash mid-write leaves this file behind)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def image_params(result: Result, index: int) -> dict[str, Any]:
@@ -74,7 +82,7 @@ def save_png(image: "Image", path: str | os.PathLike, params: dict[str, Any]) ->
     # 2. A temp file beside the target, renamed into place, so that readers never see half a PNG.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         image.save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, path)

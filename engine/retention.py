@@ -1,23 +1,26 @@
-"""Image retention: delete old PNGs under the images folder by age and by total size, oldest first.
+"""Image retention: delete old PNGs under the images folder by age and by total size, oldest first, and the
+temporary files a crash left beside them.
 
-Only files the bot wrote are candidates: `<job id>.png` and `<job id>_<index>.png`. Job records are never
+Only files the bot wrote are candidates (the naming rule is `engine.image_files`): `[<identity>-]<job id>.png`,
+`[<identity>-]<job id>_<index>.png`, and `save_png`'s temporary `.<such a name>.<pid>.tmp` once it is older than
+`LEFTOVER_AGE_S` (no write takes that long; a younger one may be a write in progress). Job records are never
 touched (this module does not know the database); `/show` regenerates a pruned image from its record.
 The bot calls `prune_images` every `[storage] prune_interval_min` with `[storage] max_image_age_days` and
-`max_images_gib` (0 = no limit for either).
+`max_images_gib` (0 = no limit for either; crash leftovers are deleted all the same).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.image_files import LEFTOVER_AGE_S, is_bot_image, is_leftover
+
 log = logging.getLogger(__name__)
 
-BOT_IMAGE = re.compile(r"\d+(?:_\d+)?\.png")
 GIB = 1024 ** 3
 
 
@@ -29,10 +32,13 @@ class PruneReport:
     kept: int
     kept_bytes: int
     errors: tuple[str, ...] = ()
+    leftovers: tuple[Path, ...] = ()  # temporary files of writes a crash interrupted, deleted
 
     def summary(self) -> str:
         text = (f"pruned {len(self.deleted)} images ({self.freed_bytes / 2**20:.1f} MiB); kept {self.kept} "
                 f"({self.kept_bytes / 2**20:.1f} MiB)")
+        if self.leftovers:
+            text += f"; deleted {len(self.leftovers)} temporary file(s) left by a crash"
         return text + (f"; {len(self.errors)} could not be deleted" if self.errors else "")
 
 
@@ -46,10 +52,13 @@ class _Image:
 def prune_images(images_dir: str | os.PathLike, max_age_days: float, max_total_bytes: int,
                  now: float | None = None) -> PruneReport:
     """Delete the bot's PNGs older than `max_age_days`, then the oldest ones while the rest are larger than
-    `max_total_bytes`. 0 (or less) disables either limit. `now` is a Unix time (default: the clock)."""
+    `max_total_bytes`. 0 (or less) disables either limit. Temporary files a crash left behind go whatever the
+    limits. `now` is a Unix time (default: the clock)."""
     now = time.time() if now is None else now
-    # 1. The bot's images, oldest first (ties broken by name, so that a pass is reproducible).
-    images = sorted(_bot_images(Path(images_dir)), key=lambda im: (im.mtime, im.path.name))
+    # 1. The bot's images, oldest first (ties broken by name, so that a pass is reproducible), and the leftovers.
+    found, temporaries = _bot_files(Path(images_dir))
+    images = sorted(found, key=lambda im: (im.mtime, im.path.name))
+    leftovers = [t for t in temporaries if t.mtime < now - LEFTOVER_AGE_S]
     # 2. Choose: everything past the age limit, then the oldest until the size limit holds.
     doomed: list[_Image] = []
     keep = images
@@ -76,8 +85,20 @@ def prune_images(images_dir: str | os.PathLike, max_age_days: float, max_total_b
             continue
         deleted.append(im.path)
         freed += im.size
-    report = PruneReport(tuple(deleted), freed, len(keep), sum(im.size for im in keep), tuple(errors))
-    if deleted or errors:
+    # 4. Crash leftovers (not counted as images: they were never finished).
+    removed = []
+    for t in leftovers:
+        try:
+            t.path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            errors.append(f"{t.path}: {e.strerror}")
+            continue
+        removed.append(t.path)
+    report = PruneReport(tuple(deleted), freed, len(keep), sum(im.size for im in keep), tuple(errors),
+                         tuple(removed))
+    if deleted or errors or removed:
         (log.warning if errors else log.info)("%s", report.summary())
     for err in errors:
         log.warning("cannot delete %s", err)
@@ -86,12 +107,12 @@ def prune_images(images_dir: str | os.PathLike, max_age_days: float, max_total_b
 
 async def prune_periodically(images_dir: str | os.PathLike, max_age_days: float, max_total_bytes: int,
                              interval_s: float) -> None:
-    """Run `prune_images` in a thread now and every `interval_s` seconds until cancelled. Does nothing
-    (returns at once) when both limits are 0. A failing pass is logged and the next one still runs.
+    """Run `prune_images` in a thread now and every `interval_s` seconds until cancelled. With both limits 0
+    it only deletes crash leftovers. A failing pass is logged and the next one still runs.
     The bot starts it with `asyncio.create_task(...)` and cancels the task when it closes."""
     if max_age_days <= 0 and max_total_bytes <= 0:
-        log.info("image retention off: [storage] max_image_age_days and max_images_gib are 0")
-        return
+        log.info("image limits off ([storage] max_image_age_days and max_images_gib are 0): images are kept; only "
+                 "temporary files left by a crash are deleted")
     while True:
         try:
             await asyncio.to_thread(prune_images, images_dir, max_age_days, max_total_bytes)
@@ -100,13 +121,16 @@ async def prune_periodically(images_dir: str | os.PathLike, max_age_days: float,
         await asyncio.sleep(interval_s)
 
 
-def _bot_images(root: Path) -> list[_Image]:
+def _bot_files(root: Path) -> tuple[list[_Image], list[_Image]]:
+    """The bot's images and the temporary files of its interrupted writes, under `root`."""
+    images: list[_Image] = []
+    temporaries: list[_Image] = []
     if not root.is_dir():
-        return []
-    found = []
+        return images, temporaries
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
-            if not BOT_IMAGE.fullmatch(name):
+            kind = images if is_bot_image(name) else temporaries if is_leftover(name) else None
+            if kind is None:
                 continue
             path = Path(dirpath) / name
             try:
@@ -114,6 +138,6 @@ def _bot_images(root: Path) -> list[_Image]:
             except FileNotFoundError:
                 continue
             if path.is_symlink():
-                continue  # a link is not an image the bot wrote
-            found.append(_Image(path, st.st_size, st.st_mtime))
-    return found
+                continue  # a link is not a file the bot wrote
+            kind.append(_Image(path, st.st_size, st.st_mtime))
+    return images, temporaries

@@ -32,7 +32,7 @@ SIZES = ["1:1 256x256", "2:1 512x256"]
 COMPONENT = 3  # interaction type of a button click
 
 __all__ = ["rel_engine", "rel_config", "make_rel_bot", "EngineFaults", "engine_faults", "job_rows", "count_rows",
-           "crafted_click", "has_result", "imagine", "eventually", "delivered", "SIZES"]
+           "crafted_click", "has_result", "imagine", "eventually", "delivered", "SIZES", "job_buttons", "edit_form_id"]
 
 
 # --- the engine and its fault seam -------------------------------------------------------------------------------
@@ -128,6 +128,20 @@ def make_rel_bot(rel_config, rel_engine):
 
 
 # --- driving and observing ------------------------------------------------------------------------------------------
+
+def job_buttons(bot, job_id: int, actions=("reroll", "vary", "edit", "delete")) -> list[str]:
+    """The custom_ids of a job's buttons as `bot` posts them (with its database's identity: bot.views)."""
+    from bot.views import JobRef, job_custom_id
+
+    return [job_custom_id(a, JobRef(job_id, bot.identity)) for a in actions]
+
+
+def edit_form_id(bot, job_id: int, opener_id: int | str = "") -> str:
+    """The custom_id of the Edit form `bot` opens for `job_id` from the interaction `opener_id`."""
+    from bot.views import JobRef, job_custom_id
+
+    return job_custom_id("editmodal", JobRef(job_id, bot.identity), opener_id)
+
 
 def has_result(m) -> bool:
     return bool(m.attachments) and bool(m.embeds)

@@ -21,7 +21,7 @@ import pytest
 
 from engine.spec import MAX_SEED
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
-from tests.e2e.reliability_kit import crafted_click, has_result, job_rows
+from tests.e2e.reliability_kit import crafted_click, edit_form_id, has_result, job_rows
 from tests.e2e.refusals import refusal
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,9 @@ async def send(case: Case, w: World):
     if case.via == "history":
         return await fake.slash(user, "history", {"user": int(payload["user"])}, validate=False)
     if case.via == "modal":
-        opener = await crafted_click(fake, user, "fluxbot:edit:1", message=w.bob_result)
+        opener = await fake.click(user, w.bob_result, "Edit")
         form = (await opener.wait_response()).modal_custom_id
-        assert form and form.startswith("fluxbot:editmodal:1:"), form
+        assert form and form.startswith(edit_form_id(w.bot, 1)), form
         return await fake.submit_modal(user, form, payload, message=w.bob_result)
     raise ValueError(case.via)
 

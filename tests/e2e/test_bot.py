@@ -12,6 +12,7 @@ from bot.config import Config, DatabaseSettings, DiscordSettings, LimitsSettings
 from db import jobs as store_jobs
 from engine.settings import TINY, EngineSettings
 from tests.e2e.refusals import refusal
+from tests.e2e.reliability_kit import edit_form_id, job_buttons
 
 SIZES = ["1:1 256x256", "2:1 512x256"]
 
@@ -157,7 +158,7 @@ async def test_imagine_defers_shows_status_and_delivers_png_embed_and_buttons(fa
     for expected in ("a red fox in snow", "Seed 42", "Steps 2", "Size 256×256", "Guidance 3.5", "Job #1",
                      "tiny-random"):
         assert expected in text, (expected, text)
-    assert result.custom_ids == ["fluxbot:reroll:1", "fluxbot:vary:1", "fluxbot:edit:1", "fluxbot:delete:1"]
+    assert result.custom_ids == job_buttons(bot, 1)
     assert f"<@{alice.id}>" in result.content
     # 3. The record knows where the result went.
     job = await eventually(lambda: _delivered(bot, 1))
@@ -171,34 +172,34 @@ async def test_reroll_vary_and_edit_make_new_jobs_owned_by_the_presser(fake_disc
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     first = await result_of(await imagine(fake, alice, prompt="a lighthouse", seed=1000))
     # 1. 🎲 Reroll by bob: same recipe, a new seed, bob's job, parent 1.
-    ix = await fake.click(bob, first, "fluxbot:reroll:1")
+    ix = await fake.click(bob, first, "Reroll")
     assert (await ix.wait_response()).deferred
     rerolled = await result_of(ix)
     job2 = await store_jobs.get_job(bot.store, 2)
     assert (job2.kind, job2.parent_id, job2.user_id, job2.prompt, job2.steps) == ("reroll", 1, bob.id, "a lighthouse", 2)
     assert job2.seed != 1000 and f"Seed {job2.seed}" in rerolled.text()
-    assert rerolled.custom_ids[0] == "fluxbot:reroll:2"
+    assert rerolled.custom_ids[0] == job_buttons(bot, 2)[0]
     # 2. 🔀 Vary: the same seed, a variation seed at a subtle strength.
-    vary = await result_of(await fake.click(alice, first, "fluxbot:vary:1"))
+    vary = await result_of(await fake.click(alice, first, "Vary"))
     job3 = await store_jobs.get_job(bot.store, 3)
     assert (job3.kind, job3.parent_id, job3.seed, job3.variation_strength) == ("vary", 1, 1000, 0.15)
     assert job3.variation_seed is not None and "Variation" in vary.text()
     # 3. ✏️ Edit: a form prefilled with prompt, seed and steps; its submit starts job 4. Two people may
     #    have a form of the same job open at once.
-    opener = await fake.click(bob, first, "fluxbot:edit:1")
+    opener = await fake.click(bob, first, "Edit")
     response = await opener.wait_response()
-    assert response.modal_custom_id == f"fluxbot:editmodal:1:{opener.id}"
+    assert response.modal_custom_id == edit_form_id(bot, 1, opener.id)
     assert "a lighthouse" in str(response.data) and "1000" in str(response.data)
-    other = await fake.click(alice, first, "fluxbot:edit:1")
+    other = await fake.click(alice, first, "Edit")
     await other.wait_response()
-    ix = await fake.submit_modal(bob, f"fluxbot:editmodal:1:{opener.id}",
+    ix = await fake.submit_modal(bob, edit_form_id(bot, 1, opener.id),
                                  {"prompt": "a lighthouse at night", "seed": "7", "steps": "1"})
     edited = await result_of(ix)
     job4 = await store_jobs.get_job(bot.store, 4)
     assert (job4.kind, job4.parent_id, job4.user_id, job4.prompt, job4.seed, job4.steps) == \
         ("edit", 1, bob.id, "a lighthouse at night", 7, 1)
     assert "a lighthouse at night" in edited.text()
-    await result_of(await fake.submit_modal(alice, f"fluxbot:editmodal:1:{other.id}", {"prompt": "a lighthouse"}))
+    await result_of(await fake.submit_modal(alice, edit_form_id(bot, 1, other.id), {"prompt": "a lighthouse"}))
     job5 = await store_jobs.get_job(bot.store, 5)
     assert (job5.kind, job5.user_id, job5.seed, job5.steps) == ("edit", alice.id, 1000, 2)
 
@@ -211,15 +212,15 @@ async def test_one_users_reroll_and_imagine_sent_back_to_back_keep_their_order(f
     first = await result_of(await imagine(fake, alice, prompt="a harbour", seed=1))
     pairs = []
     for round_ in range(2):  # 4 jobs at once: within alice's limit of 5 unfinished
-        click = await fake.click(alice, first, "fluxbot:reroll:1")
+        click = await fake.click(alice, first, "Reroll")
         slash = await imagine(fake, alice, prompt=f"a boat {round_}", seed=2)
         pairs.append((click, slash))
     # Each pair: the reroll (sent first) has the smaller job id, and its result comes first.
     for round_, (click, slash) in enumerate(pairs):
         rerolled, imagined = await result_of(click), await result_of(slash)
         reroll_id, imagine_id = 2 + 2 * round_, 3 + 2 * round_
-        assert rerolled.custom_ids[0] == f"fluxbot:reroll:{reroll_id}", (round_, rerolled.custom_ids)
-        assert imagined.custom_ids[0] == f"fluxbot:reroll:{imagine_id}", (round_, imagined.custom_ids)
+        assert rerolled.custom_ids[0] == job_buttons(bot, reroll_id)[0], (round_, rerolled.custom_ids)
+        assert imagined.custom_ids[0] == job_buttons(bot, imagine_id)[0], (round_, imagined.custom_ids)
         assert rerolled.id < imagined.id
     kinds = [(await store_jobs.get_job(bot.store, i)).kind for i in range(2, 6)]
     assert kinds == ["reroll", "imagine"] * 2
@@ -230,11 +231,11 @@ async def test_delete_refused_for_a_stranger_and_done_for_the_owner(fake_discord
     alice, mallory = fake.add_user("alice"), fake.add_user("mallory")
     result = await result_of(await imagine(fake, alice, prompt="a cat", seed=3))
     # 1. A stranger: ephemeral refusal, the message stays.
-    ix = await fake.click(mallory, result, "fluxbot:delete:1")
+    ix = await fake.click(mallory, result, "Delete")
     assert "Only the person who asked for this job or an admin may delete it" in await refusal(fake, ix)
     assert not result.deleted and (await store_jobs.get_job(bot.store, 1)).deleted_at is None
     # 2. The owner: the message goes, the record stays, marked deleted.
-    ix = await fake.click(alice, result, "fluxbot:delete:1")
+    ix = await fake.click(alice, result, "Delete")
     await ix.wait_message(lambda m: m.ephemeral and "deleted" in m.content)
     assert result.deleted
     job = await store_jobs.get_job(bot.store, 1)
@@ -248,7 +249,7 @@ async def test_an_admin_may_delete_any_job(fake_discord, start_bot, make_bot):
     await bot.wait_until_engines_loaded()
     alice = fake.add_user("alice")
     result = await result_of(await imagine(fake, alice, prompt="a cat", seed=3))
-    ix = await fake.click(boss, result, "fluxbot:delete:1")
+    ix = await fake.click(boss, result, "Delete")
     await ix.wait_message(lambda m: m.ephemeral and "deleted" in m.content)
     assert result.deleted
 
@@ -260,12 +261,12 @@ async def test_cancel_of_a_queued_job_by_its_owner_only(fake_discord, start_bot,
     ix1 = await imagine(fake, alice, prompt="first", seed=1)
     ix2 = await imagine(fake, alice, prompt="second", seed=2)
     status2 = await ix2.wait_message(lambda m: "Queued, position 2" in m.content)
-    assert status2.custom_ids == ["fluxbot:cancel:2"]
+    assert status2.custom_ids == job_buttons(bot, 2, ["cancel"])
     # 1. Bob may not cancel alice's job.
-    ix = await fake.click(bob, status2, "fluxbot:cancel:2")
+    ix = await fake.click(bob, status2, "Cancel")
     assert "Only the person who asked" in await refusal(fake, ix)
     # 2. Alice may: job 2 leaves the queue, and its status message says so.
-    ix = await fake.click(alice, status2, "fluxbot:cancel:2")
+    ix = await fake.click(alice, status2, "Cancel")
     assert "Job #2 cancelled" in (await ix.wait_message(lambda m: m.ephemeral)).content
     await ix2.wait_message(lambda m: m.kind == "response" and "Cancelled" in m.content)
     assert (await store_jobs.get_job(bot.store, 2)).status == "cancelled"
@@ -375,7 +376,7 @@ async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_disco
     pixels = np.asarray(Image.open(io.BytesIO(original.attachments[0].data)))
     # 1. Kept on disk: posted again with its buttons, no new job.
     shown = await result_of(await fake.slash(alice, "show", {"job": 1}))
-    assert shown.custom_ids[0] == "fluxbot:reroll:1" and "a castle" in shown.text()
+    assert shown.custom_ids[0] == job_buttons(bot, 1)[0] and "a castle" in shown.text()
     assert shown.attachments[0].data == original.attachments[0].data
     assert await count_jobs(bot) == 1
     # 2. Pruned from disk: regenerated from the record (a `show` job), same pixels.
@@ -413,20 +414,20 @@ async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bo
     first_bot = await start_bot(make_bot(config))
     await first_bot.wait_until_engines_loaded()
     old = await result_of(await imagine(fake, alice, prompt="a windmill", seed=9))
-    form = await fake.click(alice, old, "fluxbot:edit:1")
+    form = await fake.click(alice, old, "Edit")
     await form.wait_response()
     await stop_bot(first_bot)
     # A new process: a new FluxBot over the same database; the old message's buttons still work.
     second_bot = await start_bot(make_bot(config))
     await second_bot.wait_until_engines_loaded()
-    rerolled = await result_of(await fake.click(bob, old, "fluxbot:reroll:1"))
+    rerolled = await result_of(await fake.click(bob, old, "Reroll"))
     job2 = await store_jobs.get_job(second_bot.store, 2)
     assert (job2.parent_id, job2.user_id, job2.prompt) == (1, bob.id, "a windmill")
-    assert rerolled.custom_ids[0] == "fluxbot:reroll:2"
-    edited = await result_of(await fake.submit_modal(alice, f"fluxbot:editmodal:1:{form.id}",
+    assert rerolled.custom_ids[0] == job_buttons(second_bot, 2)[0]
+    edited = await result_of(await fake.submit_modal(alice, edit_form_id(second_bot, 1, form.id),
                                                      {"prompt": "a windmill at dusk"}))
     assert "a windmill at dusk" in edited.text()
-    ix = await fake.click(alice, old, "fluxbot:delete:1")
+    ix = await fake.click(alice, old, "Delete")
     await ix.wait_message(lambda m: m.ephemeral and "deleted" in m.content)
     assert old.deleted
 
@@ -463,7 +464,7 @@ async def test_expired_token_delivers_by_channel_message_and_retries_5xx(fake_di
     fault = fake.fail(r"^/channels/\d+/messages$", 503, times=2, method="POST")
     gate.set()
     result = await fake.wait_message(lambda m: m.kind == "channel" and has_result(m), timeout=30)
-    assert f"<@{alice.id}>" in result.content and result.custom_ids[0] == "fluxbot:reroll:1"
+    assert f"<@{alice.id}>" in result.content and result.custom_ids[0] == job_buttons(bot, 1)[0]
     assert fault.hits == 2
     job = await eventually(lambda: _delivered(bot, 1))
     assert job.result_message_id == result.id
@@ -511,7 +512,7 @@ async def test_cancel_of_a_running_job_stops_it(fake_discord, start_bot, make_bo
     alice = fake.add_user("alice")
     ix = await imagine(fake, alice, prompt="a long night", seed=1, steps=30)
     status = await ix.wait_message(lambda m: "Generating" in m.content)
-    click = await fake.click(alice, status, "fluxbot:cancel:1")
+    click = await fake.click(alice, status, "Cancel")
     assert "stops at its next step" in (await click.wait_message(lambda m: m.ephemeral)).content
     await ix.wait_message(lambda m: m.kind == "response" and "Cancelled" in m.content)
     assert (await store_jobs.get_job(bot.store, 1)).status == "cancelled"
@@ -540,7 +541,7 @@ async def test_unexpected_errors_give_a_reference_and_never_show_the_token(fake_
     async def broken_reroll(interaction, job_id):
         raise RuntimeError("reroll exploded")
     monkeypatch.setattr(actions, "reroll", broken_reroll)
-    ix = await fake.click(alice, result, "fluxbot:reroll:1")
+    ix = await fake.click(alice, result, "Reroll")
     assert "Something went wrong" in (await ix.wait_message(lambda m: m.ephemeral)).content
     assert any("reroll exploded" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
 
@@ -563,9 +564,9 @@ async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot
     alice = fake.add_user("alice")
     result = await result_of(await imagine(fake, alice, prompt="a guild fox", seed=2))
     # 2. The Edit form's values are checked like the command's.
-    opener = await fake.click(alice, result, "fluxbot:edit:1")
+    opener = await fake.click(alice, result, "Edit")
     await opener.wait_response()
-    ix = await fake.submit_modal(alice, f"fluxbot:editmodal:1:{opener.id}",
+    ix = await fake.submit_modal(alice, edit_form_id(bot, 1, opener.id),
                                  {"prompt": "a fox", "seed": "1", "steps": "lots"})
     assert "Steps must be a whole number" in await refusal(fake, ix)
     assert await count_jobs(bot) == 1
@@ -614,5 +615,5 @@ async def test_an_image_over_the_upload_limit_is_left_out_with_a_note(fake_disco
     fake.attachment_size_limit = size - 1  # sent with every new interaction
     ix = await imagine(fake, alice, prompt="a busy market", seed=11, size="512x256")
     note = await ix.wait_message(lambda m: "upload limit" in m.content)
-    assert note.attachments == [] and note.embeds and note.custom_ids[0] == "fluxbot:reroll:2"
+    assert note.attachments == [] and note.embeds and note.custom_ids[0] == job_buttons(bot, 2)[0]
     assert (await eventually(lambda: _delivered(bot, 2))).status == "done"

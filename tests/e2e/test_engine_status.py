@@ -18,7 +18,7 @@ from bot.client import FluxBot
 from bot.engine_state import EngineStatus
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
-from tests.e2e.reliability_kit import count_rows, delivered, eventually, has_result, imagine
+from tests.e2e.reliability_kit import count_rows, delivered, edit_form_id, eventually, has_result, imagine
 from tests.e2e.refusals import public_messages, refusal
 
 log = logging.getLogger(__name__)
@@ -90,18 +90,18 @@ async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_e
     ix = await imagine(fake, alice, prompt="a red kite", seed=11)
     result = await ix.wait_message(has_result, 30)
     await eventually(lambda: delivered(good, 1))
-    form = await fake.click(alice, result, "fluxbot:edit:1")
+    form = await fake.click(alice, result, "Edit")
     assert (await form.wait_response()).modal_custom_id
     await stop_bot(good)
-    for png in (tmp_path / "images").glob("1*.png"):
+    for png in (tmp_path / "images").glob("*.png"):
         png.unlink()
     # 2. The next start cannot load its model.
     bot = await start_bot(broken_bot())
     assert await bot.wait_until_engines_loaded() == 0
-    attempts = [await fake.click(alice, result, "fluxbot:reroll:1"),
-                await fake.click(alice, result, "fluxbot:vary:1"),
-                await fake.click(alice, result, "fluxbot:edit:1"),
-                await fake.submit_modal(alice, f"fluxbot:editmodal:1:{form.id}", {"prompt": "a blue kite"}),
+    attempts = [await fake.click(alice, result, "Reroll"),
+                await fake.click(alice, result, "Vary"),
+                await fake.click(alice, result, "Edit"),
+                await fake.submit_modal(alice, edit_form_id(good, 1, form.id), {"prompt": "a blue kite"}),
                 await fake.slash(alice, "show", {"job": 1})]
     # 3. Each gets the same private answer (the Edit button: no form to fill in for nothing), and no job exists.
     for attempt in attempts:
@@ -154,7 +154,7 @@ async def test_jobs_queued_while_loading_are_told_when_the_load_then_fails_and_c
     assert "no such file or folder" in status.content and "runs once the bot is fixed" in status.content
     assert (await store_jobs.get_job(bot.store, 1)).status == "queued"
     # 2. Its owner can still cancel it.
-    click = await fake.click(alice, status, "fluxbot:cancel:1")
+    click = await fake.click(alice, status, "Cancel")
     assert "Job #1 cancelled" in (await click.wait_message(lambda m: m.ephemeral)).content
     assert (await store_jobs.get_job(bot.store, 1)).status == "cancelled"
 

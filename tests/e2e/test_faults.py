@@ -14,7 +14,8 @@ import time
 
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
-from tests.e2e.reliability_kit import count_rows, crafted_click, delivered, eventually, has_result, imagine
+from tests.e2e.reliability_kit import (count_rows, crafted_click, delivered, eventually, has_result, imagine,
+                                       job_buttons)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ async def test_unknown_interaction_on_the_followup_delivers_by_channel_message(f
     result = await fake.wait_message(lambda m: m.kind == "channel" and has_result(m), timeout=30)
     # 1. The result is a channel message that mentions the user, with working buttons.
     assert f"<@{alice.id}>" in result.content and "a lost parcel" in result.text()
-    assert result.custom_ids[0] == "fluxbot:reroll:1"
+    assert result.custom_ids == job_buttons(bot, 1)
     assert fault.hits >= 1
     job = await eventually(lambda: delivered(bot, 1))
     assert job.result_message_id == result.id and job.status == "done"
@@ -201,17 +202,17 @@ async def test_result_message_deleted_before_delete_and_reroll_are_pressed(fake_
     result = await (await imagine(fake, alice, prompt="a sandcastle", seed=4)).wait_message(has_result, 30)
     await fake.delete_message(result)  # a moderator removes it; alice's client still shows it
     # 1. 🗑 Delete: the record is marked deleted; alice gets a clear answer, not an error.
-    ix = await crafted_click(fake, alice, "fluxbot:delete:1", message=result)
+    ix = await crafted_click(fake, alice, job_buttons(bot, 1, ["delete"])[0], message=result)
     await ix.wait_response()
     await fake.wait_until(lambda: ix.messages or ix.response, 5, "an answer to the click")
     assert "Job #1 deleted (its message was already gone)" in _answer_text(ix), _answer_text(ix)
     assert (await store_jobs.get_job(bot.store, 1)).deleted_at is not None
     # 2. 🎲 Reroll from the same stale message: a new job, delivered.
-    ix = await crafted_click(fake, bob, "fluxbot:reroll:1", message=result)
+    ix = await crafted_click(fake, bob, job_buttons(bot, 1)[0], message=result)
     rerolled = await ix.wait_message(has_result, 30)
     job2 = await store_jobs.get_job(bot.store, 2)
     assert (job2.parent_id, job2.user_id, job2.prompt) == (1, bob.id, "a sandcastle")
-    assert rerolled.custom_ids[0] == "fluxbot:reroll:2"
+    assert rerolled.custom_ids[0] == job_buttons(bot, 2)[0]
 
 
 def _answer_text(ix) -> str:

@@ -127,11 +127,12 @@ async def test_sigkill_mid_job_then_restart_reruns_and_delivers_once(fake_discor
              "delivered the job %.1f s after the kill; SIGTERM stop took %.1f s", t_connected - t0,
              t_delivered - t_killed, time.monotonic() - t_delivered)
     # 3. One row, done, delivered once; the owner heard about the restart; the PNG is named by job id.
-    assert "a phoenix" in result.text() and result.custom_ids[0] == "fluxbot:reroll:1"
+    identity = sqlite3.connect(db).execute("SELECT identity FROM instance").fetchone()[0]
+    assert "a phoenix" in result.text() and result.custom_ids[0] == f"fluxbot:reroll:{identity}:1"
     assert [r[:3] for r in rows(db)] == [(1, "done", 1)] and rows(db)[0][3] == result.id
     assert len([m for m in fake.messages if has_result(m)]) == 1
     assert any("back in the queue" in m.content and f"<@{alice.id}>" in m.content for m in fake.messages)
-    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["1.png"]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [".fluxbot-job-ids.json", f"{identity}-1.png"]
     assert rc == 0, second.output()[-3000:]  # SIGTERM closes it like Ctrl+C
     # 4. The token was never written out, though discord.py logged at DEBUG through both runs.
     outputs = {"log file": (tmp_path / "fluxbot.log").read_text(), "run 1 output": first.output(),

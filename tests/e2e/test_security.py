@@ -15,7 +15,8 @@ from bot.config import ConfigError, LoggingSettings, Secret, load_config
 from bot.logging_setup import setup_logging
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
-from tests.e2e.reliability_kit import count_rows, crafted_click, has_result, imagine, job_rows
+from tests.e2e.reliability_kit import (count_rows, crafted_click, edit_form_id, has_result, imagine, job_buttons,
+                                       job_rows)
 from tests.e2e.refusals import private_answer, refusal
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ async def test_admin_only_actions_are_checked_on_every_entry_point(fake_discord,
     refusals = [
         (await fake.slash(mallory, "history", {"user": alice.id}), "Only admins"),
         (await crafted_click(fake, mallory, f"fluxbot:hist:{alice.id}:2:n"), "Only admins"),
-        (await crafted_click(fake, mallory, "fluxbot:delete:1", message=result), "may delete it"),
+        (await crafted_click(fake, mallory, job_buttons(bot, 1, ["delete"])[0], message=result), "may delete it"),
         (await crafted_click(fake, mallory, "fluxbot:cancel:2"), "may cancel it"),
     ]
     for ix, says in refusals:
@@ -115,7 +116,8 @@ async def test_admin_only_actions_are_checked_on_every_entry_point(fake_discord,
     page = await ix.wait_message(lambda m: m.ephemeral and m.embeds)
     assert "alice" in page.text() or "Page 1/2" in page.text()
     assert "Job #2 cancelled" in await answer(fake, await crafted_click(fake, moderator, "fluxbot:cancel:2"))
-    assert "deleted" in await answer(fake, await crafted_click(fake, moderator, "fluxbot:delete:1", message=result))
+    assert "deleted" in await answer(fake, await crafted_click(fake, moderator, job_buttons(bot, 1, ["delete"])[0],
+                                                               message=result))
     assert result.deleted and (await store_jobs.get_job(bot.store, 2)).status == "cancelled"
 
 
@@ -133,16 +135,16 @@ async def test_generation_rights_are_checked_for_slash_buttons_and_modal(fake_di
     result = await (await imagine(fake, alice, prompt="a bonsai", seed=1)).wait_message(has_result, 30)
     # alice opens the Edit form; forms are answered statelessly from their custom_id, so a submit of alice's
     # form by mallory (a crafted request) must be checked against who submitted, not who opened.
-    opener = await fake.click(alice, result, "fluxbot:edit:1")
+    opener = await fake.click(alice, result, "Edit")
     form = (await opener.wait_response()).modal_custom_id
-    assert form and form.startswith("fluxbot:editmodal:1:"), form
+    assert form and form.startswith(edit_form_id(bot, 1)), form
     await asyncio.sleep(0.1)
     before = await count_rows(bot.store)
     ways_in = [
         await fake.slash(mallory, "imagine", {"prompt": "a bonsai", "size": "256x256"}),
-        await fake.click(mallory, result, "fluxbot:reroll:1"),
-        await fake.click(mallory, result, "fluxbot:vary:1"),
-        await fake.click(mallory, result, "fluxbot:edit:1"),
+        await fake.click(mallory, result, "Reroll"),
+        await fake.click(mallory, result, "Vary"),
+        await fake.click(mallory, result, "Edit"),
         await fake.submit_modal(mallory, form, {"prompt": "mallory's bonsai", "seed": "1", "steps": "1"},
                                 message=result),
     ]
@@ -166,13 +168,13 @@ async def test_file_names_come_from_the_job_id_never_from_the_prompt(fake_discor
     results = [await (await imagine(fake, alice, prompt=p, seed=1, steps=1)).wait_message(has_result, 30)
                for p in PATH_PROMPTS]
     images = tmp_path / "images"
-    # 1. On disk: <images_dir>/<job id>.png and nothing else anywhere under the test's folder.
+    # 1. On disk: <images_dir>/<database identity>-<job id>.png (and the folder's job-id mark) and nothing else anywhere under the test's folder.
     for job_id in range(1, len(PATH_PROMPTS) + 1):
         job = await store_jobs.get_job(bot.store, job_id)
-        assert [Path(i.path) for i in job.images] == [images / f"{job_id}.png"]
+        assert [Path(i.path) for i in job.images] == [images / f"{bot.identity}-{job_id}.png"]
     made = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
-    assert made - {"fluxbot.db", "fluxbot.db-wal", "fluxbot.db-shm"} == \
-        {f"images/{i}.png" for i in range(1, len(PATH_PROMPTS) + 1)}, made
+    assert made - {"fluxbot.db", "fluxbot.db-wal", "fluxbot.db-shm", "images/.fluxbot-job-ids.json"} == \
+        {f"images/{bot.identity}-{i}.png" for i in range(1, len(PATH_PROMPTS) + 1)}, made
     assert not Path("/tmp/evil.png").exists()
     # 2. On Discord: attachments are named by the job too; the prompt is only in the embed text.
     assert [r.attachments[0].filename for r in results] == [f"fluxbot_{i}_0.png" for i in range(1, 4)]

@@ -88,7 +88,38 @@ async def test_periodic_pruning_keeps_running_until_cancelled(tmp_path):
     assert not first.exists() and not second.exists()
 
 
-async def test_periodic_pruning_is_off_without_limits(tmp_path):
+async def test_without_limits_periodic_pruning_keeps_images_and_removes_crash_leftovers(tmp_path):
+    import asyncio
+    import time
+
     from engine.retention import prune_periodically
 
-    await prune_periodically(tmp_path, 0, 0, interval_s=0.01)  # returns at once instead of looping
+    image = _png(tmp_path, "5.png", 100, 1000)
+    leftover = _png(tmp_path, ".5_1.png.4242.tmp", 100, 0)
+    os.utime(leftover, (time.time() - DAY,) * 2)
+    task = asyncio.create_task(prune_periodically(tmp_path, 0, 0, interval_s=0.01))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not leftover.exists():
+            break
+    task.cancel()
+    assert image.exists() and not leftover.exists()
+
+
+def test_temporary_files_left_by_a_crash_mid_write_are_deleted(tmp_path):
+    # `save_png` writes `.<name>.<pid>.tmp` and renames it; SIGKILL in between leaves it (measured size: a
+    # 1024² noise PNG is ~3 MiB, so a crash loop would fill the disk with them).
+    old = [_png(tmp_path, n, 3000, 1) for n in (".7.png.123.tmp", ".1a2b3c4d-8_0.png.99.tmp")]
+    writing = _png(tmp_path, ".9.png.123.tmp", 3000, 0)  # a write in progress right now: kept
+    foreign = [_png(tmp_path, n, 10, 1) for n in (".cat.png.1.tmp", "7.png.tmp", ".fluxbot-job-ids.json.tmp")]
+    report = prune_images(tmp_path, max_age_days=0, max_total_bytes=0, now=NOW)
+    assert set(report.leftovers) == set(old) and not any(p.exists() for p in old)
+    assert writing.exists() and all(p.exists() for p in foreign)
+    assert report.deleted == () and "left by a crash" in report.summary()
+
+
+def test_names_with_a_database_identity_are_the_bots_too(tmp_path):
+    mine = [_png(tmp_path, n, 100, 10) for n in ("1a2b3c4d-7.png", "1a2b3c4d-8_1.png")]
+    foreign = [_png(tmp_path, n, 100, 10) for n in ("1A2B3C4D-7.png", "xyz-7.png", "1a2b3c4d-.png")]
+    report = prune_images(tmp_path, max_age_days=1, max_total_bytes=0, now=NOW)
+    assert set(report.deleted) == set(mine) and all(p.exists() for p in foreign)
