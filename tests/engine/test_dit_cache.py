@@ -228,3 +228,17 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_no_file(tmp_path):
     assert "Free space there" in out["error"]
     assert not list((tmp_path / CACHE_DIR).glob("*.safetensors")) and not list((tmp_path / CACHE_DIR).glob("*.tmp"))
     assert not list((tmp_path / CACHE_DIR).glob(".*.tmp"))
+
+
+def test_a_bf16_diffusers_folder_with_fp8_off_is_mapped_as_it_is(tiny_model_dir, tmp_path):
+    """Shards that already hold the storage dtypes need no cache: the DiT maps them directly."""
+    from diffusers import FluxTransformer2DModel
+
+    folder = tmp_path / "transformer"
+    FluxTransformer2DModel.from_pretrained(tiny_model_dir / "transformer", dtype=torch.bfloat16).save_pretrained(folder)
+    dit = load_dit(sorted(folder.glob("*.safetensors")), folder, "off")
+    assert not (folder / CACHE_DIR).exists()
+    assert all(is_file_backed(p) for p in dit.parameters())
+    ref = load_dit(dit_files(tiny_model_dir), tiny_model_dir / "transformer", "off")  # fp32 shards: via a cache
+    for (n, a), (_, b) in zip(dit.state_dict().items(), ref.state_dict().items()):
+        assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b), n
