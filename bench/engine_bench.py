@@ -274,7 +274,7 @@ def streamed_bytes(plan) -> dict:
     """Host bytes each fluxbot streamer unit holds (what a step/encode must copy)."""
     if plan is None:
         return {}
-    return {u.name: u.arena.nbytes for u in plan.streamers if hasattr(u, "arena")}
+    return {u.name: u.arena.nbytes for u in plan.streamers if getattr(u, "arena", None) is not None}
 
 
 # ----------------------------------------------------------------------------------------------- recipes
