@@ -28,7 +28,7 @@ import discord
 from bot import service as svc
 from bot.delivery import MAX_DELIVERY_REFUSALS, Deliverer, Payload, Target, Undelivered, is_refusal
 from bot.engine_state import EngineState, EngineStatus, failed_text
-from bot.embeds import JobStatus, image_name, result_embed, status_text
+from bot.embeds import STATUS_PROMPT_CHARS, JobStatus, image_name, result_embed, status_text
 from bot.literal import echo_mentions, literal
 from bot.throttle import ThrottledEditor
 from bot.views import JobRef, result_view, status_view
@@ -280,7 +280,7 @@ class JobTracker:
     async def _notify_failure(self, job: "JobRecord", message: str) -> None:
         if job.channel_id is None:
             return
-        text = f"<@{job.user_id}> ⚠️ Job #{job.id} (**{literal(job.prompt, 160)}**) failed: {message}"
+        text = f"<@{job.user_id}> ⚠️ Job #{job.id} (**{literal(job.prompt, STATUS_PROMPT_CHARS)}**) failed: {message}"
         try:
             channel = self.client.get_partial_messageable(job.channel_id)
             await channel.send(text, allowed_mentions=echo_mentions(job.user_id))
