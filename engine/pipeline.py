@@ -99,6 +99,9 @@ class Engine:
         if not plan.fits and settings.profile == "auto":
             engine.close()
             raise EngineError(f"fluxbot cannot run on {device} within its budgets: {plan.problem}")
+        if not plan.fits:
+            log.warning("[engine] profile = %r does not fit the budgets on %s (it runs anyway): %s", settings.profile,
+                        device, plan.problem)
         engine._place(plan)
         log.info("engine ready: %s on %s, profile %s (%s), %s, loaded in %.1f s", mid, device, engine.profile,
                  plan.summary(), precision, time.perf_counter() - t0)

@@ -236,6 +236,7 @@ class DeviceLease:
         self.units: set[int] = set()
         self._copier: ThreadPoolExecutor | None = None
         self._staging: list[tuple[torch.Tensor, object]] = []
+        self._staging_arena: HostArena | None = None
         self._next_chunk = 0
 
     def acquire(self, unit) -> None:
@@ -257,9 +258,11 @@ class DeviceLease:
 
     def staging_chunk(self, device: torch.device) -> tuple[torch.Tensor, object]:
         """The next pinned staging chunk, round robin; the caller waits on its event before writing it."""
-        if not self._staging:
-            self._staging = [(torch.empty(STAGING_CHUNK, dtype=torch.uint8, pin_memory=True), torch.cuda.Event())
-                             for _ in range(STAGING_CHUNKS)]
+        if not self._staging:   # one page-locked arena cut in chunks (freed for real when the last unit closes)
+            self._staging_arena = HostArena(STAGING_CHUNK * STAGING_CHUNKS, device)
+            buffer = self._staging_arena.buffer
+            self._staging = [(buffer[i * STAGING_CHUNK:(i + 1) * STAGING_CHUNK], torch.cuda.Event())
+                             for i in range(STAGING_CHUNKS)]
         chunk = self._staging[self._next_chunk]
         self._next_chunk = (self._next_chunk + 1) % len(self._staging)
         return chunk
@@ -276,6 +279,9 @@ class DeviceLease:
                 self._copier.shutdown(wait=True)
                 self._copier = None
             self._staging = []
+            if self._staging_arena is not None:
+                self._staging_arena.close()
+                self._staging_arena = None
 
 
 class Unit:
@@ -591,7 +597,12 @@ class BlockStreamer(Unit):
 
     def _copy_from_disk(self, pos: int, dst: torch.Tensor) -> None:
         """(copier thread) Every chunk of group `pos`: host tensors -> pinned staging chunk -> `dst`.
-        On the CPU the chunks go straight into `dst`. The host tensors are only read."""
+        On the CPU the chunks go straight into `dst`. The host tensors are only read. Inference mode: the ring
+        may have been allocated inside the engine's inference_mode (an encode), and this thread is outside it."""
+        with torch.inference_mode():
+            self._copy_chunks(pos, dst)
+
+    def _copy_chunks(self, pos: int, dst: torch.Tensor) -> None:
         if not self.cuda:
             for start, end, items in self.chunks[pos]:
                 for src, at in items:

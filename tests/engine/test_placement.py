@@ -150,3 +150,26 @@ def test_a_plan_from_the_planner_runs_on_the_tiny_model(expected):
         assert (_image(pipe) == expected).all()
     finally:
         mp.release()
+
+
+def test_a_ram_budget_too_small_to_pin_reads_everything_from_disk_with_the_same_pixels(tiny_settings, caplog):
+    from dataclasses import replace
+
+    from engine.pipeline import Engine
+    from engine.spec import JobSpec
+
+    spec = JobSpec("a cat", seed=1, steps=2, width=256, height=256)
+    resident = Engine.load(tiny_settings, "cpu")
+    try:
+        expected = np.asarray(resident.generate(spec).images[0])
+    finally:
+        resident.close()
+    engine = Engine.load(replace(tiny_settings, profile="streamed", ram_budget_gib=0.01), "cpu")
+    try:
+        plan = engine.plan.plan
+        assert set(plan.placement.dit) == {DISK} and set(plan.placement.t5) == {DISK}
+        assert not plan.fits and "host RAM" in plan.problem            # a forced profile starts and says so
+        assert "profile = 'streamed' does not fit the budgets on cpu (it runs anyway)" in caplog.text
+        assert np.array_equal(np.asarray(engine.generate(spec).images[0]), expected)
+    finally:
+        engine.close()
