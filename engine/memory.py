@@ -198,7 +198,8 @@ def _free_vram(device: str) -> tuple[int, int, str]:
     """(free bytes, card bytes, note): free on the card, within a set_per_process_memory_fraction cap."""
     dev = torch.device(device)
     free, total = torch.cuda.mem_get_info(dev)
-    fraction = torch.cuda.get_per_process_memory_fraction(dev)
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)   # newer torch only
+    fraction = get_fraction(dev) if get_fraction is not None else 1.0
     if fraction < 1.0:
         capped = int(fraction * total) - torch.cuda.memory_reserved(dev)
         if capped < free:
