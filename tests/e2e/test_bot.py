@@ -232,7 +232,7 @@ async def test_delete_refused_for_a_stranger_and_done_for_the_owner(fake_discord
     result = await result_of(await imagine(fake, alice, prompt="a cat", seed=3))
     # 1. A stranger: ephemeral refusal, the message stays.
     ix = await fake.click(mallory, result, "Delete")
-    assert "Only the person who asked for this job or an admin may delete it" in await refusal(fake, ix)
+    assert "Only the person who asked for this job or an admin of its server may delete it" in await refusal(fake, ix)
     assert not result.deleted and (await store_jobs.get_job(bot.store, 1)).deleted_at is None
     # 2. The owner: the message goes, the record stays, marked deleted.
     ix = await fake.click(alice, result, "Delete")

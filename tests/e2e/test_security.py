@@ -98,7 +98,7 @@ async def test_admin_only_actions_are_checked_on_every_entry_point(fake_discord,
     alice, mallory = fake.add_user("alice"), fake.add_user("mallory")
     result = await (await imagine(fake, alice, prompt="alice's garden", seed=1)).wait_message(has_result, 30)
     for i in range(11):  # enough history for a second page
-        await store_jobs.create_job(bot.store, _old_job(alice.id, i))
+        await store_jobs.create_job(bot.store, _old_job(alice.id, i, guild_id=fake.guild_id))  # made in this guild
     before = await job_rows(bot.store)
     # 1. mallory, not an admin: every way in is refused, nothing changes.
     refusals = [
@@ -121,9 +121,10 @@ async def test_admin_only_actions_are_checked_on_every_entry_point(fake_discord,
     assert result.deleted and (await store_jobs.get_job(bot.store, 2)).status == "cancelled"
 
 
-def _old_job(user_id: int, i: int):
+def _old_job(user_id: int, i: int, guild_id: int | None = None):
     from db.records import NewJob
-    return NewJob(user_id=user_id, prompt=f"old prompt {i}", seed=i, steps=2, width=256, height=256, guidance=3.5)
+    return NewJob(user_id=user_id, prompt=f"old prompt {i}", seed=i, steps=2, width=256, height=256, guidance=3.5,
+                  guild_id=guild_id)
 
 
 async def test_generation_rights_are_checked_for_slash_buttons_and_modal(fake_discord, start_bot, make_rel_bot):
