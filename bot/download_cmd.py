@@ -52,7 +52,7 @@ def download_command(args) -> int:
     print("\nPut these lines in the [engine] section of your config file"
           f"{f' ({cfg.path})' if cfg.path else ' (config.toml)'}:\n")
     print("[engine]")
-    for key, value in plan.config_values(models_dir).items():
+    for key, value in plan.config_values(_as_in_config(models_dir, cfg.path)).items():
         print(f'{key} = "{value}"')
     if plan.what == "base":
         print('# and set model = "<path to your single-file DiT>" (e.g. a majicflus_v134.safetensors)')
@@ -79,3 +79,14 @@ def _verify(plan: dl.DownloadPlan, models_dir: str) -> int:
         print(("ok    " if report.ok else "FAIL  ") + report.summary())
         status = status or (0 if report.ok else 1)
     return status
+
+
+def _as_in_config(folder: str, config_path: str) -> str:
+    """`folder` as the config file would say it: relative to the file's own folder when inside it (relative
+    paths in the config mean beside it), else as it is."""
+    if not config_path:
+        return folder
+    try:
+        return Path(folder).relative_to(Path(config_path).resolve().parent).as_posix()
+    except ValueError:
+        return folder

@@ -339,7 +339,7 @@ async def test_engine_failure_fails_that_job_and_the_rest_go_on(store, tmp_path,
     await events.wait_final(2)
     await stop(service)
     row = await jobs.get_job(store, bad.job_id)
-    assert row.status == "failed" and "width 64 is not allowed" in row.error
+    assert row.status == "failed" and "Width 64 is not allowed" in row.error
     assert events.of(bad.job_id, "failed")[0].message == row.error
     assert (await jobs.get_job(store, good.job_id)).status == "done"
 

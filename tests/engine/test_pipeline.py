@@ -76,7 +76,8 @@ def test_cancel_mid_run_returns_a_cancelled_result_without_images(tiny_engine):
 
 
 @pytest.mark.parametrize("field, value, words", [("width", 250, "multiple of 16"), ("height", 4096, "2048"),
-                                                 ("steps", 0, "1 to 50"), ("steps", 51, "1 to 50")])
+                                                 ("steps", 0, "between 1 and 50, not 0"),
+                                                 ("steps", 51, "between 1 and 50, not 51")])
 def test_bad_spec_is_refused_with_a_clear_message(tiny_engine, field, value, words):
     spec = JobSpec("a cat", seed=1, **{**SMALL, field: value})
     with pytest.raises(EngineError, match=words):

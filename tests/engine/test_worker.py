@@ -131,7 +131,7 @@ async def test_failing_jobs_do_not_stop_the_worker(engine):
     outcomes = {e[1]: e for e in hooks.outcomes()}
     assert outcomes[1][0] == outcomes[4][0] == "finished"
     assert outcomes[2][0] == "failed" and "RuntimeError: seam: boom" in outcomes[2][2]
-    assert outcomes[3][0] == "failed" and "width 100 is not allowed" in outcomes[3][2]
+    assert outcomes[3][0] == "failed" and "Width 100 is not allowed" in outcomes[3][2]
 
 
 async def test_out_of_memory_retries_once_on_the_leaner_profile(engine):
