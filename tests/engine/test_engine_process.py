@@ -218,7 +218,7 @@ async def test_engine_errors_fail_that_job_only(engines):
     outcomes = hooks.outcomes()
     assert outcomes[1][0] == outcomes[4][0] == "finished"
     assert outcomes[2][0] == "failed" and "RuntimeError: seam: boom" in outcomes[2][2]
-    assert outcomes[3] == ("failed", 3, "width 100 is not allowed: use a multiple of 16 from 256 to 2048")
+    assert outcomes[3] == ("failed", 3, "Width 100 is not allowed: use a multiple of 16 from 256 to 2048.")
 
 
 async def test_out_of_memory_crosses_with_its_profiles_and_the_retry_goes_leaner(engines):
