@@ -226,12 +226,14 @@ def check_this_database(bot: "FluxBot", ref: "JobRef") -> None:
 
 def check_own_message(interaction: discord.Interaction, job: "JobRecord") -> None:
     """Delete and Cancel act only from the job's own message: its status or result message, or a later copy of it
-    (/show posts one). A message older than the job holds the button of an earlier job with the same number (a
-    database reset or restored from a backup issued the number again)."""
+    (/show posts one). Every message of a job comes after the request that made it (its interaction: a snowflake,
+    on Discord's clock like the message's), so a message older than that holds the button of an earlier job with
+    the same number (a database reset, or restored from a backup, issued the number again)."""
     message = interaction.message
     if message is None or message.id in (job.status_message_id, job.result_message_id):
         return
-    if message.created_at >= job.created_at:
+    asked_at = discord.utils.snowflake_time(job.interaction_id) if job.interaction_id else job.created_at
+    if message.created_at >= asked_at:
         return
     log.info("job %d: button on message %d, older than the job, refused", job.id, message.id)
     raise UserFacingError(f"This button is on a message older than job #{job.id}: it belongs to an earlier job with "
@@ -318,7 +320,9 @@ async def show(interaction: discord.Interaction, job_id: int) -> None:
     await start_job(interaction, planned(spec_of(job), job.id), kind="show")
 
 
-# What each job button does (bot.views.JOB_BUTTONS draws them).
+# What each job button does (bot.views.JOB_BUTTONS draws them); looked up when pressed.
 JOB_ACTIONS: dict[str, Callable[[discord.Interaction, int], Awaitable[None]]] = {
-    "reroll": reroll, "vary": vary, "edit": open_edit, "delete": delete, "cancel": cancel,
+    "reroll": lambda i, job_id: reroll(i, job_id), "vary": lambda i, job_id: vary(i, job_id),
+    "edit": lambda i, job_id: open_edit(i, job_id), "delete": lambda i, job_id: delete(i, job_id),
+    "cancel": lambda i, job_id: cancel(i, job_id),
 }
