@@ -126,6 +126,7 @@ class PlanInputs:
     device: str = "cuda"
     force: str = "auto"
     max_resident_dit: int | None = None   # bytes of DiT blocks that may stay resident (None: what fits)
+    activations_ref: int = DIT_ACTIVATIONS_REF   # DiT working memory at 1024², batch 1 (scaled by tokens, batch)
     bandwidth: Bandwidths = field(default_factory=Bandwidths)
     compute: ComputeCosts = field(default_factory=ComputeCosts)
     budget_note: str = ""            # how the budgets were found (printed in the why)
@@ -179,6 +180,8 @@ class Plan:
         return "\n".join(self.why + ((f"CANNOT FIT: {self.problem}",) if self.problem else ()))
 
     def summary(self) -> str:
+        if self.peak_vram == 0 and self.placement.all_gpu:
+            return f"{self.profile}: every weight in host RAM ({self.host_ram / GiB:.2f} GiB), on the CPU"
         p = self.placement
         n = {t: sum(1 for x in p.dit if x == t) for t in TIERS}
         return (f"{self.profile}: DiT blocks {n[GPU]} on the GPU / {n[PINNED]} pinned / {n[DISK]} disk, T5 "
@@ -256,9 +259,8 @@ def plan_placement(inp: PlanInputs) -> Plan:
                f"VAE {sizes.vae / GiB:.2f} GiB")
     # 1. The CPU holds everything already (a forced profile still runs its executor there: the CPU seam).
     if not inp.device.startswith("cuda") and inp.force == "auto":
-        plan = _finish(inp, Placement.uniform(sizes, GPU), RESIDENT, why + [f"device {inp.device} is not a GPU: "
+        return _finish(inp, Placement.uniform(sizes, GPU), RESIDENT, why + [f"device {inp.device} is not a GPU: "
                                                                             "weights stay in host RAM"])
-        return replace(plan, fits=True, problem="")
     # 2. Forced profiles.
     if inp.force == "resident":
         return _finish(inp, Placement.uniform(sizes, GPU), RESIDENT, why + ["[engine] profile = resident: "
@@ -390,7 +392,7 @@ def _tokens(inp: PlanInputs) -> int:
 
 
 def _dit_activations(inp: PlanInputs) -> int:
-    return int(DIT_ACTIVATIONS_REF * _tokens(inp) / REF_TOKENS * inp.batch)
+    return int(inp.activations_ref * _tokens(inp) / REF_TOKENS * inp.batch)
 
 
 def _decode_working(inp: PlanInputs) -> int:
@@ -458,9 +460,17 @@ def _finish(inp: PlanInputs, p: Placement, label: str, why: list[str]) -> Plan:
     decode = c.decode_s + _swap_s(inp, s.vae, p.vae)
     per_image = inp.steps * step + encode + decode
     peak = _peak_vram(inp, p)
-    if not inp.device.startswith("cuda"):      # the CPU: every weight in host RAM, no device memory
-        peak, host, pinned, encode = 0, s.total + HOST_WORKING, 0, c.t5_s + c.clip_s
+    cpu = not inp.device.startswith("cuda")
+    if cpu and p.all_gpu:                      # the CPU: every weight in host RAM, no device memory
+        host, pinned = s.total + HOST_WORKING, 0
     # 4. Why, and what does not fit.
+    if cpu:
+        problem = _problems(inp, 0, host, minimum_host=_fixed_host(inp, p))
+        return Plan(profile=label, placement=p, fits=not problem, s_per_step=0.0, encode_s=0.0, decode_s=0.0,
+                    s_per_image=0.0, peak_vram=0, pinned_ram=pinned, host_ram=host, page_cache=0,
+                    disk_read_per_step=0, problem=problem,
+                    why=tuple(why + [f"host RAM {host / GiB:.2f} GiB; no speed prediction on the CPU (the planner's "
+                                     "figures are a GPU's)"]))
     why = why + [f"predicted {step:.3f} s/step ({bound}-bound: compute {compute:.3f}, pinned->GPU {h2d:.3f}, page "
                  f"cache/disk {host_path:.3f}), encode of a new prompt {encode:.2f} s, decode {decode:.2f} s: "
                  f"{per_image:.1f} s/image at {inp.width}x{inp.height}, {inp.steps} steps (bandwidths: "

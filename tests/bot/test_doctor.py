@@ -161,3 +161,14 @@ def test_a_check_that_crashes_is_reported_and_the_others_still_run(tmp_path, cap
     rc, out = _run(_config(tmp_path), capsys)
     assert rc == 1
     assert "the check itself failed: ModuleNotFoundError" in out and "tiny-random" in out
+
+
+
+def test_doctor_prints_the_placement_plan_and_refuses_an_impossible_ram_budget(tmp_path, capsys):
+    rc, out = _run(_config(tmp_path), capsys)
+    assert rc == 0 and "cpu: resident: every weight in host RAM" in out
+    assert "plan      budgets:" in out and "no speed prediction on the CPU" in out
+    config = Path(_config(tmp_path))
+    config.write_text(config.read_text().replace("[engine]\n", "[engine]\nram_budget_gib = 100000\n"))
+    rc, out = _run(str(config), capsys)
+    assert rc == 1 and "[engine] ram_budget_gib = 100000 is larger than this machine" in out
