@@ -32,7 +32,8 @@ DISCORD_TOKEN = re.compile(r"(?<![\w-])[\w-]{23,28}\.[\w-]{6,7}\.[\w-]{27,40}(?!
 # Interaction tokens (valid 15 min, enough to post as the bot in that channel): in URLs that discord.py logs at
 # DEBUG (`/webhooks/<application id>/<token>`, `/interactions/<id>/<token>/callback`) and as the "token" key of
 # the INTERACTION_CREATE payloads its gateway logs at DEBUG (a dict repr or JSON).
-INTERACTION_TOKEN_URL = re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/?#\s'\"]+")
+# Both handlers run the mask on the same record, so it must leave an already masked line as it is.
+INTERACTION_TOKEN_URL = re.compile(r"(/(?:webhooks|interactions)/\d+/)(?!" + re.escape(MASK) + r")[^/?#\s'\"]+")
 TOKEN_FIELD = re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+""")
 _MARK = "_fluxbot_handler"
 

@@ -78,3 +78,19 @@ def test_console_only_when_file_is_empty(tmp_path):
         assert h.file is None and h.file_path is None
     finally:
         h.close()
+
+
+def test_interaction_tokens_are_masked_in_urls_and_token_fields(handles, tmp_path):
+    ix_token = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OmFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6"
+    log = logging.getLogger("bot.delivery")
+    log.info("POST https://discord.com/api/v10/webhooks/1098765432109876543/%s?wait=true has returned 200", ix_token)
+    log.info("PATCH /webhooks/1098765432109876543/%s/messages/@original", ix_token)
+    log.info("POST https://discord.com/api/v10/interactions/1234567890123456789/%s/callback", ix_token)
+    log.info("event: {'t': 'INTERACTION_CREATE', 'd': {'id': '1', 'token': '%s', 'type': 2}}", ix_token)
+    log.info('json: {"token": "%s", "type": 2}', ix_token)
+    _flush(handles)
+    for text in ((tmp_path / "logs/sub/fluxbot.log").read_text(), handles.stream.getvalue()):
+        assert ix_token not in text
+        assert text.count(MASK) == 5
+        assert "/webhooks/1098765432109876543/[token hidden]?wait=true" in text  # the rest of the line stays
+        assert "/interactions/1234567890123456789/[token hidden]/callback" in text

@@ -73,5 +73,6 @@ async def test_no_interaction_token_in_any_log_line_at_debug_and_none_kept_once_
     for where, text in {"log file": log_file.read_text(), "console": console.getvalue()}.items():
         assert "WebSocket Event" in text and "/webhooks/" in text, where  # discord.py's DEBUG lines are there
         assert f"/webhooks/{fake.application_id}/{MASK}" in text, where
+        assert "hidden] hidden]" not in text, where  # the two handlers' masks do not stack
         leaked = [t for t in tokens if t in text]
         assert leaked == [], f"interaction token(s) in the {where}: {leaked}"
