@@ -280,7 +280,8 @@ class JobTracker:
     async def _notify_failure(self, job: "JobRecord", message: str) -> None:
         if job.channel_id is None:
             return
-        text = f"<@{job.user_id}> ⚠️ Job #{job.id} (**{literal(job.prompt, STATUS_PROMPT_CHARS)}**) failed: {message}"
+        shown = literal(job.prompt, STATUS_PROMPT_CHARS)
+        text = f"<@{job.user_id}> ⚠️ Job #{job.id} (**{shown}**) failed: {message}"
         try:
             channel = self.client.get_partial_messageable(job.channel_id)
             await channel.send(text, allowed_mentions=echo_mentions(job.user_id))
@@ -364,8 +365,9 @@ class JobTracker:
         target = Target(application_id=self.client.application_id, token=job.interaction_token,
                         token_created_at=job.interaction_created_at, channel_id=job.channel_id,
                         user_id=job.user_id)
-        text = (f"<@{job.user_id}> Job #{job.id} (**{job.prompt[:80]}**) was made while the bot could not post it, "
-                f"and its image file is gone since. `/show job:{job.id}` makes it again (same seed, same image).")
+        text = (f"<@{job.user_id}> Job #{job.id} (**{literal(job.prompt, STATUS_PROMPT_CHARS)}**) was made while the "
+                f"bot could not post it, and its image file is gone since. `/show job:{job.id}` makes it again (same "
+                f"seed, same image).")
         payload = Payload(content=text, embed=None, files=[], view=None, mention_user_id=job.user_id)
         outcome = await self.deliverer.deliver(target, lambda: payload, job_id=job.id)
         if isinstance(outcome, Undelivered):
