@@ -1,6 +1,9 @@
 """bot.literal: user text shown as typed in Discord markdown, within a budget of characters as sent."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from bot.literal import echo_mentions, literal
@@ -40,3 +43,13 @@ def test_the_budget_counts_escapes_and_never_cuts_one():
 def test_echo_mentions_allow_the_requester_only():
     assert echo_mentions(42).to_dict() == {"parse": [], "users": [42]}  # replied_user False: not sent at all
     assert echo_mentions().to_dict() == {"parse": []}
+
+
+def test_every_prompt_put_into_a_message_goes_through_literal():
+    """A guard: an f-string field naming a prompt (`{job.prompt[:80]}`) anywhere in bot/ must be `literal(...)`."""
+    root = Path(__file__).resolve().parents[2] / "bot"
+    offenders = [f"{path.relative_to(root.parent)}:{n}: {m.group(0)}"
+                 for path in sorted(root.rglob("*.py"))
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 for m in re.finditer(r"\{([^{}]*\bprompt\b[^{}]*)\}", line) if "literal(" not in m.group(1)]
+    assert offenders == []
