@@ -140,9 +140,10 @@ class PhaseReport:
     def progress(self, done: int, total: int) -> None:
         from tqdm import tqdm
 
-        # 1. The first step opens the bar (the prompt encoding is not a step).
+        # 1. The first step opens the bar (the prompt encoding is not a step); `initial` keeps that step out of
+        #    the rate, which tqdm measures from the bar's opening.
         if self.bar is None:
-            self.bar = tqdm(total=total, desc="denoising", unit="step", file=self.stream)
+            self.bar = tqdm(total=total, initial=done, desc="denoising", unit="step", file=self.stream)
         self.bar.update(done - self.bar.n)
         # 2. The last step closes it: the decode is its own phase.
         if done >= total:
