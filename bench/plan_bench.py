@@ -339,10 +339,10 @@ def child(args) -> dict:
     from engine.spec import JobSpec
 
     root, row = Path(args.dir), json.loads(args.child)
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    device = "cuda:0" if torch.cuda.is_available() and not args.tiny else "cpu"  # as the bot names its GPUs
     out: dict = {"row": row["name"], "steps": args.steps, "res": args.res}
     # 1. The VRAM cap: the card's size less its CUDA context is what the allocator may take.
-    if row["vram_gib"] and device == "cuda":
+    if row["vram_gib"] and device != "cpu":
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction((row["vram_gib"] - CONTEXT_GIB) * GiB / total, 0)
     # 2. Settings as an owner would write them (the budgets: the card's size; RAM detected from the cgroup).
@@ -364,7 +364,7 @@ def child(args) -> dict:
     # 3. Warm-up (another prompt, 2 steps), then the measured image: new prompt, all steps.
     size = args.res
     engine.generate(JobSpec(WARM_PROMPT, seed=1, steps=2, width=size, height=size))
-    if device == "cuda":
+    if device != "cpu":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     stamps: list[float] = []
@@ -378,7 +378,7 @@ def child(args) -> dict:
                decode_s=round(t["decode"], 3), denoise_s=round(t["denoise"], 3),
                s_per_step=round(statistics.median(steps), 4) if steps else round(t["s_per_step"], 4),
                profile=result.profile)
-    if device == "cuda":
+    if device != "cpu":
         out["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
         out["peak_vram_gib"] = round(out["peak_alloc_gib"] + CONTEXT_GIB, 3)
     out["mem_end"] = _gib(memory_status())
