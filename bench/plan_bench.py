@@ -289,6 +289,9 @@ def measure_anchors(root: Path, device: str, *, sample_bytes: int, may_drop: boo
     out["pagecache_copy_GBps"] = _rate(lambda: _copy_chunks(pinned, region(0), chunk), n, 3)
     out["pagecache_pread_GBps"] = _rate(lambda: _pread_into(src, 0, pinned), n, 3)
     out["sample_GiB"] = round(n / GiB, 2)
+    if device.startswith("cuda"):  # the rows' children have the card to themselves (run 3: 5.75 GiB stayed here)
+        del dev
+        torch.cuda.empty_cache()
     return out
 
 
@@ -361,16 +364,18 @@ def child(args) -> dict:
     out.update(_plan_info(engine))
     if row.get("load_only"):
         return out
-    # 3. Warm-up (another prompt, 2 steps), then the measured image: new prompt, all steps.
+    print(json.dumps(out), flush=True)  # what is known so far survives a failure below
+    # 3. Warm-up (another prompt, 2 steps), then the measured image: new prompt, all steps; an out-of-memory
+    #    retries once on the leaner profile, as engine/worker.py does for the bot's jobs.
     size = args.res
-    engine.generate(JobSpec(WARM_PROMPT, seed=1, steps=2, width=size, height=size))
+    _job(engine, JobSpec(WARM_PROMPT, seed=1, steps=2, width=size, height=size), out)
     if device != "cpu":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     stamps: list[float] = []
     t0 = time.perf_counter()
-    result = engine.generate(JobSpec(PROMPT, seed=7, steps=args.steps, width=size, height=size),
-                             progress=lambda i, n: stamps.append(time.perf_counter()))
+    result = _job(engine, JobSpec(PROMPT, seed=7, steps=args.steps, width=size, height=size), out,
+                  progress=lambda i, n: stamps.append(time.perf_counter()))
     wall = time.perf_counter() - t0
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     t = result.timings
@@ -388,6 +393,24 @@ def child(args) -> dict:
     out["image_std"] = round(float(np.asarray(result.images[0], dtype=np.float32).std()), 2)  # 0 = a flat image
     engine.close()
     return out
+
+
+def _job(engine, spec, out: dict, progress=None):
+    """engine.generate with the worker's rule: on EngineOutOfMemory, move to the suggested leaner profile and
+    retry once (recorded in out["oom_retries"]; the retry's plan replaces the prediction)."""
+    from engine.errors import EngineOutOfMemory
+
+    try:
+        return engine.generate(spec, progress=progress)
+    except EngineOutOfMemory as oom:
+        out.setdefault("oom_retries", []).append({"from": oom.profile, "to": oom.suggested_profile,
+                                                  "job": spec.prompt, "error": str(oom)[:160]})
+        print(json.dumps(out), flush=True)
+        if not oom.suggested_profile:
+            raise
+        engine.set_profile(oom.suggested_profile)
+        out.update(_plan_info(engine))
+        return engine.generate(spec, progress=progress)
 
 
 class PeakSampler:
@@ -640,40 +663,76 @@ def markdown(jsonl: str) -> str:
     return "\n".join(out)
 
 
-def plot(jsonl: str, png: str) -> None:
-    """s/image against (VRAM cap, RAM cap): one point per measured row, labelled; OOM-killed rows as crosses."""
+def plot(png: str, runs: list[str]) -> None:
+    """s/image against the emulated card's VRAM, coloured by its RAM cap: measured rows filled, the plan's
+    prediction hollow, rows that failed as crosses at their prediction. `runs`: JSONL files of runs; a run's
+    `<name>-rows.log` beside it supplies the predictions of rows whose child died before reporting them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(jsonl) if line.startswith("{")]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8, 5))
     colors = {16: "tab:red", 24: "tab:orange", 32: "tab:green", 64: "tab:blue", 0: "black"}
-    for r in rows:
-        if "vram_cap_gib" not in r or r.get("row") == "first-start":
-            continue
-        vram = r.get("peak_vram_gib") if not r["vram_cap_gib"] else r["vram_cap_gib"]
-        ram = r["ram_cap_gib"]
-        color = colors.get(int(ram), "gray")
-        if "image_s" in r:
-            ax.plot(vram, r["image_s"], "o", color=color)
-            if "floor_s" in r:
-                ax.plot(vram, r["floor_s"], "_", color=color, markersize=14)
-            ax.annotate(f"{r['row']} ({r.get('profile', '')})", (vram, r["image_s"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
-        else:
-            ax.plot(vram or 0, 0, "x", color=color, markersize=9)
-            ax.annotate(f"{r['row']}: {r.get('error', 'failed')[:30]}", (vram or 0, 0), fontsize=7)
+    for run in runs:
+        name = Path(run).stem
+        predicted = _predictions_from_log(Path(run).with_name(f"{name}-rows.log"))
+        for r in _final_rows(run):
+            if r.get("row") == "first-start" or "skipped" in r.get("error", ""):
+                continue
+            pred = r.get("pred_s_per_image") or predicted.get(r["row"])
+            vram = r.get("vram_cap_gib") or r.get("peak_vram_gib") or 0
+            color = colors.get(int(r.get("ram_cap_gib") or 0), "gray")
+            label = f"{r['row']} [{name.removeprefix('plan-')}]"
+            if "image_s" in r:
+                ax.plot(vram, r["image_s"], "o", color=color)
+                ax.annotate(f"{label}: {r['image_s']:.2f} s", (vram, r["image_s"]), fontsize=7, xytext=(4, 3),
+                            textcoords="offset points")
+                if pred:
+                    ax.plot(vram, pred, "o", mfc="none", color=color)
+            elif pred:
+                ax.plot(vram, pred, "x", color=color, markersize=9)
+                ax.annotate(f"{label}: {_short_error(r)}", (vram, pred), fontsize=7, xytext=(4, -9),
+                            textcoords="offset points")
     for ram, color in colors.items():
-        ax.plot([], [], "o", color=color, label=f"RAM cap {ram} GiB" if ram else "no RAM cap")
-    ax.plot([], [], "_", color="gray", markersize=14, label="floor (same run)")
+        ax.plot([], [], "s", color=color, label=f"RAM cap {ram} GiB" if ram else "no RAM cap")
+    ax.plot([], [], "o", color="gray", label="measured")
+    ax.plot([], [], "o", mfc="none", color="gray", label="predicted by the plan")
+    ax.plot([], [], "x", color="gray", label="failed (at its prediction)")
     ax.set_xlabel("VRAM of the emulated card, GiB (cap incl. 0.5 GiB context; uncapped rows: measured peak)")
     ax.set_ylabel("s/image, 1024², 20 steps, new prompt")
-    ax.set_title("fluxbot on emulated PCs: FLUX.1-dev architecture, H200")
+    ax.set_title("fluxbot on emulated PCs (H200, FLUX.1-dev architecture, random weights)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+
+
+def _final_rows(jsonl: str) -> list[dict]:
+    lines = [json.loads(line) for line in open(jsonl) if line.startswith("{")]
+    final = [x["final"] for x in lines if "final" in x]
+    return final[-1] if final else [x for x in lines if "row" in x]
+
+
+def _predictions_from_log(path: Path) -> dict[str, float]:
+    """{row: predicted s/image} from the engine's "engine ready: …, N s/image" line of each row's log."""
+    import re
+
+    out: dict[str, float] = {}
+    if not path.exists():
+        return out
+    row = None
+    for line in path.read_text().splitlines():
+        if line.startswith("===== row "):
+            row = line.split()[2]
+        m = re.search(r"engine ready: .*?, ([0-9.]+) s/image", line)
+        if row and m and row not in out:
+            out[row] = float(m.group(1))
+    return out
+
+
+def _short_error(r: dict) -> str:
+    err = r.get("error", "")
+    return "GPU OOM" if "OutOfMemory" in err else (err.split(":")[0][:30] or "failed")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -691,7 +750,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", help="append every row here as JSON lines")
     ap.add_argument("--log", help="append each child's stderr (the engine's log) to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--plot", nargs=2, metavar=("JSONL", "PNG"), help="plot a run's JSON lines")
+    ap.add_argument("--plot", nargs="+", metavar="FILE", help="PNG then the runs' JSONL files: plot them")
     ap.add_argument("--markdown", metavar="JSONL", help="print the docs table of a saved run")
     args = ap.parse_args(argv)
     if args.res is None:
@@ -700,7 +759,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.steps, args.seq = min(args.steps, 2), min(args.seq, 32)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.plot:
-        plot(*args.plot)
+        plot(args.plot[0], args.plot[1:])
         return []
     if args.markdown:
         print(markdown(args.markdown))
@@ -719,6 +778,8 @@ def run_all(args) -> list[dict]:
     root = Path(args.dir)
     # 1. Files, then the anchors (page cache dropped where allowed).
     files = write_model(root, TINY if args.tiny else FLUX_DEV, device)
+    if device == "cuda":
+        torch.cuda.empty_cache()
     anchors = measure_anchors(root, device, sample_bytes=int(args.sample_gib * GiB), may_drop=not args.tiny)
     head = {"anchors": anchors, "files": files, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
             "torch": torch.__version__}
