@@ -204,12 +204,14 @@ def _is_complete(path: Path, planned: dict[str, PlannedTensor]) -> bool:
 
 
 def _remove_stale(path: Path) -> None:
-    """Delete the other caches of the same model (another source version or fp8 mode)."""
+    """Delete the other caches of the same model (another source version or fp8 mode), and temp files that a
+    conversion killed midway left (the caller holds the model's lock: no conversion of it is running)."""
     model = path.name.split(".")[0]
-    for old in path.parent.glob(f"{model}.*.safetensors"):
-        if old != path:
-            log.info("removing the stale fp8 cache %s (%.1f GiB)", old, old.stat().st_size / 2**30)
-            old.unlink(missing_ok=True)
+    stale = [p for p in path.parent.glob(f"{model}.*.safetensors") if p != path]
+    stale += list(path.parent.glob(f".{model}.*.tmp"))
+    for old in stale:
+        log.info("removing the stale fp8 cache file %s (%.1f GiB)", old, old.stat().st_size / 2**30)
+        old.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -93,11 +93,14 @@ def test_a_changed_source_or_fp8_mode_builds_a_new_cache_and_removes_the_old(mod
     load_dit(files, config, "diffusers-default")
     [second] = caches(config)
     assert second != first and ".diffusers-default." in second.name
-    # 2. The source changed on disk (new mtime): rebuilt under a new key.
+    # 2. The source changed on disk (new mtime): rebuilt under a new key; a conversion killed midway left its
+    #    temp file (gigabytes for FLUX), which goes too.
     os.utime(files[0], ns=(files[0].stat().st_atime_ns, files[0].stat().st_mtime_ns + 10**9))
+    killed = config / CACHE_DIR / f".{second.name}.4242.tmp"
+    killed.write_bytes(b"half a cache")
     load_dit(files, config, "diffusers-default")
     [third] = caches(config)
-    assert third != second
+    assert third != second and not killed.exists()
 
 
 def test_bfl_single_file_is_converted_through_the_cache(tiny_model_dir, tmp_path):
