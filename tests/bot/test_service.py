@@ -1,4 +1,4 @@
-"""The jobs service: admission, FIFO order, cancel, restart recovery, and (with the real tiny engine) the
+"""The jobs service: admission, fair order, cancel, restart recovery, and (with the real tiny engine) the
 whole path from submit to a saved PNG."""
 from __future__ import annotations
 
