@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
@@ -39,6 +40,8 @@ async def test_a_users_backlog_does_not_hold_up_the_next_user(fake_discord, star
     await a3.wait_message(queued_at(3))
     listing = (await (await fake.slash(bob, "queue")).wait_message(lambda m: m.ephemeral and m.embeds)).text()
     assert listing.index("job 4") < listing.index("job 2") < listing.index("job 3")
+    etas = [float(x) for x in re.findall(r"`#\d+` job \d+ · <@\d+> · ~([\d.]+) s", listing)]
+    assert len(etas) == 3 and etas[0] < etas[1] < etas[2], listing  # ETAs grow along the order shown
     # 3. The worker follows the order they were shown.
     engine_faults.release.set()
     for ix in (first, a2, a3, b1):
