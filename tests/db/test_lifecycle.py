@@ -109,7 +109,8 @@ async def test_delivery_bookkeeping(store):
     assert not await jobs.mark_deleted(store, job.id)
     rec = await jobs.get_job(store, job.id)
     assert (rec.status_message_id, rec.result_channel_id, rec.result_message_id) == (3003, 5005, 6006)
-    assert rec.delivered and rec.deleted and rec.interaction_token == "tok-secret"
+    assert rec.delivered and rec.deleted and rec.interaction_id == 77
+    assert rec.interaction_token is None, "delivered: the token is of no more use and is cleared"
     assert rec.status == "done", "deleting hides the message, the record stays"
 
 
