@@ -60,8 +60,8 @@ class EngineSettings:
                                     "measured at start-up: the smaller of MemAvailable and the room under the "
                                     "process's cgroup memory limit, minus 1.5 GiB. What does not fit is read from "
                                     "disk (memory-mapped weights) at each use.", min=0)
-    stream_prefetch: int = setting(3, "streamed profile: blocks copied ahead of the one running (the device ring "
-                                   "holds this + 1 blocks, ~0.32 GiB each for FLUX.1-dev). More smooths copy/compute "
+    stream_prefetch: int = setting(3, "Whenever blocks stream (every plan but resident): blocks copied ahead of the "
+                                   "one running (the device ring holds this + 1 blocks, ~0.32 GiB each for FLUX.1-dev). More smooths copy/compute "
                                    "jitter at the cost of VRAM.", min=1, max=8)
     vae_tiling: str = setting("auto", "VAE tiled decode (704 px tiles, blended; lowers the decode peak from 2.6 GiB at 1024²): auto (on every "
                               "GPU profile, so an image never changes with the profile; off on the CPU), always, never.",
