@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from engine.models import _find          # the engine's look-up order: as written, else under models_dir
 from engine.planner import ModelSizes, flux_dev_sizes
 from engine.settings import TINY, EngineSettings
 
@@ -72,14 +73,6 @@ def _files(settings: EngineSettings) -> tuple[list[Path], Path | None]:
     if model is None:
         return [], _find(settings.base_model, settings.models_dir)
     return sorted((model / "transformer").glob("*.safetensors")), model
-
-
-def _find(value: str, models_dir: str) -> Path | None:
-    """A config path as written, else relative to models_dir (the engine's look-up order)."""
-    for candidate in (Path(value).expanduser(), Path(models_dir) / value):
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def _in(folder: Path | None, sub: str) -> list[Path]:
