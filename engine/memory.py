@@ -197,6 +197,8 @@ def _cgroup_room(folder: Path, max_file: str, usage_file: str, inactive: str, ac
 def _free_vram(device: str) -> tuple[int, int, str]:
     """(free bytes, card bytes, note): free on the card, within a set_per_process_memory_fraction cap."""
     dev = torch.device(device)
+    if dev.index is None:                  # "cuda": the current device (torch's fraction getter needs an index)
+        dev = torch.device("cuda", torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(dev)
     get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)   # newer torch only
     fraction = get_fraction(dev) if get_fraction is not None else 1.0

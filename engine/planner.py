@@ -50,6 +50,11 @@ STAGING_CHUNKS = 4
 STAGING_BYTES = STAGING_CHUNK * STAGING_CHUNKS
 # Host bytes the engine holds besides weights while it runs: prompt embeddings, images, transient copies.
 HOST_WORKING = int(0.5 * GiB)
+# Room left free when the planner adds resident weights: the caching allocator's free-but-fragmented blocks (on
+# the H200 with a VRAM cap, 0.17-0.37 GiB were reserved but unusable when a mixed plan ran out of memory). The
+# leanest plan (nothing resident) is checked against the whole budget: nothing can be given back there.
+ALLOCATOR_SLACK = int(0.3 * GiB)
+ALLOCATOR_SLACK_SHARE = 0.02
 # What a machine of N GiB leaves to fluxbot (OS, Python, torch and CUDA's host side), and a card of N GiB
 # (the CUDA context): used when a budget is given as the size of a machine (`plan --ram 16 --vram 8`).
 MACHINE_RAM_RESERVE = int(2.5 * GiB)
@@ -269,7 +274,7 @@ def plan_placement(inp: PlanInputs) -> Plan:
         return _model_offload(inp, why)
     # 3. Everything on the GPU when it fits (auto only).
     everything = Placement.uniform(sizes, GPU)
-    if inp.force == "auto" and _peak_vram(inp, everything) <= inp.vram_budget:
+    if inp.force == "auto" and _peak_vram(inp, everything) <= _usable_vram(inp):
         return _finish(inp, everything, RESIDENT, why + [f"everything fits on the GPU "
                                                          f"({_peak_vram(inp, everything) / GiB:.2f} GiB)"])
     # 4. Start from nothing resident, then VRAM, then pinned RAM, greedily.
@@ -298,7 +303,7 @@ def _fill_vram_dit(inp: PlanInputs) -> list[str]:
     def ok(t: list[str]) -> bool:
         held = sum(b for b, x in zip(sizes.dit_blocks, t) if x == GPU)
         placement = replace(lean, dit=tuple(t))
-        return (cap is None or held <= cap) and _peak_vram(inp, placement) <= inp.vram_budget
+        return (cap is None or held <= cap) and _peak_vram(inp, placement) <= _usable_vram(inp)
 
     # The whole DiT resident frees the ring too: try it first.
     if ok(tiers_for(nd, ns)):
@@ -328,11 +333,11 @@ def _fill_vram_rest(inp: PlanInputs, dit: list[str]) -> dict:
         return chosen
     for key in ("vae", "clip"):
         trial = {**chosen, key: True}
-        if _peak_vram(inp, placement(trial)) <= inp.vram_budget:
+        if _peak_vram(inp, placement(trial)) <= _usable_vram(inp):
             chosen = trial
     for n in range(len(sizes.t5_blocks), 0, -1):
         trial = {**chosen, "t5": n}
-        if _peak_vram(inp, placement(trial)) <= inp.vram_budget:
+        if _peak_vram(inp, placement(trial)) <= _usable_vram(inp):
             chosen = trial
             break
     return chosen
@@ -386,6 +391,11 @@ def _model_offload(inp: PlanInputs, why: list[str]) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------- costing
+
+def _usable_vram(inp: PlanInputs) -> int:
+    """The budget less the allocator's slack: what resident weights may fill up to."""
+    return inp.vram_budget - ALLOCATOR_SLACK - int(ALLOCATOR_SLACK_SHARE * inp.vram_budget)
+
 
 def _tokens(inp: PlanInputs) -> int:
     return (inp.width // 16) * (inp.height // 16) + TEXT_TOKENS
