@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from engine.planner import (ALLOCATOR_SLACK, ALLOCATOR_SLACK_SHARE, CUDA_CONTEXT, DISK, GPU, MACHINE_RAM_RESERVE, PINNED, GiB, Bandwidths, Placement,
-                            PlanInputs, flux_dev_sizes, group_runs, plan_placement, spread)
+from engine.planner import (ALLOCATOR_SLACK, ALLOCATOR_SLACK_SHARE, CUDA_CONTEXT, DISK, GPU, MACHINE_RAM_RESERVE,
+                            PINNED, GiB, Bandwidths, Placement, PlanInputs, flux_dev_sizes, group_runs, plan_placement,
+                            spread)
 
 SIZES = flux_dev_sizes()
 H200 = Bandwidths(h2d=52e9, source="H200")
