@@ -1,0 +1,1 @@
+"""Test helpers shared by tests/engine, tests/bot and tests/e2e."""
