@@ -18,7 +18,7 @@ import gc
 import logging
 import signal
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 import discord
@@ -31,6 +31,9 @@ from bot.errors import CannotStart
 from bot.engine_state import EngineState, EngineStatus, failure_reason
 from bot.replies import report_error
 from bot.validation import SizeChoice, parse_sizes
+
+if TYPE_CHECKING:
+    from engine.pool import PoolState
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class FluxBot(commands.Bot):
         from bot.views import DYNAMIC_ITEMS
         from db.session import open_store
         from engine.queue import JobQueue
-        from engine.worker import resolve_devices
+        from engine.devices import resolve_devices
 
         cfg = self.config
         # 1. Store, queue, service, tracker.
@@ -160,38 +163,35 @@ class FluxBot(commands.Bot):
                      len(synced))
 
     async def _start_workers(self, devices: list[str]) -> None:
-        """Load one engine per device, one after the other. The first that loads makes the engine READY (the
-        others keep loading); if none loads, it is FAILED with the first device's reason."""
-        from engine.worker import Worker
+        """Start the engine's worker pool (engine/pool.py: one engine per device, one after the other; a device
+        that fails does not stop the others). The first that loads makes the engine READY (the others keep
+        loading); if none loads, it is FAILED with the first device's reason."""
+        from engine.pool import WorkerPool
 
-        first_error: BaseException | None = None
-        for i, device in enumerate(devices):
-            # 1. Load (minutes for a real model), on the worker's own thread.
-            try:
-                worker = await Worker.load(f"{device}#{i}", self.config.engine, device, self.queue, self.service,
-                                           loader=self._engine_loader)
-            except Exception as e:
-                log.error("the engine could not load on %s: %s. Fix [engine] in the config (python -m bot doctor "
-                          "checks it) and restart; jobs stay queued meanwhile.", device, e, exc_info=True)
-                first_error = first_error or e
-                continue
-            # 2. Start taking jobs; the ETAs count the workers that really run.
-            self.service.workers.append(worker)
-            self.service.model_id = getattr(worker.engine, "model_id", None)
-            self.workers.append(worker)
-            self.queue.set_workers(len(self.workers))
-            worker.start()
-            self._set_engine_state(EngineState(EngineStatus.READY, devices=tuple(w.name for w in self.workers)))
+        # 1.-2. Load and start each device's worker; `_engine_pool_changed` hears each device's outcome.
+        pool = WorkerPool(self.config.engine, self.queue, self.service, loader=self._engine_loader,
+                          devices=devices, on_change=self._engine_pool_changed)
+        state = await pool.start()
         # 3. The loaded libraries hold millions of long-lived objects that every full garbage collection would
         #    walk again (0.3–1 s stalls of the event loop, measured in docs/reliability.md): take them out.
         if self._freeze_gc:
             gc.collect()
             gc.freeze()
         # 4. No device at all: say so to users, not only in the log.
-        if not self.workers:
-            reason = failure_reason(first_error) if first_error is not None else "no device to run it on"
+        if not state.workers:
+            reason = failure_reason(state.failed[0].error) if state.failed else "no device to run it on"
             log.error("no engine loaded on any device: new requests are refused with: %s", reason)
             self._set_engine_state(EngineState(EngineStatus.FAILED, reason=reason))
+
+    def _engine_pool_changed(self, state: "PoolState") -> None:
+        """After each device: workers that now run take jobs and cancels, and the engine is READY on them."""
+        started = state.workers[len(self.workers):]
+        for worker in started:
+            self.workers.append(worker)
+            self.service.workers.append(worker)
+            self.service.model_id = getattr(worker.engine, "model_id", None)
+        if started:
+            self._set_engine_state(EngineState(EngineStatus.READY, devices=state.names))
 
     def _set_engine_state(self, state: EngineState) -> None:
         """Replace the engine state and refresh the status lines of waiting jobs."""

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from engine.devices import resolve_devices
 from engine.errors import EngineError, EngineOutOfMemory, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -68,6 +69,32 @@ def import_ref(ref: str) -> Callable:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def choose_loader(name: str, settings: "EngineSettings", loader: Callable[[Any, str], Any] | str | None = None
+                  ) -> Callable[[Any, str], Any]:
+    """The function that loads worker `name`'s engine (`loader(settings, device)`): in this process, or in a
+    child process when `[engine] engine_process` says so. `loader` defaults to `Engine.load`; a
+    "module:function" string names one; a Python object always runs in this process."""
+    # 1. A Python object (a test's shared engine, the bench's threads) can only run here.
+    if loader is not None and not isinstance(loader, str):
+        if settings.engine_process == "always":
+            log.warning("worker %s: [engine] engine_process = \"always\", but the loader was given as a Python "
+                        "object: the engine runs in this process", name)
+        return loader
+    # 2. Engine.load or a named loader: in a child process when the setting says so.
+    mode = settings.engine_process
+    devices = resolve_devices(settings.devices) if mode == "auto" else []
+    if wants_process(mode, devices):
+        return lambda s, device: ProcessEngine.start(s, device, loader=loader)
+    return import_ref(loader) if loader is not None else _engine_load()
+
+
+def _engine_load() -> Callable[[Any, str], Any]:
+    """`Engine.load`, the default loader."""
+    from engine.pipeline import Engine  # lazy: engine.pipeline imports torch and diffusers (seconds)
+
+    return Engine.load
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -137,12 +164,7 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         torch.set_num_threads(_cpu_threads(settings))
-        if loader_ref:
-            loader = import_ref(loader_ref)
-        else:
-            from engine.pipeline import Engine
-
-            loader = Engine.load
+        loader = import_ref(loader_ref) if loader_ref else _engine_load()
         engine = loader(settings, device)
     except BaseException as err:  # noqa: BLE001 - every load failure goes back to the parent
         if not isinstance(err, EngineError):
@@ -179,8 +201,6 @@ def _cpu_threads(settings: "EngineSettings") -> int:
     """This child's share of the CPU cores for torch's intra-op pool: N engine processes each using every
     core would oversubscribe them (OpenMP threads spin while they wait: two CPU engines ran 2x slower
     together than one alone)."""
-    from engine.worker import resolve_devices
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, len(resolve_devices(settings.devices))))
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from engine.engine_process import choose_loader
 from engine.errors import EngineError, EngineOutOfMemory
 from engine.queue import JobQueue, QueueClosed, QueuedJob
 from engine.spec import Result
@@ -51,18 +52,6 @@ class _Outcome:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-def resolve_devices(devices: list[str]) -> list[str]:
-    """`[engine] devices` made concrete: ["auto"] is every CUDA GPU, else ["cpu"]; others are kept."""
-    if list(devices) != ["auto"] and devices:
-        return list(devices)
-    import torch  # only here: the queue and its tests stay free of torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    found = [f"cuda:{i}" for i in range(count)] or ["cpu"]
-    log.info("[engine] devices = ['auto'] -> %s", found)
-    return found
-
-
 class Worker:
     """Takes batches off the queue and runs them on its engine until stopped."""
 
@@ -91,7 +80,7 @@ class Worker:
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fluxbot-{name}")
         loop = asyncio.get_running_loop()
         try:
-            load = await loop.run_in_executor(executor, _choose_loader, name, settings, loader)
+            load = await loop.run_in_executor(executor, choose_loader, name, settings, loader)
             engine = await loop.run_in_executor(executor, load, settings, device)
         except BaseException:
             executor.shutdown(wait=False)
@@ -271,43 +260,3 @@ class Worker:
             raise
         except Exception:
             log.exception("worker %s: hook %s failed for %s", self.name, getattr(hook, "__name__", hook), args)
-
-
-def _choose_loader(name: str, settings: "EngineSettings", loader: Callable[[Any, str], Any] | str | None
-                   ) -> Callable[[Any, str], Any]:
-    """The function that loads this worker's engine: in this process, or in a child process."""
-    from engine.engine_process import ProcessEngine, import_ref, wants_process
-
-    # 1. A Python object (a test's shared engine, the bench's threads) can only run here.
-    if loader is not None and not isinstance(loader, str):
-        if settings.engine_process == "always":
-            log.warning("worker %s: [engine] engine_process = \"always\", but the loader was given as a Python "
-                        "object: the engine runs in this process", name)
-        return loader
-    # 2. Engine.load or a named loader: in a child process when the setting says so.
-    mode = settings.engine_process
-    devices = resolve_devices(settings.devices) if mode == "auto" else []
-    if wants_process(mode, devices):
-        return lambda s, device: ProcessEngine.start(s, device, loader=loader)
-    if loader is None:
-        from engine.pipeline import Engine
-        return Engine.load
-    return import_ref(loader)
-
-
-async def start_workers(settings: "EngineSettings", queue: JobQueue, hooks: WorkerHooks, *,
-                        loader: Callable[[Any, str], Any] | str | None = None) -> list[Worker]:
-    """Load one engine per device of `[engine] devices` (one after another: loading is RAM-heavy), start a
-    worker for each and tell the queue how many share it."""
-    workers: list[Worker] = []
-    try:
-        for i, device in enumerate(resolve_devices(settings.devices)):
-            workers.append(await Worker.load(f"{device}#{i}", settings, device, queue, hooks, loader=loader))
-    except BaseException:
-        for w in workers:
-            await w.stop()
-        raise
-    queue.set_workers(len(workers))
-    for w in workers:
-        w.start()
-    return workers

@@ -7,17 +7,18 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pytest
 
-from engine.engine_process import ProcessEngine, wants_process
+from engine.engine_process import ProcessEngine, choose_loader, wants_process
 from engine.errors import EngineError, EngineOutOfMemory, ModelNotFoundError
 from engine.pipeline import Engine
 from engine.queue import JobQueue
 from engine.settings import EngineSettings
-from engine.spec import JobSpec, Result
-from engine.worker import Worker, _choose_loader
+from engine.spec import JobSpec
+from engine.worker import Worker
+from tests.support.hooks import Recorder
 
 SIZE = 256
 SEAM_LOADER = f"{__name__}:seam_loader"  # the child imports this module by name (pytest put its folder on sys.path)
@@ -88,39 +89,6 @@ def resident_again(engines):
             e.set_profile("resident")
 
 
-@dataclass
-class Recorder:
-    """WorkerHooks that write down what they hear, in order."""
-    log: list[tuple] = field(default_factory=list)
-    results: dict[int, Result] = field(default_factory=dict)
-    done: asyncio.Event | None = None
-    expect: int = 0
-
-    async def on_started(self, job_id):
-        self.log.append(("started", job_id))
-
-    def on_progress(self, job_id, step, total):
-        self.log.append(("progress", job_id, step, total))
-
-    async def on_finished(self, job_id, result):
-        self.results[job_id] = result
-        self._end(("finished", job_id))
-
-    async def on_failed(self, job_id, message):
-        self._end(("failed", job_id, message))
-
-    async def on_cancelled(self, job_id):
-        self._end(("cancelled", job_id))
-
-    def _end(self, entry):
-        self.log.append(entry)
-        if self.done is not None and len(self.outcomes()) >= self.expect:
-            self.done.set()
-
-    def outcomes(self) -> dict[int, tuple]:
-        return {e[1]: e for e in self.log if e[0] in ("finished", "failed", "cancelled")}
-
-
 def spec(prompt="a red fox", steps=1, **kw) -> JobSpec:
     kw.setdefault("seed", 3)
     return JobSpec(prompt, steps=steps, width=kw.pop("width", SIZE), height=kw.pop("height", SIZE), **kw)
@@ -148,8 +116,8 @@ def test_the_setting_decides_where_engines_run(settings):
     assert wants_process("auto", ["cuda:0", "cuda:1"]) and not wants_process("auto", ["cuda:0"])
     assert not wants_process("auto", ["cpu", "cpu"]) and wants_process("always", ["cpu"])
     assert not wants_process("never", ["cuda:0", "cuda:1"])
-    assert _choose_loader("w", replace(settings, engine_process="auto"), None) == Engine.load
-    assert _choose_loader("w", replace(settings, engine_process="never"), SEAM_LOADER) is seam_loader
+    assert choose_loader("w", replace(settings, engine_process="auto"), None) == Engine.load
+    assert choose_loader("w", replace(settings, engine_process="never"), SEAM_LOADER) is seam_loader
     with pytest.raises(ValueError, match="engine_process"):
         wants_process("sometimes", ["cpu"])
 
@@ -174,8 +142,8 @@ async def test_two_workers_run_every_job_once(engines):
     queue, hooks = JobQueue(workers=2), Recorder()
     workers = [Worker(f"cpu#{i}", e, queue, hooks) for i, e in enumerate(engines)]
     await run_jobs(workers, hooks, {jid: spec(f"job {jid}", seed=jid) for jid in range(12)})
-    assert sorted(hooks.outcomes()) == list(range(12))
-    assert all(e[0] == "finished" for e in hooks.outcomes().values())
+    assert sorted(hooks.by_job()) == list(range(12))
+    assert all(e[0] == "finished" for e in hooks.by_job().values())
     assert sorted(e[1] for e in hooks.log if e[0] == "started") == list(range(12))  # each started once
     assert all(w.jobs_done > 0 for w in workers), [w.jobs_done for w in workers]
 
@@ -206,7 +174,7 @@ async def test_cancel_of_a_running_job_is_prompt(engines):
     hooks.on_progress = on_progress
     t0 = time.monotonic()
     await run_jobs([worker], hooks, {1: spec("slow", steps=30), 2: spec("next")})
-    assert hooks.outcomes()[1] == ("cancelled", 1) and hooks.outcomes()[2][0] == "finished"
+    assert hooks.by_job()[1] == ("cancelled", 1) and hooks.by_job()[2][0] == "finished"
     assert max(e[2] for e in hooks.log if e[0] == "progress" and e[1] == 1) <= 3
     assert time.monotonic() - t0 < 5  # 30 slow steps would take 9 s
 
@@ -215,7 +183,7 @@ async def test_engine_errors_fail_that_job_only(engines):
     worker, hooks = one_worker(engines[1])
     await run_jobs([worker], hooks, {1: spec("a cat"), 2: spec("boom"), 3: spec("a cat", width=100),
                                      4: spec("a dog")})
-    outcomes = hooks.outcomes()
+    outcomes = hooks.by_job()
     assert outcomes[1][0] == outcomes[4][0] == "finished"
     assert outcomes[2][0] == "failed" and "RuntimeError: seam: boom" in outcomes[2][2]
     assert outcomes[3] == ("failed", 3, "Width 100 is not allowed: use a multiple of 16 from 256 to 2048.")
@@ -224,7 +192,7 @@ async def test_engine_errors_fail_that_job_only(engines):
 async def test_out_of_memory_crosses_with_its_profiles_and_the_retry_goes_leaner(engines):
     worker, hooks = one_worker(engines[1])
     await run_jobs([worker], hooks, {1: spec("oom-once")})
-    assert hooks.outcomes()[1][0] == "finished"
+    assert hooks.by_job()[1][0] == "finished"
     assert engines[1].profile == "streamed" and hooks.results[1].profile == "streamed"
     with pytest.raises(EngineOutOfMemory) as caught:  # the type and its fields survive the pipe
         engines[1].call(f"{__name__}:raise_oom")
@@ -249,7 +217,7 @@ async def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(engi
 
     hooks.on_progress = on_progress
     await run_jobs([worker], hooks, {1: spec("slow", steps=30), 2: spec("after the crash")})
-    outcomes = hooks.outcomes()
+    outcomes = hooks.by_job()
     assert outcomes[1] == ("failed", 1, "the engine process for cpu exited with code -9 (signal SIGKILL) during "
                                         "this job (killed, or it crashed: the log may say why); a new one starts "
                                         "for the next job")

@@ -1,8 +1,7 @@
-"""Workers with the real tiny engine on the CPU: order, faults, OOM retry, cancel, batching, two devices."""
+"""Workers with the real tiny engine on the CPU: order, faults, OOM retry, cancel, batching (several devices: test_pool.py)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -10,8 +9,9 @@ from engine.errors import EngineOutOfMemory
 from engine.pipeline import Engine
 from engine.queue import JobQueue
 from engine.settings import EngineSettings
-from engine.spec import JobSpec, Result
-from engine.worker import Worker, resolve_devices, start_workers
+from engine.spec import JobSpec
+from engine.worker import Worker
+from tests.support.hooks import Recorder
 
 SIZE = 256  # the engine's smallest size
 
@@ -58,42 +58,6 @@ def clean_engine(engine):
     engine.batches.clear()
     if engine.profile != "resident":
         engine.set_profile("resident")
-
-
-@dataclass
-class Recorder:
-    """WorkerHooks that write down what they hear, in order."""
-    log: list[tuple] = field(default_factory=list)
-    results: dict[int, Result] = field(default_factory=dict)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    expect: int = 0
-
-    async def on_started(self, job_id):
-        self.log.append(("started", job_id))
-
-    def on_progress(self, job_id, step, total):
-        self.log.append(("progress", job_id, step, total))
-
-    async def on_finished(self, job_id, result):
-        self.results[job_id] = result
-        self._end(("finished", job_id))
-
-    async def on_failed(self, job_id, message):
-        self._end(("failed", job_id, message))
-
-    async def on_cancelled(self, job_id):
-        self._end(("cancelled", job_id))
-
-    def _end(self, entry):
-        self.log.append(entry)
-        if len(self.outcomes()) >= self.expect:
-            self.done.set()
-
-    def outcomes(self) -> list[tuple]:
-        return [e for e in self.log if e[0] in ("finished", "failed", "cancelled")]
-
-    def kinds(self, job_id) -> list[str]:
-        return [e[0] for e in self.log if e[1] == job_id]
 
 
 def spec(prompt="a red fox", steps=1, **kw) -> JobSpec:
@@ -208,36 +172,3 @@ async def test_stop_leaves_the_running_job_without_an_outcome(engine):
     await asyncio.wait_for(first_step.wait(), 30)
     await asyncio.wait_for(worker.stop(close_engine=False), 30)
     assert hooks.outcomes() == [] and queue.running() == {}
-
-
-async def test_two_cpu_workers_share_the_queue_and_run_every_job_once(engine, settings):
-    hooks, queue = Recorder(), JobQueue()
-    loaded = []
-
-    def loader(s, device):  # the first worker reuses the module's engine, the second loads its own
-        e = engine if not loaded else Engine.load(s, device)
-        loaded.append(e)
-        return e
-
-    workers = await start_workers(EngineSettings(**{**settings.__dict__, "devices": ["cpu", "cpu"]}), queue, hooks,
-                                  loader=loader)
-    assert [w.name for w in workers] == ["cpu#0", "cpu#1"] and loaded[0] is not loaded[1]
-    hooks.expect = 16
-    for jid in range(16):
-        queue.submit(jid, spec(f"job {jid}", seed=jid))
-    await asyncio.wait_for(hooks.done.wait(), 120)
-    await workers[0].stop(close_engine=False)
-    await workers[1].stop()
-    finished = [e[1] for e in hooks.outcomes()]
-    assert sorted(finished) == list(range(16)) and len(set(finished)) == 16
-    assert all(w.jobs_done > 0 for w in workers), [w.jobs_done for w in workers]
-    started = sorted(e[1] for e in hooks.log if e[0] == "started")
-    assert started == list(range(16))  # each job started exactly once
-
-
-def test_resolve_devices():
-    import torch
-
-    assert resolve_devices(["cpu", "cpu"]) == ["cpu", "cpu"]
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    assert resolve_devices(["auto"]) == ([f"cuda:{i}" for i in range(gpus)] or ["cpu"])
