@@ -129,7 +129,7 @@ def write_model(root: Path, arch: Arch, device: str) -> dict:
     gen = torch.Generator(device).manual_seed(0)
     # 1. Configs, scheduler, tokenizers, model_index.json.
     clip_cls, t5_cls = _write_configs(base, arch)
-    # 2. The DiT in BFL layout (names and shapes from the diffusers model through engine/tiny.py's converter),
+    # 2. The DiT in BFL layout (names and shapes from the diffusers model through engine/bfl_keys.py's converter),
     #    hashed as it is written: the sidecar engine/models.py would write (hashing 22 GiB at start-up took 44 s
     #    in run 1; that once-per-file cost is reported from there, not paid again by every run).
     sizes = {"dit": _write_random(root / DIT_FILE, _bfl_shapes(arch), gen, device, sidecar=True)}
@@ -194,7 +194,7 @@ def _bfl_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from engine.tiny import diffusers_to_bfl
+    from engine.bfl_keys import diffusers_to_bfl
 
     with torch.device("meta"):
         dit = FluxTransformer2DModel(**arch.dit)

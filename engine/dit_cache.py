@@ -27,9 +27,11 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from engine.bfl_keys import iter_bfl_to_diffusers
 from engine.errors import EngineError, ModelNotFoundError
 from engine.mmap_weights import (PAD_PREFIX, DiskFullError, PlannedTensor, SafetensorsFormatError,
                                  StreamingWriter, drop_cached_pages, read_header, read_tensor)
+from engine.precision import COMPUTE, STORAGE
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,6 @@ BFL_PREFIX = "model.diffusion_model."  # all-in-one checkpoints carry the VAE an
 def planned_tensors(dit: torch.nn.Module, in_fp8: set[str]) -> dict[str, PlannedTensor]:
     """Every parameter of a (meta) DiT with the dtype the engine stores it in: fp8 for `in_fp8` modules,
     else bf16; in the model's order (a block's tensors lie together in the file)."""
-    from engine.precision import COMPUTE, STORAGE
 
     out: dict[str, PlannedTensor] = {}
     for name, p in dit.named_parameters():
@@ -146,8 +147,6 @@ def converted_tensors(files: list[Path], config, planned: dict[str, PlannedTenso
 
 def _read_dit_tensors(file: Path, config) -> Iterator[tuple[str, torch.Tensor]]:
     """(diffusers name, tensor) of one safetensors file, converting BFL keys and skipping non-DiT parts."""
-    from engine.tiny import iter_bfl_to_diffusers
-
     try:
         infos, _ = read_header(file)
         fd = os.open(file, os.O_RDONLY)

@@ -166,7 +166,7 @@ def _write_wide_bfl(tmp_path: Path) -> tuple[Path, Path]:
         import torch
         from diffusers import FluxTransformer2DModel
         from safetensors.torch import save_file
-        from engine.tiny import diffusers_to_bfl
+        from engine.bfl_keys import diffusers_to_bfl
         torch.manual_seed(0)
         dit = FluxTransformer2DModel(**{WIDE!r}).to(torch.bfloat16)
         dit.save_config("config")

@@ -16,7 +16,8 @@ from engine.errors import ModelNotFoundError
 from engine.models import file_sha256, resolve_source
 from engine.pipeline import Engine
 from engine.spec import JobSpec
-from engine.tiny import bfl_to_diffusers, diffusers_to_bfl, ensure_tiny
+from engine.bfl_keys import bfl_to_diffusers, diffusers_to_bfl
+from engine.tiny import ensure_tiny
 
 SMALL = dict(steps=2, width=256, height=256)
 
