@@ -219,7 +219,8 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_no_file(tmp_path):
     ckpt, config = _write_wide_bfl(tmp_path)
     code = """
         from pathlib import Path
-                from engine.models import load_dit
+        from engine.errors import EngineError
+        from engine.models import load_dit
         try:
             load_dit([Path("wide.safetensors")], Path("config"), "all-linear")
             print(json.dumps({"error": None}))
