@@ -261,7 +261,7 @@ async def cancel(interaction: discord.Interaction, job_id: int) -> None:
         CancelOutcome.CANCELLED: f"Job #{job_id} cancelled.",
         CancelOutcome.STOPPING: f"Job #{job_id} stops at its next step.",
         CancelOutcome.ALREADY_FINISHED: f"Job #{job_id} has already finished.",
-        CancelOutcome.NOT_YOURS: "Only the person who asked for this job or an admin may cancel it.",
+        CancelOutcome.NOT_YOURS: "Only the person who asked for this job or an admin of its server may cancel it.",
         CancelOutcome.NOT_FOUND: f"Job #{job_id} does not exist (any more).",
     }[outcome]
     await send_ephemeral(interaction, text)

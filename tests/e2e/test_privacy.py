@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from pathlib import Path
 
 from db import jobs as store_jobs
 from db.records import JobOutput, NewJob
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
-from tests.e2e.reliability_kit import crafted_click, has_result, imagine, job_rows
+from tests.e2e.reliability_kit import crafted_click, delivered, eventually, has_result, imagine, job_rows
 from tests.e2e.refusals import private_answer, public_messages, refusal
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ async def test_a_role_admin_acts_only_on_jobs_of_their_own_guild(fake_discord, s
     dm_queued = await seed_job(bot, alice.id, "dm queued", guild_id=None, channel_id=fake.dm_channel(alice).id,
                                done=False)
     assert (other_done, other_queued, dm_queued) == (3, 4, 5)
+    for job_id in (1, 2):  # the delivery bookkeeping is written after the result appears: wait for it
+        await eventually(partial(delivered, bot, job_id), 10, f"job {job_id} recorded as delivered")
     before = await job_rows(bot.store)
     # 1. /history of alice: the moderator sees this guild's job only; neither the DM prompts nor the other guild's.
     page = await (await fake.slash(moderator, "history", {"user": alice.id})).wait_message(
@@ -160,6 +163,7 @@ async def test_show_of_anothers_job_only_in_its_channel_whether_or_not_its_file_
                                                       "seed": 5}, channel=private)).wait_message(has_result, 30)
     assert made.channel_id == private.id
     png = Path((await store_jobs.get_job(bot.store, 1)).images[0].path)
+    await eventually(partial(delivered, bot, 1), 10, "job 1 recorded as delivered")
     before = await job_rows(bot.store)
     # 1. mallory, in another channel of the same guild and in a DM: refused privately, file on disk or not.
     for pruned in (False, True):
