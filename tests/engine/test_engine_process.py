@@ -18,41 +18,13 @@ from engine.queue import JobQueue
 from engine.settings import EngineSettings
 from engine.spec import JobSpec
 from engine.worker import Worker
+from tests.support.engines import SEAM_LOADER, seam_loader
 from tests.support.hooks import Recorder
 
 SIZE = 256
-SEAM_LOADER = f"{__name__}:seam_loader"  # the child imports this module by name (pytest put its folder on sys.path)
 
 
-# --------------------------------------------------------------------------------- the child's engine
-
-class SeamEngine(Engine):
-    """The real engine with fault seams chosen by prompt: "boom" raises a plain RuntimeError, "oom-once"
-    raises EngineOutOfMemory the first time, "slow" sleeps 0.3 s after each step (time to kill or cancel)."""
-
-    oom_seen = False
-
-    def generate_batch(self, specs, *, progress=None, should_cancel=None):
-        prompts = [s.prompt for s in specs]
-        if "boom" in prompts:
-            raise RuntimeError("seam: boom")
-        if "oom-once" in prompts and not SeamEngine.oom_seen:
-            SeamEngine.oom_seen = True
-            raise EngineOutOfMemory("out of GPU memory (seam); try a leaner profile", profile=self.profile,
-                                    suggested_profile="streamed")
-        if "slow" in prompts and progress is not None:
-            inner = progress
-
-            def progress(step, total):
-                inner(step, total)
-                time.sleep(0.3)
-        return super().generate_batch(specs, progress=progress, should_cancel=should_cancel)
-
-
-def seam_loader(settings: EngineSettings, device: str) -> SeamEngine:
-    """Runs in the child."""
-    return SeamEngine.load(settings, device)
-
+# --------------------------------------------------------------------------------- run in the child
 
 def peak_note(engine, label: str) -> str:
     """Runs in the child through ProcessEngine.call."""

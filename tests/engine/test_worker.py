@@ -6,37 +6,14 @@ import asyncio
 import pytest
 
 from engine.errors import EngineOutOfMemory
-from engine.pipeline import Engine
 from engine.queue import JobQueue
 from engine.settings import EngineSettings
 from engine.spec import JobSpec
 from engine.worker import Worker
+from tests.support.engines import SeamEngine
 from tests.support.hooks import Recorder
 
 SIZE = 256  # the engine's smallest size
-
-
-class SeamEngine(Engine):
-    """The real engine with fault seams: prompts listed in `explode` raise a plain RuntimeError, prompts in
-    `oom_once` raise EngineOutOfMemory the first time (as CUDA would on a profile that does not fit)."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.explode: set[str] = set()
-        self.oom_once: set[str] = set()
-        self.batches: list[list[str]] = []
-
-    def generate_batch(self, specs, *, progress=None, should_cancel=None):
-        prompts = [s.prompt for s in specs]
-        self.batches.append(prompts)
-        for p in prompts:
-            if p in self.explode:
-                raise RuntimeError(f"seam: {p}")
-            if p in self.oom_once:
-                self.oom_once.discard(p)
-                raise EngineOutOfMemory("out of GPU memory (seam); try a leaner profile", profile=self.profile,
-                                        suggested_profile="streamed")
-        return super().generate_batch(specs, progress=progress, should_cancel=should_cancel)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +30,7 @@ def engine(settings) -> SeamEngine:
 @pytest.fixture(autouse=True)
 def clean_engine(engine):
     yield
-    engine.explode.clear()
-    engine.oom_once.clear()
-    engine.batches.clear()
+    engine.reset()
     if engine.profile != "resident":
         engine.set_profile("resident")
 
