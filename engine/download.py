@@ -215,8 +215,8 @@ def list_remote_files(part: Part, *, token: str | None = None,
 
 
 def _hf_list(repo_id: str, *, token: str | None, endpoint: str | None) -> tuple[str, list[RemoteFile]]:
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub import HfApi  # lazy: huggingface_hub is slow to import
+    from huggingface_hub.hf_api import RepoFile  # lazy: huggingface_hub is slow to import
 
     api = HfApi(token=token, endpoint=endpoint)
     with _hf_errors(repo_id, token):
@@ -330,7 +330,7 @@ def _fetch_into(url: str, part: Path, *, size: int | None, progress: bool, timeo
             have, mode = 0, "wb"
         length = resp.headers.get("Content-Length")
         total = size if size is not None else (have + int(length) if length else None)
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: only a download or a checksum shows a progress bar
         with open(part, mode) as fh, tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                                           desc=part.name[:-5], disable=not progress, leave=False) as bar:
             while block := resp.read(chunk_bytes):
@@ -363,8 +363,8 @@ class _hf_errors:
     def __exit__(self, kind, err, tb):
         if err is None:
             return False
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, \
-            RepositoryNotFoundError
+        from huggingface_hub.errors import (  # lazy: huggingface_hub takes ~1 s to import
+            GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError)
         if isinstance(err, GatedRepoError) or (self.repo_id == FLUX_DEV_REPO and isinstance(
                 err, (RepositoryNotFoundError, HfHubHTTPError)) and _status(err) in (401, 403)):
             have = "a token was given but it has no access yet" if self.token else "no HF_TOKEN was given"
@@ -439,8 +439,8 @@ def download(plan: DownloadPlan, models_dir: str | os.PathLike, *, token: str | 
 
 def _hf_fetch(part: Part, revision: str, folder: Path, *, token: str | None, endpoint: str | None,
               progress: bool) -> None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from huggingface_hub import snapshot_download  # lazy: huggingface_hub is slow to import
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars  # lazy: slow to import
 
     if not progress:
         disable_progress_bars()
@@ -490,7 +490,7 @@ class VerifyReport:
 
 def sha256_file(path: str | os.PathLike, *, progress: bool = False, chunk_bytes: int = 8 << 20) -> str:
     """SHA-256 of a file, read in chunks (a progress bar for big files when `progress`)."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: only a download or a checksum shows a progress bar
 
     path = Path(path)
     h = hashlib.sha256()

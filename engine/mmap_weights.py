@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,8 +310,6 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _free_gib(folder: Path) -> str:
-    import shutil
-
     try:
         return f"{shutil.disk_usage(folder).free / 2**30:.2f} GiB"
     except OSError:

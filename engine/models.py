@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.download import check_model_files
 from engine.errors import ModelNotFoundError
 from engine.settings import TINY, EngineSettings
 
@@ -47,7 +48,7 @@ class ModelSource:
 
 def resolve_source(settings: EngineSettings) -> ModelSource:
     """Check `[engine] model` (and `base_model`) on disk; ModelNotFoundError says what is missing and why."""
-    from engine.tiny import ensure_tiny
+    from engine.tiny import ensure_tiny  # lazy: imports torch and diffusers (seconds)
 
     # 1. The built-in tiny model: build it once into models_dir.
     if settings.model == TINY:
@@ -85,8 +86,6 @@ def resolve_source(settings: EngineSettings) -> ModelSource:
 def check_downloaded_files(source: ModelSource) -> None:
     """Start-up check of files fetched by `python -m bot download`: each present with the size its manifest
     recorded (milliseconds; `download --verify` and `doctor` re-hash). Folders without a manifest pass."""
-    from engine.download import check_model_files
-
     if source.kind == "tiny":
         return
     for report in check_model_files((source.path, source.base), full=False):
@@ -158,9 +157,9 @@ def load_dit(files: list[Path], config_dir: Path, fp8: str = "off"):
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from engine import dit_cache
-    from engine.mmap_weights import MappedFile
-    from engine.precision import fp8_module_names
+    from engine import dit_cache  # lazy: these import torch; `doctor`, `plan` use this module without it
+    from engine.mmap_weights import MappedFile  # lazy: imports torch
+    from engine.precision import fp8_module_names  # lazy: imports torch
 
     t0 = time.perf_counter()
     # 1. An empty model and what each of its tensors must be.
@@ -204,7 +203,7 @@ def load_t5(folder: Path):
     import torch
     from transformers import T5Config, T5EncoderModel
 
-    from engine.mmap_weights import MappedFile, SafetensorsFormatError
+    from engine.mmap_weights import MappedFile, SafetensorsFormatError  # lazy: imports torch
 
     # 1. An empty model from the folder's config.
     try:

@@ -19,6 +19,10 @@ import torch
 
 from engine import limits
 from engine.errors import EngineError, EngineOutOfMemory
+from engine.memory import apply_plan, detect_budgets, execution_device, leaner, make_plan, pipe_sizes
+from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
+from engine.noise import initial_latents
+from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
@@ -74,10 +78,6 @@ class Engine:
     @classmethod
     def load(cls, settings: EngineSettings, device: str = "cpu") -> "Engine":
         """Load the configured model onto `device` (blocking: seconds for tiny-random, minutes for FLUX)."""
-        from engine.memory import detect_budgets, make_plan, pipe_sizes
-        from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
-        from engine.precision import apply_precision
-
         t0 = time.perf_counter()
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError(f"device {device} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU: "
@@ -128,8 +128,6 @@ class Engine:
 
     def _place(self, plan) -> None:
         """Apply a planner `Plan`, or plan a profile name ("auto", "resident", …) first and apply that."""
-        from engine.memory import apply_plan, detect_budgets, make_plan, pipe_sizes
-
         if self.pipe is None:
             raise EngineError("the engine is closed")
         if self.plan is not None:
@@ -196,8 +194,6 @@ class Engine:
 
     def _denoise_and_decode(self, specs: list[JobSpec], progress: ProgressFn | None,
                             should_cancel: CancelFn | None) -> list[Result]:
-        from engine.memory import execution_device
-
         pipe, first = self.pipe, specs[0]
         device = execution_device(pipe, self.plan)
         timings: dict[str, float] = {}
@@ -251,8 +247,6 @@ class Engine:
         return results
 
     def _embeds(self, prompt: str) -> PromptEmbeds:
-        from engine.memory import execution_device
-
         def encode(text: str) -> PromptEmbeds:
             device = execution_device(self.pipe, self.plan)
             with torch.inference_mode():
@@ -265,8 +259,6 @@ class Engine:
 
     @staticmethod
     def _latents(spec: JobSpec) -> torch.Tensor:
-        from engine.noise import initial_latents
-
         rows = []
         for i, seed in enumerate(spec.seeds):
             var_seed = None if spec.variation_seed is None else spec.variation_seed + i
@@ -295,8 +287,6 @@ class Engine:
                       model_id=self.model_id, cancelled=True, steps_done=steps_done)
 
     def _out_of_memory(self, specs: list[JobSpec], err: BaseException) -> EngineOutOfMemory:
-        from engine.memory import leaner
-
         # 1. Give the memory back before anyone retries.
         gc.collect()
         if torch.cuda.is_available():

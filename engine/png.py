@@ -72,7 +72,7 @@ def format_parameters(params: dict[str, Any]) -> str:
 
 def save_png(image: "Image", path: str | os.PathLike, params: dict[str, Any]) -> str:
     """Write `image` to `path` (atomically) with both metadata chunks; returns the file's sha256 hex."""
-    from PIL.PngImagePlugin import PngInfo
+    from PIL.PngImagePlugin import PngInfo  # lazy: PIL only where a PNG is read or written
 
     # 1. The two chunks (iTXt when the prompt is not Latin-1, which tEXt cannot hold).
     info = PngInfo()
@@ -95,7 +95,7 @@ def save_png(image: "Image", path: str | os.PathLike, params: dict[str, Any]) ->
 
 def read_png_params(path: str | os.PathLike) -> dict[str, Any]:
     """The recipe saved in a fluxbot PNG; for other A1111-style PNGs only {'parameters': text}."""
-    from PIL import Image
+    from PIL import Image  # lazy: PIL only where a PNG is read or written
 
     with Image.open(path) as im:
         chunks = dict(getattr(im, "text", {}) or {})

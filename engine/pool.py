@@ -1,9 +1,10 @@
 """The worker pool: one `Worker` per device of `[engine] devices`, all taking jobs from the one `JobQueue`.
 
-The bot, the tests and tools start workers here and nowhere else. Devices load one after the other (loading
-is RAM-heavy) and tolerantly: a device whose engine cannot load is reported and skipped, the others still
-start. After each device the pool calls `on_change(PoolState)` on the event loop — which devices run, which
-failed and why, which are still to load — so its owner can tell users (the bot's engine state).
+The bot and the tests start workers here and nowhere else (bench/multigpu_bench.py wraps engines it loaded
+itself, to reuse them across its runs). Devices load one after the other (loading is RAM-heavy) and
+tolerantly: a device whose engine cannot load is reported and skipped, the others still start. After each
+device the pool calls `on_change(PoolState)` on the event loop — which devices run, which failed and why,
+which are still to load — so its owner can tell users (the bot's engine state).
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ Modes (`[engine] fp8`):
 
 Call `apply_precision` before any offloading: group offloading pins whatever dtype the weights have then.
 T5 is never layerwise-cast (it upcasts internally; fp8 storage would hurt its precision).
+`lean_layerwise_casting` makes diffusers' casting hooks keep the fp8 weights aside instead of re-casting them
+after each forward (the streamer's executor applies it to the DiT's blocks).
 """
 from __future__ import annotations
 
@@ -103,3 +105,43 @@ def dit_bytes(module: torch.nn.Module) -> int:
 def linear_dtypes(module: torch.nn.Module) -> dict[str, torch.dtype]:
     """The stored weight dtype of every nn.Linear, by module name (used by tests and `doctor`)."""
     return {name: m.weight.dtype for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def lean_layerwise_casting(modules: list[nn.Module]) -> int:
+    """Make diffusers' layerwise-casting hooks inside `modules` skip the fp8 re-cast after each forward.
+
+    diffusers' hook casts a Linear to bf16 before its forward and back to fp8 after it: the second cast is
+    a kernel that reads 2 bytes and writes 1 per weight and allocates, only to produce a copy of the fp8
+    weights the layer already had. Here the fp8 tensors are kept aside before the upcast and put back after
+    the forward (no kernel). The upcast itself stays on the compute stream. Returns the layers changed.
+    """
+    from diffusers.hooks import HookRegistry  # lazy: diffusers takes seconds to import
+
+    changed = 0
+    for root in modules:
+        for module in root.modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            hook = registry.get_hook("layerwise_casting") if isinstance(registry, HookRegistry) else None
+            if hook is None:
+                continue
+            index = registry._hook_order.index("layerwise_casting")
+            fn_ref = registry._fn_refs[index]
+            kept: dict[str, torch.Tensor] = {}
+
+            def pre_forward(mod, *args, _hook=hook, _kept=kept, **kwargs):
+                for name, param in mod.named_parameters(recurse=False):
+                    if param.dtype == _hook.storage_dtype:
+                        _kept[name] = param.data
+                        param.data = param.data.to(_hook.compute_dtype)
+                return args, kwargs
+
+            def post_forward(mod, output, _kept=kept):
+                for name, param in mod.named_parameters(recurse=False):
+                    if name in _kept:
+                        param.data = _kept.pop(name)
+                return output
+
+            fn_ref.pre_forward, fn_ref.post_forward = pre_forward, post_forward
+            changed += 1
+    log.debug("lean layerwise casting on %d layers", changed)
+    return changed

@@ -29,7 +29,10 @@ fp8 → bf16 upcasts happen per Linear on the compute stream (engine/precision.p
 """
 from __future__ import annotations
 
+import bisect
 import logging
+import mmap
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,9 +70,6 @@ class HostArena:
 def _host_buffer(nbytes: int) -> torch.Tensor:
     """Anonymous host memory, backed by transparent huge pages where the kernel allows (fewer pages for the
     DMA engine to translate: set FLUXBOT_ARENA_THP=0 to compare)."""
-    import mmap
-    import os
-
     region = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if os.environ.get("FLUXBOT_ARENA_THP", "1") != "0" and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
@@ -207,8 +207,6 @@ def _file_backed_ranges(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
 
 
 def _in_ranges(ptr: int, ranges: list[tuple[int, int]]) -> bool:
-    import bisect
-
     i = bisect.bisect_right(ranges, (ptr, float("inf"))) - 1
     return i >= 0 and ranges[i][0] <= ptr < ranges[i][1]
 
