@@ -20,6 +20,7 @@ from bot.permissions import (ShownJob, caller_of, check_may_generate, check_may_
 from bot.replies import UserFacingError, send_ephemeral
 from bot.service import CancelOutcome, NewRequest, spec_of
 from bot.validation import InvalidRequest, validate_imagine
+from bot.views import EditModal, JobRef
 from db import jobs as store_jobs
 from db.models import DONE
 from engine.spec import JobSpec, random_seed
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from bot.client import FluxBot
     from bot.permissions import Caller
     from bot.service import Submitted
-    from bot.views import JobRef
     from db.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,6 @@ async def vary(interaction: discord.Interaction, job_id: int) -> None:
 
 async def open_edit(interaction: discord.Interaction, job_id: int) -> None:
     """✏️ A modal prefilled with the job's prompt, seed and steps."""
-    from bot.views import EditModal
-
     bot = bot_of(interaction)
     check_may_generate(bot.config.discord, caller_of(interaction))
     check_can_generate(bot.engine_state)  # no form to fill in for a job that cannot run
@@ -96,7 +94,7 @@ async def open_edit(interaction: discord.Interaction, job_id: int) -> None:
                                                     identity=bot.identity))
 
 
-async def submit_edit(interaction: discord.Interaction, ref: "JobRef", prompt: str, seed_text: str,
+async def submit_edit(interaction: discord.Interaction, ref: JobRef, prompt: str, seed_text: str,
                       steps_text: str) -> None:
     """The Edit modal was sent: the parent's size, guidance and count with the new prompt, seed and steps."""
     bot = bot_of(interaction)
@@ -217,7 +215,7 @@ FOREIGN_BUTTON = ("This button comes from an earlier database of this bot (it wa
                   "no longer stands for any job here and nothing was done. /history lists your images.")
 
 
-def check_this_database(bot: "FluxBot", ref: "JobRef") -> None:
+def check_this_database(bot: "FluxBot", ref: JobRef) -> None:
     """A button or form made by another database (its identity differs) means no job of this one."""
     if ref.identity is not None and ref.identity != bot.identity:
         log.info("button of database %s pressed; this database is %s", ref.identity, bot.identity)
@@ -240,7 +238,7 @@ def check_own_message(interaction: discord.Interaction, job: "JobRecord") -> Non
                           f"the same number (the bot's database was reset or restored since), so nothing was done.")
 
 
-async def job_button(interaction: discord.Interaction, action: str, ref: "JobRef") -> None:
+async def job_button(interaction: discord.Interaction, action: str, ref: JobRef) -> None:
     """A job button was pressed: the action, once the button is known to mean a job of this database."""
     check_this_database(bot_of(interaction), ref)
     await JOB_ACTIONS[action](interaction, ref.job_id)

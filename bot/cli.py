@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bot.config import ConfigError
+from bot.plan_cmd import add_arguments as plan_arguments
 from bot.errors import CannotStart
 from engine.settings import PROFILES
 from db.errors import StoreError
@@ -73,8 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "could not start")
     doc.add_argument("--quick", action="store_true", help="check model files by size only (no SHA-256 re-hash, "
                      "which takes a minute or two for 30 GB)")
-
-    from bot.plan_cmd import add_arguments as plan_arguments
 
     plan_arguments(sub.add_parser("plan", parents=[common], help="where every weight would live on this machine (or "
                                   "on one you describe) and how fast; works without a GPU or the weights"))

@@ -25,12 +25,27 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import actions
+from bot.cogs.history import HistoryPageButton
 from bot.config import Config, ConfigError, load_config
 from bot.delivery import Deliverer
 from bot.errors import CannotStart
 from bot.engine_state import EngineState, EngineStatus, failure_reason
-from bot.replies import report_error
+from bot.logging_setup import setup_logging
+from bot.replies import guarded, report_error
+from bot.service import JobService
+from bot.token_expiry import forget_expired_tokens, forget_periodically
+from bot.tracker import JobTracker
 from bot.validation import SizeChoice, parse_sizes
+from bot.views import JobButton, JobRef, edit_form
+from db import instance
+from db.session import open_store
+from engine.devices import resolve_devices
+from engine.image_files import IdMark
+from engine.models import quiet_loading_bars
+from engine.pool import WorkerPool
+from engine.queue import JobQueue
+from engine.retention import prune_periodically
 
 if TYPE_CHECKING:
     from engine.pool import PoolState
@@ -38,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COGS = ("bot.cogs.imagine", "bot.cogs.history", "bot.cogs.queue")
+DYNAMIC_ITEMS = (JobButton, HistoryPageButton)  # every persistent button: its custom_id is parsed when clicked
 STORE_WATCH_S = 30.0  # how often an idle bot checks that its database file is still the one it opened
 
 
@@ -90,13 +106,6 @@ class FluxBot(commands.Bot):
     # --- start -------------------------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        from bot.service import JobService
-        from bot.tracker import JobTracker
-        from bot.views import DYNAMIC_ITEMS
-        from db.session import open_store
-        from engine.queue import JobQueue
-        from engine.devices import resolve_devices
-
         cfg = self.config
         # 1. Store, queue, service, tracker.
         self.store = await open_store(cfg.database.url, echo=cfg.database.echo,
@@ -114,7 +123,6 @@ class FluxBot(commands.Bot):
             await self.load_extension(name)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         # 3. Jobs the last run left behind (their interaction tokens cleared once past Discord's 15 minutes).
-        from bot.token_expiry import forget_expired_tokens, forget_periodically
         await forget_expired_tokens(self.store)
         self._forgetting = asyncio.create_task(forget_periodically(self.store), name="fluxbot-forget-tokens")
         self.recovered = await self.service.recover()
@@ -126,7 +134,6 @@ class FluxBot(commands.Bot):
         # 5. Engines, in the background.
         self._loading = asyncio.create_task(self._start_workers(devices), name="fluxbot-load-engines")
         # 6. Image retention ([storage]): prunes old PNGs; records stay and /show regenerates them.
-        from engine.retention import prune_periodically
         self._pruning = asyncio.create_task(prune_periodically(
             cfg.engine.images_dir, cfg.storage.max_image_age_days, int(cfg.storage.max_images_gib * 2**30),
             cfg.storage.prune_interval_min * 60), name="fluxbot-prune-images")
@@ -134,9 +141,6 @@ class FluxBot(commands.Bot):
     async def _database_identity(self) -> str:
         """This database's identity; job ids it issued before a restore from an older backup stay unused; a watch
         notices the database file deleted or replaced later."""
-        from db import instance
-        from engine.image_files import IdMark
-
         identity = await instance.identity(self.store)
         highest = await asyncio.to_thread(IdMark(self.config.engine.images_dir).highest, identity)
         before = await instance.skip_job_ids_through(self.store, highest)
@@ -166,8 +170,6 @@ class FluxBot(commands.Bot):
         """Start the engine's worker pool (engine/pool.py: one engine per device, one after the other; a device
         that fails does not stop the others). The first that loads makes the engine READY (the others keep
         loading); if none loads, it is FAILED with the first device's reason."""
-        from engine.pool import WorkerPool
-
         # 1.-2. Load and start each device's worker; `_engine_pool_changed` hears each device's outcome.
         pool = WorkerPool(self.config.engine, self.queue, self.service, loader=self._engine_loader,
                           devices=devices, on_change=self._engine_pool_changed)
@@ -214,10 +216,11 @@ class FluxBot(commands.Bot):
         """Edit forms are answered here, statelessly (they survive a restart). A click that no button of this
         version handles (a button left by an older version of the bot, or an altered custom_id) gets an answer
         instead of Discord's bare "This interaction failed"."""
-        from bot.views import DYNAMIC_ITEMS, handle_modal_submit
-
         if interaction.type is discord.InteractionType.modal_submit:
-            await handle_modal_submit(interaction)
+            form = edit_form(interaction)
+            if form is not None:
+                await guarded(interaction, lambda: actions.submit_edit(interaction, form.ref, form.prompt, form.seed,
+                                                                       form.steps))
             return
         if interaction.type is not discord.InteractionType.component:
             return
@@ -229,6 +232,10 @@ class FluxBot(commands.Bot):
             await interaction.response.send_message("This button is not recognised (it may come from an older "
                                                     "version of the bot); use /imagine or /history instead.",
                                                     ephemeral=True)
+
+    async def job_button(self, interaction: discord.Interaction, action: str, ref: JobRef) -> None:
+        """A job button (`bot.views.JobButton`) was pressed: its action (`bot.actions.JOB_ACTIONS`)."""
+        await actions.job_button(interaction, action, ref)
 
     # --- errors ----------------------------------------------------------------------------------------------
 
@@ -270,9 +277,7 @@ def run_command(args) -> int:
     Discord out of reach is one line (here and in the log file) and exit status 1, not a traceback."""
     config = load_config(getattr(args, "config", None), require_token=True)
     token = config.discord.token.reveal()
-    from bot.logging_setup import setup_logging
     handles = setup_logging(config.logging, secrets=[token])
-    from engine.models import quiet_loading_bars
     quiet_loading_bars()  # per-file loading bars would fill the log
     bot = FluxBot(config, freeze_gc=True)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)

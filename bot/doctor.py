@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config
+from bot.logging_setup import DISCORD_TOKEN
+from engine import download as dl
+from engine.errors import EngineError, ModelNotFoundError
+from engine.model_sizes import sizes_from_files
+from engine.models import resolve_source
 from engine.settings import TINY, EngineSettings
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +108,6 @@ def _check_config(config_path: str | None, env: Mapping[str, str], checks: list[
 
 
 def _check_token(cfg: Config, env: Mapping[str, str], checks: list[Check]) -> None:
-    from bot.logging_setup import DISCORD_TOKEN
 
     token = cfg.discord.token.reveal()
     where = "env DISCORD_TOKEN" if env.get("DISCORD_TOKEN") else "[discord] token"
@@ -176,10 +184,6 @@ def _existing_parent(path: Path) -> Path:
 
 def _check_model(settings: EngineSettings, full: bool, checks: list[Check]) -> bool:
     """Presence (engine.models.resolve_source rules), then the SHA-256 manifests. True if loadable."""
-    from engine import download as dl
-    from engine.errors import ModelNotFoundError
-    from engine.models import resolve_source
-
     # 1. tiny-random is built offline on first start; nothing to verify.
     if settings.model == TINY:
         checks.append(Check("model", OK, f"tiny-random: a tiny random-weight FLUX built offline under "
@@ -213,9 +217,7 @@ def _check_profile(settings: EngineSettings, devices: list[str], checks: list[Ch
     """The placement plan the engine would start with on each device (`python -m bot plan` prints the same),
     from the model files' sizes (FLUX.1-dev's where absent) and the budgets measured now."""
     try:
-        from engine.errors import EngineError
-        from engine.memory import detect_budgets, make_plan
-        from engine.model_sizes import sizes_from_files
+        from engine.memory import detect_budgets, make_plan  # lazy: imports torch; a broken install is reported
     except ImportError as e:  # a broken install should not hide the other checks
         checks.append(Check("profile", WARN, f"engine.memory cannot be imported ({e})"))
         return
@@ -235,8 +237,6 @@ def _check_profile(settings: EngineSettings, devices: list[str], checks: list[Ch
 def estimate_weight_bytes(settings: EngineSettings) -> tuple[int, int]:
     """(DiT bytes after fp8 storage, text encoders + VAE bytes in bf16), read from safetensors headers
     without loading a tensor (engine/model_sizes.py). Zero for files that are not there."""
-    from engine.model_sizes import sizes_from_files
-
     sizes, _ = sizes_from_files(settings, fallback=False)
     return sizes.dit, sizes.t5 + sizes.clip + sizes.vae
 
@@ -244,9 +244,6 @@ def estimate_weight_bytes(settings: EngineSettings) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- database
 
 def _check_database(url: str, checks: list[Check]) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         parsed = make_url(url)
     except ArgumentError as e:
@@ -285,9 +282,6 @@ def _check_sqlite(shown: str, database: str, checks: list[Check]) -> None:
 
 
 def _check_server_db(url: str, shown: str, password: str | None, checks: list[Check]) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     async def ping() -> None:
         engine = create_async_engine(url, pool_pre_ping=False)
         try:

@@ -18,7 +18,11 @@ from pathlib import Path
 
 from bot.config import Config, load_config
 from engine import limits
+from engine.errors import EngineError
+from engine.models import quiet_loading_bars
+from engine.png import image_params, save_png
 from engine.settings import TINY
+from engine.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +71,6 @@ def pick_device(devices: list[str]) -> str:
 
 def generate_command(args: argparse.Namespace) -> int:
     """Run one generation from the parsed `generate` arguments; 0 on success, 1 engine error, 2 usage."""
-    from engine.errors import EngineError
-    from engine.spec import JobSpec
-
     # 1. Config and overrides (argparse has already refused an unknown --profile).
     cfg = load_config(args.config)
     settings = cfg.engine
@@ -158,9 +159,7 @@ class PhaseReport:
 
 
 def _run(settings, spec, paths: list[Path]) -> int:
-    from engine.models import quiet_loading_bars
-    from engine.pipeline import Engine
-    from engine.png import image_params, save_png
+    from engine.pipeline import Engine  # lazy: imports torch and diffusers (seconds), after the arguments are checked
 
     # 1. Load the model (the first tiny-random run builds it); our own bar is the only one.
     quiet_loading_bars()

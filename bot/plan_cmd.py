@@ -14,6 +14,9 @@ import logging
 from dataclasses import replace
 
 from bot.config import load_config
+from engine import limits
+from engine.errors import EngineError
+from engine.settings import TINY
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,8 @@ def plan_command(args: argparse.Namespace) -> int:
 
 def make_cli_plan(args: argparse.Namespace):
     """The Plan for the parsed arguments and the config (ValueError with a clear message for bad input)."""
-    from engine import limits
-    from engine.errors import EngineError
-    from engine.model_sizes import sizes_from_files
-    from engine.planner import flux_dev_sizes
-    from engine.settings import TINY
+    from engine.model_sizes import sizes_from_files  # lazy: bot.cli imports this module for every command's parser
+    from engine.planner import flux_dev_sizes  # lazy: as above; the planner is loaded only when `plan` runs
 
     # 1. Arguments: positive budgets, an allowed size.
     for flag in ("vram", "ram", "h2d", "disk"):
@@ -70,7 +70,7 @@ def make_cli_plan(args: argparse.Namespace):
         device, budgets = _budgets(args, settings)
     except EngineError as e:
         raise ValueError(str(e)) from None
-    from engine.memory import make_plan
+    from engine.memory import make_plan  # lazy: imports torch (seconds)
 
     return make_plan(settings, device, sizes, budgets, size=(width, height))
 
@@ -86,8 +86,8 @@ def _budgets(args, settings):
     """(device, memory.Budgets): the machine described by the flags, else this one (as the engine measures)."""
     import torch
 
-    from engine.memory import Budgets, detect_budgets
-    from engine.planner import CUDA_CONTEXT, GiB, MACHINE_RAM_RESERVE, Bandwidths
+    from engine.memory import Budgets, detect_budgets  # lazy: imports torch (seconds)
+    from engine.planner import CUDA_CONTEXT, GiB, MACHINE_RAM_RESERVE, Bandwidths  # lazy: only when `plan` runs
 
     gpu = torch.cuda.is_available()
     # 1. This machine, measured (errors name a bad [engine] budget).

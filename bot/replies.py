@@ -16,6 +16,7 @@ from discord import app_commands
 from bot.permissions import PermissionDenied
 from bot.service import AdmissionError
 from bot.validation import InvalidRequest
+from db.errors import is_store_busy
 from db.guard import DatabaseGone
 from engine.errors import EngineError
 
@@ -38,8 +39,6 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 def store_busy(error: BaseException) -> bool:
     """SQLite still locked by another program after `[database] busy_timeout_s` (nothing was written)."""
-    from db.errors import is_store_busy
-
     return is_store_busy(error)
 
 

@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from db import jobs as store_jobs
+from db.errors import is_store_busy
+from db.guard import DatabaseGone
 from db.models import RUNNING
 from db.records import ImageFile, JobOutput, JobRecord, NewJob
 from engine import limits as job_limits  # the shared limits and checks
 from engine.image_files import IdMark, image_names
 from engine.listeners import Listeners
+from engine.png import image_params, save_png
 from engine.queue import QUEUED, JobQueue, QueueClosed, QueueEvent
 from engine.spec import JobSpec, Result
 
@@ -377,8 +380,6 @@ class JobService:
 
     def check_store(self) -> None:
         """A database file deleted or replaced under the bot takes no job: the user reads why."""
-        from db.guard import DatabaseGone
-
         try:
             self.store.check()
         except DatabaseGone as e:
@@ -549,8 +550,6 @@ class JobService:
         """Run a store write; while another program holds SQLite past its busy timeout, wait and try again
         (a finished image must not stay `running` until the next restart because of a backup or a viewer).
         After `BUSY_RETRY_DELAYS_S` the error goes up: the job stays `running` and a restart reruns it."""
-        from db.errors import is_store_busy
-
         for delay in (*self.busy_retry_delays_s, None):
             try:
                 return await write()
@@ -572,8 +571,6 @@ class JobService:
     def _write_pngs(self, job_id: int, result: Result) -> list[ImageFile]:
         """Save each image as <images_dir>/<identity>-<job_id>[_<i>].png with its recipe (engine.image_files);
         return paths and SHA-256s, and remember the job id in the folder's mark."""
-        from engine.png import image_params, save_png
-
         files = []
         for i, name in enumerate(image_names(job_id, len(result.images), self.identity)):
             path = self.images_dir / name

@@ -4,8 +4,11 @@ id>`), so buttons keep working after a restart (a click is resolved from the dat
 that was reset since is recognised as such. Buttons posted before identities existed (`fluxbot:<action>:<job id>`)
 keep working.
 
-Callbacks only parse the click and hand it to `bot.actions`; errors go through `bot.replies.report_error`
-(discord.py logs and swallows DynamicItem callback errors, so each callback catches its own).
+Components never import behaviour: a callback only parses the click and hands it to the client
+(`FluxBot.job_button`, which dispatches to `bot.actions`); a submitted Edit form is parsed here (`edit_form`) and
+answered by `FluxBot.on_interaction`. Errors go through `bot.replies.report_error` (discord.py logs and swallows
+DynamicItem callback errors, so each callback catches its own). The /history paging button lives with its feature,
+in `bot/cogs/history.py`.
 """
 from __future__ import annotations
 
@@ -17,11 +20,11 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ui import Button, DynamicItem
 
-from bot import actions
 from bot.replies import guarded
 from engine.image_files import IDENTITY
 
 if TYPE_CHECKING:
+    from bot.client import FluxBot
     from db.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,8 @@ def job_custom_id(action: str, ref: JobRef, *more: int) -> str:
     return custom_id(action, *ref.parts(), *more)
 
 
-# action -> (label, emoji, style); the action's behaviour is `bot.actions.JOB_ACTIONS[action]`
+# action -> (label, emoji, style); the action's behaviour is `bot.actions.JOB_ACTIONS[action]`, reached through
+# the client (`FluxBot.job_button`)
 JOB_BUTTONS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.secondary),   # same everything, a new random seed
     "vary": ("Vary", "🔀", discord.ButtonStyle.secondary),       # the same seed with a subtle variation
@@ -73,28 +77,8 @@ class JobButton(DynamicItem[Button], template=rf"{PREFIX}:(?P<action>{'|'.join(J
         return cls(match["action"], JobRef(int(match["job"]), match["identity"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda: actions.job_button(interaction, self.action, self.ref))
-
-
-class HistoryPageButton(DynamicItem[Button], template=r"fluxbot:hist:(?P<user>\d+):(?P<page>\d+):(?P<dir>[pn])"):
-    """◀ / ▶ of /history: the user whose history it is and the page to show."""
-
-    def __init__(self, user_id: int, page: int, direction: str, *, disabled: bool = False):
-        label = "◀ Newer" if direction == "p" else "Older ▶"
-        super().__init__(Button(label=label, style=discord.ButtonStyle.secondary, disabled=disabled,
-                                custom_id=f"{PREFIX}:hist:{user_id}:{page}:{direction}"))
-        self.user_id, self.page = user_id, page
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match):
-        return cls(int(match["user"]), int(match["page"]), match["dir"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        from bot.cogs.history import show_page  # the cog owns the page layout
-        await guarded(interaction, lambda: show_page(interaction, self.user_id, self.page, edit=True))
-
-
-DYNAMIC_ITEMS = (JobButton, HistoryPageButton)
+        bot: "FluxBot" = interaction.client  # type: ignore[assignment]
+        await guarded(interaction, lambda: bot.job_button(interaction, self.action, self.ref))
 
 
 def result_view(ref: JobRef) -> discord.ui.View:
@@ -112,15 +96,6 @@ def status_view(ref: JobRef) -> discord.ui.View:
     return view
 
 
-def history_view(user_id: int, page: int, pages: int) -> discord.ui.View | None:
-    if pages <= 1:
-        return None
-    view = discord.ui.View(timeout=None)
-    view.add_item(HistoryPageButton(user_id, max(1, page - 1), "p", disabled=page <= 1))
-    view.add_item(HistoryPageButton(user_id, min(pages, page + 1), "n", disabled=page >= pages))
-    return view
-
-
 EDIT_FORM = re.compile(rf"{PREFIX}:editmodal:{_REF}:(?P<nonce>\d+)")
 TEXT_INPUT_MAX_CHARS = 4000  # Discord's longest text input (its prefilled value included)
 
@@ -128,7 +103,7 @@ TEXT_INPUT_MAX_CHARS = 4000  # Discord's longest text input (its prefilled value
 class EditModal(discord.ui.Modal):
     """✏️ Edit: prompt, seed and steps prefilled from the job; size, guidance and count are kept.
 
-    The submit is handled statelessly by `handle_modal_submit` (from `FluxBot.on_interaction`), not by this
+    The submit is handled statelessly by `FluxBot.on_interaction` (parsed by `edit_form`), not by this
     object: a form opened before a restart still works, and two people editing the same job at once each
     get their own form (the custom_id carries the opening interaction's id)."""
 
@@ -149,7 +124,7 @@ class EditModal(discord.ui.Modal):
                                            max_length=3, required=False))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        pass  # answered by handle_modal_submit
+        pass  # answered by FluxBot.on_interaction
 
 
 def submitted_values(data: dict) -> dict[str, str]:
@@ -168,14 +143,21 @@ def submitted_values(data: dict) -> dict[str, str]:
     return values
 
 
-async def handle_modal_submit(interaction: discord.Interaction) -> bool:
-    """Answer a submitted Edit form; False if the modal is not fluxbot's."""
+@dataclass(frozen=True)
+class EditForm:
+    """A submitted Edit form: the job it edits and what the user typed."""
+    ref: JobRef
+    prompt: str
+    seed: str
+    steps: str
+
+
+def edit_form(interaction: discord.Interaction) -> EditForm | None:
+    """The Edit form this modal submit carries; None if the modal is not fluxbot's."""
     data = interaction.data or {}
     match = EDIT_FORM.fullmatch(str(data.get("custom_id", "")))
     if match is None:
-        return False
+        return None
     values = submitted_values(data)
-    ref = JobRef(int(match["job"]), match["identity"])
-    await guarded(interaction, lambda: actions.submit_edit(interaction, ref, values.get("prompt", ""),
-                                                           values.get("seed", ""), values.get("steps", "")))
-    return True
+    return EditForm(JobRef(int(match["job"]), match["identity"]), values.get("prompt", ""), values.get("seed", ""),
+                    values.get("steps", ""))

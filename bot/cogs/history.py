@@ -1,4 +1,7 @@
-"""/history: a user's jobs, newest first, ten a page, with ◀ / ▶ buttons (ephemeral)."""
+"""/history: a user's jobs, newest first, ten a page, with ◀ / ▶ buttons (ephemeral).
+
+The feature in one file: the command, the page (`show_page`) and its paging button (`HistoryPageButton`, a
+persistent DynamicItem: `fluxbot:hist:<user>:<page>:<p|n>`, which the client registers with the job buttons)."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +10,12 @@ from typing import Optional
 import discord
 from discord import app_commands
 from discord.ext import commands
+from discord.ui import Button, DynamicItem
 
 from bot.embeds import history_embed
 from bot.permissions import caller_of, history_guild
+from bot.replies import guarded
+from bot.views import PREFIX
 from db import jobs as store_jobs
 
 log = logging.getLogger(__name__)
@@ -31,7 +37,6 @@ async def show_page(interaction: discord.Interaction, user_id: int, page: int, *
     embed = history_embed(data.items, user_id=user_id, page=page, pages=data.pages)
     if guild is not None:
         embed.title = f"{embed.title} · this server's jobs only"
-    from bot.views import history_view
     view = history_view(user_id, page, data.pages)
     # 3. A new ephemeral message, or the same one turned to another page.
     if edit:
@@ -40,6 +45,33 @@ async def show_page(interaction: discord.Interaction, user_id: int, page: int, *
         await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
     else:
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+class HistoryPageButton(DynamicItem[Button], template=rf"{PREFIX}:hist:(?P<user>\d+):(?P<page>\d+):(?P<dir>[pn])"):
+    """◀ / ▶ of /history: the user whose history it is and the page to show."""
+
+    def __init__(self, user_id: int, page: int, direction: str, *, disabled: bool = False):
+        label = "◀ Newer" if direction == "p" else "Older ▶"
+        super().__init__(Button(label=label, style=discord.ButtonStyle.secondary, disabled=disabled,
+                                custom_id=f"{PREFIX}:hist:{user_id}:{page}:{direction}"))
+        self.user_id, self.page = user_id, page
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):
+        return cls(int(match["user"]), int(match["page"]), match["dir"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await guarded(interaction, lambda: show_page(interaction, self.user_id, self.page, edit=True))
+
+
+def history_view(user_id: int, page: int, pages: int) -> discord.ui.View | None:
+    """◀ / ▶ under a page; none when everything fits on one."""
+    if pages <= 1:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(HistoryPageButton(user_id, max(1, page - 1), "p", disabled=page <= 1))
+    view.add_item(HistoryPageButton(user_id, min(pages, page + 1), "n", disabled=page >= pages))
+    return view
 
 
 class HistoryCog(commands.Cog):
