@@ -1,4 +1,5 @@
-"""GPU workers: one per device, each with its own Engine, all taking jobs from the one `JobQueue`.
+"""GPU workers: one per device, each with its own Engine, all taking jobs from the one `JobQueue`
+(started by engine/pool.py's `WorkerPool`).
 
 A worker runs its engine on a dedicated single-thread executor, so the event loop never blocks and every
 call into one engine (load, generate, set_profile, close) happens on the same thread. Progress crosses back

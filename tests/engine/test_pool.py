@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 
-from engine.devices import resolve_devices
 from engine.errors import ModelNotFoundError
 from engine.pipeline import Engine
 from engine.pool import PoolState, WorkerPool
@@ -111,11 +110,3 @@ async def test_a_failing_callback_does_not_stop_the_pool(engine, settings):
                       on_change=on_change)
     assert (await pool.start()).names == ("cpu#0",)
     await pool.stop(close_engines=False)
-
-
-def test_resolve_devices():
-    import torch
-
-    assert resolve_devices(["cpu", "cpu"]) == ["cpu", "cpu"]
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    assert resolve_devices(["auto"]) == ([f"cuda:{i}" for i in range(gpus)] or ["cpu"])
