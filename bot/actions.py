@@ -18,7 +18,7 @@ from bot.engine_state import check_can_generate
 from bot.permissions import (ShownJob, caller_of, check_may_generate, check_may_manage, check_may_show, is_admin,
                              is_admin_of, is_owner)
 from bot.replies import UserFacingError, send_ephemeral
-from bot.service import CancelOutcome, NewRequest, spec_of
+from bot.job_types import CancelOutcome, NewRequest, Submitted, spec_of
 from bot.validation import InvalidRequest, validate_imagine
 from bot.views import EditModal, JobRef
 from db import jobs as store_jobs
@@ -28,7 +28,6 @@ from engine.spec import JobSpec, random_seed
 if TYPE_CHECKING:
     from bot.client import FluxBot
     from bot.permissions import Caller
-    from bot.service import Submitted
     from db.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -174,7 +173,7 @@ async def start_job(interaction: discord.Interaction, plan: Plan, *, kind: str) 
                                          eta_s=submitted.eta_s)
 
 
-async def _admit(interaction: discord.Interaction, caller: "Caller", plan: Plan, kind: str) -> "Submitted":
+async def _admit(interaction: discord.Interaction, caller: "Caller", plan: Plan, kind: str) -> Submitted:
     """Read what the request needs and submit it, in the caller's turn."""
     bot = bot_of(interaction)
     async with bot.service.user_turn(caller.user_id):

@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 
 from bot.permissions import PermissionDenied
-from bot.service import AdmissionError
+from bot.admission_errors import AdmissionError
 from bot.validation import InvalidRequest
 from db.errors import is_store_busy
 from db.guard import DatabaseGone

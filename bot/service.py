@@ -1,6 +1,6 @@
 """The jobs service: the one place that talks to both the store and the queue.
 
-Cogs call `submit`, `cancel`, `regenerate` and `recover`; the workers call the `WorkerHooks` methods
+The bot calls `submit`, `cancel` and `recover`; the workers call the `WorkerHooks` methods
 (`on_started` …); the bot listens to `JobEvent`s (`subscribe`) to edit "queued #3, ~40 s" and "step 7/20"
 messages and to deliver results. Nothing here imports discord or torch.
 
@@ -17,25 +17,28 @@ users, FIFO within one: `engine/queue.py`).
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import re
-import unicodedata
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from bot.admission_errors import (BannedWord, CoolingDown, EmptyPrompt, GuildQueueFull, JobTooCostly, PromptTooLong,
+                                  QueueFull, ShuttingDown, StoreGone, TooManyImages, TooManyUnfinished)
+from bot.banned_words import BannedWords
+from bot.job_types import (CANCELLED, FAILED, FINISHED, PROGRESS, STARTED, CancelOutcome, JobEvent, Listener,
+                           NewRequest, Submitted, spec_of)
+from bot.result_files import write_pngs
+from bot.user_turns import UserTurns
 from db import jobs as store_jobs
 from db.errors import is_store_busy
 from db.guard import DatabaseGone
 from db.models import RUNNING
-from db.records import ImageFile, JobOutput, JobRecord, NewJob
+from db.records import JobOutput, JobRecord, NewJob
 from engine import limits as job_limits  # the shared limits and checks
-from engine.image_files import IdMark, image_names
+from engine.image_files import IdMark
 from engine.listeners import Listeners
-from engine.png import image_params, save_png
 from engine.queue import QUEUED, JobQueue, QueueClosed, QueueEvent
 from engine.spec import JobSpec, Result
 
@@ -45,256 +48,6 @@ if TYPE_CHECKING:
     from engine.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-# --- refusals ------------------------------------------------------------------------------------------------
-
-class AdmissionError(Exception):
-    """A request was refused before anything was queued; `str(err)` is meant for the user."""
-
-
-class EmptyPrompt(AdmissionError):
-    pass
-
-
-class PromptTooLong(AdmissionError):
-    pass
-
-
-class BannedWord(AdmissionError):
-    def __init__(self, message: str, word: str):
-        super().__init__(message)
-        self.word = word
-
-
-class TooManyImages(AdmissionError):
-    pass
-
-
-class JobTooCostly(AdmissionError):
-    pass
-
-
-class TooManyUnfinished(AdmissionError):
-    pass
-
-
-class CoolingDown(AdmissionError):
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class QueueFull(AdmissionError):
-    pass
-
-
-class GuildQueueFull(AdmissionError):
-    pass
-
-
-class JobNotFound(AdmissionError):
-    pass
-
-
-class ShuttingDown(AdmissionError):
-    pass
-
-
-class StoreGone(AdmissionError):
-    """The database file was deleted or replaced while the bot ran (db.guard)."""
-
-
-# --- banned words --------------------------------------------------------------------------------------------
-
-# Letters from other scripts that look like Latin ones, and the usual digit/symbol stand-ins.
-_LOOKALIKES = str.maketrans({
-    # Cyrillic
-    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
-    "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l",
-    "ԛ": "q", "ԝ": "w",
-    # Greek
-    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
-    "υ": "u", "χ": "x", "ϲ": "c", "ѵ": "v",
-    # small capitals (NFKC keeps them)
-    "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ꜰ": "f", "ɢ": "g", "ʜ": "h", "ɪ": "i", "ᴊ": "j",
-    "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ꞯ": "q", "ʀ": "r", "ꜱ": "s", "ᴛ": "t",
-    "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ʏ": "y", "ᴢ": "z",
-    # Latin look-alikes NFKC keeps
-    "ı": "i", "ɡ": "g", "ɑ": "a", "ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d",
-    # digits and symbols used for letters
-    "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s",
-    # l and i look alike: fold both to i
-    "l": "i",
-})
-_WORD = re.compile(r"\w+")
-
-
-def fold_text(text: str) -> str:
-    """The comparison form of a text: NFKC, no invisible characters, no accents, case-folded, look-alike
-    letters folded to one Latin letter."""
-    # 1. compatibility forms (full-width, ligatures, math letters) become plain letters
-    text = unicodedata.normalize("NFKC", text)
-    # 2. invisible format characters (zero-width space/joiner, soft hyphen) disappear
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
-    # 3. accents come off
-    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
-    # 4. case, then look-alikes (after casefold, so that upper-case look-alikes are caught too)
-    return text.casefold().translate(_LOOKALIKES)
-
-
-def fold_words(text: str) -> list[str]:
-    """The words of a text in comparison form. Runs of single letters ("a n u d e", "n.u.d.e") also give
-    every word they spell ("an", "nud", "nude", …), so spacing a word out does not hide it."""
-    words = _WORD.findall(fold_text(text))
-    out = list(words)
-    run: list[str] = []
-    for w in words + [""]:
-        if len(w) == 1:
-            run.append(w)
-            continue
-        if len(run) > 1:
-            out.extend(_spelled(run))
-        run = []
-    return out
-
-
-def _spelled(letters: list[str], longest: int = 40) -> list[str]:
-    """Every join of two or more consecutive letters (only the whole run when it is very long)."""
-    if len(letters) > longest:
-        return ["".join(letters)]
-    return ["".join(letters[i:j]) for i in range(len(letters)) for j in range(i + 2, len(letters) + 1)]
-
-
-def _inflections(word: str) -> set[str]:
-    """A banned word and its plural forms ("frog" → frogs; "kiss" → kisses); not prefixes, which would ban
-    innocent words ("ass" in "assistant")."""
-    return {word, word + "s", word + "es"}
-
-
-class BannedWords:
-    """Whole-word (or whole-phrase) matching of `[discord] banned_words` against prompts."""
-
-    def __init__(self, words: list[str]):
-        self._phrases: list[tuple[tuple[str, ...], str]] = []
-        for entry in words:
-            folded = tuple(_WORD.findall(fold_text(entry)))
-            if folded:
-                self._phrases.append((folded, entry))
-            else:
-                log.warning("banned word %r has no letters or digits; it is ignored", entry)
-
-    def find(self, prompt: str) -> str | None:
-        """The first configured entry the prompt contains, or None."""
-        if not self._phrases:
-            return None
-        words = fold_words(prompt)
-        joined = " " + " ".join(words) + " "
-        for phrase, entry in self._phrases:
-            if len(phrase) == 1:
-                if not _inflections(phrase[0]).isdisjoint(words):
-                    return entry
-            elif " " + " ".join(phrase) + " " in joined:
-                return entry
-        return None
-
-
-# --- one user's requests in arrival order ---------------------------------------------------------------------
-
-class UserTurns:
-    """One lock per user, so that a user's requests are admitted in the order they reached the bot.
-
-    A request takes its user's turn before its first real `await` (reading a parent job, the admission): asyncio
-    locks wake waiters first come, first served, and discord.py starts one task per interaction in the order the
-    gateway delivered them, so a 🎲 that reads its parent first can no longer be overtaken by an /imagine of the
-    same user sent a few ms later. Locks exist only while someone holds or waits for them."""
-
-    def __init__(self) -> None:
-        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # user id -> (lock, holders and waiters)
-
-    @asynccontextmanager
-    async def turn(self, user_id: int) -> AsyncIterator[None]:
-        # 1. This user's lock, counted as wanted by one more request.
-        lock, wanting = self._locks.get(user_id, (None, 0))
-        lock = lock or asyncio.Lock()
-        self._locks[user_id] = (lock, wanting + 1)
-        try:
-            # 2. Wait for the user's earlier requests (none is the usual case: no wait, no yield).
-            async with lock:
-                yield
-        finally:
-            # 3. Drop the lock with its last user.
-            lock, wanting = self._locks[user_id]
-            if wanting <= 1:
-                del self._locks[user_id]
-            else:
-                self._locks[user_id] = (lock, wanting - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-
-# --- what goes in and out --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class NewRequest:
-    """A request from a cog: who asks, where, and the spec (its seed may still be None/-1)."""
-    user_id: int
-    spec: JobSpec
-    kind: str = "imagine"
-    parent_id: int | None = None
-    guild_id: int | None = None
-    channel_id: int | None = None
-    interaction_id: int | None = None
-    interaction_token: str | None = None
-    interaction_created_at: datetime | None = None
-    status_message_id: int | None = None
-    exempt: bool = False  # admins: no per-user limit, no cooldown (the prompt checks and queue caps still hold)
-    skips_queue_caps: bool = False  # owners, when [limits] owners_skip_queue_caps: past the guild and global caps
-
-
-@dataclass(frozen=True)
-class Submitted:
-    job_id: int
-    position: int
-    eta_s: float
-    seed: int
-
-
-class CancelOutcome(enum.Enum):
-    CANCELLED = "cancelled"          # it was waiting: it left the queue
-    STOPPING = "stopping"            # it is running: it stops at the next step (a `cancelled` event follows)
-    ALREADY_FINISHED = "already finished"
-    NOT_YOURS = "not yours"
-    NOT_FOUND = "not found"
-
-
-# JobEvent kinds
-STARTED, PROGRESS, FINISHED, FAILED, CANCELLED = "started", "progress", "finished", "failed", "cancelled"
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """What the bot hears about a job. `queued`: position/eta_s; `progress`: step/total; `finished`: record
-    (with the saved images); `failed`: message; `cancelled`, `started`: the kind says it all."""
-    job_id: int
-    kind: str
-    position: int | None = None
-    eta_s: float | None = None
-    step: int | None = None
-    total: int | None = None
-    message: str = ""
-    record: JobRecord | None = None
-
-
-Listener = Callable[[JobEvent], Any]
-
-
-def spec_of(job: JobRecord) -> JobSpec:
-    """The spec that reproduces a stored job."""
-    return JobSpec(prompt=job.prompt, seed=job.seed, steps=job.steps, width=job.width, height=job.height,
-                   guidance=job.guidance, variation_seed=job.variation_seed,
-                   variation_strength=job.variation_strength, count=job.count)
 
 
 # --- the service ----------------------------------------------------------------------------------------------
@@ -447,25 +200,6 @@ class JobService:
             raise GuildQueueFull(f"{where} {unfinished} unfinished job(s) already (the limit is {limit}); try "
                                  f"again when some have finished.")
 
-    async def regenerate(self, job_id: int, *, user_id: int, exempt: bool = False, **where: Any) -> Submitted:
-        """/show of a job whose PNG was pruned: a new job of kind `show` with the parent's exact spec (same
-        seed, so the same pixels on the same model). `where` may carry guild_id, channel_id, interaction_*."""
-        parent = await store_jobs.get_job(self.store, job_id)
-        if parent is None:
-            raise JobNotFound(f"There is no job {job_id}.")
-        return await self.submit(NewRequest(user_id=user_id, spec=spec_of(parent), kind="show", parent_id=job_id,
-                                            exempt=exempt, **where))
-
-    def where(self, job_id: int) -> JobEvent | None:
-        """Where a job is now: `queued` with position and ETA, `started` with the ETA of what is left, or
-        None when it is neither waiting nor running (finished, or unknown to this process)."""
-        if self.queue.is_running(job_id):
-            return JobEvent(job_id, STARTED, eta_s=self.queue.eta_s(job_id))
-        position = self.queue.position(job_id)
-        if position is None:
-            return None
-        return JobEvent(job_id, QUEUED, position=position, eta_s=self.queue.eta_s(job_id))
-
     # --- cancel ---------------------------------------------------------------------------------------------
 
     async def cancel(self, job_id: int, by_user_id: int, is_admin: bool = False) -> CancelOutcome:
@@ -528,7 +262,7 @@ class JobService:
     async def on_finished(self, job_id: int, result: Result) -> None:
         # 1. the PNGs, off the event loop (encoding and writing take tens of ms)
         try:
-            images = await asyncio.to_thread(self._write_pngs, job_id, result)
+            images = await asyncio.to_thread(write_pngs, self.images_dir, self.identity, self.id_mark, job_id, result)
         except OSError as e:
             log.error("job %d: saving its images failed: %s", job_id, e)
             await self.on_failed(job_id, f"The image was made but could not be saved ({e.strerror or e}); "
@@ -567,18 +301,3 @@ class JobService:
 
     async def on_cancelled(self, job_id: int) -> None:
         await self._cancelled(job_id)
-
-    def _write_pngs(self, job_id: int, result: Result) -> list[ImageFile]:
-        """Save each image as <images_dir>/<identity>-<job_id>[_<i>].png with its recipe (engine.image_files);
-        return paths and SHA-256s, and remember the job id in the folder's mark."""
-        files = []
-        for i, name in enumerate(image_names(job_id, len(result.images), self.identity)):
-            path = self.images_dir / name
-            digest = save_png(result.images[i], path, {**image_params(result, i), "job_id": job_id})
-            files.append(ImageFile(path=str(path), sha256=digest))
-        if self.identity:
-            try:
-                self.id_mark.note(self.identity, job_id)
-            except OSError as e:  # the images are saved; only the guard against a restored backup is weaker
-                log.warning("job %d: cannot update %s (%s)", job_id, self.id_mark.path, e.strerror or e)
-        return files

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import discord
 
-from bot import service as svc
+from bot import job_types as jt
 from bot.delivery import MAX_DELIVERY_REFUSALS, Deliverer, Payload, Target, Undelivered, is_refusal
 from bot.engine_state import EngineState, EngineStatus, failed_text
 from bot.embeds import STATUS_PROMPT_CHARS, JobStatus, image_name, result_embed, status_text
@@ -37,6 +37,7 @@ from db import jobs as store_jobs
 from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 if TYPE_CHECKING:
+    from bot.service import JobService
     from db.records import JobRecord
     from db.session import Store
 
@@ -117,7 +118,7 @@ class Tracked:
 
 
 class JobTracker:
-    def __init__(self, client: discord.Client, service: svc.JobService, store: "Store", deliverer: Deliverer,
+    def __init__(self, client: discord.Client, service: "JobService", store: "Store", deliverer: Deliverer,
                  *, interval_s: float, engine_state: Callable[[], EngineState] | None = None,
                  identity: str | None = None):
         self.client = client
@@ -133,7 +134,7 @@ class JobTracker:
 
     # --- events (plain function: keeps the service's order) ---------------------------------------------------
 
-    def on_event(self, ev: svc.JobEvent) -> None:
+    def on_event(self, ev: jt.JobEvent) -> None:
         t = self._jobs.setdefault(ev.job_id, Tracked(ev.job_id))
         if t.final is not None:
             return
@@ -146,14 +147,14 @@ class JobTracker:
                 if t.editor.refresh(t.state):
                     t.pushed = t.state
                 return
-        elif ev.kind == svc.STARTED:
+        elif ev.kind == jt.STARTED:
             t.started_at = time.monotonic()
             t.state = JobStatus(RUNNING, elapsed_s=0.0)
-        elif ev.kind == svc.PROGRESS:
+        elif ev.kind == jt.PROGRESS:
             t.started_at = t.started_at or time.monotonic()
             t.state = JobStatus(RUNNING, step=ev.step or 0, total=ev.total or 0,
                                 elapsed_s=time.monotonic() - t.started_at)
-        elif ev.kind in (svc.FINISHED, svc.FAILED, svc.CANCELLED):
+        elif ev.kind in (jt.FINISHED, jt.FAILED, jt.CANCELLED):
             t.final = self._spawn(self._finish(t, ev), f"fluxbot-finish-{ev.job_id}")
             return
         # 2. Shown when the job has a status message.
@@ -212,7 +213,7 @@ class JobTracker:
 
     # --- the end of a job -----------------------------------------------------------------------------------------
 
-    async def _finish(self, t: Tracked, ev: svc.JobEvent) -> None:
+    async def _finish(self, t: Tracked, ev: jt.JobEvent) -> None:
         try:
             # 1. Give the cog a moment to attach the status message (a tiny job can beat the reply).
             try:
@@ -225,9 +226,9 @@ class JobTracker:
             # 2. The last status edit, and the result or the failure notice.
             final = _final_state(job, ev)
             closing = t.editor.close(final) if t.editor is not None else _nothing()
-            if ev.kind == svc.FINISHED:
+            if ev.kind == jt.FINISHED:
                 await asyncio.gather(closing, self.deliver(job))
-            elif ev.kind == svc.FAILED:
+            elif ev.kind == jt.FAILED:
                 await closing
                 if t.shown == final:  # the status message says why
                     await store_jobs.mark_delivered(self.store, job.id)
@@ -430,10 +431,10 @@ def _push(t: Tracked, state: JobStatus) -> None:
     t.editor.push(state)
 
 
-def _final_state(job: "JobRecord", ev: svc.JobEvent) -> JobStatus:
-    if ev.kind == svc.FINISHED:
+def _final_state(job: "JobRecord", ev: jt.JobEvent) -> JobStatus:
+    if ev.kind == jt.FINISHED:
         return JobStatus(DONE, elapsed_s=job.timings.get("total"))
-    if ev.kind == svc.FAILED:
+    if ev.kind == jt.FAILED:
         return JobStatus(FAILED, error=ev.message or job.error or "")
     return JobStatus(CANCELLED)
 

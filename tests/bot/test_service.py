@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 
 from bot.config import LimitsSettings
-from bot.service import (AdmissionError, BannedWord, BannedWords, CancelOutcome, CoolingDown, EmptyPrompt,
-                         GuildQueueFull, JobService, NewRequest, PromptTooLong, QueueFull, ShuttingDown, TooManyImages,
-                         TooManyUnfinished, fold_words)
+from bot.admission_errors import (BannedWord, CoolingDown, EmptyPrompt, GuildQueueFull, PromptTooLong, QueueFull,
+                                  ShuttingDown, TooManyImages, TooManyUnfinished)
+from bot.job_types import CancelOutcome, NewRequest
+from bot.service import JobService
 from db import jobs
 from db.records import JobOutput
 from db.session import open_store
@@ -42,33 +43,6 @@ async def store(db_url):
 def make_service(store, tmp_path, *, limits=LIMITS, banned=(), workers=None, queue=None) -> JobService:
     queue = JobQueue() if queue is None else queue  # an empty JobQueue is falsy (len 0): no `queue or ...`
     return JobService(store, queue, workers or [], limits, list(banned), tmp_path / "images")
-
-
-# --- banned words ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("prompt", [
-    "a NUDE figure", "a nüde figure", "a ｎｕｄｅ figure", "a nud\u0435 figure (cyrillic e)", "a n u d e figure",
-    "a n.u.d.e figure", "a nu\u200bde figure", "a nvde figure".replace("v", "\u03c5"), "a NUD3 figure",
-])
-def test_banned_words_are_found_through_case_accents_lookalikes_and_spacing(prompt):
-    assert BannedWords(["nude", "blood bath"]).find(prompt) == "nude"
-
-
-@pytest.mark.parametrize("prompt", ["a nudibranch on a reef", "a classic car", "bloody mary", "a bath of blood"])
-def test_banned_words_match_whole_words_only(prompt):
-    assert BannedWords(["nude", "ass", "blood bath"]).find(prompt) is None
-
-
-@pytest.mark.parametrize("prompt", ["two nudes", "NUDES", "ɴᴜᴅᴇ in small capitals", "a frog's kisses"])
-def test_banned_words_catch_plurals_and_small_capitals(prompt):
-    assert BannedWords(["nude", "kiss"]).find(prompt) in ("nude", "kiss")
-
-
-def test_banned_phrase_and_leetspeak():
-    banned = BannedWords(["blood bath", "kill"])
-    assert banned.find("a Blood  Bath at dawn") == "blood bath"
-    assert banned.find("k1ll the lights") == "kill"
-    assert fold_words("ＡＢＣ déjà") == ["abc", "deja"]
 
 
 async def test_prompt_checks_refuse_before_anything_is_written(store, tmp_path):
@@ -125,13 +99,10 @@ async def test_per_user_limit_and_cooldown_hold_across_a_restart(db_url, tmp_pat
 
 async def test_queue_cap_refuses_everyone(store, tmp_path):
     service = make_service(store, tmp_path, limits=replace(LIMITS, queue_cap=2))
-    first = await service.submit(request(1))
+    await service.submit(request(1))
     await service.submit(request(2))
     with pytest.raises(QueueFull, match="full"):
         await service.submit(request(3))
-    where = service.where(first.job_id)
-    assert (where.kind, where.position, where.eta_s) == ("queued", 1, pytest.approx(first.eta_s))
-    assert service.where(999) is None
 
 
 async def test_guild_cap_counts_each_guilds_unfinished_jobs_and_dms_as_one(store, tmp_path):
@@ -406,29 +377,6 @@ async def test_hundred_jobs_from_twenty_users_none_lost_and_the_loop_stays_respo
     worst, median = max(lags), sorted(lags)[len(lags) // 2]
     print(f"\n100 jobs: worst event-loop lag {worst * 1000:.1f} ms, median {median * 1000:.1f} ms, {len(lags)} ticks")
     assert worst < 0.25, f"the event loop was blocked {worst * 1000:.0f} ms"
-
-
-async def test_regenerate_makes_a_show_job_with_the_same_pixels(store, tmp_path, tiny_engine):
-    import numpy as np
-
-    service = running_service(store, tmp_path, tiny_engine)
-    events = Events(service)
-    original = await service.submit(request(1, "a pruned picture", width=SIZE, height=SIZE, steps=2, seed=None))
-    service.workers[0].start()
-    await events.wait_final(1)
-    first = await jobs.get_job(store, original.job_id)
-    kept = pixels(first.images[0].path)
-    (tmp_path / "images" / f"{original.job_id}.png").unlink()  # retention pruned it
-    again = await service.regenerate(original.job_id, user_id=2, channel_id=3)
-    await events.wait_final(2)
-    await stop(service)
-    shown = await jobs.get_job(store, again.job_id)
-    assert (shown.kind, shown.parent_id, shown.user_id, shown.channel_id) == ("show", original.job_id, 2, 3)
-    assert (shown.seed, shown.prompt, shown.steps) == (first.seed, first.prompt, first.steps)
-    assert shown.images[0].path.endswith(f"/{again.job_id}.png")
-    assert np.array_equal(pixels(shown.images[0].path), kept)
-    with pytest.raises(AdmissionError, match="no job 999"):
-        await service.regenerate(999, user_id=2)
 
 
 # --- a result written while another program holds the database ---------------------------------------------

@@ -1,0 +1,72 @@
+"""What goes in and out of the jobs service (`bot.service`): a request, its admission, a cancel's outcome, the events
+the bot hears about a job, and the spec that reproduces a stored job. Free of discord."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+from db.records import JobRecord
+from engine.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A request from a cog: who asks, where, and the spec (its seed may still be None/-1)."""
+    user_id: int
+    spec: JobSpec
+    kind: str = "imagine"
+    parent_id: int | None = None
+    guild_id: int | None = None
+    channel_id: int | None = None
+    interaction_id: int | None = None
+    interaction_token: str | None = None
+    interaction_created_at: datetime | None = None
+    status_message_id: int | None = None
+    exempt: bool = False  # admins: no per-user limit, no cooldown (the prompt checks and queue caps still hold)
+    skips_queue_caps: bool = False  # owners, when [limits] owners_skip_queue_caps: past the guild and global caps
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: int
+    position: int
+    eta_s: float
+    seed: int
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"          # it was waiting: it left the queue
+    STOPPING = "stopping"            # it is running: it stops at the next step (a `cancelled` event follows)
+    ALREADY_FINISHED = "already finished"
+    NOT_YOURS = "not yours"
+    NOT_FOUND = "not found"
+
+
+# JobEvent kinds
+STARTED, PROGRESS, FINISHED, FAILED, CANCELLED = "started", "progress", "finished", "failed", "cancelled"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """What the bot hears about a job. `queued`: position/eta_s; `progress`: step/total; `finished`: record
+    (with the saved images); `failed`: message; `cancelled`, `started`: the kind says it all."""
+    job_id: int
+    kind: str
+    position: int | None = None
+    eta_s: float | None = None
+    step: int | None = None
+    total: int | None = None
+    message: str = ""
+    record: JobRecord | None = None
+
+
+Listener = Callable[[JobEvent], Any]
+
+
+def spec_of(job: JobRecord) -> JobSpec:
+    """The spec that reproduces a stored job."""
+    return JobSpec(prompt=job.prompt, seed=job.seed, steps=job.steps, width=job.width, height=job.height,
+                   guidance=job.guidance, variation_seed=job.variation_seed,
+                   variation_strength=job.variation_strength, count=job.count)
