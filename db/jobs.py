@@ -52,13 +52,6 @@ async def get_jobs(store: Store, job_ids: list[int]) -> dict[int, JobRecord]:
         return {row.id: JobRecord.from_row(row) for row in rows}
 
 
-async def children(store: Store, job_id: int) -> list[JobRecord]:
-    """Jobs made from this one (reroll/vary/edit), oldest first: the lineage `/show` can list."""
-    async with store.session() as s:
-        rows = (await s.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.id))).all()
-        return [JobRecord.from_row(row) for row in rows]
-
-
 async def user_history(store: Store, user_id: int, page: int = 1, per_page: int = 10, *,
                        include_deleted: bool = False, guild_id: int | None = None) -> Page:
     """A user's jobs, newest first, one page (counted from 1) plus the total. Other users' jobs never show.
@@ -157,16 +150,6 @@ async def requeue(store: Store, job_id: int) -> bool:
     return await _change(store, job_id, (RUNNING,), status=QUEUED, started_at=None)
 
 
-async def requeue_running(store: Store) -> int:
-    """Every running job → queued (at start-up nothing can be running yet). Returns how many."""
-    async with store.session() as s, s.begin():
-        result = await s.execute(update(Job).where(Job.status == RUNNING)
-                                 .values(status=QUEUED, started_at=None))
-    if result.rowcount:
-        log.info("%d interrupted job(s) put back in the queue", result.rowcount)
-    return result.rowcount
-
-
 # --- delivery bookkeeping -----------------------------------------------------------------------------------
 
 async def set_message(store: Store, job_id: int, channel_id: int, message_id: int) -> bool:
@@ -177,13 +160,6 @@ async def set_message(store: Store, job_id: int, channel_id: int, message_id: in
 async def set_status_message(store: Store, job_id: int, message_id: int) -> bool:
     """Record the status message ("queued #3", "step 5/20") that delivery may edit."""
     return await _change(store, job_id, None, status_message_id=message_id)
-
-
-async def set_interaction(store: Store, job_id: int, interaction_id: int, token: str,
-                          created_at: datetime) -> bool:
-    """Record the interaction whose webhook may edit the status message for 15 minutes after `created_at`."""
-    return await _change(store, job_id, None, interaction_id=interaction_id, interaction_token=token,
-                         interaction_created_at=created_at)
 
 
 async def mark_delivered(store: Store, job_id: int) -> bool:

@@ -88,9 +88,6 @@ async def test_requeue_after_restart(store):
     assert not await jobs.requeue(store, b.id), "only running jobs go back"
     back = await jobs.get_job(store, a.id)
     assert back.status == "queued" and back.started_at is None
-    await jobs.mark_running(store, a.id)
-    await jobs.mark_running(store, b.id)
-    assert await jobs.requeue_running(store) == 2
 
 
 async def test_delivery_bookkeeping(store):
@@ -118,7 +115,6 @@ async def test_lineage(store):
     parent = await jobs.create_job(store, new_job())
     child = await jobs.create_job(store, new_job(kind="vary", parent_id=parent.id, variation_seed=7,
                                                  variation_strength=0.3))
-    assert [c.id for c in await jobs.children(store, parent.id)] == [child.id]
     got = await jobs.get_jobs(store, [parent.id, child.id, 12345])
     assert set(got) == {parent.id, child.id}
     assert got[child.id].parent_id == parent.id and got[child.id].variation_strength == 0.3
