@@ -162,6 +162,9 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
         import torch
 
         if device.startswith("cuda"):
+            from engine.memory import use_expandable_segments  # lazy: the child's torch import comes first
+
+            use_expandable_segments()      # before CUDA starts in this process (set_device starts it)
             torch.cuda.set_device(torch.device(device))
         torch.set_num_threads(_cpu_threads(settings))
         loader = import_ref(loader_ref) if loader_ref else _engine_load()

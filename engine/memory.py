@@ -17,7 +17,9 @@ streams; `model-offload` on "cpu" falls back to resident with a logged reason.
 """
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import EngineError
-from engine.planner import (MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, GiB, ModelSizes,
+from engine.planner import (GPU, MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, GiB, ModelSizes,
                             Placement, Plan, PlanInputs, plan_placement)
 from engine.settings import EngineSettings
 
@@ -38,6 +40,12 @@ _LEANER = {RESIDENT: STREAMED, MIXED: STREAMED, MODEL_OFFLOAD: STREAMED, STREAME
 RAM_RESERVE = int(1.5 * GiB)
 # VRAM kept free when the budget is measured: allocator fragmentation.
 VRAM_MARGIN = int(0.25 * GiB)
+# The CUDA caching allocator's setting fluxbot asks for unless the owner set PYTORCH_CUDA_ALLOC_CONF: growable
+# segments instead of fixed ones, so freed ring slots and activations do not strand "reserved but unallocated"
+# memory (0.17-0.45 GiB when run 3/run 4's rows ran out of memory). torch reads the variable once, when CUDA's
+# allocator starts: it must be in the environment before the first CUDA allocation of the process.
+ALLOC_CONF_VAR = "PYTORCH_CUDA_ALLOC_CONF"
+ALLOC_CONF = "expandable_segments:True"
 # The size plans are made for: the bot's default sizes are all about one megapixel.
 PLAN_SIZE = (1024, 1024)
 
@@ -73,10 +81,31 @@ class MemoryPlan:
         self.undo.clear()
 
 
-def leaner(profile: str) -> str | None:
-    """The next profile that needs less VRAM, or None when `profile` is already the leanest."""
+def use_expandable_segments(environ=None) -> bool:
+    """Set PYTORCH_CUDA_ALLOC_CONF = expandable_segments:True when the owner has not set it (logged); True if
+    set here. Call before CUDA starts (Engine.load and every engine child process do, first thing); a child
+    spawned afterwards inherits it."""
+    env = os.environ if environ is None else environ
+    if env.get(ALLOC_CONF_VAR):
+        log.info("memory: %s = %r (the owner's setting, kept)", ALLOC_CONF_VAR, env[ALLOC_CONF_VAR])
+        return False
+    env[ALLOC_CONF_VAR] = ALLOC_CONF
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        log.warning("memory: %s set to %s after CUDA started in this process: it applies to engine processes "
+                    "started from now on", ALLOC_CONF_VAR, ALLOC_CONF)
+    else:
+        log.info("memory: %s = %s (fewer stranded allocator blocks; set the variable yourself to override)",
+                 ALLOC_CONF_VAR, ALLOC_CONF)
+    return True
+
+
+def leaner(profile: str, placement: Placement | None = None) -> str | None:
+    """The next profile that needs less VRAM, or None when `profile` is already the leanest. A `streamed`
+    plan that keeps DiT blocks resident (within [engine] vram_budget_gib) still has a leaner one: none resident."""
     if profile not in _LEANER:
         raise ValueError(f"unknown memory profile {profile!r}; expected one of {sorted(_LEANER)}")
+    if profile == STREAMED and placement is not None and GPU in placement.dit:
+        return STREAMED
     return _LEANER[profile]
 
 
@@ -254,12 +283,14 @@ def pipe_sizes(pipe) -> ModelSizes:
 
 
 def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets: Budgets,
-              profile: str | None = None, *, size: tuple[int, int] = PLAN_SIZE) -> Plan:
-    """The plan for `profile` (default: `[engine] profile`) on `device` within `budgets`."""
+              profile: str | None = None, *, size: tuple[int, int] = PLAN_SIZE, leanest: bool = False) -> Plan:
+    """The plan for `profile` (default: `[engine] profile`) on `device` within `budgets`. `leanest`: no DiT
+    block resident whatever the budgets say (the OOM retry: the budget just proved too tight)."""
     force = profile or settings.profile
     # `streamed` streams what does not fit an explicit vram_budget_gib; without one it keeps no DiT block
-    # resident (the leanest plan: what it always did, and where an OOM retry goes).
-    cap = 0 if force == STREAMED and settings.vram_budget_gib <= 0 else None
+    # resident (the leanest plan: what it always did). An OOM retry keeps none even with one (run 4's 16/12 row
+    # re-planned the same 45 resident blocks under vram_budget_gib = 11.5 and ran out again).
+    cap = 0 if leanest or (force == STREAMED and settings.vram_budget_gib <= 0) else None
     inputs = PlanInputs(vram_budget=budgets.vram, ram_budget=budgets.ram, sizes=sizes, width=size[0], height=size[1],
                         steps=settings.default_steps, batch=settings.max_batch, slots=settings.stream_prefetch + 1,
                         vae_tiled=_tiles(settings, device), device=device, force=force, max_resident_dit=cap,
@@ -285,6 +316,8 @@ def apply_plan(pipe, plan: Plan, device: str, settings: EngineSettings) -> Memor
         from engine.streamer_flux import apply_placement
 
         mp.streamers.extend(apply_placement(pipe, plan.placement, device, slots=settings.stream_prefetch + 1))
+    if is_gpu:      # released: whatever the units did not put back (resident copies, the small rests) leaves the GPU
+        mp.undo.append(lambda: device_tensors_to_host(pipe))
     # 3. VAE tiling as configured (never dependent on the plan: see _tiles).
     mp.vae_tiling = _tiles(settings, device)
     vae = getattr(pipe, "vae", None)
@@ -303,6 +336,41 @@ def apply_profile(pipe, profile: str, device: str, settings: EngineSettings,
         raise ValueError(f"unknown memory profile {profile!r}; expected resident, streamed or model-offload")
     budgets = budgets or detect_budgets(settings, device)
     return apply_plan(pipe, make_plan(settings, device, pipe_sizes(pipe), budgets, profile), device, settings)
+
+
+def device_tensors_to_host(pipe) -> int:
+    """Move every parameter and buffer of the pipeline's models that is not in host RAM back to it, then give
+    the freed blocks back to the driver; returns the bytes moved. What a released plan leaves on the device
+    (resident blocks that were not memory-mapped, embedders, norms) would otherwise stay allocated under the
+    next, leaner plan."""
+    moved = 0
+    for model in _models(pipe):
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, t in table.items():
+                    if t is None or t.device.type == "cpu":
+                        continue
+                    moved += t.numel() * t.element_size()
+                    if isinstance(t, torch.nn.Parameter):
+                        t.data = t.data.to("cpu")
+                    else:
+                        table[name] = t.to("cpu")
+    free_device_cache()
+    if moved:
+        log.info("memory: %.2f GiB of the released plan moved back to host RAM", moved / GiB)
+    return moved
+
+
+def free_device_cache() -> None:
+    """Collect garbage, then hand the caching allocator's free blocks back to the driver."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _models(pipe) -> list:
+    names = ("transformer", "text_encoder", "text_encoder_2", "vae")
+    return [m for m in (getattr(pipe, n, None) for n in names) if isinstance(m, torch.nn.Module)]
 
 
 def execution_device(pipe, plan: MemoryPlan) -> torch.device:

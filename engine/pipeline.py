@@ -13,13 +13,15 @@ import gc
 import logging
 import threading
 import time
+import traceback
 from typing import Sequence
 
 import torch
 
 from engine import limits
 from engine.errors import EngineError, EngineOutOfMemory
-from engine.memory import apply_plan, detect_budgets, execution_device, leaner, make_plan, pipe_sizes
+from engine.memory import (apply_plan, detect_budgets, execution_device, free_device_cache, leaner, make_plan,
+                           pipe_sizes, use_expandable_segments)
 from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
 from engine.noise import initial_latents
 from engine.precision import apply_precision
@@ -71,6 +73,7 @@ class Engine:
         self.prompt_cache = PromptCache(settings.prompt_cache_size)
         self._budgets = budgets        # memory.Budgets measured before loading (what the plans may use)
         self._sizes = None             # planner.ModelSizes of the loaded pipeline
+        self._out_of_memory_at = ""    # the profile that last ran out of memory: the next set_profile goes leanest
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -79,6 +82,8 @@ class Engine:
     def load(cls, settings: EngineSettings, device: str = "cpu") -> "Engine":
         """Load the configured model onto `device` (blocking: seconds for tiny-random, minutes for FLUX)."""
         t0 = time.perf_counter()
+        if device.startswith("cuda"):
+            use_expandable_segments()
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError(f"device {device} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU: "
                               f"set [engine] devices = [\"cpu\"], or install a CUDA build of torch and its driver")
@@ -108,11 +113,14 @@ class Engine:
         return engine
 
     def set_profile(self, profile: str) -> None:
-        """Move the weights to another plan: a forced profile, or "auto" (the worker's OOM retry goes leaner)."""
+        """Move the weights to another plan: a forced profile, or "auto". After an out-of-memory (the worker's
+        one retry) the plan is the leanest of `profile`: no DiT block resident even within [engine]
+        vram_budget_gib, and every device tensor of the failed plan is freed first."""
         with self._lock:
             if self.pipe is None:
                 raise EngineError("the engine is closed")
-            self._place(profile)
+            leanest, self._out_of_memory_at = bool(self._out_of_memory_at), ""
+            self._place(profile, leanest=leanest)
 
     def close(self) -> None:
         """Free the pipeline and the device memory it held."""
@@ -126,16 +134,20 @@ class Engine:
                 torch.cuda.empty_cache()
         log.info("engine closed (%s on %s)", self.model_id, self.device)
 
-    def _place(self, plan) -> None:
-        """Apply a planner `Plan`, or plan a profile name ("auto", "resident", …) first and apply that."""
+    def _place(self, plan, *, leanest: bool = False) -> None:
+        """Apply a planner `Plan`, or plan a profile name ("auto", "resident", …) first and apply that.
+        The current plan is released first: every device tensor it held goes back to host RAM or its memory
+        map and the allocator's cache is emptied, so the new plan starts from an empty device."""
         if self.pipe is None:
             raise EngineError("the engine is closed")
         if self.plan is not None:
             self.plan.release()
+            self.plan = None
+            free_device_cache()
         if isinstance(plan, str):
             self._budgets = self._budgets or detect_budgets(self.settings, self.device)
             self._sizes = self._sizes or pipe_sizes(self.pipe)
-            plan = make_plan(self.settings, self.device, self._sizes, self._budgets, plan)
+            plan = make_plan(self.settings, self.device, self._sizes, self._budgets, plan, leanest=leanest)
         self.plan = apply_plan(self.pipe, plan, self.device, self.settings)
         self.profile = self.plan.profile
         if not self.plan.vae_tiling:
@@ -287,13 +299,14 @@ class Engine:
                       model_id=self.model_id, cancelled=True, steps_done=steps_done)
 
     def _out_of_memory(self, specs: list[JobSpec], err: BaseException) -> EngineOutOfMemory:
-        # 1. Give the memory back before anyone retries.
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        # 1. Give the memory back before anyone retries: the failed call's frames hold its activations (the
+        #    error raised from here keeps this one as its context), then the allocator's cache.
+        traceback.clear_frames(err.__traceback__)
+        free_device_cache()
+        self._out_of_memory_at = self.profile
         # 2. Say what to try.
         try:
-            suggested = leaner(self.profile)
+            suggested = leaner(self.profile, self.plan.plan.placement if self.plan and self.plan.plan else None)
         except ValueError:
             suggested = None
         first = specs[0]

@@ -140,6 +140,41 @@ def test_an_out_of_memory_retry_on_the_leaner_plan_keeps_the_pixels(tiny_setting
         engine.close()
 
 
+def test_an_out_of_memory_retry_under_a_vram_budget_keeps_no_block_of_the_failed_plan_resident(tiny_settings):
+    """Run 4's 16/12 row: with [engine] vram_budget_gib set, the retry on `streamed` re-planned the same resident
+    blocks and ran out again. The retry must stream every DiT block (none resident: each one's weights now live in
+    the new plan's host arena, not in the failed plan's resident copies) and give resident's pixels."""
+    from dataclasses import replace
+
+    from engine.errors import EngineOutOfMemory
+    from engine.pipeline import Engine
+    from engine.spec import JobSpec
+
+    spec = JobSpec("a cat", seed=1, steps=2, width=256, height=256)
+    engine = Engine.load(replace(tiny_settings, profile="streamed", vram_budget_gib=1.0), "cpu")
+    try:
+        before = np.asarray(engine.generate(spec).images[0])
+        failed = engine.plan.plan.placement.dit
+        assert GPU in failed                                  # the budget keeps blocks resident at first
+        held = {p.data_ptr() for b, t in zip(dit_blocks(engine.pipe), failed) if t == GPU for p in b.parameters()}
+
+        def oom(done, total):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 90.00 MiB")
+
+        with pytest.raises(EngineOutOfMemory) as info:
+            engine.generate(spec, progress=oom)
+        engine.set_profile(info.value.suggested_profile)     # what the worker does before its one retry
+        assert GPU not in engine.plan.plan.placement.dit
+        arena = engine.plan.streamers[0].arena.buffer
+        lo, hi = arena.data_ptr(), arena.data_ptr() + arena.numel()
+        now = {p.data_ptr() for b in dit_blocks(engine.pipe) for p in b.parameters()}
+        assert not now & held and all(lo <= ptr < hi for ptr in now)
+        after = engine.generate(spec)
+        assert np.array_equal(np.asarray(after.images[0]), before)
+    finally:
+        engine.close()
+
+
 def test_a_plan_from_the_planner_runs_on_the_tiny_model(expected):
     pipe = _pipe()
     settings = EngineSettings(profile="streamed")
@@ -173,3 +208,12 @@ def test_a_ram_budget_too_small_to_pin_reads_everything_from_disk_with_the_same_
         assert np.array_equal(np.asarray(engine.generate(spec).images[0]), expected)
     finally:
         engine.close()
+
+
+def test_the_engine_asks_for_expandable_allocator_segments_unless_the_owner_set_the_variable():
+    from engine.memory import use_expandable_segments
+
+    env: dict[str, str] = {}
+    assert use_expandable_segments(env) and env == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    owner = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
+    assert not use_expandable_segments(owner) and owner == {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
