@@ -21,7 +21,7 @@ import gc
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,8 @@ from engine.errors import EngineError
 from engine.planner import (GPU, MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, GiB, ModelSizes,
                             Placement, Plan, PlanInputs, plan_placement)
 from engine.settings import EngineSettings
+from engine.streamer import HostArena, _Packed
+from engine.streamer_flux import apply_placement, t5_blocks
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +242,6 @@ def _free_vram(device: str) -> tuple[int, int, str]:
 
 def measure_h2d(device: str, nbytes: int = 256 * 1024 ** 2) -> float:
     """Pinned host -> device bytes/s, best of 3 copies of `nbytes` (~20 ms on PCIe 4/5)."""
-    from engine.streamer import HostArena
-
     dev = torch.device(device)
     arena = HostArena(nbytes, dev)          # page-locked like the streamer's, and given back after
     src = arena.buffer
@@ -263,9 +263,6 @@ def measure_h2d(device: str, nbytes: int = 256 * 1024 ** 2) -> float:
 
 def pipe_sizes(pipe) -> ModelSizes:
     """The loaded pipeline's bytes per block and model as stored now (as the streamer will lay them out)."""
-    from engine.streamer import _Packed
-    from engine.streamer_flux import t5_blocks
-
     def nbytes(modules) -> int:
         return _Packed(list(modules)).nbytes if modules else 0
 
@@ -313,8 +310,6 @@ def apply_plan(pipe, plan: Plan, device: str, settings: EngineSettings) -> Memor
         pipe.enable_model_cpu_offload(device=device)
         mp.undo.append(pipe.remove_all_hooks)
     else:
-        from engine.streamer_flux import apply_placement
-
         mp.streamers.extend(apply_placement(pipe, plan.placement, device, slots=settings.stream_prefetch + 1))
     if is_gpu:      # released: whatever the units did not put back (resident copies, the small rests) leaves the GPU
         mp.undo.append(lambda: device_tensors_to_host(pipe))
@@ -383,8 +378,6 @@ def execution_device(pipe, plan: MemoryPlan) -> torch.device:
 # ------------------------------------------------------------------------------------------------ helpers
 
 def _all_on_device(plan: Plan) -> Plan:
-    from dataclasses import replace
-
     p = plan.placement
     n = lambda tiers: ("gpu",) * len(tiers)  # noqa: E731
     return replace(plan, profile=RESIDENT, placement=Placement(dit=n(p.dit), t5=n(p.t5), clip="gpu", vae="gpu"))

@@ -53,8 +53,12 @@ def apply_placement(pipe, placement: Placement, device: str, *, slots: int = 3, 
     if lean_cast:
         lean_layerwise_casting(blocks)
     _move_rest(dit, blocks, dev)
-    units.append(stream_blocks("dit", blocks, dev, tiers=list(placement.dit), slots=slots, cyclic=True, lease=lease,
-                               merge=MERGE_GROUPS))
+    dit_unit = stream_blocks("dit", blocks, dev, tiers=list(placement.dit), slots=slots, cyclic=True, lease=lease,
+                             merge=MERGE_GROUPS)
+    # The DiT takes the lease as its forward starts, not at its first streamed block: the text encoders' ring
+    # must not stay allocated under the first resident blocks (run 4's 16/12 plan ran out of memory so).
+    dit_unit.handles.append(dit.register_forward_pre_hook(lambda _m, _a: lease.acquire(dit_unit)))
+    units.append(dit_unit)
     # 2. T5: resident as a whole, or blocks on their tiers with the embedding table used from host RAM.
     t5 = getattr(pipe, "text_encoder_2", None)
     if t5 is not None:

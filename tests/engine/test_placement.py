@@ -83,6 +83,23 @@ def test_every_mix_of_tiers_gives_the_resident_pixels(expected, dit, t5, clip, v
         mp.release()
 
 
+def test_the_text_encoders_device_buffers_are_freed_before_the_first_dit_block_even_a_resident_one(expected):
+    """Run 4's 16/12 row ran out of memory in the DiT's first step: its first blocks were resident (no hook),
+    so T5's ring (3 x 0.36 GiB) stayed allocated until the first streamed block, 45 resident blocks later."""
+    pipe = _pipe()
+    mp = apply_plan(pipe, _plan(Placement(dit=(GPU, PINNED), t5=(PINNED, PINNED), clip=PINNED, vae=PINNED)), "cpu",
+                    EngineSettings())
+    t5 = next(u for u in mp.streamers if u.name == "t5")
+    seen: list[int] = []
+    hook = dit_blocks(pipe)[0].register_forward_pre_hook(lambda m, a: seen.append(t5.device_bytes()))
+    try:
+        assert (_image(pipe) == expected).all()
+        assert seen and set(seen) == {0}                  # T5's ring was gone when the resident block ran
+    finally:
+        hook.remove()
+        mp.release()
+
+
 def test_disk_tier_streams_from_a_memory_mapped_file_without_copying_or_writing_it(expected, tmp_path, monkeypatch):
     monkeypatch.setattr(streamer, "STAGING_CHUNK", 1000)   # many chunks per block: the chunking is exercised
     pipe = _pipe()
