@@ -310,7 +310,8 @@ def apply_plan(pipe, plan: Plan, device: str, settings: EngineSettings) -> Memor
         pipe.enable_model_cpu_offload(device=device)
         mp.undo.append(pipe.remove_all_hooks)
     else:
-        mp.streamers.extend(apply_placement(pipe, plan.placement, device, slots=settings.stream_prefetch + 1))
+        slots = plan.slots or settings.stream_prefetch + 1      # the planner lowers the ring on a tight budget
+        mp.streamers.extend(apply_placement(pipe, plan.placement, device, slots=slots))
     if is_gpu:      # released: whatever the units did not put back (resident copies, the small rests) leaves the GPU
         mp.undo.append(lambda: device_tensors_to_host(pipe))
     # 3. VAE tiling as configured (never dependent on the plan: see _tiles).

@@ -50,11 +50,15 @@ STAGING_CHUNKS = 4
 STAGING_BYTES = STAGING_CHUNK * STAGING_CHUNKS
 # Host bytes the engine holds besides weights while it runs: prompt embeddings, images, transient copies.
 HOST_WORKING = int(0.5 * GiB)
-# Room left free when the planner adds resident weights: the caching allocator's free-but-fragmented blocks (on
-# the H200 with a VRAM cap, 0.17-0.37 GiB were reserved but unusable when a mixed plan ran out of memory). The
-# leanest plan (nothing resident) is checked against the whole budget: nothing can be given back there.
-ALLOCATOR_SLACK = int(0.3 * GiB)
-ALLOCATOR_SLACK_SHARE = 0.02
+# Room every plan leaves free under the budget: the caching allocator's reserved-but-unallocated blocks, which
+# grow with the budget (allocator_slack). Fitted to what the H200 runs measured when a plan ran out of memory
+# under a VRAM cap, without expandable segments: 0.25 GiB at a 2.0 GiB cap (run 4, 24/2.5), 0.45 at 11.5 (run
+# 4, 16/12), 0.17-0.37 at 5.5-11.5 (run 3): 0.22 GiB + 2.2% of the budget covers each (0.26 at 2, 0.47 at 11.5).
+ALLOCATOR_SLACK = int(0.22 * GiB)
+ALLOCATOR_SLACK_SHARE = 0.022
+# The fewest ring slots a plan may lower [engine] stream_prefetch to when the leanest plan would not leave the
+# slack (stream_prefetch = 1: one block computes while the next arrives).
+MIN_SLOTS = 2
 # What a machine of N GiB leaves to fluxbot (OS, Python, torch and CUDA's host side), and a card of N GiB
 # (the CUDA context): used when a budget is given as the size of a machine (`plan --ram 16 --vram 8`).
 MACHINE_RAM_RESERVE = int(2.5 * GiB)
@@ -180,6 +184,7 @@ class Plan:
     disk_read_per_step: int          # bytes read from the disk itself every step (page cache too small)
     why: tuple[str, ...]
     problem: str = ""                # when not `fits`: what it would need and the cheapest change
+    slots: int = 0                   # DiT ring slots the executor uses (0: [engine] stream_prefetch + 1)
 
     def describe(self) -> str:
         return "\n".join(self.why + ((f"CANNOT FIT: {self.problem}",) if self.problem else ()))
@@ -277,12 +282,28 @@ def plan_placement(inp: PlanInputs) -> Plan:
     if inp.force == "auto" and _peak_vram(inp, everything) <= _usable_vram(inp):
         return _finish(inp, everything, RESIDENT, why + [f"everything fits on the GPU "
                                                          f"({_peak_vram(inp, everything) / GiB:.2f} GiB)"])
-    # 4. Start from nothing resident, then VRAM, then pinned RAM, greedily.
+    # 4. A ring the leanest plan can afford with the slack left, then nothing resident, then VRAM, then pinned
+    #    RAM, greedily.
+    inp, ring_note = _ring_for_budget(inp)
+    why += ring_note
     dit = _fill_vram_dit(inp)
     rest_gpu = _fill_vram_rest(inp, dit) if inp.force == "auto" else {"vae": False, "clip": False, "t5": 0}
     tiers = _fill_ram(inp, dit, rest_gpu)
     label = STREAMED if inp.force == "streamed" else (STREAMED if tiers.nothing_resident else MIXED)
     return _finish(inp, tiers, label, why + _why_choices(inp, tiers))
+
+
+def _ring_for_budget(inp: PlanInputs) -> tuple[PlanInputs, list[str]]:
+    """Fewer ring slots (down to MIN_SLOTS) while the leanest plan's peak would eat into the allocator slack."""
+    lean = Placement.uniform(inp.sizes, PINNED)
+    slots = inp.slots
+    while slots > MIN_SLOTS and _peak_vram(replace(inp, slots=slots), lean) > _usable_vram(inp):
+        slots -= 1
+    if slots == inp.slots:
+        return inp, []
+    return replace(inp, slots=slots), [f"ring of {slots} DiT blocks instead of {inp.slots} ([engine] stream_prefetch "
+                                       f"= {inp.slots - 1} lowered to {slots - 1}): the leanest plan then leaves "
+                                       f"{allocator_slack(inp.vram_budget) / GiB:.2f} GiB for the allocator"]
 
 
 def _fill_vram_dit(inp: PlanInputs) -> list[str]:
@@ -392,9 +413,14 @@ def _model_offload(inp: PlanInputs, why: list[str]) -> Plan:
 
 # ---------------------------------------------------------------------------------------- costing
 
+def allocator_slack(vram_budget: int) -> int:
+    """Bytes a plan leaves free under `vram_budget` for the caching allocator (see ALLOCATOR_SLACK)."""
+    return ALLOCATOR_SLACK + int(ALLOCATOR_SLACK_SHARE * vram_budget)
+
+
 def _usable_vram(inp: PlanInputs) -> int:
-    """The budget less the allocator's slack: what resident weights may fill up to."""
-    return inp.vram_budget - ALLOCATOR_SLACK - int(ALLOCATOR_SLACK_SHARE * inp.vram_budget)
+    """The budget less the allocator's slack: what a plan's predicted peak may reach."""
+    return inp.vram_budget - allocator_slack(inp.vram_budget)
 
 
 def _tokens(inp: PlanInputs) -> int:
@@ -494,7 +520,7 @@ def _finish(inp: PlanInputs, p: Placement, label: str, why: list[str]) -> Plan:
     problem = _problems(inp, peak, host, minimum_host=_fixed_host(inp, p))
     return Plan(profile=label, placement=p, fits=not problem, s_per_step=step, encode_s=encode, decode_s=decode,
                 s_per_image=per_image, peak_vram=peak, pinned_ram=pinned, host_ram=host, page_cache=cached,
-                disk_read_per_step=uncached, why=tuple(why), problem=problem)
+                disk_read_per_step=uncached, why=tuple(why), problem=problem, slots=inp.slots)
 
 
 def _swap_s(inp: PlanInputs, nbytes: int, tier: str) -> float:
