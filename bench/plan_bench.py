@@ -580,7 +580,10 @@ def add_floors(rows: list[dict], anchors: dict) -> None:
 
     Compute, encode and decode come from the resident row of the same run; a row's bytes per path from its plan
     (DiT blocks pinned: H2D; on disk: page cache → pinned, then H2D, and `disk_read_per_step` from the disk
-    itself); a streamed T5 adds its bytes over the same paths to the encode. `pcie4_floor_s` is the same floor
+    itself); a streamed T5 adds its bytes over the same paths to the encode, its disk-tier blocks at the cold
+    disk's speed too (they are read from the disk at each new prompt: nothing keeps them cached between prompts):
+    encode = max(resident encode, (T5 pinned + T5 disk bytes) / H2D, T5 disk bytes / page cache copy, T5 disk
+    bytes / cold disk). `pcie4_floor_s` is the same floor
     with 25 GB/s host→device (a PCIe 4.0 x16 board; the H200's compute kept): a computed figure, not measured."""
     ref = next((r for r in rows if r.get("row") == "resident" and "s_per_step" in r), None)
     if ref is None or "h2d_GBps" not in anchors:
@@ -595,7 +598,8 @@ def add_floors(rows: list[dict], anchors: dict) -> None:
         for key, bw in (("floor", h2d), ("pcie4_floor", PCIE4_H2D)):
             step = _floor_step(ref["s_per_step"], moved["dit_pinned"], moved["dit_disk"], moved["disk_read_per_step"],
                                bw, pc, disk)
-            encode = max(ref["encode_s"], _floor_step(0.0, moved["t5_pinned"], moved["t5_disk"], 0, bw, pc, disk))
+            encode = max(ref["encode_s"], _floor_step(0.0, moved["t5_pinned"], moved["t5_disk"], moved["t5_disk"],
+                                                      bw, pc, disk))
             r[f"{key}_s_per_step"] = round(step, 4)
             r[f"{key}_s"] = round(step * r.get("steps", 20) + encode + ref["decode_s"], 3)
         r["x_floor"] = round(r["image_s"] / r["floor_s"], 2)
@@ -639,8 +643,11 @@ def print_table(rows: list[dict]) -> None:
 
 def markdown(jsonl: str) -> str:
     """The docs table of a saved run (its `final` line): one row per machine, measured next to predicted."""
-    final = [json.loads(line) for line in open(jsonl) if line.startswith('{"final"')]
-    rows = final[-1]["final"] if final else []
+    lines = [json.loads(line) for line in open(jsonl) if line.startswith("{")]
+    final = [line["final"] for line in lines if "final" in line]
+    rows = final[-1] if final else []
+    anchors = next((line["anchors"] for line in lines if "anchors" in line), {})
+    add_floors(rows, anchors)            # this harness's floors from the run's own anchors (older runs included)
     out = ["| RAM cap / card | plan | s/image | predicted | floor | x floor | x resident | s/step | encode s | "
            "decode s | peak VRAM GiB (pred) | peak RSS GiB: anon / file | cgroup memory.peak GiB | oom_kill | "
            "load s | PCIe 4.0 floor s |",

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_tiny_plan_bench_writes_real_layouts_loads_through_the_cache_and_times_an_image(tmp_path, capsys):
     path = Path(__file__).resolve().parents[2] / "bench" / "plan_bench.py"
@@ -31,3 +33,23 @@ def test_tiny_plan_bench_writes_real_layouts_loads_through_the_cache_and_times_a
     assert auto["mem_end"]["VmHWM"] > 0
     assert "auto" in capsys.readouterr().out
     assert len((tmp_path / "plan.jsonl").read_text().splitlines()) == 4  # head, two rows, the final list
+
+
+def test_the_floor_counts_the_t5_blocks_read_from_disk_per_new_prompt():
+    """Run 4's 16/6 row read 3.86 GB of T5 from disk per prompt (encode 2.55 s); its floor must include it:
+    4.06 s of DiT + 3.86 GB / 1.586 GB/s (cold disk) + 0.16 s decode = 6.65 s (the old floor said 4.39)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "plan_bench.py"
+    spec = importlib.util.spec_from_file_location("plan_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["plan_bench"] = bench
+    spec.loader.exec_module(bench)
+    add_floors = bench.add_floors
+    resident = {"row": "resident", "s_per_step": 0.2031, "encode_s": 0.032, "decode_s": 0.157, "image_s": 4.257,
+                "steps": 20, "moved": {"dit_pinned": 0, "dit_disk": 0, "t5_pinned": 0, "t5_disk": 0,
+                                       "disk_read_per_step": 0}}
+    row = {"row": "16/6", "s_per_step": 0.2009, "image_s": 6.782, "steps": 20,
+           "moved": {"dit_pinned": 8438984704, "dit_disk": 0, "t5_pinned": 5402497024, "t5_disk": 3858923520,
+                     "disk_read_per_step": 0}}
+    add_floors([resident, row], {"h2d_GBps": 55.484, "disk_cold_mmap_GBps": 1.586, "pagecache_copy_GBps": 39.899})
+    assert row["floor_s"] == pytest.approx(4.062 + 3.8589 / 1.586 + 0.157, abs=0.01)
+    assert row["x_floor"] == pytest.approx(1.02, abs=0.005)
