@@ -303,12 +303,12 @@ class Engine:
         #    error raised from here keeps this one as its context), then the allocator's cache.
         traceback.clear_frames(err.__traceback__)
         free_device_cache()
-        self._out_of_memory_at = self.profile
-        # 2. Say what to try.
+        # 2. Say what to try; the retry's set_profile (the worker's) then plans the leanest of it.
         try:
             suggested = leaner(self.profile, self.plan.plan.placement if self.plan and self.plan.plan else None)
         except ValueError:
             suggested = None
+        self._out_of_memory_at = self.profile if suggested else ""
         first = specs[0]
         what = f"{len(specs)} job(s) of {first.width}x{first.height}"
         if suggested:
