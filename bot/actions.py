@@ -16,7 +16,7 @@ import discord
 
 from bot.engine_state import check_can_generate
 from bot.permissions import (ShownJob, caller_of, check_may_generate, check_may_manage, check_may_show, is_admin,
-                             is_admin_of, is_owner)
+                             is_owner)
 from bot.replies import UserFacingError, send_ephemeral
 from bot.job_types import CancelOutcome, NewRequest, Submitted, spec_of
 from bot.validation import InvalidRequest, validate_imagine
@@ -252,13 +252,11 @@ async def cancel(interaction: discord.Interaction, job_id: int) -> None:
     job = await load_job(interaction, job_id)
     check_own_message(interaction, job)
     check_may_manage(bot.config.discord, caller, job.user_id, "cancel", job_guild_id=job.guild_id)
-    outcome = await bot.service.cancel(job_id, caller.user_id,
-                                       is_admin=is_admin_of(bot.config.discord, caller, job.guild_id))
+    outcome = await bot.service.cancel(job_id)
     text = {
         CancelOutcome.CANCELLED: f"Job #{job_id} cancelled.",
         CancelOutcome.STOPPING: f"Job #{job_id} stops at its next step.",
         CancelOutcome.ALREADY_FINISHED: f"Job #{job_id} has already finished.",
-        CancelOutcome.NOT_YOURS: "Only the person who asked for this job or an admin of its server may cancel it.",
         CancelOutcome.NOT_FOUND: f"Job #{job_id} does not exist (any more).",
     }[outcome]
     await send_ephemeral(interaction, text)

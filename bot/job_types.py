@@ -40,7 +40,6 @@ class CancelOutcome(enum.Enum):
     CANCELLED = "cancelled"          # it was waiting: it left the queue
     STOPPING = "stopping"            # it is running: it stops at the next step (a `cancelled` event follows)
     ALREADY_FINISHED = "already finished"
-    NOT_YOURS = "not yours"
     NOT_FOUND = "not found"
 
 

@@ -202,14 +202,13 @@ class JobService:
 
     # --- cancel ---------------------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: int, by_user_id: int, is_admin: bool = False) -> CancelOutcome:
-        """Cancel a job: a waiting one leaves the queue at once, a running one stops at its next step."""
-        # 1. who may
+    async def cancel(self, job_id: int) -> CancelOutcome:
+        """Cancel a job: a waiting one leaves the queue at once, a running one stops at its next step. Who may is
+        the caller's check, made once (`bot.permissions.check_may_manage`, guild-scoped admins)."""
+        # 1. still there, not final
         job = await store_jobs.get_job(self.store, job_id)
         if job is None:
             return CancelOutcome.NOT_FOUND
-        if job.user_id != by_user_id and not is_admin:
-            return CancelOutcome.NOT_YOURS
         if job.finished:
             return CancelOutcome.ALREADY_FINISHED
         # 2. waiting: out of the FIFO, then the row
