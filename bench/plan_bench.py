@@ -336,6 +336,7 @@ def child(args) -> dict:
     """One row inside its limits: load the engine from settings, a warm-up image, then the measured image."""
     import torch
 
+    from engine.memory import ALLOC_CONF_VAR, use_expandable_segments
     from engine.mmap_weights import memory_status
     from engine.pipeline import Engine
     from engine.settings import EngineSettings
@@ -344,6 +345,11 @@ def child(args) -> dict:
     root, row = Path(args.dir), json.loads(args.child)
     device = "cuda:0" if torch.cuda.is_available() and not args.tiny else "cpu"  # as the bot names its GPUs
     out: dict = {"row": row["name"], "steps": args.steps, "res": args.res}
+    # 0. The allocator's setting before CUDA starts, as the bot's engine process does (the VRAM cap below starts
+    #    CUDA: torch reads PYTORCH_CUDA_ALLOC_CONF once, then, so Engine.load would be too late here).
+    if device != "cpu":
+        use_expandable_segments()
+        out["alloc_conf"] = os.environ.get(ALLOC_CONF_VAR, "")
     # 1. The VRAM cap: the card's size less its CUDA context is what the allocator may take.
     if row["vram_gib"] and device != "cpu":
         total = torch.cuda.get_device_properties(0).total_memory
@@ -386,6 +392,7 @@ def child(args) -> dict:
     if device != "cpu":
         out["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
         out["peak_vram_gib"] = round(out["peak_alloc_gib"] + CONTEXT_GIB, 3)
+        out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GiB, 3)
     out["mem_end"] = _gib(memory_status())
     out["peak_rss_gib"] = out["mem_end"].get("VmHWM")
     out["image_peaks"] = sampler.take()  # warm-up and measured image
