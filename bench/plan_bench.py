@@ -754,7 +754,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--all", action="store_true", help="write the files, measure the anchors, run every row")
     ap.add_argument("--tiny", action="store_true", help="the tiny architecture on the CPU, no limits (seconds)")
     ap.add_argument("--dir", default="/tmp/plan-bench", help="where the model files are written")
-    ap.add_argument("--only", default="", help="comma-separated row names to run (first-start always runs)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated row names to run, in this order (first-start always runs first)")
     ap.add_argument("--res", type=int, default=None)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seq", type=int, default=512, help="T5 tokens ([engine] max_sequence_length)")
@@ -788,6 +789,7 @@ def run_all(args) -> list[dict]:
     import torch
 
     t_start = time.time()
+    chosen = chosen_rows(args.only)
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     root = Path(args.dir)
     # 1. Files, then the anchors (page cache dropped where allowed).
@@ -799,9 +801,7 @@ def run_all(args) -> list[dict]:
             "torch": torch.__version__}
     _emit(args, head)
     # 2. The rows (the tiny smoke runs the first start, resident and one auto row).
-    wanted = set(filter(None, args.only.split(",")))
     rows: list[dict] = []
-    chosen = [r for r in ROWS if r.load_only or not wanted or r.name in wanted]
     if args.tiny:  # in this process: no limits to apply, and seconds matter
         chosen = [Row("first-start", 0, 0, load_only=True), Row("auto", 0, 0)]
     for row in chosen:
@@ -817,6 +817,17 @@ def run_all(args) -> list[dict]:
             fh.write(json.dumps({"final": rows}) + "\n")
     print_table([head] + rows)
     return [head] + rows
+
+
+def chosen_rows(only: str) -> list[Row]:
+    """The first start, then the rows named in `only` (comma-separated) in that order, or every row."""
+    by_name = {r.name: r for r in ROWS}
+    wanted = [name for name in only.split(",") if name]
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise SystemExit(f"--only: unknown row(s) {', '.join(unknown)}; the rows are {', '.join(by_name)}")
+    first = [r for r in ROWS if r.load_only]
+    return first + [r for r in ([by_name[n] for n in wanted] if wanted else ROWS) if not r.load_only]
 
 
 def _emit(args, row: dict) -> None:

@@ -53,3 +53,18 @@ def test_the_floor_counts_the_t5_blocks_read_from_disk_per_new_prompt():
     add_floors([resident, row], {"h2d_GBps": 55.484, "disk_cold_mmap_GBps": 1.586, "pagecache_copy_GBps": 39.899})
     assert row["floor_s"] == pytest.approx(4.062 + 3.8589 / 1.586 + 0.157, abs=0.01)
     assert row["x_floor"] == pytest.approx(1.02, abs=0.005)
+
+
+def test_only_runs_the_named_rows_in_the_order_given_after_the_first_start():
+    """A short device run puts the rows that failed last time first (the deadline skips the rest), and a typo is
+    refused before 35 GB of files are written."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "plan_bench.py"
+    spec = importlib.util.spec_from_file_location("plan_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["plan_bench"] = bench
+    spec.loader.exec_module(bench)
+    assert [r.name for r in bench.chosen_rows("resident,16/12,24/2.5,16/6")] == [
+        "first-start", "resident", "16/12", "24/2.5", "16/6"]
+    assert [r.name for r in bench.chosen_rows("")] == [r.name for r in bench.ROWS]
+    with pytest.raises(SystemExit, match="16/10"):
+        bench.chosen_rows("resident,16/10")
