@@ -22,7 +22,7 @@ from bot.job_types import CancelOutcome, NewRequest, Submitted, spec_of
 from bot.validation import InvalidRequest, validate_imagine
 from bot.views import EditModal, JobRef
 from db import jobs as store_jobs
-from db.models import DONE
+from engine.job_status import JobStatus
 from engine.spec import JobSpec, random_seed
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ async def show(interaction: discord.Interaction, job_id: int) -> None:
     check_may_show(bot.config.discord, caller, ShownJob(owner_id=job.user_id, guild_id=job.guild_id,
                                                         channel_id=job.channel_id, deleted=job.deleted), job_id)
     check_may_generate(bot.config.discord, caller)
-    if job.status != DONE:
+    if job.status is not JobStatus.DONE:
         raise UserFacingError(f"Job #{job_id} is {job.status}; only finished jobs can be shown.")
     # 2. From disk, if every PNG is still there.
     files = [Path(i.path) for i in job.images]

@@ -13,8 +13,8 @@ import discord
 
 from bot.engine_state import EngineState, EngineStatus
 from bot.literal import literal
-from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from db.records import JobRecord
+from engine.job_status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +23,14 @@ COLOR_BAD = discord.Colour.from_rgb(237, 66, 69)
 EMBED_DESCRIPTION_MAX = 4096
 STATUS_PROMPT_CHARS = 160  # the prompt in a status line, as sent (escapes count)
 HISTORY_PROMPT_CHARS = 120  # the prompt of one /history line, as sent (10 lines fit the 4096 of an embed)
-STATUS_ICONS = {QUEUED: "⏳", RUNNING: "🎨", DONE: "✅", FAILED: "⚠️", CANCELLED: "🚫"}
+STATUS_ICONS = {JobStatus.QUEUED: "⏳", JobStatus.RUNNING: "🎨", JobStatus.DONE: "✅", JobStatus.FAILED: "⚠️",
+                JobStatus.CANCELLED: "🚫"}
 
 
 @dataclass(frozen=True)
-class JobStatus:
+class StatusLine:
     """What the status message shows; the newest one replaces the older ones."""
-    state: str  # QUEUED, RUNNING, DONE, FAILED, CANCELLED
+    state: JobStatus
     position: int | None = None
     eta_s: float | None = None
     step: int = 0
@@ -48,24 +49,24 @@ def fmt_seconds(s: float | None) -> str:
     return f"{m} min {sec:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
 
 
-def status_text(job_id: int, prompt: str, st: JobStatus) -> str:
+def status_text(job_id: int, prompt: str, st: StatusLine) -> str:
     """One short message: the prompt excerpt and where the job stands."""
     icon = STATUS_ICONS.get(st.state, "")
     head = f"**{literal(prompt, STATUS_PROMPT_CHARS)}** · job {job_id}\n"
-    if st.state == QUEUED:
+    if st.state is JobStatus.QUEUED:
         where = f"position {st.position}" if st.position else "waiting"
         if st.note:
             return f"{head}{icon} Queued, {where} · {st.note}"
         eta = f" · ready in about {fmt_seconds(st.eta_s)}" if st.eta_s is not None else ""
         return f"{head}{icon} Queued, {where}{eta}"
-    if st.state == RUNNING:
+    if st.state is JobStatus.RUNNING:
         steps = f"step {st.step}/{st.total}" if st.total else "starting"
         elapsed = f" · {fmt_seconds(st.elapsed_s)}" if st.elapsed_s is not None else ""
         return f"{head}{icon} Generating, {steps}{elapsed}"
-    if st.state == DONE:
+    if st.state is JobStatus.DONE:
         took = f" in {fmt_seconds(st.elapsed_s)}" if st.elapsed_s is not None else ""
         return f"{head}{icon} Done{took}."
-    if st.state == CANCELLED:
+    if st.state is JobStatus.CANCELLED:
         return f"{head}{icon} Cancelled."
     return f"{head}{icon} Failed: {st.error or 'unknown error'}"
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from db.records import JobRecord
+from engine.job_status import JobStatus
 from engine.spec import JobSpec
 
 
@@ -43,22 +44,24 @@ class CancelOutcome(enum.Enum):
     NOT_FOUND = "not found"
 
 
-# JobEvent kinds
-STARTED, PROGRESS, FINISHED, FAILED, CANCELLED = "started", "progress", "finished", "failed", "cancelled"
-
-
 @dataclass(frozen=True)
 class JobEvent:
-    """What the bot hears about a job. `queued`: position/eta_s; `progress`: step/total; `finished`: record
-    (with the saved images); `failed`: message; `cancelled`, `started`: the kind says it all."""
+    """What the bot hears about a job, named by the status it is in (engine.job_status, the store's and the queue's
+    vocabulary): QUEUED: position/eta_s; RUNNING: a worker took it (step None) or step/total of its progress;
+    DONE: record (with the saved images); FAILED: message (and record); CANCELLED: record."""
     job_id: int
-    kind: str
+    status: JobStatus
     position: int | None = None
     eta_s: float | None = None
     step: int | None = None
     total: int | None = None
     message: str = ""
     record: JobRecord | None = None
+
+    @property
+    def progress(self) -> bool:
+        """A running job's step report (not the moment it started)."""
+        return self.status is JobStatus.RUNNING and self.step is not None
 
 
 Listener = Callable[[JobEvent], Any]

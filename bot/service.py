@@ -27,19 +27,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from bot.admission_errors import (BannedWord, CoolingDown, EmptyPrompt, GuildQueueFull, JobTooCostly, PromptTooLong,
                                   QueueFull, ShuttingDown, StoreGone, TooManyImages, TooManyUnfinished)
 from bot.banned_words import BannedWords
-from bot.job_types import (CANCELLED, FAILED, FINISHED, PROGRESS, STARTED, CancelOutcome, JobEvent, Listener,
-                           NewRequest, Submitted, spec_of)
+from bot.job_types import CancelOutcome, JobEvent, Listener, NewRequest, Submitted, spec_of
 from bot.result_files import write_pngs
 from bot.user_turns import UserTurns
 from db import jobs as store_jobs
 from db.errors import is_store_busy
 from db.guard import DatabaseGone
-from db.models import RUNNING
 from db.records import JobOutput, JobRecord, NewJob
 from engine import limits as job_limits  # the shared limits and checks
 from engine.image_files import IdMark
+from engine.job_status import JobStatus
 from engine.listeners import Listeners
-from engine.queue import QUEUED, JobQueue, QueueClosed, QueueEvent
+from engine.queue import JobQueue, QueueClosed, QueueEvent
 from engine.spec import JobSpec, Result
 
 if TYPE_CHECKING:
@@ -88,8 +87,8 @@ class JobService:
         self._listeners.emit(event)
 
     def _on_queue_event(self, event: QueueEvent) -> None:
-        if event.kind == QUEUED:
-            self._emit(JobEvent(event.job_id, QUEUED, position=event.position, eta_s=event.eta_s))
+        if event.status is JobStatus.QUEUED:
+            self._emit(JobEvent(event.job_id, JobStatus.QUEUED, position=event.position, eta_s=event.eta_s))
 
     # --- admission and submit ----------------------------------------------------------------------------
 
@@ -227,7 +226,7 @@ class JobService:
     async def _cancelled(self, job_id: int) -> None:
         if await store_jobs.cancel_job(self.store, job_id):
             log.info("job %d cancelled", job_id)
-            self._emit(JobEvent(job_id, CANCELLED, record=await store_jobs.get_job(self.store, job_id)))
+            self._emit(JobEvent(job_id, JobStatus.CANCELLED, record=await store_jobs.get_job(self.store, job_id)))
 
     # --- restart recovery ------------------------------------------------------------------------------------
 
@@ -240,7 +239,7 @@ class JobService:
         for job in jobs:
             if job.id in self.queue:
                 continue
-            if job.status == RUNNING:
+            if job.status is JobStatus.RUNNING:
                 await store_jobs.requeue(self.store, job.id)
             self.queue.submit(job.id, spec_of(job), owner=job.user_id)
             recovered.append(job)
@@ -253,10 +252,10 @@ class JobService:
     async def on_started(self, job_id: int) -> None:
         if not await store_jobs.mark_running(self.store, job_id):
             log.warning("job %d started but its row was not queued (cancelled meanwhile?)", job_id)
-        self._emit(JobEvent(job_id, STARTED))
+        self._emit(JobEvent(job_id, JobStatus.RUNNING))
 
     def on_progress(self, job_id: int, step: int, total: int) -> None:
-        self._emit(JobEvent(job_id, PROGRESS, step=step, total=total))
+        self._emit(JobEvent(job_id, JobStatus.RUNNING, step=step, total=total))
 
     async def on_finished(self, job_id: int, result: Result) -> None:
         # 1. the PNGs, off the event loop (encoding and writing take tens of ms)
@@ -277,7 +276,7 @@ class JobService:
         # 3. the bot
         record = await store_jobs.get_job(self.store, job_id)
         log.info("job %d done in %.1f s", job_id, result.timings.get("total", 0.0))
-        self._emit(JobEvent(job_id, FINISHED, record=record))
+        self._emit(JobEvent(job_id, JobStatus.DONE, record=record))
 
     async def _while_busy(self, what: str, write: Callable[[], Any]) -> Any:
         """Run a store write; while another program holds SQLite past its busy timeout, wait and try again
@@ -295,7 +294,7 @@ class JobService:
     async def on_failed(self, job_id: int, message: str) -> None:
         if await store_jobs.fail_job(self.store, job_id, message):
             log.info("job %d failed: %s", job_id, message)
-            self._emit(JobEvent(job_id, FAILED, message=message,
+            self._emit(JobEvent(job_id, JobStatus.FAILED, message=message,
                                 record=await store_jobs.get_job(self.store, job_id)))
 
     async def on_cancelled(self, job_id: int) -> None:

@@ -28,13 +28,13 @@ import discord
 from bot import job_types as jt
 from bot.delivery import MAX_DELIVERY_REFUSALS, Deliverer, Payload, Target, Undelivered, is_refusal
 from bot.engine_state import EngineState, EngineStatus, failed_text
-from bot.embeds import STATUS_PROMPT_CHARS, JobStatus, image_name, result_embed, status_text
+from bot.embeds import STATUS_PROMPT_CHARS, StatusLine, image_name, result_embed, status_text
 from bot.literal import echo_mentions, literal
 from bot.throttle import ThrottledEditor
 from bot.views import JobRef, result_view, status_view
 from db import deliveries
 from db import jobs as store_jobs
-from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from engine.job_status import JobStatus
 
 if TYPE_CHECKING:
     from bot.service import JobService
@@ -105,15 +105,15 @@ class ChannelStatus:
 class Tracked:
     job_id: int
     prompt: str = ""
-    state: JobStatus | None = None
+    state: StatusLine | None = None
     sink: StatusSink | None = None
-    editor: ThrottledEditor[JobStatus] | None = None
+    editor: ThrottledEditor[StatusLine] | None = None
     started_at: float | None = None
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     final: asyncio.Task | None = None
     message_saved: bool = False  # the status message id is in the store
-    shown: JobStatus | None = None  # the last state an edit really showed
-    pushed: JobStatus | None = None  # the last state handed to the editor (shown, or about to be)
+    shown: StatusLine | None = None  # the last state an edit really showed
+    pushed: StatusLine | None = None  # the last state handed to the editor (shown, or about to be)
     upload_limit: int | None = None  # bytes per file, from the interaction
 
 
@@ -139,22 +139,22 @@ class JobTracker:
         if t.final is not None:
             return
         # 1. The new state. A waiting job's minor move replaces an edit already due but asks for none.
-        if ev.kind == QUEUED:
-            if t.state is not None and t.state.state != QUEUED:
+        if ev.status is JobStatus.QUEUED:
+            if t.state is not None and t.state.state != JobStatus.QUEUED:
                 return
-            t.state = JobStatus(QUEUED, position=ev.position, eta_s=ev.eta_s)
+            t.state = StatusLine(JobStatus.QUEUED, position=ev.position, eta_s=ev.eta_s)
             if t.editor is not None and not worth_an_edit(t.pushed, t.state):
                 if t.editor.refresh(t.state):
                     t.pushed = t.state
                 return
-        elif ev.kind == jt.STARTED:
+        elif ev.status is JobStatus.RUNNING and not ev.progress:
             t.started_at = time.monotonic()
-            t.state = JobStatus(RUNNING, elapsed_s=0.0)
-        elif ev.kind == jt.PROGRESS:
+            t.state = StatusLine(JobStatus.RUNNING, elapsed_s=0.0)
+        elif ev.status is JobStatus.RUNNING:
             t.started_at = t.started_at or time.monotonic()
-            t.state = JobStatus(RUNNING, step=ev.step or 0, total=ev.total or 0,
+            t.state = StatusLine(JobStatus.RUNNING, step=ev.step or 0, total=ev.total or 0,
                                 elapsed_s=time.monotonic() - t.started_at)
-        elif ev.kind in (jt.FINISHED, jt.FAILED, jt.CANCELLED):
+        elif ev.status.finished:
             t.final = self._spawn(self._finish(t, ev), f"fluxbot-finish-{ev.job_id}")
             return
         # 2. Shown when the job has a status message.
@@ -167,13 +167,13 @@ class JobTracker:
                                  eta_s: float | None) -> None:
         """The job's status lives in the (deferred) reply of `interaction`; show it now."""
         self._jobs.setdefault(job_id, Tracked(job_id)).upload_limit = getattr(interaction, "filesize_limit", None)
-        await self._attach(job_id, InteractionStatus(interaction), JobStatus(QUEUED, position=position, eta_s=eta_s))
+        await self._attach(job_id, InteractionStatus(interaction), StatusLine(JobStatus.QUEUED, position=position, eta_s=eta_s))
 
     async def attach_channel_message(self, job_id: int, channel_id: int, message_id: int, *,
                                      prefix: str = "") -> None:
         await self._attach(job_id, ChannelStatus(self.client, channel_id, message_id, prefix=prefix), None)
 
-    async def _attach(self, job_id: int, sink: StatusSink, initial: JobStatus | None) -> None:
+    async def _attach(self, job_id: int, sink: StatusSink, initial: StatusLine | None) -> None:
         t = self._jobs.setdefault(job_id, Tracked(job_id))
         if not t.prompt:
             job = await store_jobs.get_job(self.store, job_id)
@@ -185,20 +185,20 @@ class JobTracker:
             _push(t, t.state)
         t.attached.set()
 
-    async def _show(self, t: Tracked, st: JobStatus) -> None:
+    async def _show(self, t: Tracked, st: StatusLine) -> None:
         if t.sink is None or not t.sink.usable():
             return
-        view = status_view(self.ref(t.job_id)) if st.state in (QUEUED, RUNNING) else None
+        view = status_view(self.ref(t.job_id)) if st.state in (JobStatus.QUEUED, JobStatus.RUNNING) else None
         message_id = await t.sink.edit(status_text(t.job_id, t.prompt, self._with_engine_note(st)), view)
         if message_id:
             t.shown = st
         if message_id and not t.message_saved:
             t.message_saved = await store_jobs.set_status_message(self.store, t.job_id, message_id)
 
-    def _with_engine_note(self, st: JobStatus) -> JobStatus:
+    def _with_engine_note(self, st: StatusLine) -> StatusLine:
         """A waiting job's state with the reason it cannot move yet, read when the line is drawn."""
         engine = self._engine_state()
-        if st.state != QUEUED or engine.status is EngineStatus.READY:
+        if st.state != JobStatus.QUEUED or engine.status is EngineStatus.READY:
             return st
         if engine.status is EngineStatus.LOADING:
             return replace(st, note="waiting for the model to load")
@@ -208,7 +208,7 @@ class JobTracker:
     def engine_changed(self) -> None:
         """The engine's state changed: redraw the line of every waiting job that has a status message."""
         for t in list(self._jobs.values()):
-            if t.editor is not None and t.final is None and t.state is not None and t.state.state == QUEUED:
+            if t.editor is not None and t.final is None and t.state is not None and t.state.state == JobStatus.QUEUED:
                 _push(t, t.state)
 
     # --- the end of a job -----------------------------------------------------------------------------------------
@@ -226,9 +226,9 @@ class JobTracker:
             # 2. The last status edit, and the result or the failure notice.
             final = _final_state(job, ev)
             closing = t.editor.close(final) if t.editor is not None else _nothing()
-            if ev.kind == jt.FINISHED:
+            if ev.status is JobStatus.DONE:
                 await asyncio.gather(closing, self.deliver(job))
-            elif ev.kind == jt.FAILED:
+            elif ev.status is JobStatus.FAILED:
                 await closing
                 if t.shown == final:  # the status message says why
                     await store_jobs.mark_delivered(self.store, job.id)
@@ -317,7 +317,7 @@ class JobTracker:
     async def _announce_recovered(self, job: "JobRecord") -> None:
         t = self._jobs.setdefault(job.id, Tracked(job.id, prompt=job.prompt))
         position = self.service.queue.position(job.id)
-        t.state = t.state or JobStatus(QUEUED, position=position, eta_s=self.service.queue.eta_s(job.id))
+        t.state = t.state or StatusLine(JobStatus.QUEUED, position=position, eta_s=self.service.queue.eta_s(job.id))
         if job.channel_id is None:
             t.attached.set()
             return
@@ -348,7 +348,7 @@ class JobTracker:
 
     async def _deliver_left_over(self, job: "JobRecord") -> bool:
         # 1. A failure notice.
-        if job.status == FAILED:
+        if job.status == JobStatus.FAILED:
             await self._notify_failure(job, job.error or "unknown error")
             return False
         # 2. A result whose PNG is gone (pruned, or removed by hand while the bot was down): say how to get it
@@ -405,11 +405,11 @@ class JobTracker:
         return task
 
 
-def worth_an_edit(shown: JobStatus | None, new: JobStatus) -> bool:
+def worth_an_edit(shown: StatusLine | None, new: StatusLine) -> bool:
     """Whether a waiting job's new position/ETA deserves an edit of its line, against what the line shows (or is
     about to show). Anything that is not a waiting-to-waiting change always does."""
     # 1. Nothing shown yet, or a change of state: always.
-    if shown is None or shown.state != QUEUED or new.state != QUEUED:
+    if shown is None or shown.state != JobStatus.QUEUED or new.state != JobStatus.QUEUED:
         return True
     # 2. The position: every change near the front, a noticeable share of it further back.
     if new.position != shown.position:
@@ -425,18 +425,18 @@ def worth_an_edit(shown: JobStatus | None, new: JobStatus) -> bool:
     return False
 
 
-def _push(t: Tracked, state: JobStatus) -> None:
+def _push(t: Tracked, state: StatusLine) -> None:
     """Hand `state` to the job's editor (at most one edit per interval; the newest state wins)."""
     t.pushed = state
     t.editor.push(state)
 
 
-def _final_state(job: "JobRecord", ev: jt.JobEvent) -> JobStatus:
-    if ev.kind == jt.FINISHED:
-        return JobStatus(DONE, elapsed_s=job.timings.get("total"))
-    if ev.kind == jt.FAILED:
-        return JobStatus(FAILED, error=ev.message or job.error or "")
-    return JobStatus(CANCELLED)
+def _final_state(job: "JobRecord", ev: jt.JobEvent) -> StatusLine:
+    if ev.status is JobStatus.DONE:
+        return StatusLine(JobStatus.DONE, elapsed_s=job.timings.get("total"))
+    if ev.status is JobStatus.FAILED:
+        return StatusLine(JobStatus.FAILED, error=ev.message or job.error or "")
+    return StatusLine(JobStatus.CANCELLED)
 
 
 async def _nothing() -> None:

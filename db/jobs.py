@@ -12,9 +12,10 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, func, select, update
 
-from db.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING, UNFINISHED, Job, utcnow
+from db.models import Job, utcnow
 from db.records import JobOutput, JobRecord, NewJob, Page
 from db.session import Store
+from engine.job_status import UNFINISHED, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ MAX_ID = 2 ** 63 - 1  # BIGINT / SQLite INTEGER: a larger id cannot exist (and t
 async def create_job(store: Store, new: NewJob) -> JobRecord:
     """Write a queued job and return it with its id (the id that goes in button custom_ids)."""
     async with store.session() as s, s.begin():
-        row = Job(**asdict(new), status=QUEUED, created_at=utcnow())
+        row = Job(**asdict(new), status=JobStatus.QUEUED, created_at=utcnow())
         s.add(row)
         await s.flush()
         record = JobRecord.from_row(row)
@@ -110,8 +111,9 @@ async def undelivered_jobs(store: Store) -> list[JobRecord]:
     """Finished jobs whose result was never delivered (the bot stopped in between), oldest first; not those the
     bot gave up on (`db.deliveries`)."""
     async with store.session() as s:
-        rows = (await s.scalars(select(Job).where(Job.status.in_((DONE, FAILED)), Job.delivered_at.is_(None),
-                                                  Job.deleted_at.is_(None), Job.undeliverable_reason.is_(None))
+        rows = (await s.scalars(select(Job).where(Job.status.in_((JobStatus.DONE, JobStatus.FAILED)),
+                                                  Job.delivered_at.is_(None), Job.deleted_at.is_(None),
+                                                  Job.undeliverable_reason.is_(None))
                                 .order_by(Job.id))).all()
         return [JobRecord.from_row(row) for row in rows]
 
@@ -120,12 +122,12 @@ async def undelivered_jobs(store: Store) -> list[JobRecord]:
 
 async def mark_running(store: Store, job_id: int) -> bool:
     """queued → running. False if the job is not queued (cancelled meanwhile, or already taken)."""
-    return await _change(store, job_id, (QUEUED,), status=RUNNING, started_at=utcnow())
+    return await _change(store, job_id, (JobStatus.QUEUED,), status=JobStatus.RUNNING, started_at=utcnow())
 
 
 async def finish_job(store: Store, job_id: int, output: JobOutput) -> bool:
     """queued/running → done with the images, seeds and timings. False if it was cancelled or failed first."""
-    values = dict(status=DONE, finished_at=utcnow(), error=None, seeds=list(output.seeds),
+    values = dict(status=JobStatus.DONE, finished_at=utcnow(), error=None, seeds=list(output.seeds),
                   images=[{"path": str(i.path), "sha256": i.sha256} for i in output.images],
                   timings=dict(output.timings), precision=output.precision or None,
                   profile=output.profile or None)
@@ -137,17 +139,17 @@ async def finish_job(store: Store, job_id: int, output: JobOutput) -> bool:
 async def fail_job(store: Store, job_id: int, error: str) -> bool:
     """queued/running → failed with a message. A job already done or cancelled is left as it is."""
     text = (error or "unknown error")[:MAX_ERROR_CHARS]
-    return await _change(store, job_id, UNFINISHED, status=FAILED, finished_at=utcnow(), error=text)
+    return await _change(store, job_id, UNFINISHED, status=JobStatus.FAILED, finished_at=utcnow(), error=text)
 
 
 async def cancel_job(store: Store, job_id: int) -> bool:
     """queued/running → cancelled. False if it had already finished (done, failed or cancelled)."""
-    return await _change(store, job_id, UNFINISHED, status=CANCELLED, finished_at=utcnow())
+    return await _change(store, job_id, UNFINISHED, status=JobStatus.CANCELLED, finished_at=utcnow())
 
 
 async def requeue(store: Store, job_id: int) -> bool:
     """running → queued, for restart recovery: the job runs again from the start."""
-    return await _change(store, job_id, (RUNNING,), status=QUEUED, started_at=None)
+    return await _change(store, job_id, (JobStatus.RUNNING,), status=JobStatus.QUEUED, started_at=None)
 
 
 # --- delivery bookkeeping -----------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ async def mark_deleted(store: Store, job_id: int) -> bool:
     return await _change(store, job_id, None, _extra=Job.deleted_at.is_(None), deleted_at=utcnow())
 
 
-async def _change(store: Store, job_id: int, from_statuses: tuple[str, ...] | None, *,
+async def _change(store: Store, job_id: int, from_statuses: tuple[JobStatus, ...] | None, *,
                   _extra: ColumnElement[bool] | None = None, **values) -> bool:
     """One guarded UPDATE in its own transaction; True if it changed the row."""
     query = update(Job).where(Job.id == job_id)

@@ -16,13 +16,9 @@ from sqlalchemy import (JSON, BigInteger, CheckConstraint, DateTime, Float, Fore
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-log = logging.getLogger(__name__)
+from engine.job_status import JobStatus  # the one status vocabulary (a leaf module: no torch, no discord)
 
-# Status values. A job moves queued → running → done | failed | cancelled; running → queued on restart.
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
-UNFINISHED = (QUEUED, RUNNING)
-FINISHED = (DONE, FAILED, CANCELLED)
+log = logging.getLogger(__name__)
 
 # What made the job: a slash command or one of the buttons under an earlier result.
 KINDS = ("imagine", "reroll", "vary", "edit", "show")
@@ -104,7 +100,7 @@ class Job(Base):
     model_id: Mapped[str | None] = mapped_column(String(200))  # "name@sha256[:12]"
 
     # 4. what happened
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)  # engine.job_status
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -122,7 +118,7 @@ class Job(Base):
     undeliverable_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="status"),
+        CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="status"),
         CheckConstraint("kind IN ('imagine', 'reroll', 'vary', 'edit', 'show')", name="kind"),
         Index("ix_jobs_user_history", "user_id", "id"),  # a user's history, newest first
         Index("ix_jobs_status_order", "status", "id"),  # unfinished jobs in order

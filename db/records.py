@@ -8,7 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from db.models import FINISHED, KINDS, UNFINISHED, Job
+from db.models import KINDS, Job
+from engine.job_status import FINISHED, UNFINISHED, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class JobRecord:
     variation_seed: int | None
     variation_strength: float
     model_id: str | None
-    status: str
+    status: JobStatus
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -132,7 +133,7 @@ class JobRecord:
             result_channel_id=row.result_channel_id, result_message_id=row.result_message_id, prompt=row.prompt,
             seed=row.seed, count=row.count, steps=row.steps, width=row.width, height=row.height,
             guidance=row.guidance, variation_seed=row.variation_seed, variation_strength=row.variation_strength,
-            model_id=row.model_id, status=row.status, error=row.error, created_at=row.created_at,
+            model_id=row.model_id, status=JobStatus(row.status), error=row.error, created_at=row.created_at,
             started_at=row.started_at, finished_at=row.finished_at, timings=dict(row.timings or {}),
             precision=row.precision, profile=row.profile, seeds=tuple(row.seeds or ()), images=images,
             delivered_at=row.delivered_at, deleted_at=row.deleted_at,

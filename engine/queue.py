@@ -32,14 +32,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from engine.job_status import JobStatus
 from engine.listeners import Listeners
 from engine.spec import JobSpec
 
 log = logging.getLogger(__name__)
-
-# The kinds of QueueEvent the queue emits.
-QUEUED = "queued"      # a waiting job's position and/or ETA (first announcement included)
-RUNNING = "running"    # a worker took the job
 
 # Progress reports re-estimate every waiting job's ETA at most this often (a step can take 10 ms).
 PROGRESS_ANNOUNCE_S = 1.0
@@ -54,7 +51,7 @@ class QueueEvent:
     """What a listener learns. `position` is 1-based among waiting jobs; `eta_s` is the estimated seconds
     until the job is done (the wait for the jobs ahead, shared among the workers, plus its own run)."""
     job_id: int
-    kind: str
+    status: JobStatus  # QUEUED: a waiting job's position and/or ETA (first announcement included); RUNNING: taken
     position: int | None = None
     eta_s: float | None = None
     worker: str = ""
@@ -235,7 +232,7 @@ class JobQueue:
             self._order.remove(job)
             self._announced.pop(job.job_id, None)
             self._running[job.job_id] = _Running(job, worker, now)
-            self._emit(QueueEvent(job.job_id, RUNNING, worker=worker))
+            self._emit(QueueEvent(job.job_id, JobStatus.RUNNING, worker=worker))
         self._announce()
         return batch
 
@@ -315,7 +312,7 @@ class JobQueue:
             if last is not None and last[0] == pos and abs(eta - last[1]) < max(2.0, 0.1 * last[1]):
                 continue
             self._announced[jid] = (pos, eta)
-            self._emit(QueueEvent(jid, QUEUED, position=pos, eta_s=eta))
+            self._emit(QueueEvent(jid, JobStatus.QUEUED, position=pos, eta_s=eta))
 
     def _emit(self, event: QueueEvent) -> None:
         self._listeners.emit(event)

@@ -1,9 +1,10 @@
 """What users read: status lines, the result embed, history and queue pages."""
 from datetime import datetime, timezone
 
-from bot.embeds import (JobStatus, QueueLine, fmt_seconds, history_embed, jump_url, queue_embed, result_embed,
+from bot.embeds import (QueueLine, StatusLine, fmt_seconds, history_embed, jump_url, queue_embed, result_embed,
                         status_text)
 from db.records import ImageFile, JobRecord
+from engine.job_status import JobStatus
 
 
 def record(**changes) -> JobRecord:
@@ -19,14 +20,14 @@ def record(**changes) -> JobRecord:
 
 
 def test_status_lines():
-    assert status_text(3, "a fox", JobStatus("queued", position=2, eta_s=42)).endswith(
+    assert status_text(3, "a fox", StatusLine(JobStatus.QUEUED, position=2, eta_s=42)).endswith(
         "⏳ Queued, position 2 · ready in about 42 s")
-    assert status_text(3, "a fox", JobStatus("running", step=7, total=20, elapsed_s=6.24)).endswith(
+    assert status_text(3, "a fox", StatusLine(JobStatus.RUNNING, step=7, total=20, elapsed_s=6.24)).endswith(
         "🎨 Generating, step 7/20 · 6.2 s")
-    assert status_text(3, "a fox", JobStatus("done", elapsed_s=125)).endswith("✅ Done in 2 min 05 s.")
-    assert status_text(3, "a fox", JobStatus("failed", error="out of memory")).endswith("⚠️ Failed: out of memory")
-    assert "**" + "x" * 159 + "…**" in status_text(3, "x" * 500, JobStatus("cancelled"))
-    assert status_text(3, "**a** <@1>", JobStatus("cancelled")).startswith("**\\*\\*a\\*\\* \\<@\u200b1\\>** · job 3")
+    assert status_text(3, "a fox", StatusLine(JobStatus.DONE, elapsed_s=125)).endswith("✅ Done in 2 min 05 s.")
+    assert status_text(3, "a fox", StatusLine(JobStatus.FAILED, error="out of memory")).endswith("⚠️ Failed: out of memory")
+    assert "**" + "x" * 159 + "…**" in status_text(3, "x" * 500, StatusLine(JobStatus.CANCELLED))
+    assert status_text(3, "**a** <@1>", StatusLine(JobStatus.CANCELLED)).startswith("**\\*\\*a\\*\\* \\<@\u200b1\\>** · job 3")
     assert fmt_seconds(3 * 3600 + 120) == "3 h 02 min"
 
 

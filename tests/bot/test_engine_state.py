@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.embeds import JobStatus, QueueLine, queue_embed, status_text
+from bot.embeds import QueueLine, StatusLine, queue_embed, status_text
+from engine.job_status import JobStatus
 from bot.engine_state import EngineState, EngineStatus, EngineUnavailable, check_can_generate, failure_reason
 from engine.errors import EngineOutOfMemory, ModelNotFoundError
 
@@ -33,9 +34,9 @@ def test_only_a_failed_engine_refuses_new_jobs():
 
 
 def test_a_waiting_line_with_a_note_shows_the_note_instead_of_the_eta():
-    st = JobStatus("queued", position=2, eta_s=40.0)
+    st = StatusLine(JobStatus.QUEUED, position=2, eta_s=40.0)
     assert status_text(7, "a cat", st).endswith("Queued, position 2 · ready in about 40 s")
-    noted = JobStatus("queued", position=2, eta_s=40.0, note="waiting for the model to load")
+    noted = StatusLine(JobStatus.QUEUED, position=2, eta_s=40.0, note="waiting for the model to load")
     assert status_text(7, "a cat", noted).endswith("Queued, position 2 · waiting for the model to load")
 
 

@@ -1,14 +1,14 @@
 """Which queue movements are worth an edit of a waiting job's status line, and how a skipped one still shows."""
 import asyncio
 
-from bot.embeds import JobStatus
+from bot.embeds import StatusLine
 from bot.throttle import ThrottledEditor
 from bot.tracker import worth_an_edit
-from db.models import DONE, QUEUED, RUNNING
+from engine.job_status import JobStatus
 
 
-def queued(position: int | None, eta_s: float | None = 60.0) -> JobStatus:
-    return JobStatus(QUEUED, position=position, eta_s=eta_s)
+def queued(position: int | None, eta_s: float | None = 60.0) -> StatusLine:
+    return StatusLine(JobStatus.QUEUED, position=position, eta_s=eta_s)
 
 
 def test_far_back_a_small_move_is_not_worth_an_edit_a_quarter_is():
@@ -33,8 +33,8 @@ def test_the_eta_counts_only_when_it_moves_a_lot():
 
 def test_anything_but_a_waiting_to_waiting_change_is_always_shown():
     assert worth_an_edit(None, queued(40))
-    assert worth_an_edit(queued(40), JobStatus(RUNNING, step=1, total=2))
-    assert worth_an_edit(queued(40), JobStatus(DONE))
+    assert worth_an_edit(queued(40), StatusLine(JobStatus.RUNNING, step=1, total=2))
+    assert worth_an_edit(queued(40), StatusLine(JobStatus.DONE))
 
 
 async def test_a_skipped_minor_move_replaces_an_edit_already_due_and_asks_for_none():

@@ -157,8 +157,8 @@ async def test_cancel_queued_jobs_leave_the_queue_once(store, tmp_path):
     assert await service.cancel(12345) is CancelOutcome.NOT_FOUND
     assert (await jobs.get_job(store, a.job_id)).status == "cancelled"
     assert service.queue.position(c.job_id) == 1
-    assert [e.job_id for e in events if e.kind == "cancelled"] == [a.job_id, b.job_id]
-    assert [e.position for e in events if e.kind == "queued" and e.job_id == c.job_id] == [3, 2, 1]
+    assert [e.job_id for e in events if said(e) == "cancelled"] == [a.job_id, b.job_id]
+    assert [e.position for e in events if said(e) == "queued" and e.job_id == c.job_id] == [3, 2, 1]
 
 
 async def test_recover_requeues_queued_and_running_jobs_in_their_order(db_url, tmp_path):
@@ -200,6 +200,11 @@ async def test_recover_rebuilds_the_fair_order_not_the_arrival_order(db_url, tmp
 SIZE = 256  # the engine's smallest size
 
 
+def said(event) -> str:
+    """What a JobEvent says, in words: its status (engine.job_status), or "progress" for a running job's step report."""
+    return "progress" if event.progress else event.status.value
+
+
 class Events:
     """Collects JobEvents and lets a test wait for a number of final outcomes."""
 
@@ -210,12 +215,12 @@ class Events:
 
     async def hear(self, event):
         self.items.append(event)
-        if event.kind in ("finished", "failed", "cancelled"):
+        if event.status.finished:
             async with self._final:
                 self._final.notify_all()
 
     def final(self) -> dict[int, str]:
-        return {e.job_id: e.kind for e in self.items if e.kind in ("finished", "failed", "cancelled")}
+        return {e.job_id: said(e) for e in self.items if e.status.finished}
 
     async def wait_final(self, count: int, timeout: float = 60.0):
         async def enough():
@@ -224,7 +229,7 @@ class Events:
         await asyncio.wait_for(enough(), timeout)
 
     def of(self, job_id, kind):
-        return [e for e in self.items if e.job_id == job_id and e.kind == kind]
+        return [e for e in self.items if e.job_id == job_id and said(e) == kind]
 
 
 def running_service(store, tmp_path, engine, *, limits=LIMITS, workers=1, engines=None):
@@ -277,8 +282,8 @@ async def test_submit_runs_and_saves_the_png_by_job_id(store, tmp_path, tiny_eng
     # 2. what the bot heard: queued positions, started, steps, finished with the record
     assert [e.position for e in events.of(two.job_id, "queued")][:2] == [2, 1]
     assert [(e.step, e.total) for e in events.of(one.job_id, "progress")] == [(1, 2), (2, 2)]
-    assert [e.kind for e in events.items if e.job_id == one.job_id][-3:] == ["progress", "progress", "finished"]
-    assert events.of(one.job_id, "finished")[0].record.images == row.images
+    assert [said(e) for e in events.items if e.job_id == one.job_id][-3:] == ["progress", "progress", "done"]
+    assert events.of(one.job_id, "done")[0].record.images == row.images
 
 
 async def test_cancel_running_job_through_the_service(store, tmp_path, tiny_engine):
@@ -287,13 +292,13 @@ async def test_cancel_running_job_through_the_service(store, tmp_path, tiny_engi
     long = await service.submit(request(1, "long", width=SIZE, height=SIZE, steps=40))
     after = await service.submit(request(2, "after", width=SIZE, height=SIZE))
     started = asyncio.Event()
-    service.subscribe(lambda e: started.set() if e.kind == "progress" and e.job_id == long.job_id else None)
+    service.subscribe(lambda e: started.set() if e.progress and e.job_id == long.job_id else None)
     service.workers[0].start()
     await asyncio.wait_for(started.wait(), 30)
     assert await service.cancel(long.job_id) is CancelOutcome.STOPPING
     await events.wait_final(2)
     await stop(service)
-    assert events.final() == {long.job_id: "cancelled", after.job_id: "finished"}
+    assert events.final() == {long.job_id: "cancelled", after.job_id: "done"}
     assert (await jobs.get_job(store, long.job_id)).status == "cancelled"
     assert len(events.of(long.job_id, "progress")) < 40
     assert not (tmp_path / "images" / f"{long.job_id}.png").exists()
@@ -318,7 +323,7 @@ async def test_restart_reruns_interrupted_jobs_in_order_with_the_same_pixels(db_
     store = await open_store(db_url)
     service = running_service(store, tmp_path, tiny_engine)
     progressed = asyncio.Event()
-    service.subscribe(lambda e: progressed.set() if e.kind == "progress" else None)
+    service.subscribe(lambda e: progressed.set() if e.progress else None)
     ids = [(await service.submit(request(u, f"prompt {u}", width=SIZE, height=SIZE, steps=6, seed=100 + u))).job_id
            for u in (1, 2, 3)]
     service.workers[0].start()
@@ -334,7 +339,7 @@ async def test_restart_reruns_interrupted_jobs_in_order_with_the_same_pixels(db_
     service.workers[0].start()
     await events.wait_final(3)
     await stop(service)
-    started = [e.job_id for e in events.items if e.kind == "started"]
+    started = [e.job_id for e in events.items if said(e) == "running"]
     assert started == ids
     # 3. Same seed, same image: compare with a run of the same spec straight on the engine.
     first = await jobs.get_job(store, ids[0])
@@ -369,7 +374,7 @@ async def test_hundred_jobs_from_twenty_users_none_lost_and_the_loop_stays_respo
     await events.wait_final(100, timeout=300)
     tick.cancel()
     await stop(service)
-    assert sorted(events.final()) == sorted(ids) and set(events.final().values()) == {"finished"}
+    assert sorted(events.final()) == sorted(ids) and set(events.final().values()) == {"done"}
     assert await jobs.count_unfinished(store) == 0
     assert len(list((tmp_path / "images").iterdir())) == 100
     worst, median = max(lags), sorted(lags)[len(lags) // 2]

@@ -5,8 +5,11 @@ import asyncio
 
 import pytest
 
-from engine.queue import QUEUED, RUNNING, EtaModel, JobQueue, QueueClosed
+from engine.job_status import JobStatus
+from engine.queue import EtaModel, JobQueue, QueueClosed
 from engine.spec import JobSpec
+
+QUEUED, RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
 
 
 def spec(prompt="a cat", **kw) -> JobSpec:
@@ -44,20 +47,20 @@ async def test_listeners_hear_positions_and_etas_change():
     q.subscribe(events.append)
     for i in (1, 2, 3):
         q.submit(i, spec(steps=4, width=1024, height=1024))  # 4 units = 40 s each before anything ran
-    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    latest = {e.job_id: e for e in events if e.status == QUEUED}
     assert (latest[3].position, round(latest[3].eta_s)) == (3, 120)
     events.clear()
     (job,) = await q.take(worker="w0")
-    assert [e.kind for e in events if e.job_id == 1] == [RUNNING]
-    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    assert [e.status for e in events if e.job_id == 1] == [RUNNING]
+    latest = {e.job_id: e for e in events if e.status == QUEUED}
     assert (latest[2].position, latest[3].position) == (1, 2)
     events.clear()
     q.progress(1, 2, 4)  # half done: 20 s less for everyone behind
-    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    latest = {e.job_id: e for e in events if e.status == QUEUED}
     assert round(latest[3].eta_s) == 100
     events.clear()
     q.finish([1], 4.0)  # it took 4 s: the same kind of job is now expected to take 4 s
-    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    latest = {e.job_id: e for e in events if e.status == QUEUED}
     assert round(latest[2].eta_s) == 4 and round(latest[3].eta_s) == 8
     assert q.eta_s(3) == pytest.approx(8.0)
 
@@ -215,7 +218,7 @@ async def test_etas_follow_the_fair_order():
     q.subscribe(events.append)
     for jid, owner in [(11, 1), (12, 1), (13, 1), (21, 2)]:
         q.submit(jid, spec(steps=4, width=1024, height=1024), owner=owner)
-    latest = {e.job_id: e for e in events if e.kind == QUEUED}
+    latest = {e.job_id: e for e in events if e.status == QUEUED}
     assert {jid: (e.position, round(e.eta_s)) for jid, e in latest.items()} == \
         {11: (1, 40), 21: (2, 80), 12: (3, 120), 13: (4, 160)}
     assert round(q.eta_s(21)) == 80 and round(q.eta_s(13)) == 160
