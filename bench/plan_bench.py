@@ -49,6 +49,7 @@ PROMPT = "a lighthouse on a cliff above a stormy sea, oil painting"
 WARM_PROMPT = "warm up"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DIT_FILE = "flux1-dev.safetensors"
+CLIP_PREFIX = "text_model."  # FLUX.1-dev's text_encoder/model.safetensors names every tensor under it
 BASE = "FLUX.1-dev"
 
 
@@ -115,8 +116,10 @@ TINY = Arch(
 
 # ------------------------------------------------------------------------------------------------- files
 
-def write_model(root: Path, arch: Arch, device: str) -> dict:
-    """The DiT single file and the base folder, random bf16 weights, real layouts. Skipped when complete."""
+def write_model(root: Path, arch: Arch, device: str, tokenizers: Path | None = None) -> dict:
+    """The DiT single file and the base folder, random bf16 weights, real layouts. Skipped when complete.
+    `tokenizers`: a folder with `tokenizer_1` (CLIP) and `tokenizer_2` (T5) to use instead of the tiny offline ones
+    (the peer bench gives DiffSynth's own, so that every implementation sees the same token ids)."""
     import torch
 
     done = root / "complete.json"
@@ -128,7 +131,7 @@ def write_model(root: Path, arch: Arch, device: str) -> dict:
     base.mkdir(parents=True)
     gen = torch.Generator(device).manual_seed(0)
     # 1. Configs, scheduler, tokenizers, model_index.json.
-    clip_cls, t5_cls = _write_configs(base, arch)
+    clip_cls, t5_cls = _write_configs(base, arch, tokenizers)
     # 2. The DiT in BFL layout (names and shapes from the diffusers model through engine/bfl_keys.py's converter),
     #    hashed as it is written: the sidecar engine/models.py would write (hashing 22 GiB at start-up took 44 s
     #    in run 1; that once-per-file cost is reported from there, not paid again by every run).
@@ -136,8 +139,10 @@ def write_model(root: Path, arch: Arch, device: str) -> dict:
     # 3. T5-XXL sharded like the release, with its index; CLIP and the VAE in one file each.
     t5_shapes = _state_shapes(lambda: t5_cls(_t5_config(arch)), drop=("encoder.embed_tokens.weight",))
     sizes["t5"] = _write_shards(base / "text_encoder_2", t5_shapes, arch.t5_shards, gen, device)
-    sizes["clip"] = _write_random(base / "text_encoder" / "model.safetensors",
-                                  _state_shapes(lambda: clip_cls(_clip_config(arch))), gen, device)
+    #    CLIP's names as the release's file has them (`text_model.` first: transformers 5 drops it when loading;
+    #    DiffSynth recognises the file by them).
+    clip_shapes = {CLIP_PREFIX + k: s for k, s in _state_shapes(lambda: clip_cls(_clip_config(arch))).items()}
+    sizes["clip"] = _write_random(base / "text_encoder" / "model.safetensors", clip_shapes, gen, device)
     from diffusers import AutoencoderKL
     sizes["vae"] = _write_random(base / "vae" / "diffusion_pytorch_model.safetensors",
                                  _state_shapes(lambda: AutoencoderKL(**arch.vae)), gen, device)
@@ -147,7 +152,7 @@ def write_model(root: Path, arch: Arch, device: str) -> dict:
     return info
 
 
-def _write_configs(base: Path, arch: Arch):
+def _write_configs(base: Path, arch: Arch, tokenizers: Path | None = None):
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
@@ -157,10 +162,10 @@ def _write_configs(base: Path, arch: Arch):
     with torch.device("meta"):
         FluxTransformer2DModel(**arch.dit).save_config(base / "transformer")
         AutoencoderKL(**arch.vae).save_config(base / "vae")
-    clip_tok, t5_tok = _tiny_tokenizers()
+    clip_tok, t5_tok = _tokenizers(tokenizers)
     clip_tok.save_pretrained(base / "tokenizer")
     t5_tok.save_pretrained(base / "tokenizer_2")
-    _clip_config(arch).save_pretrained(base / "text_encoder")
+    _clip_config(arch, clip_tok).save_pretrained(base / "text_encoder")
     _t5_config(arch).save_pretrained(base / "text_encoder_2")
     FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
                                     shift=3.0, use_dynamic_shifting=True).save_config(base / "scheduler")
@@ -174,20 +179,30 @@ def _write_configs(base: Path, arch: Arch):
     return CLIPTextModel, T5EncoderModel
 
 
-def _clip_config(arch: Arch):
-    from transformers import CLIPTextConfig
-
+def _tokenizers(folder: Path | None):
+    """(CLIP, T5) tokenizers: the tiny offline ones, or those saved in `folder`/tokenizer_1 and /tokenizer_2."""
     from engine.tiny import _tiny_tokenizers
 
-    tok = _tiny_tokenizers()[0]
+    if folder is None:
+        return _tiny_tokenizers()
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    return CLIPTokenizer.from_pretrained(folder / "tokenizer_1"), T5TokenizerFast.from_pretrained(folder / "tokenizer_2")
+
+
+def _clip_config(arch: Arch, tok=None):
+    """The release's config: its `architectures` names the class (DiffSynth and diffusers read it)."""
+    from transformers import CLIPTextConfig
+
+    tok = tok or _tokenizers(None)[0]
     return CLIPTextConfig(**arch.clip, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id, dtype="bfloat16")
+                          pad_token_id=tok.pad_token_id, dtype="bfloat16", architectures=["CLIPTextModel"])
 
 
 def _t5_config(arch: Arch):
     from transformers import T5Config
 
-    return T5Config(**arch.t5, dtype="bfloat16")
+    return T5Config(**arch.t5, dtype="bfloat16", architectures=["T5EncoderModel"])
 
 
 def _bfl_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
@@ -378,6 +393,8 @@ def child(args) -> dict:
     if device != "cpu":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    if getattr(args, "save_dir", None):
+        _keep_latents(engine, Path(args.save_dir) / f"{row_file_name(row['name'])}-latents.pt")
     stamps: list[float] = []
     t0 = time.perf_counter()
     result = _job(engine, JobSpec(PROMPT, seed=7, steps=args.steps, width=size, height=size), out,
@@ -398,8 +415,24 @@ def child(args) -> dict:
     out["image_peaks"] = sampler.take()  # warm-up and measured image
     import numpy as np
     out["image_std"] = round(float(np.asarray(result.images[0], dtype=np.float32).std()), 2)  # 0 = a flat image
+    if getattr(args, "save_dir", None):  # the peer bench compares the images of every implementation
+        out["image_file"] = str(Path(args.save_dir) / f"{row_file_name(row['name'])}.png")
+        result.images[0].save(out["image_file"])
     engine.close()
     return out
+
+
+def _keep_latents(engine, path: Path) -> None:
+    """Save the packed latents the next image decodes (float32, CPU): the peer bench compares them."""
+    import torch
+
+    decode = engine._decode
+
+    def keep(packed, width, height):
+        torch.save(packed.detach().float().cpu(), path)
+        return decode(packed, width, height)
+
+    engine._decode = keep
 
 
 def _job(engine, spec, out: dict, progress=None):
@@ -501,11 +534,14 @@ def _gib(status: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- the parent
 
-def run_row(args, row: Row) -> dict:
-    """The row in a child process, inside a fresh cgroup when root; reads memory.peak and oom_kill after."""
+def run_row(args, row: Row, script: str | None = None) -> dict:
+    """The row in a child process, inside a fresh cgroup when root; reads memory.peak and oom_kill after.
+    `script`: the program the child runs (default this one; the peer bench's children take the same arguments)."""
     cg = _make_cgroup(row) if not args.tiny else None
-    cmd = [sys.executable, os.path.abspath(__file__), "--dir", args.dir, "--res", str(args.res), "--steps",
+    cmd = [sys.executable, script or os.path.abspath(__file__), "--dir", args.dir, "--res", str(args.res), "--steps",
            str(args.steps), "--seq", str(args.seq), "--child", json.dumps(row.__dict__)] + (["--tiny"] if args.tiny else [])
+    if getattr(args, "save_dir", None):
+        cmd += ["--save-dir", args.save_dir]
     if not args.tiny:
         drop_caches()
     t0 = time.time()
@@ -538,9 +574,14 @@ def _run_here(args, row: Row) -> dict:
     return out
 
 
+def row_file_name(name: str) -> str:
+    """A row's name as a file or cgroup name ('16/6' -> '16_6')."""
+    return name.replace("/", "_").replace("@", "_")
+
+
 def _make_cgroup(row: Row) -> Path | None:
     """/sys/fs/cgroup/plan-bench-<row>: memory.max = the RAM cap (or max), swap off. None when not possible."""
-    cg = CGROUP_ROOT / f"plan-bench-{row.name.replace('/', '_').replace('@', '_')}"
+    cg = CGROUP_ROOT / f"plan-bench-{row_file_name(row.name)}"
     try:
         if "memory" not in (CGROUP_ROOT / "cgroup.subtree_control").read_text():
             (CGROUP_ROOT / "cgroup.subtree_control").write_text("+memory")
@@ -764,6 +805,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--sample-gib", type=float, default=4.0, help="bytes of each bandwidth anchor")
     ap.add_argument("--out", help="append every row here as JSON lines")
     ap.add_argument("--log", help="append each child's stderr (the engine's log) to this file")
+    ap.add_argument("--save-dir", help="save each row's measured image here as <row>.png")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--plot", nargs="+", metavar="FILE", help="PNG then the runs' JSONL files: plot them")
     ap.add_argument("--markdown", metavar="JSONL", help="print the docs table of a saved run")
