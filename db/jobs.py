@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, func, select, update
 
-from db.models import Job, utcnow
+from db.models import DISCORD, WEB, Job, utcnow
 from db.records import JobOutput, JobRecord, NewJob, Page
 from db.session import Store
 from engine.job_status import UNFINISHED, JobStatus
@@ -92,9 +92,13 @@ async def count_unfinished(store: Store, user_id: int | None = None) -> int:
         return int(await s.scalar(query) or 0)
 
 
-async def count_unfinished_in_guild(store: Store, guild_id: int | None) -> int:
-    """Queued + running jobs made in one guild; `guild_id` None counts the jobs made in direct messages."""
-    where = Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
+async def count_unfinished_in_guild(store: Store, guild_id: int | None, source: str = DISCORD) -> int:
+    """Queued + running jobs made in one guild; `guild_id` None counts the jobs made in direct messages. The web
+    console (`source` WEB) is one place of its own: its jobs, whatever the guild."""
+    if source == WEB:
+        where = Job.source == WEB
+    else:
+        where = (Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id) & (Job.source == DISCORD)
     query = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED), where)
     async with store.session() as s:
         return int(await s.scalar(query) or 0)
@@ -108,10 +112,11 @@ async def last_request_at(store: Store, user_id: int) -> datetime | None:
 
 
 async def undelivered_jobs(store: Store) -> list[JobRecord]:
-    """Finished jobs whose result was never delivered (the bot stopped in between), oldest first; not those the
-    bot gave up on (`db.deliveries`)."""
+    """Finished Discord jobs whose result was never delivered (the bot stopped in between), oldest first; not those
+    the bot gave up on (`db.deliveries`), nor web jobs (the console shows them in its history)."""
     async with store.session() as s:
         rows = (await s.scalars(select(Job).where(Job.status.in_((JobStatus.DONE, JobStatus.FAILED)),
+                                                  Job.source == DISCORD,
                                                   Job.delivered_at.is_(None), Job.deleted_at.is_(None),
                                                   Job.undeliverable_reason.is_(None))
                                 .order_by(Job.id))).all()

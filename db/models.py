@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # What made the job: a slash command or one of the buttons under an earlier result.
 KINDS = ("imagine", "reroll", "vary", "edit", "show")
 
+# Where it was asked for: Discord (slash commands, buttons) or the web console (bot/web/, migration 0003).
+DISCORD, WEB = "discord", "web"
+SOURCES = (DISCORD, WEB)
+
 # Constraint names that Alembic can find again (SQLite batch migrations need named constraints).
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -77,7 +81,9 @@ class Job(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
 
     # 2. who asked, and where (Discord snowflakes need 64 bits)
-    user_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)  # a web login's jobs: its own negative id (bot/web/jobs.py)
+    source: Mapped[str] = mapped_column(String(16), default=DISCORD, server_default=DISCORD)  # one of SOURCES
+    user_name: Mapped[str | None] = mapped_column(String(64))  # the web console's login; None for Discord
     guild_id: Mapped[int | None] = mapped_column(BigInteger)  # None in DMs
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
     interaction_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from db.models import KINDS, Job
+from db.models import DISCORD, KINDS, SOURCES, Job
 from engine.job_status import FINISHED, UNFINISHED, JobStatus
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,14 @@ class NewJob:
     interaction_token: str | None = field(default=None, repr=False)
     interaction_created_at: datetime | None = None
     status_message_id: int | None = None
+    source: str = DISCORD  # or WEB: the web console (bot/web/)
+    user_name: str | None = None  # the web console's login
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"job kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.source not in SOURCES:
+            raise ValueError(f"job source {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.seed is None or self.seed < 0:
             raise ValueError(f"seed {self.seed!r} is not resolved: call JobSpec.resolve() before create_job")
         for name in ("count", "steps", "width", "height"):
@@ -106,6 +110,8 @@ class JobRecord:
     deleted_at: datetime | None
     delivery_refusals: int = 0  # 403/404 answers to its delivery
     undeliverable_reason: str | None = None  # set when the bot stopped trying to deliver it
+    source: str = DISCORD  # where it was asked for: discord or web
+    user_name: str | None = None  # the web console's login (web jobs)
 
     @property
     def finished(self) -> bool:
@@ -138,6 +144,7 @@ class JobRecord:
             precision=row.precision, profile=row.profile, seeds=tuple(row.seeds or ()), images=images,
             delivered_at=row.delivered_at, deleted_at=row.deleted_at,
             delivery_refusals=row.delivery_refusals or 0, undeliverable_reason=row.undeliverable_reason,
+            source=row.source or DISCORD, user_name=row.user_name,
         )
 
 
