@@ -539,6 +539,13 @@ class BlockStreamer(Unit):
         self.free = deque(range(self.slots))
         self.slot_free = [torch.cuda.Event() for _ in range(self.slots)] if self.cuda else []
         self.slot_used = [False] * self.slots
+        if self.cuda:
+            # The slots come from the caching allocator on the compute stream: their memory may be a tensor's that
+            # was freed while kernels queued on the compute stream still read or write it (an activation of a
+            # resident block; another unit's ring). Those kernels are ordered before any compute-stream use of the
+            # slots, not before the copy stream's writes: the copy stream waits for them (run 5: mixed plans
+            # made NaN images, their first streamed block read weights an activation had overwritten).
+            self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
 
     def _restart(self, pos: int) -> None:
         """Drop whatever was prefetched (its copies are harmless) and start the sequence at `pos`."""

@@ -1,4 +1,5 @@
 """fluxbot's block streamer on the tiny FLUX pipeline (CPU: the same code path with host "device" buffers)."""
+import pytest
 import torch
 
 from engine.memory import apply_profile
@@ -95,3 +96,29 @@ def test_small_consecutive_blocks_share_a_slot_and_compute_the_same():
     assert torch.equal(run(), expected) and torch.equal(run(), expected)
     assert streamer.bytes_copied >= 2 * streamer.arena.nbytes
     streamer.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams: runs on the GPU machine")
+def test_a_new_ring_is_not_written_while_queued_kernels_still_use_its_memory():
+    """Run 5 (H200): the mixed plans (resident DiT blocks, then streamed ones) made NaN images. The ring is
+    allocated at the first streamed block, from memory an activation of the resident blocks had just freed while
+    the compute stream still had kernels queued on it; the copy stream wrote the weights at once and a queued
+    kernel then overwrote them. Here: a tensor of the slot's size is freed while a queued kernel fills it with
+    NaN bytes (after a 0.1 s sleep on the compute stream); the block streamed next must compute with its weights."""
+    dev = torch.device("cuda:0")
+    torch.manual_seed(0)
+    block = torch.nn.Linear(1024, 1024, bias=False)
+    x = torch.randn(8, 1024, device=dev)
+    expected = torch.nn.functional.linear(x, block.weight.detach().to(dev))
+    unit = BlockStreamer("race", [block], dev, slots=1, cyclic=False)
+    torch.cuda.synchronize(dev)
+    stale = torch.empty(unit.slot_bytes, dtype=torch.uint8, device=dev)
+    where = stale.data_ptr()
+    torch.cuda._sleep(200_000_000)          # the compute stream is busy for ~0.1 s...
+    stale.fill_(255)                        # ...then writes 0xFF bytes (NaN as float32) into the tensor
+    del stale                               # freed now: the ring's slot gets this memory
+    out = block(x)
+    torch.cuda.synchronize(dev)
+    assert unit.ring[0].data_ptr() == where  # the slot reused the freed tensor's memory, as in run 5
+    assert torch.isfinite(out).all() and torch.allclose(out, expected)
+    unit.close()
