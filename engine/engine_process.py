@@ -100,7 +100,7 @@ def _engine_load() -> Callable[[Any, str], Any]:
 # --------------------------------------------------------------------------------------------- errors
 
 @dataclass
-class _ErrorReply:
+class ErrorReply:
     """An exception as it crosses the pipe: enough to raise the same type with the same message."""
     type_name: str
     message: str
@@ -110,7 +110,7 @@ class _ErrorReply:
     pickled: bytes | None = None
 
     @classmethod
-    def of(cls, err: BaseException) -> "_ErrorReply":
+    def of(cls, err: BaseException) -> "ErrorReply":
         reply = cls(type(err).__name__, str(err), getattr(err, "profile", None),
                     getattr(err, "suggested_profile", None), engine_error=isinstance(err, EngineError))
         if not reply.engine_error:
@@ -172,7 +172,7 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
     except BaseException as err:  # noqa: BLE001 - every load failure goes back to the parent
         if not isinstance(err, EngineError):
             log.error("engine process for %s: load failed", device, exc_info=True)
-        conn.send(("failed", _ErrorReply.of(err)))
+        conn.send(("failed", ErrorReply.of(err)))
         return
     conn.send(("ready", {"model_id": getattr(engine, "model_id", ""), "profile": getattr(engine, "profile", ""),
                          "precision": getattr(engine, "precision", ""), "device": getattr(engine, "device", device)}))
@@ -188,13 +188,13 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
         except BaseException as err:  # noqa: BLE001 - reported to the parent, the child goes on
             if not isinstance(err, EngineError):
                 log.error("engine process for %s: %s failed", device, op, exc_info=True)
-            conn.send(("error", _ErrorReply.of(err), getattr(engine, "profile", "")))
+            conn.send(("error", ErrorReply.of(err), getattr(engine, "profile", "")))
         else:
             try:  # pickling happens before anything is written: a value that does not pickle becomes an error
                 conn.send(("done", value, getattr(engine, "profile", "")))
             except (pickle.PicklingError, TypeError, AttributeError) as err:
                 log.error("engine process for %s: the reply to %s does not pickle", device, op, exc_info=True)
-                conn.send(("error", _ErrorReply.of(EngineError(f"the engine's reply to {op} could not be sent "
+                conn.send(("error", ErrorReply.of(EngineError(f"the engine's reply to {op} could not be sent "
                                                                f"back ({type(err).__name__}: {err})")), ""))
         if op == "close":
             return

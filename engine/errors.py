@@ -17,3 +17,8 @@ class EngineOutOfMemory(EngineError):
         super().__init__(message)
         self.profile = profile
         self.suggested_profile = suggested_profile
+
+
+class EngineLost(EngineError):
+    """The engine's device went away mid-job (a Ray actor or its node died), not through the job's fault: the
+    worker puts the job back at the head of its owner's turn instead of failing it (engine/worker.py)."""

@@ -18,6 +18,8 @@ Life of a job in the queue:
 3. The worker reports `progress(job_id, step, total)` and at the end `finish(job_ids, seconds, ...)`, which
    teaches the ETA model how long such jobs take.
 4. `remove(job_id)` takes a job out while it still waits (a user cancelled it).
+5. `requeue(job_ids)` puts running jobs back, at the head of their owners' turns, when their engine went away
+   (engine/worker.py on `EngineLost`: a Ray node or actor died); they run again from scratch.
 
 Whenever a waiting job's position or ETA changes noticeably, every listener gets a `QueueEvent`.
 """
@@ -29,7 +31,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from engine.job_status import JobStatus
@@ -65,6 +67,7 @@ class QueuedJob:
     owner: int | None = None  # who asked (a user id); None: ordered by arrival only
     round: int = 0  # the round-robin round it is served in (see the module's doc)
     seq: int = 0  # arrival order
+    losses: int = 0  # how often the engine running it went away (`requeue`)
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -255,6 +258,20 @@ class JobQueue:
             share = seconds / len(runs)
             for run in runs:
                 self.eta.record(run.job.spec, share)
+        self._announce()
+
+    def requeue(self, job_ids: list[int]) -> None:
+        """Running jobs whose engine went away (a Ray node or actor died) wait again, at the head of their owners'
+        turns: each keeps its round and arrival, so it goes ahead of its owner's later jobs and of every job that
+        came after it in its round. Unknown or not running ids are ignored."""
+        for jid in job_ids:
+            run = self._running.pop(jid, None)
+            if run is None:
+                continue
+            job = replace(run.job, losses=run.job.losses + 1)
+            self._waiting[jid] = job
+            bisect.insort(self._order, job, key=lambda j: j.rank)
+        self._changed.set()
         self._announce()
 
     # --- inside ----------------------------------------------------------------------------------------

@@ -7,7 +7,11 @@ with `loop.call_soon_threadsafe`; outcomes are reported through `WorkerHooks` on
 
 Faults never stop a worker: an engine exception fails that job with its message; `EngineOutOfMemory`
 moves the engine to the suggested leaner profile and retries once; a batch that fails is retried one job
-at a time, so one bad job does not fail the others.
+at a time, so one bad job does not fail the others. `EngineLost` (the engine's device went away: a Ray
+actor or its node died) fails nothing: the jobs go back to the queue at the head of their owners' turns
+(`JobQueue.requeue`; a job lost `MAX_LOSSES` times fails), then the worker waits for its engine to come
+back (`engine.reconnect(should_stop)`: a restarted actor reloads its model) or ends when it is gone for
+good (its node left the cluster); the pool that started it notices.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from engine.engine_process import choose_loader
-from engine.errors import EngineError, EngineOutOfMemory
+from engine.errors import EngineError, EngineLost, EngineOutOfMemory
 from engine.queue import JobQueue, QueueClosed, QueuedJob
 from engine.spec import Result
 
@@ -28,6 +32,10 @@ if TYPE_CHECKING:
     from engine.settings import EngineSettings
 
 log = logging.getLogger(__name__)
+
+# A job whose engine went away this many times fails instead of going back to the queue (a job that crashes
+# every GPU it runs on must not take the cluster down one actor after another).
+MAX_LOSSES = 3
 
 
 class WorkerHooks(Protocol):
@@ -44,6 +52,9 @@ class WorkerHooks(Protocol):
     async def on_failed(self, job_id: int, message: str) -> None: ...
 
     async def on_cancelled(self, job_id: int) -> None: ...
+
+    async def on_requeued(self, job_id: int) -> None:
+        """The job's engine went away mid-job: the job waits in the queue again and will start again."""
 
 
 @dataclass
@@ -146,6 +157,9 @@ class Worker:
                 await self.run_batch(batch)
             except asyncio.CancelledError:
                 raise
+            except EngineLost as lost:  # the jobs are back in the queue; is the engine coming back?
+                if not await self._engine_back(lost):
+                    return
             except Exception:  # a bug in our own code: log it, keep serving the others
                 log.exception("worker %s: unexpected error around jobs %s", self.name, [j.job_id for j in batch])
 
@@ -166,6 +180,9 @@ class Worker:
         except asyncio.CancelledError:  # stop(): no outcome; the store keeps them running for recovery
             self.queue.finish(ids, 0.0, learn=False)
             raise
+        except EngineLost:
+            await self._requeue(batch, {jid: self._cancel_flags[jid] for jid in ids})
+            raise
         finally:
             flags = {jid: self._cancel_flags.pop(jid) for jid in ids}
         seconds = time.monotonic() - started
@@ -185,11 +202,48 @@ class Worker:
         # 5. Teach the queue how long this kind of batch takes (only from clean runs).
         self.queue.finish(ids, seconds, learn=clean)
 
+    async def _requeue(self, batch: list[QueuedJob], flags: dict[int, threading.Event]) -> None:
+        """The engine went away mid-batch: each job waits again at the head of its owner's turn, unless it was
+        cancelled meanwhile (cancelled) or has now been lost `MAX_LOSSES` times (failed). The queue changes
+        first, all at once, then the owner hears of each job (a cancel arriving meanwhile finds the job waiting)."""
+        # 1. The queue.
+        told: list[tuple[Callable, tuple]] = []
+        for job in batch:
+            jid = job.job_id
+            if flags[jid].is_set():
+                self.queue.finish([jid], 0.0, learn=False)
+                told.append((self.hooks.on_cancelled, (jid,)))
+            elif job.losses + 1 >= MAX_LOSSES:
+                self.queue.finish([jid], 0.0, learn=False)
+                told.append((self.hooks.on_failed, (jid, f"the GPU running this job stopped {MAX_LOSSES} times "
+                                                         f"while running it; the bot's owner should check the log")))
+            else:
+                log.warning("worker %s: its engine went away during job %s; the job waits again", self.name, jid)
+                self.queue.requeue([jid])
+                told.append((self.hooks.on_requeued, (jid,)))
+        # 2. The owner.
+        for hook, args in told:
+            await self._call(hook, *args)
+
+    async def _engine_back(self, lost: EngineLost) -> bool:
+        """After `EngineLost`: wait on the engine's thread until it is back (True) or gone for good (False, the
+        worker ends). An engine without `reconnect(should_stop)` is gone for good."""
+        reconnect = getattr(self.engine, "reconnect", None)
+        back = reconnect is not None and await asyncio.get_running_loop().run_in_executor(
+            self._executor, reconnect, self._stopping.is_set)
+        if back:
+            log.info("worker %s: its engine is back (%s); taking jobs again", self.name, lost)
+        else:
+            log.warning("worker %s: its engine is gone (%s); this worker stops", self.name, lost)
+        return bool(back)
+
     async def _generate(self, batch: list[QueuedJob]) -> _Outcome:
         ids = [j.job_id for j in batch]
         try:
             results = await self._on_engine_thread(batch)
             return _Outcome(results=dict(zip(ids, results)))
+        except EngineLost:
+            raise
         except Exception as err:
             if len(batch) == 1:
                 return _Outcome(errors={ids[0]: self._describe(err, ids)})
@@ -198,6 +252,8 @@ class Worker:
         for job in batch:
             try:
                 (outcome.results[job.job_id],) = await self._on_engine_thread([job])
+            except EngineLost:
+                raise
             except Exception as err:
                 outcome.errors[job.job_id] = self._describe(err, [job.job_id])
         return outcome

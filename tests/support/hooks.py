@@ -12,7 +12,8 @@ OUTCOMES = ("finished", "failed", "cancelled")
 @dataclass
 class Recorder:
     """Every hook call as a tuple in `log`: ("started", id), ("progress", id, step, total), ("finished", id),
-    ("failed", id, message), ("cancelled", id). `done` is set once `expect` jobs have an outcome."""
+    ("failed", id, message), ("cancelled", id), ("requeued", id). `done` is set once `expect` jobs have an
+    outcome."""
     log: list[tuple] = field(default_factory=list)
     results: dict[int, Result] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -33,6 +34,9 @@ class Recorder:
 
     async def on_cancelled(self, job_id):
         self._end(("cancelled", job_id))
+
+    async def on_requeued(self, job_id):
+        self.log.append(("requeued", job_id))
 
     def _end(self, entry):
         self.log.append(entry)
