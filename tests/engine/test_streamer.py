@@ -111,6 +111,13 @@ def test_a_new_ring_is_not_written_while_queued_kernels_still_use_its_memory():
     x = torch.randn(8, 1024, device=dev)
     expected = torch.nn.functional.linear(x, block.weight.detach().to(dev))
     unit = BlockStreamer("race", [block], dev, slots=1, cyclic=False)
+    # Every kernel used below once beforehand: CUDA loads a kernel lazily at its first launch and that load may
+    # synchronize the device, which would finish the sleep before the copy is issued (a first GPU run of this
+    # test passed without the fix so).
+    torch.cuda._sleep(1000)
+    torch.empty(16, dtype=torch.uint8, device=dev).fill_(255)
+    block(x)
+    unit.release()
     torch.cuda.synchronize(dev)
     stale = torch.empty(unit.slot_bytes, dtype=torch.uint8, device=dev)
     where = stale.data_ptr()
