@@ -175,7 +175,8 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
         conn.send(("failed", ErrorReply.of(err)))
         return
     conn.send(("ready", {"model_id": getattr(engine, "model_id", ""), "profile": getattr(engine, "profile", ""),
-                         "precision": getattr(engine, "precision", ""), "device": getattr(engine, "device", device)}))
+                         "precision": getattr(engine, "precision", ""), "device": getattr(engine, "device", device),
+                         "recipe": getattr(engine, "recipe", None)}))
     # 3. Serve.
     while True:
         try:
@@ -310,6 +311,7 @@ class ProcessEngine:
         self.model_id = ""
         self.profile = ""
         self.precision = ""
+        self.recipe = None  # engine.recipe.EngineRecipe of the child's engine
         self.plan = None  # the memory plan lives in the child
         self.restarts = 0
         self._child: _Child | None = None
@@ -388,6 +390,7 @@ class ProcessEngine:
         self._child = child
         self.model_id, self.profile = payload["model_id"], payload["profile"]
         self.precision = payload["precision"]
+        self.recipe = payload.get("recipe")
         log.info("engine process %s for %s ready in %.1f s (%s, profile %s)", child.process.pid, self.device,
                  time.perf_counter() - t0, self.model_id, self.profile)
 

@@ -19,15 +19,19 @@ from typing import Sequence
 import torch
 
 from engine import limits
+from engine.compile import CompileState, compile_blocks, compile_wanted, use_disk_cache
 from engine.errors import EngineError, EngineOutOfMemory
+from engine.fp8_compute import resolve_compute
 from engine.memory import (apply_plan, detect_budgets, execution_device, free_device_cache, leaner, make_plan,
                            pipe_sizes, use_expandable_segments)
 from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
 from engine.noise import initial_latents
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
+from engine.recipe import EngineRecipe, current_recipe
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
+from engine.streamer_flux import dit_blocks
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +60,24 @@ def check_spec(spec: JobSpec) -> None:
         raise EngineError(str(e)) from None
 
 
+def _compute_and_compile(settings: EngineSettings, device: str) -> tuple[str, bool]:
+    """`[engine] compute` and `compile` resolved for `device` (fp8 compute needs fp8 weights and sm_89+)."""
+    try:
+        compute = resolve_compute(settings.compute, device)
+    except ValueError as e:
+        raise EngineError(str(e)) from None
+    if settings.fp8 == "off" and compute == "fp8":
+        log.info("[engine] compute = %r: the DiT is stored in bf16 (fp8 = \"off\"), so it computes in bf16",
+                 settings.compute)
+        compute = "bf16"
+    return compute, compile_wanted(settings.compile, device)
+
+
 class Engine:
     """A loaded pipeline. Build it with `Engine.load(settings, device)`."""
 
     def __init__(self, *, settings: EngineSettings, device: str, pipe, model_id: str, precision: str,
-                 budgets=None, **_sizes_of_old):
+                 budgets=None, recipe: EngineRecipe | None = None, **_sizes_of_old):
         # `budgets` (memory.Budgets) are measured on first placement when not given; the old keyword arguments
         # dit_bytes/other_bytes are accepted and ignored (the plan measures every block itself).
         self.settings = settings
@@ -75,6 +92,9 @@ class Engine:
         self._sizes = None             # planner.ModelSizes of the loaded pipeline
         self._out_of_memory_at = ""    # the profile that last ran out of memory: the next set_profile goes leanest
         self._lock = threading.Lock()
+        # What besides the job decides the pixels (engine/recipe.py); by default the eager bf16 compute engine.
+        self.recipe = recipe or current_recipe(settings.fp8, "bf16", False, device)
+        self.compile_state = CompileState(enabled=self.recipe.compile)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -93,10 +113,14 @@ class Engine:
         check_downloaded_files(source)
         mid = model_id(source)
         budgets = detect_budgets(settings, device)
-        # 2. Load on the CPU (memory-mapped where the loader can), then store the DiT in fp8 (before placing).
+        compute, compiled = _compute_and_compile(settings, device)
+        # 2. Load on the CPU (memory-mapped where the loader can), then store the DiT in fp8 (before placing),
+        #    with the fp8 Linears' forward for the compute (hook-free when the blocks are compiled).
         pipe = load_pipeline(source, settings.fp8)
-        precision = apply_precision(pipe, settings.fp8)
-        engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision, budgets=budgets)
+        precision = apply_precision(pipe, settings.fp8, compute, hooks=not compiled)
+        recipe = current_recipe(settings.fp8, compute, compiled, device)
+        engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision, budgets=budgets,
+                     recipe=recipe)
         engine._sizes = pipe_sizes(pipe)
         # 3. Plan where every weight lives (the planner for "auto") and place them.
         plan = make_plan(settings, device, engine._sizes, budgets)
@@ -108,9 +132,23 @@ class Engine:
             log.warning("[engine] profile = %r does not fit the budgets on %s (it runs anyway): %s", settings.profile,
                         device, plan.problem)
         engine._place(plan)
-        log.info("engine ready: %s on %s, profile %s (%s), %s, loaded in %.1f s", mid, device, engine.profile,
-                 plan.summary(), precision, time.perf_counter() - t0)
+        # 4. Compile the repeated blocks (the first image of each shape compiles them: "warming up").
+        if compiled:
+            use_disk_cache(settings.models_dir)
+            compile_blocks(dit_blocks(pipe))
+        log.info("engine ready: %s on %s, profile %s (%s), %s, %s, loaded in %.1f s", mid, device, engine.profile,
+                 plan.summary(), precision, "compiled blocks" if compiled else "eager", time.perf_counter() - t0)
         return engine
+
+    @property
+    def warming_up(self) -> bool:
+        """True while a denoise compiles the DiT's blocks for a new shape (its first step takes tens of seconds,
+        so step-based ETAs are wrong until it ends)."""
+        return self.compile_state.warming_up
+
+    def needs_warm_up(self, width: int, height: int, batch: int = 1) -> bool:
+        """Whether a denoise of this shape would compile first."""
+        return self.compile_state.needs_warm_up(batch, width, height)
 
     def set_profile(self, profile: str) -> None:
         """Move the weights to another plan: a forced profile, or "auto". After an out-of-memory (the worker's
@@ -224,7 +262,12 @@ class Engine:
         if should_cancel is not None and should_cancel():
             raise _Cancelled(0)
 
+        batch = latents.shape[0]
+        self.compile_state.begin(batch, first.width, first.height)
+
         def on_step_end(_pipe, step: int, _t, kwargs):
+            if step == 0:   # the first step ran: this shape is compiled now
+                self.compile_state.end(batch, first.width, first.height, completed=True)
             if progress is not None:
                 progress(step + 1, total)
             if should_cancel is not None and should_cancel():
@@ -232,10 +275,13 @@ class Engine:
             return kwargs
 
         t0 = time.perf_counter()
-        out = pipe(prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
-                   latents=latents.to(device, dtype), width=first.width, height=first.height,
-                   num_inference_steps=total, guidance_scale=first.guidance, output_type="latent",
-                   callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length)
+        try:
+            out = pipe(prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
+                       latents=latents.to(device, dtype), width=first.width, height=first.height,
+                       num_inference_steps=total, guidance_scale=first.guidance, output_type="latent",
+                       callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length)
+        finally:
+            self.compile_state.end(batch, first.width, first.height, completed=False)
         self._sync(device)
         timings["denoise"] = time.perf_counter() - t0
         timings["s_per_step"] = timings["denoise"] / total
@@ -251,7 +297,7 @@ class Engine:
         for s in specs:
             results.append(Result(spec=s, images=images[at:at + s.count], seeds=s.seeds, timings=dict(timings),
                                   precision=self.precision, profile=self.profile, model_id=self.model_id,
-                                  steps_done=total))
+                                  steps_done=total, recipe=self.recipe.to_dict()))
             at += s.count
         log.info("generated %d image(s) %dx%d, %d steps: encode %.2fs, denoise %.2fs (%.3f s/step), decode %.2fs",
                  len(images), first.width, first.height, total, timings["encode"], timings["denoise"],
@@ -296,7 +342,7 @@ class Engine:
 
     def _cancelled_result(self, spec: JobSpec, steps_done: int) -> Result:
         return Result(spec=spec, images=[], seeds=spec.seeds, precision=self.precision, profile=self.profile,
-                      model_id=self.model_id, cancelled=True, steps_done=steps_done)
+                      model_id=self.model_id, cancelled=True, steps_done=steps_done, recipe=self.recipe.to_dict())
 
     def _out_of_memory(self, specs: list[JobSpec], err: BaseException) -> EngineOutOfMemory:
         # 1. Give the memory back before anyone retries: the failed call's frames hold its activations (the

@@ -51,6 +51,7 @@ def image_params(result: Result, index: int) -> dict[str, Any]:
         "model_id": result.model_id,
         "precision": result.precision,
         "profile": result.profile,
+        "recipe": result.recipe,   # engine/recipe.py: storage, compute, compile, library versions, device
     }
 
 

@@ -9,6 +9,7 @@ Modes (`[engine] fp8`):
 
 Call `apply_precision` before any offloading: group offloading pins whatever dtype the weights have then.
 T5 is never layerwise-cast (it upcasts internally; fp8 storage would hurt its precision).
+How the fp8 Linears compute (bf16 upcast or fp8 tensor cores) is engine/fp8_compute.py's.
 `lean_layerwise_casting` makes diffusers' casting hooks keep the fp8 weights aside instead of re-casting them
 after each forward (the streamer's executor applies it to the DiT's blocks).
 """
@@ -18,6 +19,9 @@ import logging
 import re
 
 import torch
+from torch import nn
+
+from engine.fp8_compute import swap_linears
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +32,13 @@ COMPUTE = torch.bfloat16
 ALL_LINEAR_SKIP = ("pos_embed",)
 
 
-def apply_precision(pipe, mode: str) -> str:
-    """Cast the pipeline's weights for `mode` and return the precision string recorded in each Result."""
+def apply_precision(pipe, mode: str, compute: str = "bf16", *, hooks: bool = True) -> str:
+    """Cast the pipeline's weights for `mode` and return the precision string recorded in each Result.
+
+    `compute` (engine/fp8_compute.py's `resolve_compute`): "bf16" upcasts each fp8 weight for a bf16 matmul,
+    "fp8" multiplies on fp8 tensor cores. `hooks`: bf16 compute through diffusers' layerwise-casting hooks (the
+    eager default); False gives the fp8 Linears a plain forward instead (`UpcastLinear`, same numbers), which
+    torch.compile can trace (engine/compile.py)."""
     from diffusers.hooks import apply_layerwise_casting
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
 
@@ -43,12 +52,15 @@ def apply_precision(pipe, mode: str) -> str:
     _to_bf16_keeping_fp32(dit)
     if mode == "off":
         dit_text = "bfloat16"
-    else:
+    elif compute == "bf16" and hooks:
         classes, skip = _selection(dit, mode, _GO_LC_SUPPORTED_PYTORCH_LAYERS)
         not_cast = tuple(c for c in _GO_LC_SUPPORTED_PYTORCH_LAYERS if c not in classes)
         apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE, skip_modules_pattern=skip,
                                 skip_modules_classes=not_cast or None)
         dit_text = f"float8_e4m3fn({mode})/bf16 compute"
+    else:
+        _fp8_linears_without_hooks(dit, mode, compute)
+        dit_text = f"float8_e4m3fn({mode})/{compute} compute"
     # 3. Describe it.
     text = f"dit={dit_text}, text=bf16, vae=bf16"
     log.info("precision: %s (DiT weights %.2f GiB)", text, dit_bytes(dit) / 2**30)
@@ -69,6 +81,25 @@ def fp8_module_names(dit: torch.nn.Module, mode: str) -> set[str]:
     classes, skip = _selection(dit, mode, _GO_LC_SUPPORTED_PYTORCH_LAYERS)
     return {name for name, m in dit.named_modules()
             if name and isinstance(m, classes) and not any(re.search(p, name) for p in skip)}
+
+
+def _fp8_linears_without_hooks(dit: torch.nn.Module, mode: str, compute: str) -> None:
+    """fp8 storage of the selected Linears with a hook-free forward (`fp8_compute.swap_linears`); any other
+    selected layer class keeps diffusers' casting hooks (FLUX's DiT has none)."""
+    from diffusers.hooks import apply_layerwise_casting  # lazy: diffusers takes seconds to import
+    from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+
+    names = fp8_module_names(dit, mode)
+    linears = [m for n, m in dit.named_modules() if n in names and isinstance(m, torch.nn.Linear)]
+    for linear in linears:
+        linear.to(STORAGE)   # what the hooks' initialisation does; the loader's fp8 weights stay as they are
+    swap_linears(linears, compute)
+    classes, skip = _selection(dit, mode, _GO_LC_SUPPORTED_PYTORCH_LAYERS)
+    others = tuple(c for c in classes if c is not torch.nn.Linear)
+    if others and any(isinstance(m, others) for n, m in dit.named_modules() if n in names):
+        not_cast = tuple(c for c in _GO_LC_SUPPORTED_PYTORCH_LAYERS if c not in others)
+        apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE, skip_modules_pattern=skip,
+                                skip_modules_classes=not_cast)
 
 
 def _selection(dit: torch.nn.Module, mode: str, supported: tuple) -> tuple[tuple, tuple[str, ...]]:

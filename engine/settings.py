@@ -22,6 +22,7 @@ def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float 
 
 PROFILES = ("auto", "resident", "model-offload", "streamed")
 FP8_MODES = ("all-linear", "diffusers-default", "off")
+COMPUTE_MODES = ("auto", "bf16", "fp8")
 VAE_TILING = ("auto", "always", "never")
 ENGINE_PROCESS = ("auto", "always", "never")
 TINY = "tiny-random"
@@ -44,6 +45,15 @@ class EngineSettings:
     fp8: str = setting("all-linear", "DiT weight storage: all-linear (every Linear in float8_e4m3fn, computed in "
                        "bf16), diffusers-default (diffusers' skip list keeps norms/modulation in bf16), or off "
                        "(bf16).", choices=FP8_MODES)
+    compute: str = setting("auto", "Matmuls of the DiT's fp8-stored Linears: bf16 (each fp8 weight is upcast, then a "
+                           "bf16 matmul), fp8 (fp8 tensor-core matmuls, dynamic per-token activation scales; needs "
+                           "an sm_89+ GPU: Ada, Hopper or newer), or auto (fp8 where the GPU has fp8 tensor cores, "
+                           "else bf16; bf16 on the CPU). Changes pixels slightly (docs/engine.md).",
+                           choices=COMPUTE_MODES)
+    compile: bool = setting(True, "torch.compile the DiT's repeated blocks on GPUs (the CPU always runs eager). The "
+                            "first image of each new size or batch compiles first (the bot says 'warming up'); "
+                            "compiled kernels are cached on disk under models_dir/.fluxbot-cache/inductor, so a "
+                            "restart warms up faster. Changes pixels slightly (docs/engine.md).")
     devices: list = setting(["auto"], "Devices to run workers on, one worker each: ['auto'] (every CUDA GPU, "
                             "else the CPU), or e.g. ['cuda:0', 'cuda:1'] or ['cpu'].")
     engine_process: str = setting("auto", "Where each device's engine runs: auto (in its own child process when "

@@ -62,3 +62,4 @@ class Result:
     model_id: str = ""
     cancelled: bool = False
     steps_done: int = 0
+    recipe: dict = field(default_factory=dict)  # engine.recipe.EngineRecipe.to_dict(): what else decides the pixels

@@ -1,0 +1,87 @@
+"""The engine recipe: what besides the job's own parameters decides its pixels.
+
+Recorded in every `Result` (and from there in each PNG's `fluxbot` chunk, engine/png.py, and in the job's
+`recipe` column, db/models.py). `/show` compares a job's recipe with the running engine's: equal recipes give
+the same pixels; `differences` names what differs, in words a user can read.
+
+What is in it and why:
+- `fp8`: the DiT's storage (`[engine] fp8`): fp8 weights are rounded weights.
+- `compute`: "bf16" or "fp8" matmuls (engine/fp8_compute.py): fp8 rounds the activations too.
+- `compile`: torch.compile fuses and reorders float operations (relative L2 ~0.02 of the DiT output).
+- `torch`, `diffusers`: their kernels and the model code decide reduction orders and attention kernels.
+- `device`: "cpu" or the GPU's architecture ("cuda sm_90"): other kernels on other chips.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+LABELS = {"fp8": "fp8 storage", "compute": "matmul compute", "compile": "torch.compile",
+          "torch": "torch version", "diffusers": "diffusers version", "device": "device"}
+
+
+@dataclass(frozen=True)
+class EngineRecipe:
+    fp8: str
+    compute: str
+    compile: bool
+    torch: str
+    diffusers: str
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "EngineRecipe | None":
+        """The recipe stored with a job or PNG; None when there is none (made before recipes were recorded) or it
+        is not one."""
+        if not isinstance(data, dict):
+            return None
+        names = {f.name for f in fields(cls)}
+        if not names <= set(data):
+            return None
+        return cls(**{k: data[k] for k in names})
+
+    def text(self) -> str:
+        compiled = "compiled" if self.compile else "eager"
+        return (f"fp8 {self.fp8} storage, {self.compute} compute, {compiled}, torch {self.torch}, "
+                f"diffusers {self.diffusers}, {self.device}")
+
+    def differences(self, other: "EngineRecipe | None") -> list[str]:
+        """What differs from `other` (the recipe an image was made with), e.g. ["matmul compute: fp8 now, bf16
+        then"]; ["no recipe was recorded"] when there is none."""
+        if other is None:
+            return ["no engine recipe was recorded with the image"]
+        out = []
+        for f in fields(self):
+            now, then = getattr(self, f.name), getattr(other, f.name)
+            if now != then:
+                out.append(f"{LABELS[f.name]}: {_word(now)} now, {_word(then)} then")
+        return out
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def device_kind(device: str) -> str:
+    """"cpu" (with the machine's architecture) or "cuda sm_XY" for the device's chip."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(dev)
+        return f"cuda sm_{major}{minor}"
+    return f"{dev.type} {platform.machine()}"
+
+
+def current_recipe(fp8: str, compute: str, compile: bool, device: str) -> EngineRecipe:
+    """The recipe of an engine with these settings (resolved: compute is "bf16" or "fp8") on `device`."""
+    import diffusers  # lazy: only engines (which import diffusers anyway) build recipes
+
+    return EngineRecipe(fp8=fp8, compute=compute, compile=bool(compile), torch=torch.__version__.split("+")[0],
+                        diffusers=diffusers.__version__, device=device_kind(device))

@@ -1,0 +1,148 @@
+"""Regional compilation ([engine] compile) with the streamer's hooks: every placement plan runs each DiT block as
+one graph (fullgraph: a graph break would raise), repeated blocks share their graph, the pixels are eager's, the
+engine says "warming up" while a new shape compiles, and inductor's cache goes under models_dir.
+
+The CPU tests compile with dynamo + AOTAutograd ("aot_eager"): the same tracing and graph capture as on the GPU,
+without inductor's C++ build (2+ minutes for the tiny model on 2 cores). Inductor itself runs on the GPU
+(bench/engine_bench.py)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from engine.compile import CACHE_ENV, CompileState, compile_blocks, compile_wanted, uncompile_blocks, use_disk_cache
+from engine.memory import apply_plan
+from engine.planner import DISK, GPU, PINNED, Placement, Plan
+from engine.precision import apply_precision
+from engine.settings import EngineSettings
+from engine.spec import JobSpec
+from engine.streamer_flux import dit_blocks
+from engine.tiny import build_tiny_pipeline
+
+
+def _image(pipe):
+    return pipe("a red cat", height=64, width=64, num_inference_steps=2, max_sequence_length=32, output_type="np",
+                generator=torch.Generator("cpu").manual_seed(7)).images
+
+
+def _plan(dit: tuple[str, ...]) -> Plan:
+    return Plan(profile="mixed", placement=Placement(dit=dit, t5=(GPU, GPU), clip=GPU, vae=GPU), fits=True,
+                s_per_step=0, encode_s=0, decode_s=0, s_per_image=0, peak_vram=0, pinned_ram=0, host_ram=0,
+                page_cache=0, disk_read_per_step=0, why=())
+
+
+@pytest.fixture(scope="module")
+def eager_pixels():
+    pipe = build_tiny_pipeline()
+    apply_precision(pipe, "all-linear", "fp8", hooks=False)
+    return _image(pipe)
+
+
+@pytest.mark.parametrize("dit", [(GPU, GPU), (PINNED, PINNED), (GPU, PINNED), (DISK, PINNED)],
+                         ids=["resident", "streamed", "budgeted", "disk+pinned"])
+def test_compiled_blocks_run_on_every_plan_as_one_graph_each_with_eager_pixels(eager_pixels, dit):
+    torch._dynamo.reset()
+    counters.clear()
+    pipe = build_tiny_pipeline()
+    apply_precision(pipe, "all-linear", "fp8", hooks=False)
+    mp = apply_plan(pipe, _plan(dit), "cpu", EngineSettings())
+    try:
+        assert compile_blocks(dit_blocks(pipe), backend="aot_eager") == 2
+        assert compile_blocks(dit_blocks(pipe), backend="aot_eager") == 0     # idempotent
+        first, second = _image(pipe), _image(pipe)
+        assert np.array_equal(first, eager_pixels) and np.array_equal(second, eager_pixels)
+        assert not counters["graph_break"]                   # the hooks stay outside the graphs
+        assert counters["stats"]["unique_graphs"] == 2       # one per block kind, reused every step
+    finally:
+        uncompile_blocks(dit_blocks(pipe))
+        for unit in mp.streamers:
+            unit.close()
+
+
+def test_repeated_blocks_share_one_graph_per_kind():
+    """Four double and four single blocks compile to three graphs, not eight: one for the double blocks, two for
+    the single blocks (the first one's input is a strided view of the double blocks' output, so its strides differ
+    from the others'; every further block reuses a graph)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch._dynamo.reset()
+    counters.clear()
+    dit = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=4, num_single_layers=4,
+                                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                 pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)).eval()
+    pipe = type("P", (), {"transformer": dit})()
+    dit.to(torch.bfloat16)
+    apply_precision(pipe, "all-linear", "fp8", hooks=False)
+    blocks = dit_blocks(pipe)
+    gen = torch.Generator("cpu").manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 16, generator=gen).bfloat16(),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=gen).bfloat16(),
+                  pooled_projections=torch.randn(1, 32, generator=gen).bfloat16(), timestep=torch.tensor([0.5]),
+                  img_ids=torch.rand(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]),
+                  return_dict=False)
+    with torch.inference_mode():
+        eager = dit(**inputs)[0]
+        compile_blocks(blocks, backend="aot_eager")
+        compiled = dit(**inputs)[0]
+    assert torch.equal(eager, compiled)
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 3           # 8 blocks, 3 graphs
+
+
+def test_the_engine_reports_warming_up_while_a_new_shape_compiles(tiny_engine):
+    engine = tiny_engine
+    seen: list[bool] = []
+    blocks = dit_blocks(engine.pipe)
+    state = engine.compile_state
+    engine.compile_state = CompileState(enabled=True)        # what Engine.load sets up on a GPU
+    try:
+        compile_blocks(blocks, backend="aot_eager")
+        assert engine.needs_warm_up(256, 256)
+        engine.generate(JobSpec("a cat", seed=1, steps=2, width=256, height=256),
+                        progress=lambda done, total: seen.append(engine.warming_up))
+        during_first = engine.compile_state.warm.copy()
+        engine.generate(JobSpec("a cat", seed=1, steps=2, width=256, height=256),
+                        progress=lambda done, total: seen.append(engine.warming_up))
+        assert (1, 256, 256) in during_first and not engine.needs_warm_up(256, 256)
+        assert engine.needs_warm_up(512, 256)                 # another size compiles again
+        assert not engine.warming_up                          # between jobs nothing compiles
+    finally:
+        uncompile_blocks(blocks)
+        engine.compile_state = state
+    assert seen == [False] * 4    # after the first step the shape is warm (the flag is up only during step 1)
+
+
+def test_warming_up_is_up_during_the_first_step_only(tiny_engine):
+    engine = tiny_engine
+    state = engine.compile_state
+    engine.compile_state = CompileState(enabled=True)
+    flags: list[bool] = []
+    original = engine.pipe.transformer.forward
+
+    def spy(*args, **kwargs):      # what a waiting user would see while the DiT runs
+        flags.append(engine.warming_up)
+        return original(*args, **kwargs)
+
+    engine.pipe.transformer.forward = spy
+    try:
+        engine.generate(JobSpec("a dog", seed=2, steps=3, width=256, height=256))
+        engine.generate(JobSpec("a dog", seed=2, steps=3, width=256, height=256))
+    finally:
+        del engine.pipe.transformer.forward
+        engine.compile_state = state
+    assert flags == [True, False, False, False, False, False]
+
+
+def test_compile_is_for_gpus_and_its_cache_goes_under_models_dir(tmp_path, monkeypatch):
+    assert not compile_wanted(True, "cpu") and not compile_wanted(False, "cuda:0")
+    assert compile_wanted(True, "cuda:0")
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    path = use_disk_cache(tmp_path / "models")
+    assert path == (tmp_path / "models" / ".fluxbot-cache" / "inductor").resolve() and path.is_dir()
+    assert os.environ[CACHE_ENV] == str(path)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))    # the owner's choice wins
+    assert use_disk_cache(tmp_path / "models") == tmp_path / "mine"
