@@ -248,3 +248,24 @@ async def test_a_cancelled_job_leaves_the_order_and_later_positions_move_up():
     assert q.remove(21) is True
     assert (q.position(12), q.position(22)) == (2, 3)
     assert await take_all(q) == [11, 12, 22]
+
+
+async def test_a_requeued_job_waits_at_the_head_of_its_owners_turn_and_is_announced_again():
+    q = JobQueue()
+    events = []
+    q.subscribe(events.append)
+    q.submit(1, spec("a"), owner=10)
+    q.submit(2, spec("b"), owner=10)
+    q.submit(3, spec("c"), owner=20)
+    (taken,) = await q.take()
+    assert taken.job_id == 1 and [j.job_id for j in q.waiting()] == [3, 2]
+    events.clear()
+    q.requeue([1])  # its engine went away mid-job (a Ray node died)
+    # Ahead of user 20's job of the same round and of its owner's later job; its user sees "queued, 1st" again.
+    assert [j.job_id for j in q.waiting()] == [1, 3, 2] and not q.is_running(1) and q.position(1) == 1
+    assert (1, QUEUED, 1) in [(e.job_id, e.status, e.position) for e in events]
+    assert q.waiting()[0].losses == 1
+    (again,) = await q.take()
+    assert again.job_id == 1 and again.losses == 1
+    q.requeue([99, 3])  # not running: nothing happens
+    assert [j.job_id for j in q.waiting()] == [3, 2]

@@ -9,7 +9,7 @@ from engine.errors import EngineOutOfMemory
 from engine.queue import JobQueue
 from engine.settings import EngineSettings
 from engine.spec import JobSpec
-from engine.worker import Worker
+from engine.worker import MAX_LOSSES, Worker
 from tests.support.engines import SeamEngine
 from tests.support.hooks import Recorder
 
@@ -147,3 +147,42 @@ async def test_stop_leaves_the_running_job_without_an_outcome(engine):
     await asyncio.wait_for(first_step.wait(), 30)
     await asyncio.wait_for(worker.stop(close_engine=False), 30)
     assert hooks.outcomes() == [] and queue.running() == {}
+
+
+async def test_a_lost_engine_puts_the_job_back_at_the_head_of_its_owners_turn_and_the_worker_goes_on(engine):
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("ray:a#0", engine, queue, hooks)
+    hooks.expect = 3
+    queue.submit(1, spec("lost-once"), owner=10)  # its device goes away once (a Ray actor died, then restarted)
+    queue.submit(2, spec("a dog"), owner=10)
+    queue.submit(3, spec("a cat"), owner=20)
+    worker.start()
+    await asyncio.wait_for(hooks.done.wait(), 60)
+    # Job 1 waited again ahead of everyone (user 20's 3, its own 2), ran once more and finished; nothing failed.
+    assert [e[1] for e in hooks.log if e[0] == "started"] == [1, 1, 3, 2]
+    assert hooks.kinds(1) == ["started", "requeued", "started", "progress", "finished"]
+    assert hooks.outcomes() == [("finished", 1), ("finished", 3), ("finished", 2)]
+    assert engine.reconnects == 1 and not worker._task.done()
+    await worker.stop(close_engine=False)
+
+
+async def test_a_job_lost_three_times_fails_and_a_worker_whose_engine_is_gone_stops(engine):
+    hooks, queue = Recorder(), JobQueue()
+    worker = Worker("ray:a#0", engine, queue, hooks)
+    # 1. A job that loses its device every time fails after MAX_LOSSES tries, with a message; the next job runs.
+    hooks.expect = 2
+    queue.submit(1, spec("lost"), owner=10)
+    queue.submit(2, spec("a dog"), owner=20)
+    worker.start()
+    await asyncio.wait_for(hooks.done.wait(), 60)
+    assert hooks.kinds(1) == ["started", "requeued"] * (MAX_LOSSES - 1) + ["started", "failed"]
+    assert hooks.by_job()[1][2].startswith(f"the GPU running this job stopped {MAX_LOSSES} times")
+    assert hooks.by_job()[2] == ("finished", 2)
+    # 2. When the engine does not come back (its node left the cluster), the job waits for another worker and this
+    #    worker ends.
+    engine.comes_back = False
+    queue.submit(3, spec("lost-once"), owner=10)
+    await asyncio.wait_for(worker._task, 60)
+    assert [j.job_id for j in queue.waiting()] == [3] and not queue.running()
+    assert hooks.kinds(3) == ["started", "requeued"]
+    await worker.stop(close_engine=False)

@@ -2,14 +2,16 @@
 
 A prompt in `explode` raises a plain RuntimeError (a bug in the engine); one in `oom_once` raises EngineOutOfMemory
 the first time it comes (as CUDA would on a profile that does not fit), suggesting "streamed"; one in `slow` sleeps
-0.3 s after each step (time to kill or cancel it). By default the prompts "boom", "oom-once" and "slow" do that.
+0.3 s after each step (time to kill or cancel it); one in `lost` raises EngineLost every time (the device went away,
+as when a Ray actor or its node dies), one in `lost_once` the first time only, and `reconnect` then answers
+`comes_back`. By default the prompts "boom", "oom-once", "slow", "lost" and "lost-once" do that.
 `seam_loader` builds one: an engine process loads it by name (`SEAM_LOADER`).
 """
 from __future__ import annotations
 
 import time
 
-from engine.errors import EngineOutOfMemory
+from engine.errors import EngineError, EngineLost, EngineOutOfMemory
 from engine.pipeline import Engine
 from engine.settings import EngineSettings
 
@@ -32,14 +34,26 @@ class SeamEngine(Engine):
         self.batches: list[list[str]] = []
 
     def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        self.lost: set[str] = {"lost"}
+        self.lost_once: set[str] = {"lost-once"}
+        self.comes_back = True
+        self.reconnects = 0
         prompts = [s.prompt for s in specs]
         self.batches.append(prompts)
+    def reconnect(self, should_stop) -> bool:
+        """After EngineLost: whether the engine is back (RayEngine.reconnect's contract)."""
+        self.reconnects += 1
+        return self.comes_back
+
         for p in prompts:
             if p in self.explode:
                 raise RuntimeError(f"seam: {p}")
             if p in self.oom_once:
                 self.oom_once.discard(p)
                 raise EngineOutOfMemory("out of GPU memory (seam); try a leaner profile", profile=self.profile,
+            if p in self.lost or p in self.lost_once:
+                self.lost_once.discard(p)
+                raise EngineLost(f"seam: the device running {p!r} went away")
                                         suggested_profile="streamed")
         if self.slow.intersection(prompts) and progress is not None:
             progress = _slowed(progress)
