@@ -45,6 +45,7 @@ log = logging.getLogger("plan_bench")
 GiB = 1024 ** 3
 CONTEXT_GIB = 0.5       # a real card's CUDA context, counted inside each VRAM cap
 PCIE4_H2D = 25e9        # bytes/s host→device of a PCIe 4.0 x16 consumer board
+PIXEL_TOLERANCE = 2     # 8-bit levels per channel a plan's image may differ from resident's (docs/engine.md)
 PROMPT = "a lighthouse on a cliff above a stormy sea, oil painting"
 WARM_PROMPT = "warm up"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -414,7 +415,9 @@ def child(args) -> dict:
     out["peak_rss_gib"] = out["mem_end"].get("VmHWM")
     out["image_peaks"] = sampler.take()  # warm-up and measured image
     import numpy as np
-    out["image_std"] = round(float(np.asarray(result.images[0], dtype=np.float32).std()), 2)  # 0 = a flat image
+    pixels = np.asarray(result.images[0])
+    out["image_std"] = round(float(pixels.astype(np.float32).std()), 2)  # 0 = a flat image (NaN latents: run 4/5)
+    out.update(compare_with_reference(pixels, root / "images", row["name"]))
     if getattr(args, "save_dir", None):  # the peer bench compares the images of every implementation
         out["image_file"] = str(Path(args.save_dir) / f"{row_file_name(row['name'])}.png")
         result.images[0].save(out["image_file"])
@@ -433,6 +436,21 @@ def _keep_latents(engine, path: Path) -> None:
         return decode(packed, width, height)
 
     engine._decode = keep
+
+
+def compare_with_reference(pixels, folder: Path, row: str) -> dict:
+    """Save this row's measured image; every row after `resident` (same job, same seed) reports how far its
+    8-bit pixels are from resident's: every plan must give resident's pixels (docs/engine.md: at most 2/255)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"plan-bench-{row.replace('/', '_')}.npy", pixels)
+    ref = folder / "plan-bench-resident.npy"
+    if row == "resident" or not ref.exists():
+        return {}
+    diff = np.abs(pixels.astype(np.int16) - np.load(ref).astype(np.int16))
+    return {"vs_resident_max": int(diff.max()), "vs_resident_mean": round(float(diff.mean()), 3),
+            "pixels_ok": bool(diff.max() <= PIXEL_TOLERANCE)}
 
 
 def _job(engine, spec, out: dict, progress=None):
@@ -698,14 +716,14 @@ def markdown(jsonl: str) -> str:
     add_floors(rows, anchors)            # this harness's floors from the run's own anchors (older runs included)
     out = ["| RAM cap / card | plan | s/image | predicted | floor | x floor | x resident | s/step | encode s | "
            "decode s | peak VRAM GiB (pred) | peak RSS GiB: anon / file | cgroup memory.peak GiB | oom_kill | "
-           "load s | PCIe 4.0 floor s |",
-           "|" + "---|" * 16]
+           "load s | PCIe 4.0 floor s | image vs resident |",
+           "|" + "---|" * 17]
     for r in rows:
         cap = f"{r.get('ram_cap_gib') or '-'} / {r.get('vram_cap_gib') or '-'}"
         if "image_s" not in r:
             what = f"load only: {r['load_s']} s" if "load_s" in r and "error" not in r else r.get("error", "?")[:120]
             out.append(f"| {r['row']} ({cap}) | {r.get('profile', '')} | {what} |" + " |" * 9
-                       + f" {r.get('cgroup_peak_gib', '')} | {r.get('oom_kill', '')} | {r.get('load_s', '')} | |")
+                       + f" {r.get('cgroup_peak_gib', '')} | {r.get('oom_kill', '')} | {r.get('load_s', '')} | | |")
             continue
         peaks = r.get("image_peaks", {})
         out.append(
@@ -714,8 +732,17 @@ def markdown(jsonl: str) -> str:
             f"{r.get('x_resident', '–')} | {r['s_per_step']:.3f} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | "
             f"{r.get('peak_vram_gib', '–')} ({r.get('pred_peak_vram_gib', '–')}) | "
             f"{peaks.get('RssAnon', '–')} / {peaks.get('RssFile', '–')} | {r.get('cgroup_peak_gib', '–')} | "
-            f"{r.get('oom_kill', '–')} | {r.get('load_s', '–')} | {r.get('pcie4_floor_s', '–')} |")
+            f"{r.get('oom_kill', '–')} | {r.get('load_s', '–')} | {r.get('pcie4_floor_s', '–')} | {_pixels(r)} |")
     return "\n".join(out)
+
+
+def _pixels(r: dict) -> str:
+    """The image check of a row: flat (NaN latents), max |Δ| to resident's pixels, or its std alone."""
+    if r.get("image_std") == 0:
+        return "**flat image (NaN)**"
+    if "vs_resident_max" in r:
+        return f"max Δ {r['vs_resident_max']}/255 ({'ok' if r['pixels_ok'] else '**differs**'})"
+    return f"std {r['image_std']}" if "image_std" in r else "–"
 
 
 def plot(png: str, runs: list[str]) -> None:

@@ -68,3 +68,23 @@ def test_only_runs_the_named_rows_in_the_order_given_after_the_first_start():
     assert [r.name for r in bench.chosen_rows("")] == [r.name for r in bench.ROWS]
     with pytest.raises(SystemExit, match="16/10"):
         bench.chosen_rows("resident,16/10")
+
+
+def test_each_row_reports_how_far_its_image_is_from_residents(tmp_path):
+    """Run 4/5's mixed rows were timed on NaN (flat) images and nobody saw it: every row after resident now says
+    how far its pixels are from resident's, and the docs table shows a flat image as such."""
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "plan_bench.py"
+    spec = importlib.util.spec_from_file_location("plan_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["plan_bench"] = bench
+    spec.loader.exec_module(bench)
+    ref = np.random.default_rng(0).integers(0, 250, (8, 8, 3), dtype=np.uint8)
+    assert bench.compare_with_reference(ref, tmp_path, "resident") == {}
+    assert bench.compare_with_reference(ref, tmp_path, "16/12") == {
+        "vs_resident_max": 0, "vs_resident_mean": 0.0, "pixels_ok": True}
+    off = bench.compare_with_reference(ref + 3, tmp_path, "16/8")
+    assert off["vs_resident_max"] == 3 and off["pixels_ok"] is False
+    assert "flat image" in bench._pixels({"image_std": 0.0})
+    assert "differs" in bench._pixels({"image_std": 1.9, **off})
