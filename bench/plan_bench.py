@@ -767,7 +767,8 @@ def plot(png: str, runs: list[str]) -> None:
             label = f"{r['row']} [{name.removeprefix('plan-')}]"
             if "image_s" in r:
                 ax.plot(vram, r["image_s"], "o", color=color)
-                ax.annotate(f"{label}: {r['image_s']:.2f} s", (vram, r["image_s"]), fontsize=7, xytext=(4, 3),
+                flat = " (flat NaN image)" if r.get("image_std") == 0 else ""
+                ax.annotate(f"{label}: {r['image_s']:.2f} s{flat}", (vram, r["image_s"]), fontsize=7, xytext=(4, 3),
                             textcoords="offset points")
                 if pred:
                     ax.plot(vram, pred, "o", mfc="none", color=color)
