@@ -444,7 +444,7 @@ def compare_with_reference(pixels, folder: Path, row: str) -> dict:
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / f"plan-bench-{row.replace('/', '_')}.npy", pixels)
+    np.save(folder / f"plan-bench-{row_file_name(row)}.npy", pixels)
     ref = folder / "plan-bench-resident.npy"
     if row == "resident" or not ref.exists():
         return {}
