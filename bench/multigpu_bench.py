@@ -4,10 +4,19 @@ GPU, each with its own Engine on the FLUX.1-dev architecture with random weights
     python bench/multigpu_bench.py --jobs 16 --res 1024 --steps 20 --out multigpu.json   # every CUDA GPU
     python bench/multigpu_bench.py --tiny --devices cpu,cpu --jobs 6 --res 256 --steps 2  # CPU, seconds
     python bench/multigpu_bench.py --threads …   # engines in this process, one thread each (the old way)
+    python bench/multigpu_bench.py --backend ray --jobs 16 --res 1024 --steps 20   # Ray actors vs child processes
+    python bench/multigpu_bench.py --backend ray --tiny --devices cpu,cpu --jobs 6 --res 256 --steps 2  # CPU
 
 Each worker's engine runs in its own child process (engine/engine_process.py, as the bot does with
 `[engine] engine_process` "auto" and two GPUs or more); `--threads` keeps every engine in this process, one
 thread per worker (the old way, for comparison).
+
+`--backend ray` (`pip install -e '.[ray]'`) starts a local Ray instance (with `--devices cpu,…` it advertises one
+logical GPU per device and the engines run on the CPU) and one engine actor per GPU (engine/ray_engine.py, as
+`[engine] backend = "ray"` does). Its rows, in one run: the child processes with one worker per device (the local
+mode to compare with), then Ray with one actor, then one actor per device; then each backend's per-job overhead:
+the wall time of `generate` seen by the worker minus the engine's own `timings["total"]` (crossing to the engine and
+back, progress messages, the result's images), and the round trip of an empty request.
 
 Runs the same job list twice, first with one worker (the first device), then with one worker per device,
 and prints one table: images per minute, speed-up, each worker's job count and peak VRAM, and whether every
@@ -31,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.engine_bench import FLUX_DEV, TINY, build_pipeline  # noqa: E402
 from engine.engine_process import ProcessEngine  # noqa: E402
+from engine.job_status import JobStatus  # noqa: E402
 from engine.pipeline import Engine  # noqa: E402
 from engine.precision import apply_precision, dit_bytes  # noqa: E402
 from engine.queue import JobQueue  # noqa: E402
@@ -97,7 +107,7 @@ def load_engine_for(settings: EngineSettings, device: str) -> Engine:
 
 def reset_peak(engine) -> None:
     """Wait for the device and forget its peak memory (run in the engine's own process)."""
-    if isinstance(engine, ProcessEngine):
+    if hasattr(engine, "call"):  # a child process or a Ray actor
         return engine.call("bench.multigpu_bench:reset_peak")
     if engine.device.startswith("cuda"):
         torch.cuda.synchronize(engine.device)
@@ -106,7 +116,7 @@ def reset_peak(engine) -> None:
 
 def peak_gib(engine) -> float | None:
     """Peak allocated GiB on the engine's device since the last reset (run in the engine's own process)."""
-    if isinstance(engine, ProcessEngine):
+    if hasattr(engine, "call"):
         return engine.call("bench.multigpu_bench:peak_gib")
     if not engine.device.startswith("cuda"):
         return None
@@ -129,7 +139,7 @@ async def run_queue(engines: list, specs: list[JobSpec]) -> dict:
         w.start()
 
     def on_event(event) -> None:
-        if event.kind == "running":
+        if event.status == JobStatus.RUNNING:
             ran_by[event.worker] += 1
 
     queue.subscribe(on_event)
@@ -143,10 +153,59 @@ async def run_queue(engines: list, specs: list[JobSpec]) -> dict:
     queue.close()
     once = all(hooks.started[j] == 1 and hooks.finished[j] == 1 for j in range(1, len(specs) + 1))
     peaks = {f"{e.device}#{i}": peak_gib(e) for i, e in enumerate(engines)}
-    mode = "process" if isinstance(engines[0], ProcessEngine) else "thread"
+    mode = engine_kind(engines[0])
     return dict(workers=len(engines), engine=mode, jobs=len(specs), wall_s=round(wall, 2),
                 images_per_min=round(60 * len(specs) / wall, 2), every_job_once=once, failed=len(hooks.failed),
                 jobs_per_worker=dict(ran_by), peak_alloc_gib=peaks)
+
+
+def engine_kind(engine) -> str:
+    if isinstance(engine, ProcessEngine):
+        return "process"
+    return "ray" if hasattr(engine, "actor") else "thread"
+
+
+def noop(engine) -> None:
+    """An empty request (run in the engine's own process): the round trip of a call."""
+
+
+def overhead(engine, res: int, steps: int, jobs: int = 5) -> dict:
+    """Per job: the wall time of `generate` here minus the engine's own total (the crossing to the engine and back:
+    request, one progress message per step, the result's images); and the round trip of an empty request."""
+    extra = []
+    for i in range(jobs):
+        t0 = time.perf_counter()
+        result = engine.generate(JobSpec(prompt=f"overhead {i}", seed=i, steps=steps, width=res, height=res))
+        extra.append(time.perf_counter() - t0 - result.timings["total"])
+    trips = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        engine.call("bench.multigpu_bench:noop")
+        trips.append(time.perf_counter() - t0)
+    return dict(engine=engine_kind(engine), res=res, steps=steps, per_job_overhead_ms=round(1000 * sorted(extra)[len(extra) // 2], 1),
+                round_trip_ms=round(1000 * sorted(trips)[len(trips) // 2], 2))
+
+
+def start_ray_engines(devices: list[str], settings: EngineSettings) -> list:
+    """A local Ray instance (one logical GPU per device when they are CPUs) and one engine actor per device."""
+    import ray  # lazy: only --backend ray needs it
+
+    from engine.ray_engine import RayEngine
+    from engine.ray_pool import read_nodes
+
+    cpu = not any(d.startswith("cuda") for d in devices)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ray.init(address="local", num_gpus=len(devices) if cpu else None, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": root}})
+    node = next(n for n in read_nodes() if n.alive)
+    engines = []
+    for i, _ in enumerate(devices):
+        t0 = time.perf_counter()
+        engines.append(RayEngine.start(settings, node.node_id, {"GPU": 1}, name=f"ray#{i}",
+                                       loader="bench.multigpu_bench:load_engine_for"))
+        print(f"Ray actor {i} (pid {engines[-1].pid}, {engines[-1].device}) ready in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    return engines
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -158,8 +217,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tiny", action="store_true", help="the tiny architecture (CPU, seconds)")
     ap.add_argument("--threads", action="store_true", help="engines in this process, one thread per worker "
                     "(the old way); default: one child process per engine")
+    ap.add_argument("--backend", choices=("local", "ray"), default="local",
+                    help="ray: Ray actors, compared in the same run with the local child processes")
     ap.add_argument("--out", default="", help="write the rows as JSON here")
     a = ap.parse_args(argv)
+    if a.backend == "ray":
+        return main_ray(a)
     logging.basicConfig(level=logging.WARNING)
     devices = a.devices.split(",") if a.devices else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if len(devices) < 2:
@@ -198,6 +261,54 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(rows, fh, indent=1)
+    return rows
+
+
+def main_ray(a: argparse.Namespace) -> list[dict]:
+    """Child processes with one worker per device, then Ray with one actor and with one per device; overheads."""
+    devices = a.devices.split(",") if a.devices else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if len(devices) < 2:
+        raise SystemExit(f"needs two devices or more, found {devices}")
+    settings = EngineSettings(model="random-weights:tiny" if a.tiny else "random-weights:flux-dev",
+                              devices=devices, engine_process="always")
+    specs = [JobSpec(prompt=f"job {i}: a lighthouse in a storm, photo", seed=1000 + i, steps=a.steps,
+                     width=a.res, height=a.res) for i in range(a.jobs)]
+    rows, overheads = [], []
+    # 1. The local mode: one child process per device (then closed: the GPUs are the actors' next).
+    local = [ProcessEngine.start(settings, d, loader="bench.multigpu_bench:load_engine_for") for d in devices]
+    for e in local:
+        warm_up(e, a.res)
+    rows.append(asyncio.run(run_queue(local, specs)))
+    print(json.dumps(rows[-1]), flush=True)
+    overheads.append(overhead(local[0], a.res, a.steps))
+    for e in local:
+        e.close()
+    # 2. Ray: one actor, then one per device, on the same jobs.
+    actors = start_ray_engines(devices, settings)
+    for e in actors:
+        warm_up(e, a.res)
+    for used in (actors[:1], actors):
+        for e in used:
+            reset_peak(e)
+        rows.append(asyncio.run(run_queue(used, specs)))
+        print(json.dumps(rows[-1]), flush=True)
+    overheads.append(overhead(actors[0], a.res, a.steps))
+    for e in actors:
+        e.close()
+    # 3. The ratios the issue asks for, the table, the overheads.
+    rows[2]["speedup"] = round(rows[2]["images_per_min"] / rows[1]["images_per_min"], 3)
+    rows[2]["vs_local_processes"] = round(rows[2]["images_per_min"] / rows[0]["images_per_min"], 3)
+    print(f"\n{'workers':>7} {'engine':>7} {'jobs':>5} {'wall s':>8} {'img/min':>8} {'speed-up':>8} {'vs local':>8} "
+          f"{'once':>5}  per worker / peak GiB")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['engine']:>7} {r['jobs']:>5} {r['wall_s']:>8} {r['images_per_min']:>8} "
+              f"{r.get('speedup', ''):>8} {r.get('vs_local_processes', ''):>8} {str(r['every_job_once']):>5}  "
+              f"{r['jobs_per_worker']} {r['peak_alloc_gib']}")
+    for o in overheads:
+        print(json.dumps(o), flush=True)
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump({"rows": rows, "overheads": overheads}, fh, indent=1)
     return rows
 
 
