@@ -62,10 +62,10 @@ class PeerRow:
 
 
 ROWS = [
-    PeerRow("first-start", 0, 0, "fluxbot", profile="resident", load_only=True, must="fluxbot's first start"),
+    PeerRow("first-start", 16, 0, "fluxbot", profile="resident", load_only=True, must="fluxbot's first start (builds its fp8 cache)"),
     PeerRow("resident", 0, 0, "fluxbot", profile="resident", must="fluxbot, the card's own"),
-    PeerRow("16/6", 16, 6, "fluxbot", must="fluxbot, the planner on a 16 GB PC with a 6 GB card"),
     PeerRow("seed", 0, 0, "seed", must="the seed's recipe, no limits"),
+    PeerRow("16/6", 16, 6, "fluxbot", must="fluxbot, the planner on a 16 GB PC with a 6 GB card"),
     PeerRow("reference", 0, 0, "reference", must="diffusers FluxPipeline, bf16, resident"),
     PeerRow("seed@16/6", 16, 6, "seed", must="the seed's recipe on the PC it claims to fit"),
 ]
