@@ -305,9 +305,15 @@ def reference_child(args, row: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     kept = _keep_prepared_latents(pipe)
     stamps: list[float] = []
+
+    def stamp(_pipe, _i, _t, kw):
+        _sync(device)
+        stamps.append(time.perf_counter())
+        return kw
+
     t0 = time.perf_counter()
-    packed = run(pb.PROMPT, SEED, args.steps, output_type="latent",
-                 callback_on_step_end=lambda p, i, t, kw: (stamps.append(time.perf_counter()), kw)[1]).images
+    packed = run(pb.PROMPT, SEED, args.steps, output_type="latent", callback_on_step_end=stamp).images
+    _sync(device)
     t1 = time.perf_counter()
     image = decode_like_flux_pipeline(pipe, packed, size)
     _sync(device)

@@ -20,3 +20,5 @@ mkdir -p "$out/$name-img"
   python3 bench/peer_bench.py --all --dir "$data" --out "$out/$name.jsonl" --log "$out/$name-rows.log" \
     --save-dir "$out/$name-img" "$@"
 } 2>&1 | tee "$out/$name.log"
+# Few files come back from the machine: the parity files travel as one archive.
+tar -czf "$out/$name-img.tgz" -C "$out" "$name-img" && rm -rf "$out/$name-img"
