@@ -62,7 +62,7 @@ class LoadPlan:
     steps: int = 2
     rate: float = 10.0         # /imagine per second, all users together (random gaps around users/rate)
     seed: int = 1234           # the driver's random choices (gaps, prompts, who clicks)
-    gc_freeze: bool = True     # FluxBot(freeze_gc=True), as `python -m bot run` starts it
+    gc_freeze: bool = True     # build_bot(freeze_gc=True), as `python -m bot run` starts it
     edit_interval_s: float | None = None  # [discord] status_edit_interval_s; None: the config's default (2 s)
     timeout_s: float = 600.0
 
@@ -275,7 +275,7 @@ class FakeDiscordThread:
 
 async def run_load(plan: LoadPlan, workdir: Path, models_dir: Path | None = None) -> LoadReport:
     """Run the plan; `models_dir` holding `tiny-random` is reused if given, else it is built under workdir."""
-    from bot.client import FluxBot
+    from bot.app import build_bot
     from engine.tiny import ensure_tiny
     from tests.fakediscord import start_bot, stop_bot
 
@@ -285,10 +285,10 @@ async def run_load(plan: LoadPlan, workdir: Path, models_dir: Path | None = None
     async with FakeDiscordThread() as side:
         fake = side.fake
         fake.patch()
-        bot = FluxBot(make_config(workdir, plan, models_dir), freeze_gc=plan.gc_freeze)
+        bot = await build_bot(make_config(workdir, plan, models_dir), freeze_gc=plan.gc_freeze)
         try:
             await start_bot(bot, fake)
-            await bot.wait_until_engines_loaded()  # FluxBot freezes the GC here when freeze_gc is set
+            await bot.engines.wait_loaded()  # bot.engines freezes the GC here when freeze_gc is set
             # 2. Users act on the fake's loop while this loop runs the bot and samples its own lag.
             monitor = LoopLagMonitor()
             monitor.start()

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # subcommand -> "module:function"; each function takes the parsed args and returns an exit status.
 HANDLERS = {
-    "run": "bot.client:run_command",
+    "run": "bot.run_cmd:run_command",
     "generate": "bot.generate_cmd:generate_command",
     "migrate": "bot.migrate_cmd:migrate_command",
     "download": "bot.download_cmd:download_command",

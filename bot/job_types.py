@@ -3,13 +3,13 @@ the bot hears about a job, and the spec that reproduces a stored job. Free of di
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable
 
 from db.records import JobRecord
 from engine.job_status import JobStatus
-from engine.spec import JobSpec
+from engine.spec import JobSpec, random_seed
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,21 @@ class JobEvent:
 
 Listener = Callable[[JobEvent], Any]
 
+VARY_STRENGTH = 0.15  # 🔀 Vary: subtle, the composition stays
+
 
 def spec_of(job: JobRecord) -> JobSpec:
     """The spec that reproduces a stored job."""
     return JobSpec(prompt=job.prompt, seed=job.seed, steps=job.steps, width=job.width, height=job.height,
                    guidance=job.guidance, variation_seed=job.variation_seed,
                    variation_strength=job.variation_strength, count=job.count)
+
+
+def rerolled(parent: JobRecord) -> JobSpec:
+    """🎲 Reroll: the same request with a new random seed."""
+    return replace(spec_of(parent), seed=random_seed())
+
+
+def varied(parent: JobRecord) -> JobSpec:
+    """🔀 Vary: the parent's seed with a fresh variation seed at a subtle strength (a variation of its first image)."""
+    return replace(spec_of(parent), count=1, variation_seed=random_seed(), variation_strength=VARY_STRENGTH)

@@ -4,18 +4,19 @@ id>`), so buttons keep working after a restart (a click is resolved from the dat
 that was reset since is recognised as such. Buttons posted before identities existed (`fluxbot:<action>:<job id>`)
 keep working.
 
-Components never import behaviour: a callback only parses the click and hands it to the client
-(`FluxBot.job_button`, which dispatches to `bot.actions`); a submitted Edit form is parsed here (`edit_form`) and
-answered by `FluxBot.on_interaction`. Errors go through `bot.replies.report_error` (discord.py logs and swallows
-DynamicItem callback errors, so each callback catches its own). The /history paging button lives with its feature,
-in `bot/cogs/history.py`.
+Components never import behaviour: a click is parsed here and handed to the handler the client holds for its action
+(`FluxBot.job_buttons`, filled by the feature that owns those buttons: `ImagineFeature.job_buttons()` in
+bot/cogs/imagine.py), so `JobButton.callback` → `ImagineFeature.reroll` is the whole way from a click to the job it
+creates. A submitted Edit form is parsed here (`edit_form`) and answered by the imagine feature's `on_interaction`
+listener. Errors go through `bot.replies.report_error` (discord.py logs and swallows DynamicItem callback errors, so
+each callback catches its own). The /history paging button lives with its feature, in `bot/cogs/history.py`.
 """
 from __future__ import annotations
 
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Protocol
 
 import discord
 from discord.ui import Button, DynamicItem
@@ -24,7 +25,6 @@ from bot.replies import guarded
 from engine.image_files import IDENTITY
 
 if TYPE_CHECKING:
-    from bot.client import FluxBot
     from db.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def job_custom_id(action: str, ref: JobRef, *more: int) -> str:
     return custom_id(action, *ref.parts(), *more)
 
 
-# action -> (label, emoji, style); the action's behaviour is `bot.actions.JOB_ACTIONS[action]`, reached through
-# the client (`FluxBot.job_button`)
+# action -> (label, emoji, style); the action's behaviour is the handler `FluxBot.job_buttons[action]`
 JOB_BUTTONS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.secondary),   # same everything, a new random seed
     "vary": ("Vary", "🔀", discord.ButtonStyle.secondary),       # the same seed with a subtle variation
@@ -62,6 +61,14 @@ JOB_BUTTONS = {
     "cancel": ("Cancel", "✖️", discord.ButtonStyle.secondary),   # stops a queued or running job
 }
 _REF = rf"(?:(?P<identity>{IDENTITY.pattern}):)?(?P<job>\d+)"
+
+
+JobButtonHandler = Callable[[discord.Interaction, JobRef], Awaitable[None]]
+
+
+class JobButtonHost(Protocol):
+    """The client, as a job button sees it: a handler per action (`ImagineFeature.job_buttons()`)."""
+    job_buttons: Mapping[str, JobButtonHandler]
 
 
 class JobButton(DynamicItem[Button], template=rf"{PREFIX}:(?P<action>{'|'.join(JOB_BUTTONS)}):{_REF}"):
@@ -77,8 +84,9 @@ class JobButton(DynamicItem[Button], template=rf"{PREFIX}:(?P<action>{'|'.join(J
         return cls(match["action"], JobRef(int(match["job"]), match["identity"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        bot: "FluxBot" = interaction.client  # type: ignore[assignment]
-        await guarded(interaction, lambda: bot.job_button(interaction, self.action, self.ref))
+        host: JobButtonHost = interaction.client  # type: ignore[assignment]
+        handler = host.job_buttons[self.action]  # e.g. ImagineFeature.reroll
+        await guarded(interaction, lambda: handler(interaction, self.ref))
 
 
 def result_view(ref: JobRef) -> discord.ui.View:
@@ -103,8 +111,8 @@ TEXT_INPUT_MAX_CHARS = 4000  # Discord's longest text input (its prefilled value
 class EditModal(discord.ui.Modal):
     """✏️ Edit: prompt, seed and steps prefilled from the job; size, guidance and count are kept.
 
-    The submit is handled statelessly by `FluxBot.on_interaction` (parsed by `edit_form`), not by this
-    object: a form opened before a restart still works, and two people editing the same job at once each
+    The submit is handled statelessly by the imagine feature's `on_interaction` listener (parsed by `edit_form`),
+    not by this object: a form opened before a restart still works, and two people editing the same job at once each
     get their own form (the custom_id carries the opening interaction's id)."""
 
     def __init__(self, job: "JobRecord", *, opener_id: int, max_prompt_chars: int, identity: str | None = None):
@@ -124,7 +132,7 @@ class EditModal(discord.ui.Modal):
                                            max_length=3, required=False))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        pass  # answered by FluxBot.on_interaction
+        pass  # answered by ImagineFeature.on_interaction (bot/cogs/imagine.py)
 
 
 def submitted_values(data: dict) -> dict[str, str]:

@@ -5,7 +5,9 @@
 - `EngineFaults`: a seam inside that real engine. A forward pre-hook on the DiT raises (a RuntimeError, or
   torch's own `OutOfMemoryError` exactly as CUDA raises it) or pauses at a chosen denoising step, so the
   engine's own error conversion, the worker's OOM retry and the bot's messages all run for real.
-- `make_rel_bot`: a FluxBot over that engine, with the fake Discord, SQLite and images under tmp_path.
+- `make_rel_bot`: a FluxBot over that engine, with the fake Discord, SQLite and images under tmp_path (built by
+  `bot.app.build_bot`, as `python -m bot run` builds it).
+- `gate`: a threading.Event a test sets to let a gated engine loader finish (jobs stay queued until then).
 - `job_rows` / `count_rows`: the whole `jobs` table as plain tuples, to prove that a refusal changed nothing.
 - `crafted_click`: a click on a button with any custom_id (on a message made to hold it, or a stale one).
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bot.app import build_bot
 from bot.client import FluxBot
 from bot.config import Config, DatabaseSettings, DiscordSettings, LimitsSettings, LoggingSettings, Secret
 from db import jobs as store_jobs
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 SIZES = ["1:1 256x256", "2:1 512x256"]
 COMPONENT = 3  # interaction type of a button click
 
-__all__ = ["rel_engine", "rel_config", "make_rel_bot", "EngineFaults", "engine_faults", "job_rows", "count_rows",
+__all__ = ["rel_engine", "rel_config", "make_rel_bot", "gate", "EngineFaults", "engine_faults", "job_rows", "count_rows",
            "crafted_click", "has_result", "imagine", "eventually", "delivered", "SIZES", "job_buttons", "edit_form_id"]
 
 
@@ -103,7 +106,7 @@ def engine_faults(rel_engine):
 def rel_config(tmp_path, tiny_model_dir):
     """`rel_config(discord={...}, limits={...}, engine={...}, logging={...})`: a test Config (tiny model on the
     CPU, 256² sizes, SQLite and images under tmp_path) with some fields changed."""
-    def _make(*, discord: dict | None = None, limits: dict | None = None, engine: dict | None = None,
+    async def _make(*, discord: dict | None = None, limits: dict | None = None, engine: dict | None = None,
               logging_: dict | None = None, db_url: str | None = None) -> Config:
         d = dict(token=Secret("unused-in-tests"), sizes=SIZES, status_edit_interval_s=0.5)
         d.update(discord or {})
@@ -120,11 +123,19 @@ def rel_config(tmp_path, tiny_model_dir):
 
 @pytest.fixture
 def make_rel_bot(rel_config, rel_engine):
-    """`make_rel_bot(config=None, **rel_config kwargs)`: a FluxBot over `rel_engine` (left open on close)."""
-    def _make(config: Config | None = None, **changes) -> FluxBot:
-        return FluxBot(config or rel_config(**changes), engine_loader=lambda _s, _d: rel_engine,
-                       close_engines=False)
+    """`await make_rel_bot(config=None, **rel_config kwargs)`: a FluxBot over `rel_engine` (left open on close)."""
+    async def _make(config: Config | None = None, **changes) -> FluxBot:
+        return await build_bot(config or rel_config(**changes), engine_loader=lambda _s, _d: rel_engine,
+                               close_engines=False)
     return _make
+
+
+@pytest.fixture
+def gate():
+    """Set it to let a gated bot's engine finish loading (until then jobs wait in the queue)."""
+    event = threading.Event()
+    yield event
+    event.set()
 
 
 # --- driving and observing ------------------------------------------------------------------------------------------

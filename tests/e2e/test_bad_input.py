@@ -235,8 +235,8 @@ async def test_bad_inputs_get_a_clear_message_and_change_no_row(fake_discord, st
     from db.models import Job
 
     fake = fake_discord
-    bot = await start_bot(make_rel_bot(discord={"banned_words": BANNED}, limits={"max_job_cost": 0.2}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(discord={"banned_words": BANNED}, limits={"max_job_cost": 0.2}))
+    await bot.engines.wait_loaded()
     bot.store_columns = list(Job.__table__.columns)
     users = {"alice": fake.add_user("alice"), "bob": fake.add_user("bob")}
     # bob's job 1, done, with its message: the target of the button cases.

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import pytest
 
+from bot.app import build_bot
 from bot.client import FluxBot
 from bot.config import Config, DatabaseSettings, DiscordSettings, LimitsSettings, LoggingSettings, Secret
 from db import jobs as store_jobs
 from engine.settings import TINY, EngineSettings
 from tests.e2e.refusals import refusal
-from tests.e2e.reliability_kit import edit_form_id, job_buttons
+from tests.e2e.reliability_kit import (count_rows, delivered, edit_form_id, eventually, gate,  # noqa: F401 (gate)
+                                       has_result, imagine, job_buttons)
+from tests.support.engines import Failing, SlowSteps
 
 SIZES = ["1:1 256x256", "2:1 512x256"]
 
@@ -36,106 +37,32 @@ def make_config(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture
-def gate():
-    """Set it to let a gated bot's engine finish loading (until then jobs wait in the queue)."""
-    event = threading.Event()
-    yield event
-    event.set()
-
-
-class SlowSteps:
-    """The real tiny engine, with a pause after each denoising step (so a test can see "step i/N" and press
-    Cancel while a job runs)."""
-
-    def __init__(self, engine, step_s: float):
-        self._engine, self._step_s = engine, step_s
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def _slow(self, progress):
-        def wrapped(step, total):
-            time.sleep(self._step_s)
-            if progress is not None:
-                progress(step, total)
-        return wrapped
-
-    def generate(self, spec, *, progress=None, should_cancel=None):
-        return self._engine.generate(spec, progress=self._slow(progress), should_cancel=should_cancel)
-
-    def generate_batch(self, specs, *, progress=None, should_cancel=None):
-        return self._engine.generate_batch(specs, progress=self._slow(progress), should_cancel=should_cancel)
-
-
-class Failing(SlowSteps):
-    """The tiny engine refusing every job, as a real engine does on a fault it cannot recover from."""
-
-    def generate(self, spec, *, progress=None, should_cancel=None):
-        from engine.errors import EngineError
-        raise EngineError("the GPU fell off the bus; the owner was told")
-
-    def generate_batch(self, specs, *, progress=None, should_cancel=None):
-        return [self.generate(s) for s in specs]
-
-
-@pytest.fixture
 def make_bot(make_config, tiny_engine, gate):
     """FluxBot over the shared tiny engine (not closed with the bot). `gated=True`: the engine loads only
     once the test sets `gate`, so that jobs stay queued meanwhile; `step_s`: a pause after every step."""
-    def _make(config: Config | None = None, *, gated: bool = False, step_s: float = 0.0, failing: bool = False,
-              **discord_overrides) -> FluxBot:
+    async def _make(config: Config | None = None, *, gated: bool = False, step_s: float = 0.0,
+                    failing: bool = False, **discord_overrides) -> FluxBot:
         def loader(_settings, _device):
             if gated:
                 gate.wait(60)
             if failing:
                 return Failing(tiny_engine, 0.0)
             return SlowSteps(tiny_engine, step_s) if step_s else tiny_engine
-        return FluxBot(config or make_config(**discord_overrides), engine_loader=loader, close_engines=False)
+        return await build_bot(config or make_config(**discord_overrides), engine_loader=loader,
+                               close_engines=False)
     return _make
 
 
 @pytest.fixture
 async def running(fake_discord, start_bot, make_bot):
     """A started bot with its engine loaded, the fake, and a user alice."""
-    bot = await start_bot(make_bot())
-    assert await bot.wait_until_engines_loaded() == 1
+    bot = await start_bot(await make_bot())
+    assert await bot.engines.wait_loaded() == 1
     return bot
-
-
-def has_result(m) -> bool:
-    return bool(m.attachments) and bool(m.embeds)
-
-
-async def imagine(fake, user, **options):
-    options.setdefault("steps", 2)
-    options.setdefault("size", "256x256")
-    return await fake.slash(user, "imagine", options)
 
 
 async def result_of(ix, timeout: float = 30.0):
     return await ix.wait_message(has_result, timeout)
-
-
-
-async def eventually(check, timeout: float = 10.0):
-    """Poll an async check of the bot's own state until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (value := await check()):
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for the bot"
-        await asyncio.sleep(0.02)
-    return value
-
-
-async def _delivered(bot, job_id: int):
-    job = await store_jobs.get_job(bot.store, job_id)
-    return job if job.delivered_at is not None else None
-
-
-async def count_jobs(bot) -> int:
-    from sqlalchemy import func, select
-    from db.models import Job
-    async with bot.store.session() as s:
-        return int(await s.scalar(select(func.count()).select_from(Job)))
 
 
 # --- /imagine ---------------------------------------------------------------------------------------------------
@@ -161,7 +88,7 @@ async def test_imagine_defers_shows_status_and_delivers_png_embed_and_buttons(fa
     assert result.custom_ids == job_buttons(bot, 1)
     assert f"<@{alice.id}>" in result.content
     # 3. The record knows where the result went.
-    job = await eventually(lambda: _delivered(bot, 1))
+    job = await eventually(lambda: delivered(bot, 1))
     assert job.status == "done" and job.result_message_id == result.id and job.status_message_id == status.id
 
 
@@ -245,8 +172,8 @@ async def test_delete_refused_for_a_stranger_and_done_for_the_owner(fake_discord
 async def test_an_admin_may_delete_any_job(fake_discord, start_bot, make_bot):
     fake = fake_discord
     boss = fake.add_user("boss")
-    bot = await start_bot(make_bot(owner_ids=[boss.id]))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_bot(owner_ids=[boss.id]))
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     result = await result_of(await imagine(fake, alice, prompt="a cat", seed=3))
     ix = await fake.click(boss, result, "Delete")
@@ -256,7 +183,7 @@ async def test_an_admin_may_delete_any_job(fake_discord, start_bot, make_bot):
 
 async def test_cancel_of_a_queued_job_by_its_owner_only(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
-    bot = await start_bot(make_bot(gated=True))
+    bot = await start_bot(await make_bot(gated=True))
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     ix1 = await imagine(fake, alice, prompt="first", seed=1)
     ix2 = await imagine(fake, alice, prompt="second", seed=2)
@@ -280,7 +207,7 @@ async def test_cancel_of_a_queued_job_by_its_owner_only(fake_discord, start_bot,
 
 async def test_two_users_jobs_run_in_fifo_order(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
-    bot = await start_bot(make_bot(gated=True))
+    bot = await start_bot(await make_bot(gated=True))
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     order = [(alice, "a1"), (bob, "b1"), (alice, "a2"), (bob, "b2")]
     ixs = [await imagine(fake, user, prompt=prompt, seed=5) for user, prompt in order]
@@ -307,12 +234,12 @@ async def test_two_users_jobs_run_in_fifo_order(fake_discord, start_bot, make_bo
 async def test_bad_inputs_get_an_ephemeral_message_and_no_job(fake_discord, start_bot, make_bot, options, says):
     # Discord's own option checks are bypassed (validate=False), as a crafted request would.
     fake = fake_discord
-    bot = await start_bot(make_bot(banned_words=["frog"]))
+    bot = await start_bot(await make_bot(banned_words=["frog"]))
     alice = fake.add_user("alice")
     ix = await fake.slash(alice, "imagine", {"size": "256x256", **options}, validate=False)
     text = await refusal(fake, ix)
     assert says in text, text
-    assert await count_jobs(bot) == 0
+    assert await count_rows(bot.store) == 0
     assert not [m for m in fake.messages if not m.ephemeral]
 
 
@@ -320,15 +247,15 @@ async def test_restricted_channel_and_role_refuse_before_anything_is_queued(fake
     fake = fake_discord
     artists = fake.add_role("artists")
     studio = fake.add_channel("studio")
-    bot = await start_bot(make_bot(allowed_channel_ids=[studio.id], allowed_role_ids=[artists.id], allow_dms=False))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_bot(allowed_channel_ids=[studio.id], allowed_role_ids=[artists.id], allow_dms=False))
+    await bot.engines.wait_loaded()
     alice, bob = fake.add_user("alice", [artists]), fake.add_user("bob")
     cases = [(alice, {}, "not enabled in this channel"), (bob, {"channel": studio}, "roles allowed"),
              (alice, {"dm": True}, "direct messages")]
     for user, where, says in cases:
         ix = await fake.slash(user, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, **where)
         assert says in await refusal(fake, ix)
-    assert await count_jobs(bot) == 0
+    assert await count_rows(bot.store) == 0
     ok = await fake.slash(alice, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, channel=studio)
     await result_of(ok)
 
@@ -378,7 +305,7 @@ async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_disco
     shown = await result_of(await fake.slash(alice, "show", {"job": 1}))
     assert shown.custom_ids[0] == job_buttons(bot, 1)[0] and "a castle" in shown.text()
     assert shown.attachments[0].data == original.attachments[0].data
-    assert await count_jobs(bot) == 1
+    assert await count_rows(bot.store) == 1
     # 2. Pruned from disk: regenerated from the record (a `show` job), same pixels.
     for image in (await store_jobs.get_job(bot.store, 1)).images:
         Path(image.path).unlink()
@@ -393,7 +320,7 @@ async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_disco
 
 async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
-    await start_bot(make_bot(gated=True))
+    await start_bot(await make_bot(gated=True))
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     for user in (alice, bob, alice):  # each is queued once its status line says so (a defer can come first)
         await (await imagine(fake, user, prompt="p", seed=1)).wait_message(lambda m: "Queued" in m.content)
@@ -411,15 +338,15 @@ async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bo
     fake = fake_discord
     config = make_config()
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
-    first_bot = await start_bot(make_bot(config))
-    await first_bot.wait_until_engines_loaded()
+    first_bot = await start_bot(await make_bot(config))
+    await first_bot.engines.wait_loaded()
     old = await result_of(await imagine(fake, alice, prompt="a windmill", seed=9))
     form = await fake.click(alice, old, "Edit")
     await form.wait_response()
     await stop_bot(first_bot)
     # A new process: a new FluxBot over the same database; the old message's buttons still work.
-    second_bot = await start_bot(make_bot(config))
-    await second_bot.wait_until_engines_loaded()
+    second_bot = await start_bot(await make_bot(config))
+    await second_bot.engines.wait_loaded()
     rerolled = await result_of(await fake.click(bob, old, "Reroll"))
     job2 = await store_jobs.get_job(second_bot.store, 2)
     assert (job2.parent_id, job2.user_id, job2.prompt) == (1, bob.id, "a windmill")
@@ -437,25 +364,25 @@ async def test_unfinished_jobs_are_requeued_and_their_owners_told(fake_discord, 
     fake = fake_discord
     config = make_config()
     alice = fake.add_user("alice")
-    first_bot = await start_bot(make_bot(config, gated=True))  # its engine never loads: the job stays queued
+    first_bot = await start_bot(await make_bot(config, gated=True))  # its engine never loads: the job stays queued
     ix = await imagine(fake, alice, prompt="a waiting ship", seed=4)
     await ix.wait_message(lambda m: "Queued" in m.content)
     await stop_bot(first_bot)
     fake.expire_tokens()  # the old reply can no longer be edited or followed up
     gate.set()
-    second_bot = await start_bot(make_bot(config))
+    second_bot = await start_bot(await make_bot(config))
     notice = await fake.wait_message(lambda m: m.kind == "channel" and "back in the queue" in m.content)
     assert f"<@{alice.id}>" in notice.content and "job #1" in notice.content
     result = await fake.wait_message(lambda m: m.kind == "channel" and has_result(m), timeout=30)
     assert f"<@{alice.id}>" in result.content and "a waiting ship" in result.text()
     done = await fake.wait_until(lambda: "Done" in notice.content and notice, 10, "the notice to show Done")
     assert done.custom_ids == []
-    assert (await eventually(lambda: _delivered(second_bot, 1))).result_message_id == result.id
+    assert (await eventually(lambda: delivered(second_bot, 1))).result_message_id == result.id
 
 
 async def test_expired_token_delivers_by_channel_message_and_retries_5xx(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
-    bot = await start_bot(make_bot(gated=True))
+    bot = await start_bot(await make_bot(gated=True))
     bot.deliverer.backoff_s = 0.01
     alice = fake.add_user("alice")
     ix = await imagine(fake, alice, prompt="a late train", seed=8)
@@ -466,13 +393,13 @@ async def test_expired_token_delivers_by_channel_message_and_retries_5xx(fake_di
     result = await fake.wait_message(lambda m: m.kind == "channel" and has_result(m), timeout=30)
     assert f"<@{alice.id}>" in result.content and result.custom_ids[0] == job_buttons(bot, 1)[0]
     assert fault.hits == 2
-    job = await eventually(lambda: _delivered(bot, 1))
+    job = await eventually(lambda: delivered(bot, 1))
     assert job.result_message_id == result.id
 
 
 async def test_undeliverable_result_stays_done_and_show_finds_it(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
-    bot = await start_bot(make_bot(gated=True))
+    bot = await start_bot(await make_bot(gated=True))
     bot.deliverer.backoff_s = 0.01
     alice = fake.add_user("alice")
     ix = await imagine(fake, alice, prompt="a lost letter", seed=8)
@@ -493,8 +420,8 @@ async def test_undeliverable_result_stays_done_and_show_finds_it(fake_discord, s
 
 async def test_status_shows_steps_and_is_edited_at_most_once_per_interval(fake_discord, start_bot, make_bot):
     fake = fake_discord
-    bot = await start_bot(make_bot(step_s=0.1))  # 10 steps ≈ 1 s of running, 0.5 s between edits
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_bot(step_s=0.1))  # 10 steps ≈ 1 s of running, 0.5 s between edits
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     ix = await imagine(fake, alice, prompt="a slow river", seed=1, steps=10)
     await result_of(ix)
@@ -507,8 +434,8 @@ async def test_status_shows_steps_and_is_edited_at_most_once_per_interval(fake_d
 
 async def test_cancel_of_a_running_job_stops_it(fake_discord, start_bot, make_bot):
     fake = fake_discord
-    bot = await start_bot(make_bot(step_s=0.2))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_bot(step_s=0.2))
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     ix = await imagine(fake, alice, prompt="a long night", seed=1, steps=30)
     status = await ix.wait_message(lambda m: "Generating" in m.content)
@@ -521,8 +448,6 @@ async def test_cancel_of_a_running_job_stops_it(fake_discord, start_bot, make_bo
 
 async def test_unexpected_errors_give_a_reference_and_never_show_the_token(fake_discord, running, caplog,
                                                                           monkeypatch):
-    from bot import actions
-
     fake, bot = fake_discord, running
     alice = fake.add_user("alice")
     result = await result_of(await imagine(fake, alice, prompt="a tree", seed=1))
@@ -537,10 +462,10 @@ async def test_unexpected_errors_give_a_reference_and_never_show_the_token(fake_
     ref = text.split("(ref ")[1][:6]
     assert any(ref in r.getMessage() and r.exc_info for r in caplog.records)
 
-    # 2. A button that crashes: the same, through the views' handler.
-    async def broken_reroll(interaction, job_id):
+    # 2. A button that crashes: the same, through the button's own handler (JobButton.callback → its feature).
+    async def broken_reroll(interaction, ref):
         raise RuntimeError("reroll exploded")
-    monkeypatch.setattr(actions, "reroll", broken_reroll)
+    monkeypatch.setitem(bot.job_buttons, "reroll", broken_reroll)
     ix = await fake.click(alice, result, "Reroll")
     assert "Something went wrong" in (await ix.wait_message(lambda m: m.ephemeral)).content
     assert any("reroll exploded" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
@@ -556,8 +481,8 @@ async def test_unexpected_errors_give_a_reference_and_never_show_the_token(fake_
 async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot, make_bot):
     fake = fake_discord
     boss = fake.add_user("boss")
-    bot = await start_bot(make_bot(guild_ids=[fake.guild_id], owner_ids=[boss.id]))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_bot(guild_ids=[fake.guild_id], owner_ids=[boss.id]))
+    await bot.engines.wait_loaded()
     # 1. Commands went to the configured guild at once (and not globally).
     assert {"imagine", "show", "history", "queue"} <= set(fake.commands_for(fake.guild_id))
     assert not fake.global_commands
@@ -569,7 +494,7 @@ async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot
     ix = await fake.submit_modal(alice, edit_form_id(bot, 1, opener.id),
                                  {"prompt": "a fox", "seed": "1", "steps": "lots"})
     assert "Steps must be a whole number" in await refusal(fake, ix)
-    assert await count_jobs(bot) == 1
+    assert await count_rows(bot.store) == 1
     # 3. An admin may read alice's history.
     ix = await fake.slash(boss, "history", {"user": alice.id})
     page = await ix.wait_message(lambda m: m.ephemeral and m.embeds)
@@ -590,7 +515,7 @@ async def test_a_dm_request_is_answered_in_the_dm(fake_discord, running):
 
 async def test_a_failed_job_says_why_in_its_status_or_in_the_channel(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
-    bot = await start_bot(make_bot(failing=True, gated=True))
+    bot = await start_bot(await make_bot(failing=True, gated=True))
     alice = fake.add_user("alice")
     fresh = await imagine(fake, alice, prompt="doomed", seed=1)
     await fresh.wait_message(lambda m: "Queued" in m.content)
@@ -616,4 +541,4 @@ async def test_an_image_over_the_upload_limit_is_left_out_with_a_note(fake_disco
     ix = await imagine(fake, alice, prompt="a busy market", seed=11, size="512x256")
     note = await ix.wait_message(lambda m: "upload limit" in m.content)
     assert note.attachments == [] and note.embeds and note.custom_ids[0] == job_buttons(bot, 2)[0]
-    assert (await eventually(lambda: _delivered(bot, 2))).status == "done"
+    assert (await eventually(lambda: delivered(bot, 2))).status == "done"

@@ -30,7 +30,7 @@ CHANNEL_POST = r"^/channels/\d+/messages$"
 
 async def started(start_bot, bot):
     await start_bot(bot)
-    assert await bot.wait_until_engines_loaded() == 1
+    assert await bot.engines.wait_loaded() == 1
     return bot
 
 
@@ -51,7 +51,7 @@ async def answer(fake, ix) -> str:
 async def test_start_up_with_an_undelivered_result_whose_png_is_gone(fake_discord, start_bot, stop_bot, make_rel_bot,
                                                                      caplog):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     bot.deliverer.backoff_s = 0.01
     alice = fake.add_user("alice")
     # 1. Discord cannot take results (an outage): two jobs are made, neither is delivered.
@@ -67,7 +67,7 @@ async def test_start_up_with_an_undelivered_result_whose_png_is_gone(fake_discor
     fake.faults = type(fake.faults)()
     # 3. The bot starts (before the fix: FileNotFoundError in setup_hook at every start, a crash loop) ...
     with caplog.at_level(logging.WARNING, logger="bot"):
-        bot = await started(start_bot, make_rel_bot())
+        bot = await started(start_bot, await make_rel_bot())
     # ... delivers job 2, and tells alice how to get job 1 back.
     whale = await fake.wait_message(lambda m: has_result(m) and "a blue whale" in m.text(), timeout=30)
     notice = await fake.wait_message(lambda m: "/show job:1" in m.content, timeout=30)
@@ -97,19 +97,19 @@ async def test_a_refused_delivery_is_retried_at_three_start_ups_then_given_up(fa
         return job if job is not None and job.delivery_refusals >= n else None
 
     # 1. The job is made; its delivery is refused (1), then again at two start-ups (2, 3).
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     await (await imagine(fake, alice, prompt="a message for nobody", seed=3)).wait_response()
     for n in (1, 2, 3):
         if n > 1:
             await stop_bot(bot)
-            bot = await started(start_bot, make_rel_bot())
+            bot = await started(start_bot, await make_rel_bot())
         job = await eventually(lambda: refused(n), 30, f"refusal {n}")
     assert job.delivery_refusals == 3 and job.status == "done" and job.delivered_at is None
     assert f"HTTP {status}" in job.undeliverable_reason
     hits = refusals.hits
     # 2. The fourth start-up does not try again (before the fix: every start-up, forever).
     await stop_bot(bot)
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     time.sleep(0.3)  # anything left to post would have been posted in setup_hook already
     assert refusals.hits == hits and (await store_jobs.get_job(bot.store, 1)).delivery_refusals == 3
 
@@ -123,7 +123,7 @@ async def test_buttons_of_a_database_that_was_reset_are_refused_and_its_files_ke
 
     fake = fake_discord
     alice = fake.add_user("alice")
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     old_identity = bot.identity
     # 1. Job 1 of the first database, its buttons and file carry that database's identity.
     old_result = await (await imagine(fake, alice, prompt="an old lighthouse", seed=1)).wait_message(has_result, 30)
@@ -140,7 +140,7 @@ async def test_buttons_of_a_database_that_was_reset_are_refused_and_its_files_ke
     # 2. The owner resets the database; the new one issues job 1 again (it runs, paused in its first step).
     for f in tmp_path.glob("fluxbot.db*"):
         f.unlink()
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     assert bot.identity != old_identity
     engine_faults.pause_at_step = engine_faults.calls + 1
     new_ix = await imagine(fake, alice, prompt="a new castle", seed=2)
@@ -172,14 +172,14 @@ async def test_an_older_backup_restored_never_issues_a_job_id_again(fake_discord
     alice = fake.add_user("alice")
     db = tmp_path / "fluxbot.db"
     # 1. Job 1, then a backup; then job 2.
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     await (await imagine(fake, alice, prompt="before the backup", seed=1)).wait_message(has_result, 30)
     await stop_bot(bot)
     src, dst = sqlite3.connect(db), sqlite3.connect(tmp_path / "backup.db")
     src.backup(dst)  # what `sqlite3 fluxbot.db ".backup backup.db"` does
     src.close()
     dst.close()
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     second = await (await imagine(fake, alice, prompt="after the backup", seed=2)).wait_message(has_result, 30)
     second_png = Path((await eventually(lambda: delivered(bot, 2))).images[0].path)
     second_bytes = second_png.read_bytes()
@@ -189,7 +189,7 @@ async def test_an_older_backup_restored_never_issues_a_job_id_again(fake_discord
         f.unlink()
     shutil.copyfile(tmp_path / "backup.db", db)
     with caplog.at_level(logging.WARNING, logger="bot"):
-        bot = await started(start_bot, make_rel_bot())
+        bot = await started(start_bot, await make_rel_bot())
     assert "restored from an older backup" in caplog.text
     # 3. The next job is 3, not 2 again (before the fix: 2, and 2's PNG was overwritten).
     await (await imagine(fake, alice, prompt="after the restore", seed=3)).wait_message(has_result, 30)
@@ -210,7 +210,7 @@ async def test_database_file_deleted_or_replaced_while_running_refuses_new_jobs(
                                                                                 make_rel_bot, tmp_path, how, caplog):
     fake = fake_discord
     alice = fake.add_user("alice")
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     await (await imagine(fake, alice, prompt="a first light", seed=1)).wait_message(has_result, 30)
     await eventually(lambda: delivered(bot, 1))
     # 1. The file goes (`rm`), or another one is moved over it (`mv other.db fluxbot.db`).
@@ -244,7 +244,7 @@ async def test_crash_leftovers_are_pruned_at_start_and_the_images_folder_is_boun
         f.write_bytes(b"\x89PNG half a file")
     an_hour_ago = time.time() - 3600
     os.utime(leftover, (an_hour_ago, an_hour_ago))
-    bot = await started(start_bot, make_rel_bot())  # the default [storage] section
+    bot = await started(start_bot, await make_rel_bot())  # the default [storage] section
     assert bot.config.storage.max_images_gib == 20.0
     await eventually(lambda: _gone(leftover), 10, "the leftover pruned")
     assert writing.exists(), "a temporary file young enough to be a write in progress was deleted"

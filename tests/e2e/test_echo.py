@@ -34,8 +34,8 @@ def versions(message):
 async def test_a_markdown_prompt_renders_literally_everywhere_and_pings_nobody(fake_discord, start_bot,
                                                                               make_rel_bot):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot())
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot())
+    await bot.engines.wait_loaded()
     alice, mallory = fake.add_user("alice"), fake.add_user("mallory")
     mods = fake.add_role("mods")
     prompt = hostile_prompt(mallory.id, mods.id)

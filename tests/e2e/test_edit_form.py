@@ -29,8 +29,8 @@ def _text_inputs(components: list) -> dict[str, dict]:
 async def test_the_edit_form_of_a_4500_character_prompt_opens_cut_to_4000_and_submits(fake_discord, start_bot,
                                                                                      make_rel_bot):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot(limits={"max_prompt_chars": 6000}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(limits={"max_prompt_chars": 6000}))
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     prompt = ("a lighthouse on a cliff, waves, " * 150)[:4500]
     result = await (await imagine(fake, alice, prompt=prompt, seed=5)).wait_message(has_result, 60)
@@ -51,8 +51,8 @@ async def test_the_edit_form_of_a_4500_character_prompt_opens_cut_to_4000_and_su
 
 async def test_a_short_prompt_is_prefilled_whole_with_the_plain_label(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot())
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot())
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     result = await (await imagine(fake, alice, prompt="a red kite", seed=5)).wait_message(has_result, 30)
     response = await (await fake.click(alice, result, "Edit")).wait_response()

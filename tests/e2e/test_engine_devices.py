@@ -5,8 +5,8 @@ Real FluxBot against the fake Discord, real SQLite, the real tiny engine; the pr
 """
 from __future__ import annotations
 
-from bot.client import FluxBot
-from bot.engine_state import EngineStatus
+from bot.app import build_bot
+from bot.engines.state import EngineStatus
 from engine.errors import ModelNotFoundError
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import has_result, imagine
@@ -23,12 +23,12 @@ async def test_a_device_that_cannot_load_leaves_the_bot_serving_on_the_other(fak
             raise ModelNotFoundError("[engine] model = /nowhere/flux.safetensors: no such file or folder")
         return rel_engine
 
-    bot = await start_bot(FluxBot(rel_config(engine={"devices": ["cpu", "cpu"]}), engine_loader=loader,
+    bot = await start_bot(await build_bot(rel_config(engine={"devices": ["cpu", "cpu"]}), engine_loader=loader,
                                   close_engines=False))
     # 1. Both devices were tried; the engine is ready on the one that loaded.
-    assert await bot.wait_until_engines_loaded() == 1
+    assert await bot.engines.wait_loaded() == 1
     assert tries == ["cpu", "cpu"]
-    assert bot.engine_state.status is EngineStatus.READY and bot.engine_state.devices == ("cpu#1",)
+    assert bot.engines.state.status is EngineStatus.READY and bot.engines.state.devices == ("cpu#1",)
     # 2. Users see it ready there, and a job runs to its image.
     alice = fake.add_user("alice")
     ix = await fake.slash(alice, "queue")

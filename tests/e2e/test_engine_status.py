@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.app import build_bot
 from bot.client import FluxBot
-from bot.engine_state import EngineStatus
+from bot.engines.state import EngineStatus
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import count_rows, delivered, edit_form_id, eventually, has_result, imagine
@@ -33,16 +34,9 @@ def everything_said(fake) -> str:
 
 
 @pytest.fixture
-def gate():
-    event = threading.Event()
-    yield event
-    event.set()
-
-
-@pytest.fixture
 def broken_bot(rel_config):
     """A FluxBot whose [engine] model does not exist, loaded by the real loader (`gate`: wait for it first)."""
-    def _make(*, gate: threading.Event | None = None, **changes) -> FluxBot:
+    async def _make(*, gate: threading.Event | None = None, **changes) -> FluxBot:
         from bot.config import Secret
         from engine.pipeline import Engine
 
@@ -51,7 +45,7 @@ def broken_bot(rel_config):
         def load_after_gate(settings, device):
             gate.wait(30)
             return Engine.load(settings, device)
-        return FluxBot(config, engine_loader=load_after_gate if gate is not None else None)  # None: Engine.load
+        return await build_bot(config, engine_loader=load_after_gate if gate is not None else None)  # None: Engine.load
     return _make
 
 
@@ -60,9 +54,9 @@ def broken_bot(rel_config):
 async def test_an_engine_that_cannot_load_refuses_imagine_with_its_reason_and_queue_shows_it(
         fake_discord, start_bot, broken_bot):
     fake = fake_discord
-    bot = await start_bot(broken_bot())
-    assert await bot.wait_until_engines_loaded() == 0
-    assert bot.engine_state.status is EngineStatus.FAILED
+    bot = await start_bot(await broken_bot())
+    assert await bot.engines.wait_loaded() == 0
+    assert bot.engines.state.status is EngineStatus.FAILED
     alice = fake.add_user("alice")
     # 1. /imagine: an ephemeral refusal with the engine's own reason and what the owner can do; no job.
     ix = await imagine(fake, alice, prompt="a lighthouse", seed=3)
@@ -85,7 +79,7 @@ async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_e
     fake = fake_discord
     alice = fake.add_user("alice")
     # 1. A result made while the engine worked; an Edit form left open; the PNG pruned since.
-    good = await start_bot(make_rel_bot())
+    good = await start_bot(await make_rel_bot())
     await good.wait_until_engines_loaded()
     ix = await imagine(fake, alice, prompt="a red kite", seed=11)
     result = await ix.wait_message(has_result, 30)
@@ -96,8 +90,8 @@ async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_e
     for png in (tmp_path / "images").glob("*.png"):
         png.unlink()
     # 2. The next start cannot load its model.
-    bot = await start_bot(broken_bot())
-    assert await bot.wait_until_engines_loaded() == 0
+    bot = await start_bot(await broken_bot())
+    assert await bot.engines.wait_loaded() == 0
     attempts = [await fake.click(alice, result, "Reroll"),
                 await fake.click(alice, result, "Vary"),
                 await fake.click(alice, result, "Edit"),
@@ -119,8 +113,8 @@ async def test_while_the_model_loads_jobs_wait_with_an_honest_line_then_run(fake
     def slow_load(_settings, _device):
         gate.wait(30)
         return rel_engine
-    bot = await start_bot(FluxBot(rel_config(), engine_loader=slow_load, close_engines=False))
-    assert bot.engine_state.status is EngineStatus.LOADING
+    bot = await start_bot(await build_bot(rel_config(), engine_loader=slow_load, close_engines=False))
+    assert bot.engines.state.status is EngineStatus.LOADING
     alice = fake.add_user("alice")
     # 1. Accepted, with "waiting for the model to load" where an ETA would be made up.
     ix1 = await imagine(fake, alice, prompt="first", seed=1)
@@ -132,8 +126,8 @@ async def test_while_the_model_loads_jobs_wait_with_an_honest_line_then_run(fake
     assert "The model is loading" in text and "2 waiting" in text and "~" not in text
     # 2. The model is there: both run and are delivered, and /queue says it is ready.
     gate.set()
-    assert await bot.wait_until_engines_loaded() == 1
-    assert bot.engine_state.status is EngineStatus.READY
+    assert await bot.engines.wait_loaded() == 1
+    assert bot.engines.state.status is EngineStatus.READY
     for ix in (ix1, ix2):
         await ix.wait_message(has_result, 30)
     ix = await fake.slash(alice, "queue")
@@ -143,13 +137,13 @@ async def test_while_the_model_loads_jobs_wait_with_an_honest_line_then_run(fake
 async def test_jobs_queued_while_loading_are_told_when_the_load_then_fails_and_can_be_cancelled(
         fake_discord, start_bot, broken_bot, gate):
     fake = fake_discord
-    bot = await start_bot(broken_bot(gate=gate))
+    bot = await start_bot(await broken_bot(gate=gate))
     alice = fake.add_user("alice")
     ix = await imagine(fake, alice, prompt="a waiting ship", seed=4)
     status = await ix.wait_message(lambda m: "waiting for the model to load" in m.content)
     # 1. The load fails: the waiting line now says so (the job stays saved for the next start).
     gate.set()
-    assert await bot.wait_until_engines_loaded() == 0
+    assert await bot.engines.wait_loaded() == 0
     status = await ix.wait_message(lambda m: "The image engine failed to start" in m.content)
     assert "no such file or folder" in status.content and "runs once the bot is fixed" in status.content
     assert (await store_jobs.get_job(bot.store, 1)).status == "queued"
@@ -174,8 +168,8 @@ def hold_write_lock(db: Path, seconds: float) -> tuple[sqlite3.Connection, threa
 async def test_a_refusal_after_the_slow_defer_is_private_and_leaves_no_public_message(
         fake_discord, start_bot, make_rel_bot, tmp_path):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot(limits={"max_unfinished_per_user": 1, "cooldown_s": 0}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(limits={"max_unfinished_per_user": 1, "cooldown_s": 0}))
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     # 1. The store is locked for 2.5 s: alice's first request waits to be written, her second waits behind it
     #    for the per-user check; both defer publicly after the grace (actions.SUBMIT_GRACE_S).
@@ -201,9 +195,9 @@ async def test_a_refusal_after_the_slow_defer_is_private_and_leaves_no_public_me
 
 async def test_a_fast_refusal_is_an_ephemeral_response_without_any_defer(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot(limits={"max_unfinished_per_user": 1, "cooldown_s": 0},
+    bot = await start_bot(await make_rel_bot(limits={"max_unfinished_per_user": 1, "cooldown_s": 0},
                                        discord={"banned_words": ["kraken"]}))
-    await bot.wait_until_engines_loaded()
+    await bot.engines.wait_loaded()
     ix = await imagine(fake, fake.add_user("alice"), prompt="a KRAKEN at sea", seed=1)
     assert "kraken" in await refusal(fake, ix)
     # The shape is the point here, and it does not depend on the machine's load: the banned word is found before
@@ -219,8 +213,8 @@ async def test_a_store_locked_past_the_busy_timeout_refuses_privately_and_writes
     fake = fake_discord
     config = rel_config()
     config = replace(config, database=replace(config.database, busy_timeout_s=2.0))
-    bot = await start_bot(make_rel_bot(config))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(config))
+    await bot.engines.wait_loaded()
     # 1. Another program holds the write lock longer than the bot waits for it (2 s).
     other, release = hold_write_lock(tmp_path / "fluxbot.db", 3.0)
     try:

@@ -22,8 +22,8 @@ def queued_at(position: int):
 
 async def test_a_users_backlog_does_not_hold_up_the_next_user(fake_discord, start_bot, make_rel_bot, engine_faults):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot())
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot())
+    await bot.engines.wait_loaded()
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     # 1. alice's first job holds the worker; she sends two more, then bob sends one.
     engine_faults.pause_at_step = 1
@@ -54,8 +54,8 @@ async def test_a_guild_cap_refuses_more_jobs_from_that_guild_only(fake_discord, 
                                                                  engine_faults):
     fake = fake_discord
     boss = fake.add_user("boss")
-    bot = await start_bot(make_rel_bot(discord={"owner_ids": [boss.id]}, limits={"max_unfinished_per_guild": 2}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(discord={"owner_ids": [boss.id]}, limits={"max_unfinished_per_guild": 2}))
+    await bot.engines.wait_loaded()
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     engine_faults.pause_at_step = 1
     first = await imagine(fake, alice, prompt="one", seed=1)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 async def started(start_bot, bot):
     await start_bot(bot)
-    assert await bot.wait_until_engines_loaded() == 1
+    assert await bot.engines.wait_loaded() == 1
     return bot
 
 
@@ -36,7 +36,7 @@ def final_status(ix, word: str):
 async def test_engine_error_mid_job_fails_that_job_and_the_worker_goes_on(fake_discord, start_bot, make_rel_bot,
                                                                           engine_faults):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     # 1. The DiT raises in the second of two steps (after step 1 reported progress).
     engine_faults.fail_at_step = 2
@@ -60,7 +60,7 @@ async def test_engine_error_mid_job_fails_that_job_and_the_worker_goes_on(fake_d
 async def test_cuda_oom_is_retried_on_a_leaner_profile_and_delivered(fake_discord, start_bot, make_rel_bot,
                                                                      engine_faults, caplog):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     engine_faults.oom_times = 1  # the first forward runs out of memory, the retry has room
     with caplog.at_level(logging.WARNING, logger="engine"):
@@ -77,7 +77,7 @@ async def test_cuda_oom_is_retried_on_a_leaner_profile_and_delivered(fake_discor
 
 async def test_cuda_oom_twice_fails_with_advice(fake_discord, start_bot, make_rel_bot, engine_faults):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     engine_faults.oom_times = 99  # never enough memory
     status = await final_status(await imagine(fake, alice, prompt="a huge poster", seed=5), "Failed")
@@ -104,7 +104,7 @@ def results_of(fake) -> list:
 
 async def test_discord_500_on_the_followup_is_retried_and_delivered_once(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     fault = fake.fail(FOLLOWUP, 500, times=1, method="POST")
     ix = await imagine(fake, alice, prompt="a server room", seed=3)
@@ -118,7 +118,7 @@ async def test_discord_500_on_the_followup_is_retried_and_delivered_once(fake_di
 
 async def test_discord_429_on_the_followup_waits_retry_after_then_delivers(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     fault = fake.fail(FOLLOWUP, 429, times=1, retry_after=0.6, method="POST")
     ix = await imagine(fake, alice, prompt="a traffic jam", seed=3)
@@ -136,7 +136,7 @@ async def test_discord_429_on_the_followup_waits_retry_after_then_delivers(fake_
 async def test_unknown_interaction_on_the_followup_delivers_by_channel_message(fake_discord, start_bot,
                                                                                 make_rel_bot):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     # Every webhook call of the interaction (status edits and the followup) gets 404 from now on.
     fault = fake.fail(r"^/webhooks/", 404, body={"message": "Unknown interaction", "code": 10062}, times=1000)
@@ -157,7 +157,7 @@ async def test_initial_response_too_late_still_delivers_by_channel_message(fake_
     # The tracker waits ATTACH_WAIT_S (10 s) for a status message that will never exist here; shortened.
     monkeypatch.setattr("bot.tracker.ATTACH_WAIT_S", 0.5)
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     fake.response_deadline_s = 0.0  # every answer is "too late": 404 Unknown interaction, token unusable
     await imagine(fake, alice, prompt="a late ferry", seed=3)
@@ -172,7 +172,7 @@ async def test_initial_response_too_late_still_delivers_by_channel_message(fake_
 
 async def test_when_no_way_works_the_job_stays_done_and_show_finds_it(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     bot.deliverer.backoff_s = 0.01
     alice = fake.add_user("alice")
     fake.fail(r"^/webhooks/", 404, times=1000)
@@ -197,7 +197,7 @@ async def _settled(bot, job_id):
 
 async def test_result_message_deleted_before_delete_and_reroll_are_pressed(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     result = await (await imagine(fake, alice, prompt="a sandcastle", seed=4)).wait_message(has_result, 30)
     await fake.delete_message(result)  # a moderator removes it; alice's client still shows it
@@ -225,7 +225,7 @@ def _answer_text(ix) -> str:
 
 async def test_sqlite_locked_by_another_connection_for_3_s(fake_discord, start_bot, make_rel_bot, tmp_path):
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot())
+    bot = await started(start_bot, await make_rel_bot())
     alice = fake.add_user("alice")
     # 1. Another program holds the write lock for 3 s (e.g. a backup script or `sqlite3` shell).
     other = sqlite3.connect(tmp_path / "fluxbot.db", isolation_level=None, check_same_thread=False)
@@ -258,7 +258,7 @@ async def test_images_folder_not_writable_fails_the_job_with_a_message(fake_disc
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where a folder should be")
     fake = fake_discord
-    bot = await started(start_bot, make_rel_bot(engine={"images_dir": str(blocker / "images")}))
+    bot = await started(start_bot, await make_rel_bot(engine={"images_dir": str(blocker / "images")}))
     alice = fake.add_user("alice")
     status = await final_status(await imagine(fake, alice, prompt="a painting", seed=8), "Failed")
     # 1. The user hears that the image could not be saved and who should act.

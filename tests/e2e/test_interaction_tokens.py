@@ -40,8 +40,8 @@ async def test_no_interaction_token_in_any_log_line_at_debug_and_none_kept_once_
     handles = setup_logging(LoggingSettings(file=str(log_file), level="DEBUG", discord_level="DEBUG"),
                             secrets=[fake.token], stream=console)
     try:
-        bot = await start_bot(make_rel_bot(config))
-        await bot.wait_until_engines_loaded()
+        bot = await start_bot(await make_rel_bot(config))
+        await bot.engines.wait_loaded()
         # 2a. Start-up cleared the expired token and kept the rest of the row.
         old = await store_jobs.get_job(bot.store, stale.id)
         assert old.interaction_token is None and old.interaction_id == 7

@@ -45,8 +45,8 @@ async def test_a_role_admin_acts_only_on_jobs_of_their_own_guild(fake_discord, s
     boss = fake.add_user("boss")                      # [discord] owner_ids: admin of every job
     mods = fake.add_role("mods")
     moderator = fake.add_user("moderator", [mods])    # [discord] admin_role_ids: admin of this guild's jobs
-    bot = await start_bot(make_rel_bot(discord={"owner_ids": [boss.id], "admin_role_ids": [mods.id]}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(discord={"owner_ids": [boss.id], "admin_role_ids": [mods.id]}))
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     # alice's jobs: one here (1), one in a DM (2), two in another guild (3 done, 4 still queued), one DM queued (5)
     here = await (await imagine(fake, alice, prompt="garden in this guild", seed=1)).wait_message(has_result, 30)
@@ -100,9 +100,9 @@ async def test_no_admin_skips_the_queue_cap_owners_only_by_config(fake_discord, 
     fake = fake_discord
     boss, mods = fake.add_user("boss"), fake.add_role("mods")
     moderator = fake.add_user("moderator", [mods])
-    bot = await start_bot(make_rel_bot(discord={"owner_ids": [boss.id], "admin_role_ids": [mods.id]},
+    bot = await start_bot(await make_rel_bot(discord={"owner_ids": [boss.id], "admin_role_ids": [mods.id]},
                                        limits={"queue_cap": 1, "owners_skip_queue_caps": True}))
-    await bot.wait_until_engines_loaded()
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     engine_faults.pause_at_step = 1  # job 1 holds the worker: the next job waits, and the queue (cap 1) is full
     await imagine(fake, alice, prompt="first", seed=1)
@@ -121,8 +121,8 @@ async def test_no_admin_skips_the_queue_cap_owners_only_by_config(fake_discord, 
 async def test_dms_are_refused_while_roles_or_channels_are_restricted(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
     artists = fake.add_role("artists")
-    bot = await start_bot(make_rel_bot(discord={"allowed_role_ids": [artists.id]}))  # allow_dms keeps its default
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(discord={"allowed_role_ids": [artists.id]}))  # allow_dms keeps its default
+    await bot.engines.wait_loaded()
     alice, mallory = fake.add_user("alice", [artists]), fake.add_user("mallory", in_guild=False)
     old = await seed_job(bot, mallory.id, "made before the restriction", guild_id=None,
                          channel_id=fake.dm_channel(mallory).id, done=True)
@@ -142,9 +142,9 @@ async def test_the_owner_may_allow_dms_explicitly_while_restricted(fake_discord,
     fake = fake_discord
     artists = fake.add_role("artists")
     studio = fake.add_channel("studio")
-    bot = await start_bot(make_rel_bot(discord={"allowed_role_ids": [artists.id], "allowed_channel_ids": [studio.id],
+    bot = await start_bot(await make_rel_bot(discord={"allowed_role_ids": [artists.id], "allowed_channel_ids": [studio.id],
                                                 "allow_dms_when_restricted": True}))
-    await bot.wait_until_engines_loaded()
+    await bot.engines.wait_loaded()
     dm_user = fake.add_user("dm-user", in_guild=False)
     ix = await fake.slash(dm_user, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, dm=True)
     assert (await ix.wait_message(has_result, 30)).channel_id == fake.dm_channel(dm_user).id
@@ -155,8 +155,8 @@ async def test_the_owner_may_allow_dms_explicitly_while_restricted(fake_discord,
 async def test_show_of_anothers_job_only_in_its_channel_whether_or_not_its_file_exists(fake_discord, start_bot,
                                                                                         make_rel_bot):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot())
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot())
+    await bot.engines.wait_loaded()
     private = fake.add_channel("private")
     alice, mallory = fake.add_user("alice"), fake.add_user("mallory")
     made = await (await fake.slash(alice, "imagine", {"prompt": "a private sketch", "size": "256x256", "steps": 1,
@@ -187,8 +187,8 @@ async def test_show_of_anothers_job_only_in_its_channel_whether_or_not_its_file_
 async def test_show_respects_allowed_channels_even_when_the_file_exists(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
     studio = fake.add_channel("studio")
-    bot = await start_bot(make_rel_bot(discord={"allowed_channel_ids": [studio.id]}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(discord={"allowed_channel_ids": [studio.id]}))
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     await (await fake.slash(alice, "imagine", {"prompt": "a studio still life", "size": "256x256", "steps": 1},
                             channel=studio)).wait_message(has_result, 30)

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import replace
 
-from bot.client import FluxBot
+from bot.app import build_bot
 from bot.config import StorageSettings
 from tests.e2e.test_bot import make_config  # noqa: F401  (fixture)
 
@@ -24,7 +24,7 @@ async def test_bot_prunes_images_older_than_the_limit_at_start(fake_discord, sta
     os.utime(old, (ten_days_ago, ten_days_ago))
     os.utime(foreign, (ten_days_ago, ten_days_ago))
 
-    bot = await start_bot(FluxBot(config, engine_loader=lambda *_: tiny_engine, close_engines=False))
+    bot = await start_bot(await build_bot(config, engine_loader=lambda *_: tiny_engine, close_engines=False))
     for _ in range(200):  # the first pass runs at start-up, in a thread
         if not old.exists():
             break
@@ -41,6 +41,6 @@ async def test_no_limits_means_nothing_is_pruned(fake_discord, start_bot, make_c
     old = images / "3.png"
     old.write_bytes(b"png")
     os.utime(old, (0, 0))
-    await start_bot(FluxBot(make_config(), engine_loader=lambda *_: tiny_engine, close_engines=False))
+    await start_bot(await build_bot(make_config(), engine_loader=lambda *_: tiny_engine, close_engines=False))
     await asyncio.sleep(0.3)
     assert old.exists()

@@ -53,9 +53,9 @@ async def test_token_absent_from_logs_and_messages_through_a_session_with_errors
     handles = setup_logging(LoggingSettings(file=str(log_file), level="DEBUG", discord_level="DEBUG"),
                             secrets=[TOKEN], stream=console)
     try:
-        bot = make_rel_bot(discord={"token": Secret(TOKEN)})
+        bot = await make_rel_bot(discord={"token": Secret(TOKEN)})
         await start_bot(bot)
-        await bot.wait_until_engines_loaded()
+        await bot.engines.wait_loaded()
         alice = fake.add_user("alice")
         # 1. A job that works, one the engine fails (a trace is logged), a refused one, an unknown button,
         #    and a gateway reconnect (RESUME carries the token).
@@ -93,8 +93,8 @@ async def test_admin_only_actions_are_checked_on_every_entry_point(fake_discord,
     boss = fake.add_user("boss")               # an owner id: admin everywhere
     mods = fake.add_role("mods")
     moderator = fake.add_user("moderator", [mods])  # admin through [discord] admin_role_ids
-    bot = await start_bot(make_rel_bot(discord={"owner_ids": [boss.id], "admin_role_ids": [mods.id]}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(discord={"owner_ids": [boss.id], "admin_role_ids": [mods.id]}))
+    await bot.engines.wait_loaded()
     alice, mallory = fake.add_user("alice"), fake.add_user("mallory")
     result = await (await imagine(fake, alice, prompt="alice's garden", seed=1)).wait_message(has_result, 30)
     for i in range(11):  # enough history for a second page
@@ -130,8 +130,8 @@ def _old_job(user_id: int, i: int, guild_id: int | None = None):
 async def test_generation_rights_are_checked_for_slash_buttons_and_modal(fake_discord, start_bot, make_rel_bot):
     fake = fake_discord
     artists = fake.add_role("artists")
-    bot = await start_bot(make_rel_bot(discord={"allowed_role_ids": [artists.id]}))
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot(discord={"allowed_role_ids": [artists.id]}))
+    await bot.engines.wait_loaded()
     alice, mallory = fake.add_user("alice", [artists]), fake.add_user("mallory")
     result = await (await imagine(fake, alice, prompt="a bonsai", seed=1)).wait_message(has_result, 30)
     # alice opens the Edit form; forms are answered statelessly from their custom_id, so a submit of alice's
@@ -163,8 +163,8 @@ PATH_PROMPTS = ["../../etc/passwd", "..\\..\\windows\\system32\\x", "/tmp/evil.p
 async def test_file_names_come_from_the_job_id_never_from_the_prompt(fake_discord, start_bot, make_rel_bot,
                                                                     tmp_path):
     fake = fake_discord
-    bot = await start_bot(make_rel_bot())
-    await bot.wait_until_engines_loaded()
+    bot = await start_bot(await make_rel_bot())
+    await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     results = [await (await imagine(fake, alice, prompt=p, seed=1, steps=1)).wait_message(has_result, 30)
                for p in PATH_PROMPTS]

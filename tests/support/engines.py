@@ -6,6 +6,9 @@ the first time it comes (as CUDA would on a profile that does not fit), suggesti
 as when a Ray actor or its node dies), one in `lost_once` the first time only, and `reconnect` then answers
 `comes_back`. By default the prompts "boom", "oom-once", "slow", "lost" and "lost-once" do that.
 `seam_loader` builds one: an engine process loads it by name (`SEAM_LOADER`).
+
+`SlowSteps` and `Failing` wrap an engine the tests share (the e2e bots' loaders return them): a pause after every
+denoising step, or an engine that refuses every job.
 """
 from __future__ import annotations
 
@@ -31,29 +34,29 @@ class SeamEngine(Engine):
         self.explode: set[str] = {"boom"}
         self.oom_once: set[str] = {"oom-once"}
         self.slow: set[str] = {"slow"}
-        self.batches: list[list[str]] = []
-
-    def generate_batch(self, specs, *, progress=None, should_cancel=None):
         self.lost: set[str] = {"lost"}
         self.lost_once: set[str] = {"lost-once"}
         self.comes_back = True
         self.reconnects = 0
-        prompts = [s.prompt for s in specs]
-        self.batches.append(prompts)
+        self.batches: list[list[str]] = []
+
     def reconnect(self, should_stop) -> bool:
         """After EngineLost: whether the engine is back (RayEngine.reconnect's contract)."""
         self.reconnects += 1
         return self.comes_back
 
+    def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        prompts = [s.prompt for s in specs]
+        self.batches.append(prompts)
         for p in prompts:
             if p in self.explode:
                 raise RuntimeError(f"seam: {p}")
-            if p in self.oom_once:
-                self.oom_once.discard(p)
-                raise EngineOutOfMemory("out of GPU memory (seam); try a leaner profile", profile=self.profile,
             if p in self.lost or p in self.lost_once:
                 self.lost_once.discard(p)
                 raise EngineLost(f"seam: the device running {p!r} went away")
+            if p in self.oom_once:
+                self.oom_once.discard(p)
+                raise EngineOutOfMemory("out of GPU memory (seam); try a leaner profile", profile=self.profile,
                                         suggested_profile="streamed")
         if self.slow.intersection(prompts) and progress is not None:
             progress = _slowed(progress)
@@ -70,3 +73,37 @@ def _slowed(progress):
 def seam_loader(settings: EngineSettings, device: str) -> SeamEngine:
     """`loader(settings, device)` for WorkerPool / Worker.load, also run inside an engine process."""
     return SeamEngine.load(settings, device)
+
+
+class SlowSteps:
+    """An engine with a pause after each denoising step (so a test can see "step i/N" and press Cancel while a job
+    runs); everything else is the wrapped engine's."""
+
+    def __init__(self, engine, step_s: float):
+        self._engine, self._step_s = engine, step_s
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def _slow(self, progress):
+        def wrapped(step, total):
+            time.sleep(self._step_s)
+            if progress is not None:
+                progress(step, total)
+        return wrapped
+
+    def generate(self, spec, *, progress=None, should_cancel=None):
+        return self._engine.generate(spec, progress=self._slow(progress), should_cancel=should_cancel)
+
+    def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        return self._engine.generate_batch(specs, progress=self._slow(progress), should_cancel=should_cancel)
+
+
+class Failing(SlowSteps):
+    """An engine refusing every job, as a real engine does on a fault it cannot recover from."""
+
+    def generate(self, spec, *, progress=None, should_cancel=None):
+        raise EngineError("the GPU fell off the bus; the owner was told")
+
+    def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        return [self.generate(s) for s in specs]

@@ -3,7 +3,7 @@ import asyncio
 
 from bot.embeds import StatusLine
 from bot.throttle import ThrottledEditor
-from bot.tracker import worth_an_edit
+from bot.edit_policy import worth_an_edit
 from engine.job_status import JobStatus
 
 
