@@ -8,6 +8,7 @@ exactly as the bot runs them.
     python bench/engine_bench.py --all --out bench.json        # every recipe, one subprocess each, one table
     python bench/engine_bench.py --recipe pipe:fluxbot-streamed  # one recipe in this process (JSON lines)
     python bench/engine_bench.py --tiny --all                  # CPU, tiny model, seconds (CI keeps it alive)
+    python bench/engine_bench.py --fast --out fast.json        # compute recipes vs the anchors (bench/fast_bench.py)
 
 Recipes: `pipe:*` run the whole pipeline (new prompt encode, `--steps` steps, decode) for one image;
 `dit:*` time DiT steps only (random embeddings) at `--batch`; `h2d` measures pinned host→device bandwidth.
@@ -425,6 +426,9 @@ def run_recipe(args, recipe: str) -> list[dict]:
         return recipe_dit(args, device, recipe)
     if recipe.startswith("pipe:"):
         return recipe_pipe(args, device, recipe)
+    if recipe == "fast:restart":
+        import fast_bench  # lazy: only the fast suite's child needs it (bench/ is on sys.path as the script's folder)
+        return fast_bench.restart_child(args, sys.modules[__name__])
     raise SystemExit(f"unknown recipe {recipe!r}")
 
 
@@ -515,6 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trace-out", help="with --trace: append the last pass's copy/compute timeline here")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per subprocess with --all")
     ap.add_argument("--out", help="write every row as JSON here")
+    ap.add_argument("--fast", action="store_true", help="the compute suite (bench/fast_bench.py): compile and fp8 "
+                    "compute against diffusers' anchors, drift, batch 4, streamed plans, restart warm-up")
+    ap.add_argument("--budget-gib", type=float, default=10.0, help="--fast: vram_budget_gib of the budgeted plan")
+    ap.add_argument("--deadline-s", type=float, default=0.0, help="--fast: skip the parts that would end after this "
+                    "many seconds (0: none)")
     return ap
 
 
@@ -525,6 +534,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.tiny:
         args.steps, args.dit_steps = min(args.steps, 2), min(args.dit_steps, 3)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.fast:
+        import fast_bench  # lazy: only the fast suite needs it (bench/ is on sys.path as the script's folder)
+        rows = fast_bench.run(args, sys.modules[__name__])
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(rows, fh, indent=1)
+        return rows
     if args.all:
         rows = run_suite(args)
         add_floor(rows)

@@ -77,6 +77,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     # 1. Flatten to (M, K) rows and quantise each row (token) with its own scale.
     lead, k = x.shape[:-1], x.shape[-1]
     q, scale_a = quantize_rows(x.reshape(-1, k))
+    q = q.contiguous()      # _scaled_mm: the first operand row-major (a no-op unless x was a strided view)
     # 2. One scaled matmul; the bias (stored fp8 with its Linear) is added in the GEMM's epilogue.
     n = weight.shape[0]
     scale_b = torch.ones((1, n), dtype=torch.float32, device=x.device)

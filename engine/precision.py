@@ -94,12 +94,31 @@ def _fp8_linears_without_hooks(dit: torch.nn.Module, mode: str, compute: str) ->
     for linear in linears:
         linear.to(STORAGE)   # what the hooks' initialisation does; the loader's fp8 weights stay as they are
     swap_linears(linears, compute)
+    _mark_compute_dtype(dit)
     classes, skip = _selection(dit, mode, _GO_LC_SUPPORTED_PYTORCH_LAYERS)
     others = tuple(c for c in classes if c is not torch.nn.Linear)
     if others and any(isinstance(m, others) for n, m in dit.named_modules() if n in names):
         not_cast = tuple(c for c in _GO_LC_SUPPORTED_PYTORCH_LAYERS if c not in others)
         apply_layerwise_casting(dit, storage_dtype=STORAGE, compute_dtype=COMPUTE, skip_modules_pattern=skip,
                                 skip_modules_classes=not_cast)
+
+
+def _mark_compute_dtype(dit: torch.nn.Module) -> None:
+    """Make diffusers' `dit.dtype` say bf16, as it does under its casting hooks: without hooks it would name the
+    first parameter's dtype (fp8), and FluxPipeline makes its position ids in `transformer.dtype` when it has no
+    text encoder. diffusers reads the compute dtype from a hook named "layerwise_casting" on any submodule, so a
+    pass-through hook of that name goes on the parameterless position embedding (not on a block: the blocks'
+    forwards are compiled)."""
+    from diffusers.hooks import HookRegistry, ModelHook  # lazy: diffusers takes seconds to import
+
+    marker = getattr(dit, "pos_embed", None)
+    if marker is None or list(marker.parameters()):
+        return
+    hook = ModelHook()
+    hook.compute_dtype, hook.storage_dtype = COMPUTE, STORAGE
+    registry = HookRegistry.check_if_exists_or_initialize(marker)
+    if registry.get_hook("layerwise_casting") is None:
+        registry.register_hook(hook, "layerwise_casting")
 
 
 def _selection(dit: torch.nn.Module, mode: str, supported: tuple) -> tuple[tuple, tuple[str, ...]]:

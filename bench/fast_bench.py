@@ -1,0 +1,350 @@
+"""Fast compute (issue 13): fluxbot's compute recipes against the field's anchors, one GPU, one process, one run.
+
+The FLUX.1-dev architecture with random weights (bench/engine_bench.py builds it), 1024², everything measured on
+the same weights and inputs, in this order (each row is printed as a JSON line as soon as it is measured, so a
+run stopped midway keeps what it measured):
+ 1. `sdpa`: the attention kernels SDPA offers at the DiT's shape (24 heads x 4608 tokens x 128): flash, cuDNN,
+    memory-efficient; the fastest is named.
+ 2. bf16 weights (before any fp8 cast) — the anchors: `diffusers-bf16-eager` (DiT s/step and a 20-step image, the
+    drift reference of fp8 storage) and `diffusers-bf16-compile` (`compile_repeated_blocks(fullgraph=True)`).
+ 3. fp8 storage (`all-linear`), the `resident` plan, fluxbot's four compute recipes: bf16/fp8 compute x eager/
+    compiled: DiT s/step at batch 1, a whole 20-step image (encode, denoise, decode), compile warm-up, and the
+    drift of the final latents and of the decoded image (relative L2, PSNR) against fp8-storage/bf16-compute
+    eager (`fluxbot-bf16-eager`), and of that against bf16 weights.
+ 4. fp8 + compile at batch 4.
+ 5. pinned host->device bandwidth, then the `streamed` plan (no DiT block resident) and a budgeted one
+    (`vram_budget_gib`, most blocks resident) with fp8 + compile: s/step against their floor
+    max(new compute, streamed bytes / bandwidth).
+ 6. compile warm-up of a restart: two child processes on an empty inductor cache (cold) and on the cache the
+    first one left (warm).
+torchao is not measured here (not installed on the GPU machine; its compile warm-up alone was 152 s in the
+anchor run, more than this run's budget): docs/benchmarks.md quotes that run's 0.105 s/step.
+
+    python bench/engine_bench.py --fast --out fast.json       # on the GPU (bench/run_device.sh passes --fast)
+    python bench/engine_bench.py --fast --tiny                # CPU smoke: tiny model, aot_eager, seconds
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from engine import memory
+from engine.compile import compile_blocks, uncompile_blocks
+from engine.fp8_compute import Fp8Linear, UpcastLinear, swap_linears
+from engine.precision import apply_precision, dit_bytes
+from engine.settings import EngineSettings
+from engine.streamer_flux import dit_blocks
+
+GiB = 1024 ** 3
+PROMPT = "a red fox in a snowy forest at dawn, photo"
+RECIPES = (("bf16", False), ("fp8", False), ("bf16", True), ("fp8", True))   # (compute, compiled)
+
+
+class Bench:
+    """One run's shared state: the pipeline, the arguments, the rows and the reference outputs."""
+
+    def __init__(self, args, eb):
+        self.args, self.eb = args, eb          # eb: the engine_bench module (its builders and timers)
+        self.tiny = args.tiny
+        self.device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+        self.backend = "aot_eager" if self.device.type == "cpu" else "inductor"
+        self.res = args.res
+        self.steps = args.steps
+        self.rows: list[dict] = []
+        self.refs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}   # recipe -> (latents, image)
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------ plumbing
+    def emit(self, **row) -> dict:
+        row["t_s"] = round(time.perf_counter() - self.t0, 1)
+        print(json.dumps(row), flush=True)
+        self.rows.append(row)
+        return row
+
+    def guarded(self, name: str, fn, *a, needs_s: float = 0.0, **k):
+        """Run one part; an exception becomes an error row and the run goes on. A part that would not end before
+        `--deadline-s` (it needs about `needs_s`) is skipped with a row that says so."""
+        left = self.args.deadline_s - (time.perf_counter() - self.t0)
+        if self.args.deadline_s and left < needs_s:
+            self.emit(recipe=name, skipped=f"{left:.0f} s left before the deadline, needs ~{needs_s:.0f} s")
+            return None
+        try:
+            return fn(*a, **k)
+        except Exception as err:  # noqa: BLE001 - one failed part must not lose the others
+            self.emit(recipe=name, error=f"{type(err).__name__}: {str(err)[:300]}")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return None
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------------------------------ measuring
+    def inputs(self, batch: int):
+        arch = self.arch
+        gen = torch.Generator("cpu").manual_seed(0)
+        embeds = torch.randn(batch, 512, arch.dit["joint_attention_dim"], generator=gen).to(self.device, torch.bfloat16)
+        pooled = torch.randn(batch, arch.dit["pooled_projection_dim"], generator=gen).to(self.device, torch.bfloat16)
+        return embeds, pooled
+
+    def dit_steps(self, batch: int = 1, steps: int | None = None) -> tuple[float, float]:
+        """(median s/step over timed steps, seconds of the 2-step warm-up call: includes any compile)."""
+        embeds, pooled = self.inputs(batch)
+        t = time.perf_counter()
+        self.eb.denoise(self.pipe, self.device, embeds=embeds, pooled=pooled, steps=2, res=self.res, batch=batch)
+        self.sync()
+        warm = time.perf_counter() - t
+        _, step_s = self.eb.denoise(self.pipe, self.device, embeds=embeds, pooled=pooled,
+                                    steps=steps or self.args.dit_steps, res=self.res, batch=batch)
+        return statistics.median(step_s[1:] or step_s), warm
+
+    def image(self) -> dict:
+        """One whole image (new prompt encode, `steps` steps, untiled decode): seconds per phase, and the final
+        latents and decoded image (float32, on the CPU) for the drift figures."""
+        pipe, dev = self.pipe, self.device
+        self.sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            pe, pooled, _ = pipe.encode_prompt(prompt=PROMPT, prompt_2=None, device=dev, max_sequence_length=512)
+        self.sync()
+        t1 = time.perf_counter()
+        lat, step_s = self.eb.denoise(pipe, dev, embeds=pe.to(dev, torch.bfloat16),
+                                      pooled=pooled.to(dev, torch.bfloat16), steps=self.steps, res=self.res, batch=1)
+        self.sync()
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            unpacked = pipe._unpack_latents(lat, self.res, self.res, pipe.vae_scale_factor)
+            unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+            img = pipe.vae.decode(unpacked.to(dev, torch.bfloat16), return_dict=False)[0]
+        self.sync()
+        t3 = time.perf_counter()
+        img01 = ((img.float().clamp(-1, 1) + 1) / 2).cpu()
+        return dict(encode_s=round(t1 - t0, 4), denoise_s=round(t2 - t1, 3), decode_s=round(t3 - t2, 4),
+                    image_s=round(t3 - t0, 3), image_s_per_step=round(statistics.median(step_s[1:] or step_s), 4),
+                    finite=bool(torch.isfinite(img).all()), latents=lat.float().cpu(), img=img01)
+
+    def drift(self, name: str, out: dict) -> dict:
+        """Relative L2 of the latents and the image, and the image's PSNR, against the references."""
+        self.refs[name] = (out.pop("latents"), out.pop("img"))
+        lat, img = self.refs[name]
+        figures = {}
+        for ref_name in ("fluxbot-bf16-eager", "diffusers-bf16-eager"):
+            if ref_name not in self.refs or ref_name == name:
+                continue
+            ref_lat, ref_img = self.refs[ref_name]
+            key = "vs_fp8_storage" if ref_name.startswith("fluxbot") else "vs_bf16_weights"
+            mse = float(((img - ref_img) ** 2).mean())
+            figures[key] = dict(latent_rel_l2=round(float((lat - ref_lat).norm() / ref_lat.norm()), 5),
+                                image_rel_l2=round(float((img - ref_img).norm() / ref_img.norm()), 5),
+                                image_psnr_db=round(10 * math.log10(1.0 / mse), 2) if mse > 0 else None)
+        return figures
+
+    # ------------------------------------------------------------------------------------------ parts
+    def build(self) -> None:
+        self.arch = self.eb.TINY if self.tiny else self.eb.FLUX_DEV
+        self.pipe = self.eb.build_pipeline(self.arch, self.device)
+        self.pipe.vae_scale_factor = 8
+
+    def sdpa(self) -> None:
+        if self.device.type != "cuda":
+            return
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        heads, tokens = self.arch.dit["num_attention_heads"], (self.res // 16) ** 2 + 512
+        q = torch.randn(1, heads, tokens, self.arch.dit["attention_head_dim"], device=self.device, dtype=torch.bfloat16)
+        times = {}
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            try:
+                with sdpa_kernel([backend]):
+                    times[backend.name] = _cuda_time(lambda: F.scaled_dot_product_attention(q, q, q))
+            except RuntimeError as err:
+                times[backend.name] = f"refused: {str(err)[:80]}"
+        with torch.no_grad():
+            default = _cuda_time(lambda: F.scaled_dot_product_attention(q, q, q))
+        ok = {k: v for k, v in times.items() if isinstance(v, float)}
+        self.emit(recipe="sdpa", tokens=tokens, ms={k: round(v * 1e3, 3) if isinstance(v, float) else v
+                                                  for k, v in times.items()},
+                  default_ms=round(default * 1e3, 3), best=min(ok, key=ok.get) if ok else None,
+                  per_step_ms_best=round(min(ok.values()) * 57 * 1e3, 1) if ok else None)
+
+    def anchors(self) -> None:
+        """diffusers' own recipes on bf16 weights: eager (also the bf16-weights drift reference), then
+        compile_repeated_blocks(fullgraph=True), then back to eager for the fp8 cast."""
+        s, warm = self.dit_steps()
+        out = self.image()
+        self.drift("diffusers-bf16-eager", out)
+        self.emit(recipe="diffusers-bf16-eager", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1),
+                  dit_gib=round(dit_bytes(self.pipe.transformer) / GiB, 2), **out)
+        dit = self.pipe.transformer
+        if self.device.type == "cuda":
+            dit.compile_repeated_blocks(fullgraph=True)
+        else:
+            for block in dit_blocks(self.pipe):
+                block.compile(fullgraph=True, backend=self.backend)
+        try:
+            s, warm = self.dit_steps()
+            self.emit(recipe="diffusers-bf16-compile", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1))
+        finally:
+            import torch._dynamo  # lazy: loaded by the compile above already
+
+            for block in dit_blocks(self.pipe):
+                block._compiled_call_impl = None
+            torch._dynamo.reset()
+
+    def to_fp8_resident(self) -> None:
+        apply_precision(self.pipe, "all-linear", "bf16", hooks=False)
+        self.linears = [m for m in self.pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
+        self.plan = memory.apply_profile(self.pipe, "resident", str(self.device), EngineSettings(profile="resident"))
+
+    def set_recipe(self, compute: str, compiled: bool) -> None:
+        swap_linears(self.linears, compute)
+        blocks = dit_blocks(self.pipe)
+        uncompile_blocks(blocks)
+        if compiled:
+            compile_blocks(blocks, backend=self.backend)
+
+    def fluxbot_resident(self, compute: str, compiled: bool) -> None:
+        name = f"fluxbot-{compute}-{'compile' if compiled else 'eager'}"
+        self.set_recipe(compute, compiled)
+        s, warm = self.dit_steps()
+        out = self.image()
+        figures = self.drift(name, out)
+        self.emit(recipe=name, plan="resident", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1),
+                  fp8_linears=sum(isinstance(m, Fp8Linear) for m in self.linears), drift=figures,
+                  peak_gib=_peak(self.device), **out)
+
+    def batch4(self) -> None:
+        self.set_recipe("fp8", True)
+        s1 = next((r["s_per_step"] for r in self.rows if r.get("recipe") == "fluxbot-fp8-compile"), None)
+        s, warm = self.dit_steps(batch=4)
+        self.emit(recipe="fluxbot-fp8-compile", plan="resident", batch=4, s_per_step=round(s, 4),
+                  warm_s=round(warm, 1), x_batch1=round(s / s1, 2) if s1 else None, peak_gib=_peak(self.device))
+
+    def streamed(self) -> None:
+        bw = None
+        if self.device.type == "cuda":
+            bw = self.eb.recipe_h2d(self.args, self.device)[0]["GBps"] * 1e9
+        compute = next((r["s_per_step"] for r in self.rows if r.get("recipe") == "fluxbot-fp8-compile"
+                        and r.get("batch") == 1), None)
+        for label, budget in (("streamed", 0.0), ("budgeted", 0.0 if self.tiny else self.args.budget_gib)):
+            self.plan.release()
+            memory.free_device_cache()
+            settings = EngineSettings(profile="streamed", vram_budget_gib=budget,
+                                      stream_prefetch=EngineSettings().stream_prefetch)
+            self.plan = memory.apply_profile(self.pipe, "streamed", str(self.device), settings)
+            self.set_recipe("fp8", True)
+            _reset_peak(self.device)
+            s, warm = self.dit_steps()
+            unit = self.plan.streamers[0]
+            streamed = unit.arena.nbytes + unit.disk_bytes
+            floor = max(compute or 0.0, streamed / bw if bw else 0.0)
+            self.emit(recipe="fluxbot-fp8-compile", plan=label, budget_gib=budget, batch=1, s_per_step=round(s, 4),
+                      warm_s=round(warm, 1), resident_blocks=len(unit.resident),
+                      streamed_gib=round(streamed / GiB, 2), floor_s_per_step=round(floor, 4) if floor else None,
+                      x_floor=round(s / floor, 2) if floor else None, peak_gib=_peak(self.device))
+
+    def restarts(self) -> None:
+        """Compile warm-up in a new process: cold (empty inductor cache), then warm (the cache it left)."""
+        cache = tempfile.mkdtemp(prefix="fluxbot-inductor-")
+        for label in ("cold", "warm"):
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+            cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_bench.py"),
+                   "--recipe", "fast:restart", "--res", str(self.res)] + (["--tiny"] if self.tiny else [])
+            t = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=self.args.timeout)
+            except subprocess.TimeoutExpired:
+                self.emit(recipe="compile-restart", cache=label, error=f"timed out after {self.args.timeout} s")
+                return
+            got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+            row = got[-1] if got else dict(error=(proc.stderr.strip().splitlines() or ["?"])[-1][:300])
+            self.emit(recipe="compile-restart", cache=label, process_s=round(time.perf_counter() - t, 1), **row)
+
+
+def restart_child(args, eb) -> list[dict]:
+    """(child process) Build the DiT, fp8 + compile, resident; time the first step (compile or cache load) and
+    the next ones. TORCHINDUCTOR_CACHE_DIR comes from the parent."""
+    bench = Bench(args, eb)
+    bench.arch = eb.TINY if args.tiny else eb.FLUX_DEV
+    t = time.perf_counter()
+    bench.pipe = eb.build_pipeline(bench.arch, bench.device, dit_only=True)
+    bench.pipe.vae_scale_factor = 8
+    built = time.perf_counter() - t
+    apply_precision(bench.pipe, "all-linear", "fp8", hooks=False)
+    bench.plan = memory.apply_profile(bench.pipe, "resident", str(bench.device), EngineSettings(profile="resident"))
+    compile_blocks(dit_blocks(bench.pipe), backend=bench.backend)
+    embeds, pooled = bench.inputs(1)
+    t = time.perf_counter()
+    _, step_s = eb.denoise(bench.pipe, bench.device, embeds=embeds, pooled=pooled, steps=3, res=bench.res, batch=1)
+    row = dict(recipe="fast:restart", build_s=round(built, 1), first_step_s=round(step_s[0], 2),
+               warm_up_s=round(step_s[0] - statistics.median(step_s[1:]), 2),
+               s_per_step=round(statistics.median(step_s[1:]), 4), cache=os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def run(args, eb) -> list[dict]:
+    """The whole fast suite in this process (the restarts in children); returns the rows."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fluxbot-inductor-main-"))
+    bench = Bench(args, eb)
+    bench.build()
+    bench.guarded("sdpa", bench.sdpa)
+    bench.guarded("anchors", bench.anchors, needs_s=60)
+    bench.to_fp8_resident()
+    for compute, compiled in RECIPES:
+        bench.guarded(f"fluxbot-{compute}-{'compile' if compiled else 'eager'}", bench.fluxbot_resident, compute,
+                      compiled, needs_s=45 if compiled else 15)
+    bench.guarded("batch4", bench.batch4, needs_s=45)
+    bench.guarded("streamed", bench.streamed, needs_s=60)
+    bench.plan.release()
+    del bench.pipe
+    memory.free_device_cache()
+    bench.guarded("restarts", bench.restarts, needs_s=90)
+    print_fast_table(bench.rows)
+    return bench.rows
+
+
+def print_fast_table(rows: list[dict]) -> None:
+    head = f"{'recipe':26} {'plan':9} {'b':>2} {'s/step':>7} {'s/image':>8} {'warm s':>7} {'x floor':>7}  drift"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "s_per_step" not in r or r.get("recipe") == "fast:restart":
+            continue
+        drift = r.get("drift") or {}
+        text = "; ".join(f"{k}: lat {v['latent_rel_l2']} img {v['image_rel_l2']} {v['image_psnr_db']} dB"
+                         for k, v in drift.items())
+        print(f"{r['recipe']:26} {r.get('plan', ''):9} {r.get('batch', 1):>2} {r['s_per_step']:>7.4f} "
+              f"{r.get('image_s', ''):>8} {r.get('warm_s', ''):>7} {r.get('x_floor', '') or '':>7}  {text}")
+
+
+def _cuda_time(fn, iters: int = 20, warm: int = 3) -> float:
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters / 1e3
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> float:
+    return round(torch.cuda.max_memory_allocated(device) / GiB, 2) if device.type == "cuda" else 0.0
