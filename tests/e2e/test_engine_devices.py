@@ -6,7 +6,7 @@ Real FluxBot against the fake Discord, real SQLite, the real tiny engine; the pr
 from __future__ import annotations
 
 from bot.app import build_bot
-from bot.engines.state import EngineStatus
+from bot.engine_state import EngineStatus
 from engine.errors import ModelNotFoundError
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import has_result, imagine

@@ -16,7 +16,7 @@ import pytest
 
 from bot.app import build_bot
 from bot.client import FluxBot
-from bot.engines.state import EngineStatus
+from bot.engine_state import EngineStatus
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import count_rows, delivered, edit_form_id, eventually, has_result, imagine
