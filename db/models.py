@@ -21,7 +21,7 @@ from engine.job_status import JobStatus  # the one status vocabulary (a leaf mod
 log = logging.getLogger(__name__)
 
 # What made the job: a slash command or one of the buttons under an earlier result.
-KINDS = ("imagine", "reroll", "vary", "edit", "show")
+KINDS = ("imagine", "reroll", "vary", "edit", "show", "upscale")
 
 # Where it was asked for: Discord (slash commands, buttons) or the web console (bot/web/, migration 0003).
 DISCORD, WEB = "discord", "web"
@@ -104,6 +104,11 @@ class Job(Base):
     variation_seed: Mapped[int | None] = mapped_column(BigInteger)
     variation_strength: Mapped[float] = mapped_column(Float, default=0.0)
     model_id: Mapped[str | None] = mapped_column(String(200))  # "name@sha256[:12]"
+    # [{"name", "strength", "sha256"}] of each LoRA (engine.spec.LoraUse); None/[] = none
+    loras: Mapped[list | None] = mapped_column(JSON)
+    input_image: Mapped[str | None] = mapped_column(Text)          # the stored input image (img2img, upscale)
+    input_sha256: Mapped[str | None] = mapped_column(String(64))   # its SHA-256: /show and Reroll use the same one
+    denoise: Mapped[float | None] = mapped_column(Float)           # the input's strength; None without an input
 
     # 4. what happened
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)  # engine.job_status
@@ -125,7 +130,7 @@ class Job(Base):
 
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="status"),
-        CheckConstraint("kind IN ('imagine', 'reroll', 'vary', 'edit', 'show')", name="kind"),
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in KINDS)})", name="kind"),
         Index("ix_jobs_user_history", "user_id", "id"),  # a user's history, newest first
         Index("ix_jobs_status_order", "status", "id"),  # unfinished jobs in order
         {"sqlite_autoincrement": True},  # ids go in button custom_ids: never reuse one

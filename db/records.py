@@ -45,6 +45,10 @@ class NewJob:
     status_message_id: int | None = None
     source: str = DISCORD  # or WEB: the web console (bot/web/)
     user_name: str | None = None  # the web console's login
+    loras: tuple[dict, ...] = ()  # {"name", "strength", "sha256"} per LoRA
+    input_image: str | None = None  # the stored input image (img2img, upscale) and its SHA-256
+    input_sha256: str | None = None
+    denoise: float | None = None  # the input's strength (None without an input)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,6 +62,8 @@ class NewJob:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0.0 <= self.variation_strength <= 1.0:
             raise ValueError(f"variation_strength must be within 0..1, not {self.variation_strength}")
+        if (self.input_image is None) != (self.denoise is None):
+            raise ValueError("an input image and its strength (denoise) go together")
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,10 @@ class JobRecord:
     undeliverable_reason: str | None = None  # set when the bot stopped trying to deliver it
     source: str = DISCORD  # where it was asked for: discord or web
     user_name: str | None = None  # the web console's login (web jobs)
+    loras: tuple[dict, ...] = ()  # {"name", "strength", "sha256"} per LoRA
+    input_image: str | None = None
+    input_sha256: str | None = None
+    denoise: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -145,6 +155,8 @@ class JobRecord:
             delivered_at=row.delivered_at, deleted_at=row.deleted_at,
             delivery_refusals=row.delivery_refusals or 0, undeliverable_reason=row.undeliverable_reason,
             source=row.source or DISCORD, user_name=row.user_name,
+            loras=tuple(dict(u) for u in (row.loras or [])), input_image=row.input_image,
+            input_sha256=row.input_sha256, denoise=row.denoise,
         )
 
 

@@ -148,3 +148,35 @@ def iter_bfl_to_diffusers(get: Callable[[str], torch.Tensor], keys: Iterable[str
     leftover = sorted(set(keys) - used)
     if leftover:
         raise ValueError(f"{len(leftover)} tensors are not part of a FLUX DiT (first: {leftover[0]})")
+
+
+def bfl_linear_parts(config) -> dict[str, list[tuple[str, int, int]]]:
+    """Every Linear of the BFL layout → the diffusers Linears it is made of, as (name, first row, end row) of
+    its output rows: one part for a one-to-one layer, three for a fused q/k/v, four for a single block's
+    linear1. A LoRA on a BFL Linear (kohya's FLUX LoRAs) splits its up-matrix along the same rows.
+    `final_layer.adaLN_modulation.1` is one part whose two halves are swapped (see SWAPPED_HALVES)."""
+    n, ns, guidance = config["num_layers"], config["num_single_layers"], config.get("guidance_embeds", False)
+    inner, mlp = _widths(config)
+    # 1. One-to-one layers; the final modulation too (its halves are swapped, not split).
+    parts = {b: [(d, 0, -1)] for d, b in _simple_pairs(n, ns, guidance)}
+    parts["final_layer.adaLN_modulation.1"] = [("norm_out.linear", 0, -1)]
+    # 2. Fused q/k/v of the double blocks, q/k/v/mlp of the single blocks.
+    for i in range(n):
+        d, b = f"transformer_blocks.{i}.attn.", f"double_blocks.{i}."
+        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+            parts[f"{b}{stream}_attn.qkv"] = [(d + name, k * inner, (k + 1) * inner) for k, name in enumerate(names)]
+    for i in range(ns):
+        d = f"single_transformer_blocks.{i}."
+        parts[f"single_blocks.{i}.linear1"] = [(d + "attn.to_q", 0, inner), (d + "attn.to_k", inner, 2 * inner),
+                                               (d + "attn.to_v", 2 * inner, 3 * inner),
+                                               (d + "proj_mlp", 3 * inner, 3 * inner + mlp)]
+    return parts
+
+
+# The BFL Linears whose output halves diffusers stores swapped (BFL's (shift, scale) vs diffusers' (scale, shift)).
+SWAPPED_HALVES = frozenset({"final_layer.adaLN_modulation.1"})
+
+
+def swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """A BFL final-modulation tensor (weight, bias or a LoRA's up-matrix) in diffusers' order, and back."""
+    return _swap_halves(t)

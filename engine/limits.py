@@ -17,6 +17,9 @@ MAX_SEED = 2**32 - 1  # seeds are 0..MAX_SEED; -1 (or none) asks for a random on
 MAX_COUNT = 4  # images per job; `[limits] max_count` may lower it
 MAX_PROMPT_CHARS = 6000  # Discord's longest option value; `[limits] max_prompt_chars` may lower it
 MIN_VARIATION, MAX_VARIATION = 0.0, 1.0
+MIN_LORA_STRENGTH, MAX_LORA_STRENGTH = -2.0, 2.0
+MAX_LORAS = 8  # LoRAs per job; `[limits] max_loras` may lower it
+MIN_DENOISE, MAX_DENOISE = 0.0, 1.0  # img2img strength (A1111's "Denoising strength")
 # Cost of a job = images x steps x megapixels (MiB of pixels: 1024x1024 is 1.0), about proportional to its
 # GPU time. The default cap lets through the largest job the default sizes allow (4 x 50 x ~1.0 = 200) and
 # refuses e.g. 4 images x 50 steps at 2048x2048 (800) unless the owner raises it; 0 turns the cap off.
@@ -148,6 +151,30 @@ def check_variation(strength: float, variation_seed: int | None) -> float:
     if strength > 0 and variation_seed is None:
         raise LimitError("A variation strength above 0 needs a variation seed.")
     check_seed(variation_seed, "Variation seed")
+    return float(strength)
+
+
+def check_lora_strength(strength: float) -> float:
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and
+            MIN_LORA_STRENGTH <= strength <= MAX_LORA_STRENGTH):
+        raise LimitError(f"LoRA strength must be between {MIN_LORA_STRENGTH:g} and {MAX_LORA_STRENGTH:g}, "
+                         f"not {strength}.")
+    return float(strength)
+
+
+def check_lora_count(count: int, max_loras: int = MAX_LORAS) -> int:
+    limit = min(max_loras, MAX_LORAS)
+    if count > limit:
+        raise LimitError(f"A job may use at most {limit} LoRA{'s' if limit != 1 else ''}, not {count}.")
+    return count
+
+
+def check_denoise(strength: float) -> float:
+    """The strength of an image input (img2img): 0 keeps the image, 1 ignores it."""
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and
+            MIN_DENOISE <= strength <= MAX_DENOISE):
+        raise LimitError(f"Image strength must be between {MIN_DENOISE:g} (keep the image) and {MAX_DENOISE:g} "
+                         f"(ignore it), not {strength}.")
     return float(strength)
 
 

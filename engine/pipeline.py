@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -22,6 +23,10 @@ from engine import limits
 from engine.compile import CompileState, compile_blocks, compile_wanted, use_disk_cache
 from engine.errors import EngineError, EngineOutOfMemory
 from engine.fp8_compute import resolve_compute
+from engine.img2img import Schedule, encode_image, noised, schedule
+from engine.lora_apply import ActiveLoras
+from engine.lora_convert import LoraWeights, load_lora
+from engine.lora_files import LoraLibrary
 from engine.memory import (apply_plan, detect_budgets, execution_device, free_device_cache, leaner, make_plan,
                            pipe_sizes, use_expandable_segments)
 from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
@@ -32,6 +37,7 @@ from engine.recipe import EngineRecipe, current_recipe
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
 from engine.streamer_flux import dit_blocks
+from engine.tiny import ensure_demo_lora
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,10 @@ def check_spec(spec: JobSpec) -> None:
         limits.check_seed(spec.seed if spec.seed is None or spec.seed >= 0 else None)
         limits.check_variation(spec.variation_strength, spec.variation_seed)
         limits.check_prompt(spec.prompt)
+        limits.check_lora_count(len(spec.loras))
+        for lora in spec.loras:
+            limits.check_lora_strength(lora.strength)
+        limits.check_denoise(spec.denoise)
     except limits.LimitError as e:
         raise EngineError(str(e)) from None
 
@@ -92,6 +102,9 @@ class Engine:
         self._sizes = None             # planner.ModelSizes of the loaded pipeline
         self._out_of_memory_at = ""    # the profile that last ran out of memory: the next set_profile goes leanest
         self._lock = threading.Lock()
+        self.lora_library = LoraLibrary(settings.loras_dir)
+        self.active_loras = ActiveLoras(pipe)
+        self._lora_weights: dict[tuple, LoraWeights] = {}   # the files of the last LoRA sets, converted
         # What besides the job decides the pixels (engine/recipe.py); by default the eager bf16 compute engine.
         self.recipe = recipe or current_recipe(settings.fp8, "bf16", False, device)
         self.compile_state = CompileState(enabled=self.recipe.compile)
@@ -117,6 +130,8 @@ class Engine:
         # 2. Load on the CPU (memory-mapped where the loader can), then store the DiT in fp8 (before placing),
         #    with the fp8 Linears' forward for the compute (hook-free when the blocks are compiled).
         pipe = load_pipeline(source, settings.fp8)
+        if source.kind == "tiny":   # its demo LoRA, so an owner can try LoRAs without downloads
+            ensure_demo_lora(settings.loras_dir, pipe.transformer)
         precision = apply_precision(pipe, settings.fp8, compute, hooks=not compiled)
         recipe = current_recipe(settings.fp8, compute, compiled, device)
         engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision, budgets=budgets,
@@ -163,6 +178,8 @@ class Engine:
     def close(self) -> None:
         """Free the pipeline and the device memory it held."""
         with self._lock:
+            self.active_loras.clear()
+            self._lora_weights.clear()
             if self.plan is not None:
                 self.plan.release()
             self.pipe = None
@@ -178,6 +195,7 @@ class Engine:
         map and the allocator's cache is emptied, so the new plan starts from an empty device."""
         if self.pipe is None:
             raise EngineError("the engine is closed")
+        self.active_loras.clear()   # its pairs live on the device: the next job puts them back
         if self.plan is not None:
             self.plan.release()
             self.plan = None
@@ -205,6 +223,7 @@ class Engine:
         specs = [s.resolve() for s in specs]
         for s in specs:
             check_spec(s)
+        specs = [self._with_lora_files(s) for s in specs]
         # 1. Group by batch key, keeping first-seen order.
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(specs):
@@ -248,17 +267,22 @@ class Engine:
         device = execution_device(pipe, self.plan)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        # 1. Prompt embeddings (cached per prompt), one row per image.
+        # 1. The group's LoRA set (one per batch: batch_key), then the prompt embeddings (cached per prompt and
+        #    text-encoder LoRA set), one row per image.
+        timings["lora_switch"] = self._use_loras(first, device)
         embeds = [self._embeds(s.prompt) for s in specs]
         counts = [s.count for s in specs]
         prompt_embeds = torch.cat([e.prompt_embeds.expand(n, -1, -1) for e, n in zip(embeds, counts)])
         pooled = torch.cat([e.pooled_prompt_embeds.expand(n, -1) for e, n in zip(embeds, counts)])
         timings["encode"] = time.perf_counter() - t_start
-        # 2. Initial noise, image by image from its own seed, float32 on the CPU.
-        latents = torch.cat([self._latents(s) for s in specs])
+        # 2. Initial noise, image by image from its own seed, float32 on the CPU; an image input is encoded and
+        #    noised to where its part of the schedule starts (engine/img2img.py).
+        sched = schedule(pipe, first.steps, first.denoise, first.width, first.height) if first.image else None
+        latents = torch.cat([self._start_latents(s, sched, device) for s in specs])
         # 3. Denoise in diffusers' loop; the callback reports progress and polls cancellation.
         dtype = torch.bfloat16
-        total = first.steps
+        total = first.steps if sched is None else sched.steps
+        sigmas = {} if sched is None or sched.sigmas is None else {"sigmas": sched.sigmas}
         if should_cancel is not None and should_cancel():
             raise _Cancelled(0)
 
@@ -276,18 +300,23 @@ class Engine:
 
         t0 = time.perf_counter()
         try:
-            out = pipe(prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
-                       latents=latents.to(device, dtype), width=first.width, height=first.height,
-                       num_inference_steps=total, guidance_scale=first.guidance, output_type="latent",
-                       callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length)
+            if total == 0:   # image strength 0: the input image, through the VAE
+                out_latents = latents.to(device, dtype)
+            else:
+                out_latents = pipe(
+                    prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
+                    latents=latents.to(device, dtype), width=first.width, height=first.height,
+                    num_inference_steps=total, guidance_scale=first.guidance, output_type="latent",
+                    callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length,
+                    **sigmas).images
         finally:
             self.compile_state.end(batch, first.width, first.height, completed=False)
         self._sync(device)
         timings["denoise"] = time.perf_counter() - t0
-        timings["s_per_step"] = timings["denoise"] / total
+        timings["s_per_step"] = timings["denoise"] / max(total, 1)
         # 4. Decode one image at a time (the decode is the memory peak of the lean profiles).
         t0 = time.perf_counter()
-        images = [self._decode(out.images[i:i + 1], first.width, first.height) for i in range(out.images.shape[0])]
+        images = [self._decode(out_latents[i:i + 1], first.width, first.height) for i in range(out_latents.shape[0])]
         self._sync(device)
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
@@ -305,6 +334,9 @@ class Engine:
         return results
 
     def _embeds(self, prompt: str) -> PromptEmbeds:
+        # A LoRA that changes CLIP changes the embeddings: they are cached per such set.
+        variant = self.active_loras.key if "text_encoder" in self.active_loras.components() else ()
+
         def encode(text: str) -> PromptEmbeds:
             device = execution_device(self.pipe, self.plan)
             with torch.inference_mode():
@@ -313,7 +345,64 @@ class Engine:
             return PromptEmbeds(prompt_embeds=pe.to("cpu", torch.bfloat16),
                                 pooled_prompt_embeds=pooled.to("cpu", torch.bfloat16))
 
-        return self.prompt_cache.get_or_encode(prompt, self.settings.max_sequence_length, encode)
+        return self.prompt_cache.get_or_encode(prompt, self.settings.max_sequence_length, encode, variant=variant)
+
+    # ------------------------------------------------------------------------------------ LoRAs and image input
+
+    def _with_lora_files(self, spec: JobSpec) -> JobSpec:
+        """The spec with each LoRA's file hashes filled in; EngineError when a file is missing, or is not the
+        one the job was made with (its SHA-256 differs)."""
+        if not spec.loras:
+            return spec
+        uses = []
+        for use in spec.loras:
+            try:
+                file = self.lora_library.at(use.path) if use.path else self.lora_library.find(use.name)
+                hashes = self.lora_library.hashes(file)
+            except limits.LimitError as e:
+                raise EngineError(str(e)) from None
+            if use.sha256 and use.sha256 != hashes.sha256:
+                raise EngineError(f"The LoRA '{use.name}' has changed since this job was made (its file is not the "
+                                  f"same any more): the same image cannot be made again.")
+            uses.append(replace(use, sha256=hashes.sha256, short_hash=hashes.short, path=str(file.path)
+                                if use.path else None))
+        return replace(spec, loras=tuple(uses))
+
+    def _use_loras(self, spec: JobSpec, device: torch.device) -> float:
+        """Make the spec's LoRA set the active one (seconds the switch took; 0 when it already was)."""
+        key = spec.lora_key()
+        if key == self.active_loras.key:
+            return 0.0
+        t0 = time.perf_counter()
+        loaded = []
+        for use in spec.loras:
+            if use.strength == 0:
+                continue
+            ident = (use.sha256, use.path or use.name)
+            if ident not in self._lora_weights:
+                try:
+                    file = self.lora_library.at(use.path) if use.path else self.lora_library.find(use.name)
+                    self._lora_weights[ident] = load_lora(file.path, self.pipe, name=use.name)
+                except limits.LimitError as e:
+                    raise EngineError(str(e)) from None
+            loaded.append((self._lora_weights[ident], use.strength))
+        # Keep the converted files of this set only (a rank-64 FLUX LoRA is ~0.3 GiB of host RAM).
+        keep = {(u.sha256, u.path or u.name) for u in spec.loras}
+        for ident in [i for i in self._lora_weights if i not in keep]:
+            del self._lora_weights[ident]
+        self.active_loras.apply(key, loaded, device)
+        return time.perf_counter() - t0
+
+    def _start_latents(self, spec: JobSpec, sched: Schedule | None, device: torch.device) -> torch.Tensor:
+        """The starting latents of a spec's images: their seeds' noise, or that noise mixed with the image."""
+        noise = self._latents(spec)
+        if sched is None or sched.start_sigma >= 1.0:
+            return noise
+        try:
+            image = encode_image(self.pipe, spec.image, spec.image_sha256, spec.width, spec.height, device)
+        except limits.LimitError as e:
+            raise EngineError(str(e)) from None
+        return noised(image.expand(noise.shape[0], -1, -1), noise, sched.start_sigma)
 
     @staticmethod
     def _latents(spec: JobSpec) -> torch.Tensor:

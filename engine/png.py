@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.lora_files import prompt_tags
 from engine.spec import Result
 
 if TYPE_CHECKING:
@@ -51,6 +52,11 @@ def image_params(result: Result, index: int) -> dict[str, Any]:
         "model_id": result.model_id,
         "precision": result.precision,
         "profile": result.profile,
+        "loras": [{"name": u.name, "strength": u.strength, "sha256": u.sha256, "short_hash": u.short_hash}
+                  for u in spec.loras],
+        "denoise": spec.denoise if spec.image is not None else None,
+        "image_sha256": spec.image_sha256 if spec.image is not None else None,
+        "upscale_parent": spec.upscale_parent,
         "recipe": result.recipe,   # engine/recipe.py: storage, compute, compile, library versions, device
     }
 
@@ -68,7 +74,31 @@ def format_parameters(params: dict[str, Any]) -> str:
     if params.get("variation_seed") is not None:
         pairs += [("Variation seed", params["variation_seed"]),
                   ("Variation seed strength", params["variation_strength"])]
-    return params["prompt"] + "\n" + ", ".join(f"{k}: {v}" for k, v in pairs)
+    if params.get("denoise") is not None:
+        pairs.append(("Denoising strength", params["denoise"]))
+        if params.get("image_sha256"):
+            pairs.append(("Init image hash", params["image_sha256"]))
+    if params.get("upscale_parent"):
+        pairs.append(("Upscale parent", _quoted(str(params["upscale_parent"]))))
+    # 2. LoRAs as A1111 writes them: <lora:name:strength> in the prompt, and their short hashes.
+    loras = params.get("loras") or []
+    prompt = params["prompt"]
+    if loras:
+        prompt = f"{prompt} {prompt_tags([(lora['name'], lora['strength']) for lora in loras])}"
+        hashes = [f"{_alias(lora['name'])}: {lora['short_hash']}" for lora in loras if lora.get("short_hash")]
+        if hashes:
+            pairs.append(("Lora hashes", _quoted(", ".join(hashes))))
+    return prompt + "\n" + ", ".join(f"{k}: {v}" for k, v in pairs)
+
+
+def _alias(name: str) -> str:
+    """A LoRA's name as A1111 writes it in `Lora hashes` (its colons and commas left out)."""
+    return name.replace(":", "").replace(",", "")
+
+
+def _quoted(value: str) -> str:
+    """A1111 quotes a value holding a comma, colon or newline (json.dumps, as its infotext does)."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
 
 
 def save_png(image: "Image", path: str | os.PathLike, params: dict[str, Any]) -> str:

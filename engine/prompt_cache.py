@@ -20,11 +20,12 @@ class PromptEmbeds:
 
 
 class PromptCache:
-    """Least-recently-used map from (prompt, max_sequence_length) to PromptEmbeds. Size 0 disables it."""
+    """Least-recently-used map from (prompt, max_sequence_length, variant) to PromptEmbeds. Size 0 disables it.
+    `variant` names what else changes the embeddings: the LoRA set when it changes CLIP (else empty)."""
 
     def __init__(self, size: int):
         self.size = size
-        self._items: OrderedDict[tuple[str, int], PromptEmbeds] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int, tuple], PromptEmbeds] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -33,9 +34,9 @@ class PromptCache:
         return len(self._items)
 
     def get_or_encode(self, prompt: str, max_sequence_length: int,
-                      encode: Callable[[str], PromptEmbeds]) -> PromptEmbeds:
+                      encode: Callable[[str], PromptEmbeds], *, variant: tuple = ()) -> PromptEmbeds:
         """The cached embeddings of `prompt`, else `encode(prompt)` (remembered, evicting the oldest)."""
-        key = (prompt, max_sequence_length)
+        key = (prompt, max_sequence_length, variant)
         # 1. A hit moves the entry to the young end.
         with self._lock:
             if key in self._items:

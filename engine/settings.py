@@ -36,6 +36,10 @@ class EngineSettings:
     base_model: str = setting("models/FLUX.1-dev", "A diffusers FLUX.1-dev folder that provides the text encoders, "
                               "tokenizers, VAE and configs when `model` is a single file.")
     models_dir: str = setting("models", "Where `python -m bot download` puts weights.")
+    loras_dir: str = setting("models/loras", "LoRA files (*.safetensors; kohya/BFL, diffusers/PEFT or XLabs layout) "
+                             "that /imagine's `lora` option and <lora:name:0.8> in a prompt may use, by file name "
+                             "without the extension. With model = 'tiny-random' a demo LoRA, tiny-random-demo, is "
+                             "made here.")
     profile: str = setting("auto", "Where the weights live. auto: the placement planner decides, per DiT and T5 "
                            "block, GPU-resident / streamed from pinned host RAM / read from disk (page cache) at each "
                            "use, from the VRAM and RAM budgets below (the log and `python -m bot plan` say why). "

@@ -21,8 +21,25 @@ def random_seed() -> int:
 
 
 @dataclass(frozen=True)
+class LoraUse:
+    """One LoRA of a job. `name` is a file of `[engine] loras_dir` without `.safetensors` (or, from the CLI, a
+    path: then `path` is set); `sha256` is the file's hash when the job was made: None means "whatever the file
+    is now", a different hash is refused (engine/lora_files.py). Strength −2…2; 0 leaves the model as it is."""
+    name: str
+    strength: float = 1.0
+    sha256: str | None = None
+    path: str | None = None
+    short_hash: str | None = None  # A1111's, for the PNG's `Lora hashes` (the engine fills it in)
+
+
+@dataclass(frozen=True)
 class JobSpec:
-    """One request. `seed` None or -1 means "pick one"; `resolve()` makes it concrete."""
+    """One request. `seed` None or -1 means "pick one"; `resolve()` makes it concrete.
+
+    An image input (img2img) is `image`, the path of a decoded image file (PNG) with its `image_sha256`, and
+    `denoise` (A1111's "Denoising strength": 0 returns the image through the VAE, 1 ignores it); it is resized
+    to width x height. An upscale is the same with width x height twice the image's and `upscale_parent` naming
+    the image it refines (recorded in the PNG)."""
     prompt: str
     seed: int | None = None
     steps: int = 20
@@ -32,6 +49,11 @@ class JobSpec:
     variation_seed: int | None = None
     variation_strength: float = 0.0
     count: int = 1  # images in the job; image i uses seed + i
+    loras: tuple[LoraUse, ...] = ()
+    image: str | None = None
+    image_sha256: str | None = None
+    denoise: float = 1.0
+    upscale_parent: str | None = None
 
     def resolve(self) -> "JobSpec":
         """The same spec with a concrete seed (random when None or -1)."""
@@ -45,9 +67,15 @@ class JobSpec:
             raise ValueError("resolve() the spec before asking for its seeds")
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
 
+    def lora_key(self) -> tuple:
+        """The LoRA set that changes the model: (name, sha256, path, strength) of each LoRA of nonzero strength."""
+        return tuple((u.name, u.sha256, u.path, float(u.strength)) for u in self.loras if u.strength != 0)
+
     def batch_key(self) -> tuple:
-        """Specs with equal keys may run together as one batch."""
-        return (self.width, self.height, self.steps, self.guidance)
+        """Specs with equal keys may run together as one batch: same size, steps, guidance, LoRA set and, for an
+        image input, the same strength (their images may differ)."""
+        image = ("image", float(self.denoise)) if self.image is not None else None
+        return (self.width, self.height, self.steps, self.guidance, self.lora_key(), image)
 
 
 @dataclass

@@ -125,3 +125,45 @@ def ensure_tiny(models_dir: str | os.PathLike) -> Path:
     if not all((path / m).exists() for m in TINY_MARKERS):
         save_tiny(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- demo LoRA
+
+DEMO_LORA = "tiny-random-demo"
+DEMO_RANK = 4
+
+
+def demo_lora_tensors(dit, seed: int = TINY_SEED + 10) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA for the tiny DiT `dit` in kohya's BFL layout (the most common FLUX LoRA layout), on every
+    Linear of its blocks, with random weights large enough to change the image visibly."""
+    from engine.bfl_keys import bfl_linear_parts
+
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for bfl, parts in bfl_linear_parts(dit.config).items():
+        if not bfl.startswith(("double_blocks.", "single_blocks.")):
+            continue
+        layers = [dit.get_submodule(name) for name, _, _ in parts]
+        fan_in, fan_out = layers[0].in_features, sum(m.out_features for m in layers)
+        key = "lora_unet_" + bfl.replace(".", "_")
+        out[key + ".lora_down.weight"] = torch.randn(DEMO_RANK, fan_in, generator=gen) * 0.5
+        out[key + ".lora_up.weight"] = torch.randn(fan_out, DEMO_RANK, generator=gen) * 0.5
+        out[key + ".alpha"] = torch.tensor(float(DEMO_RANK))
+    return out
+
+
+def ensure_demo_lora(loras_dir: str | os.PathLike, dit) -> Path:
+    """`loras_dir/tiny-random-demo.safetensors`, written once (atomically) for the tiny DiT `dit`."""
+    from safetensors.torch import save_file
+
+    path = Path(loras_dir) / f"{DEMO_LORA}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(demo_lora_tensors(dit), str(tmp), metadata={
+        "ss_output_name": DEMO_LORA, "modelspec.trigger_phrase": "tiny demo",
+        "modelspec.title": "fluxbot's demo LoRA for tiny-random (random weights)"})
+    os.replace(tmp, path)
+    log.info("wrote the demo LoRA %s", path)
+    return path

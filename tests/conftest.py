@@ -24,7 +24,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_settings(tiny_model_dir, tmp_path) -> EngineSettings:
     """EngineSettings for tiny-random on the CPU, images written under this test's tmp_path."""
     return EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident", devices=["cpu"],
-                          images_dir=str(tmp_path / "images"), default_steps=2, max_sequence_length=64)
+                          images_dir=str(tmp_path / "images"), default_steps=2, max_sequence_length=64,
+                          loras_dir=str(tmp_path / "loras"))
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +34,8 @@ def tiny_engine(tiny_model_dir):
     from engine.pipeline import Engine
 
     settings = EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident",
-                              devices=["cpu"], default_steps=2, max_sequence_length=64)
+                              devices=["cpu"], default_steps=2, max_sequence_length=64,
+                              loras_dir=str(tiny_model_dir.parent / "loras"))
     engine = Engine.load(settings, "cpu")
     yield engine
     engine.close()
