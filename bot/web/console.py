@@ -4,7 +4,7 @@ What a visitor sees, top to bottom:
 1. the form: prompt, seed (-1 = random), steps, size preset, guidance, and Generate;
 2. the job as it goes: "queued #2, about 40 s", then a progress bar of its steps;
 3. the result: the PNG (its `parameters` chunk shown beside it, the seed used, the job number), a Download PNG button
-   (the file as saved, metadata included), 🎲 Reroll, 🔀 Vary and Cancel;
+   (the file as saved, metadata included), Reroll, Vary and Cancel;
 4. the history of this login's jobs (a gallery, newest first): pick one and Reproduce makes it again, same pixels.
 
 Every request goes through `WebJobs` (the bot's jobs service): a refusal (bad input, a limit, a banned word) is a
@@ -98,14 +98,15 @@ class Console:
                     parameters = gr.Textbox(label="Parameters (as saved in the PNG)", lines=4, interactive=False,
                                             elem_id="parameters")
                     with gr.Row():
-                        reroll = gr.Button("🎲 Reroll", elem_id="reroll")
-                        vary = gr.Button("🔀 Vary", elem_id="vary")
+                        reroll = gr.Button("Reroll (new seed)", elem_id="reroll")
+                        vary = gr.Button("Vary (subtle)", elem_id="vary")
                         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                         download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
             # 4. the history
             gr.Markdown("## History")
-            gallery = gr.Gallery(label="This console's jobs, newest first", columns=6, height="auto",
-                                 allow_preview=False, interactive=False, elem_id="history")
+            gallery = gr.Gallery(label="This console's jobs, newest first", columns=6, fit_columns=False,
+                                 height=300, object_fit="contain", allow_preview=False, interactive=False,
+                                 elem_id="history")
             gallery_ids = gr.State([])
             with gr.Row():
                 picked = gr.Number(label="Picked job", precision=0, interactive=False, elem_id="picked")

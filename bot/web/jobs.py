@@ -129,7 +129,9 @@ class WebJobs:
     async def own_job(self, user: WebUser, job_id: int | float | None) -> "JobRecord":
         """One of this login's web jobs, or NotThisConsoles."""
         number = int(job_id) if job_id is not None and float(job_id).is_integer() else None
-        job = await store_jobs.get_job(self.service.store, number) if number is not None else None
+        if not number:  # an empty field (Gradio shows it as 0)
+            raise NotThisConsoles("No job chosen: generate one first, or pick one in the history.")
+        job = await store_jobs.get_job(self.service.store, number)
         if job is None or job.user_id != user.user_id:
             raise NotThisConsoles(f"Job #{job_id} is not one of this console's jobs.")
         return job

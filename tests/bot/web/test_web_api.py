@@ -128,5 +128,7 @@ def test_another_users_job_is_not_reachable_from_the_console(console, client):
     with pytest.raises(gradio_client.exceptions.AppError, match=f"Job #{submitted.job_id} is not one of this "
                                                                 "console's jobs"):
         client.predict(submitted.job_id, api_name="/reroll")
+    with pytest.raises(gradio_client.exceptions.AppError, match="No job chosen: generate one first, or pick one"):
+        client.predict(0, api_name="/reproduce")  # nothing picked in the history
     gallery = client.predict(api_name="/history")
     assert all("private discord" not in item["caption"] for item in gallery)

@@ -1,0 +1,67 @@
+"""Serving the console safely: loopback by default, a login required anywhere else (and never logged), a taken port
+said in one line, and the login naming whose jobs they are."""
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+from bot.web.jobs import web_user_id
+from bot.web.server import ConsoleExposed, ServeOptions, _bind, check_exposure, is_loopback
+from db import jobs as store_jobs
+from tests.support.web_console import RunningConsole
+
+gradio_client = pytest.importorskip("gradio_client")
+httpx = pytest.importorskip("httpx")
+from gradio_client.exceptions import AuthenticationError  # noqa: E402
+
+PASSWORD = "pw-7f3a9c"
+
+
+@pytest.mark.parametrize("host, local", [("127.0.0.1", True), ("127.3.2.1", True), ("::1", True),
+                                         ("localhost", True), ("0.0.0.0", False), ("192.168.1.20", False),
+                                         ("::", False), ("myhost.lan", False)])
+def test_only_loopback_addresses_count_as_this_machine(host, local):
+    assert is_loopback(host) is local
+
+
+def test_listening_beyond_loopback_needs_a_login_which_is_never_logged(caplog):
+    with pytest.raises(ConsoleExposed, match=r"\[web\] host = '0.0.0.0' lets other machines reach the console: "
+                                             r"set \[web\] auth"):
+        check_exposure(ServeOptions(host="0.0.0.0", port=6006))
+    caplog.set_level(logging.INFO)
+    check_exposure(ServeOptions(host="0.0.0.0", port=6006, auth=("alice", PASSWORD)))
+    assert "reachable from other machines; a login (user 'alice') protects it" in caplog.text
+    assert PASSWORD not in caplog.text and PASSWORD not in repr(ServeOptions(auth=("alice", PASSWORD)))
+
+
+def test_a_taken_port_is_one_clear_error():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"the web console cannot listen on 127.0.0.1:{port}: "):
+            _bind("127.0.0.1", port)
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory, tiny_model_dir):
+    running = RunningConsole(tmp_path_factory.mktemp("web"), tiny_model_dir.parent,
+                             options=ServeOptions(port=0, auth=("alice", PASSWORD))).start()
+    yield running
+    running.stop()
+
+
+def test_the_login_is_required_and_names_whose_jobs_they_are(console, tmp_path):
+    # 1. no login, or a wrong one: nothing but the login page
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
+        gradio_client.Client(console.url, verbose=False)
+    with pytest.raises(ValueError, match="Could not login"):  # Gradio answers a wrong password with 400
+        gradio_client.Client(console.url, verbose=False, auth=("alice", "wrong"))
+    assert httpx.post(f"{console.url}gradio_api/queue/join", json={}).status_code == 401
+    # 2. alice's request is alice's job; her history is hers
+    alice = gradio_client.Client(console.url, verbose=False, auth=("alice", PASSWORD), download_files=str(tmp_path))
+    status, image, job_id, *_ = alice.predict("alice's cat", 3, 1, "256x256", 3.5, api_name="/generate")
+    row = console.call(store_jobs.get_job(console.store, int(job_id)))
+    assert row.user_id == web_user_id("alice") != web_user_id("local")
+    assert [item["caption"] for item in alice.predict(api_name="/history")] == [f"#{int(job_id)} · seed 3 · "
+                                                                                 f"alice's cat"]
