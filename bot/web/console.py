@@ -13,6 +13,7 @@ Gradio error with the same message a Discord user reads, and nothing is queued. 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from bot.validation import InvalidRequest, SizeChoice
 from bot.web.form import spec_from_form
 from bot.web.jobs import BUTTON_SPECS, JobUpdate, NotThisConsoles, WebJobs, WebUser
 from engine import limits
+from engine.job_status import JobStatus
 from engine.png import PARAMETERS_KEY
 from engine.spec import JobSpec
 
@@ -221,17 +223,17 @@ class Console:
         if record is None or _image_path(record) is None:
             return Shown(status="Done, but the image file is gone.", gallery=gallery, gallery_ids=ids)
         path = _image_path(record)
-        cached = save_file_to_cache(path, _cache_dir())
+        cached, parameters = await asyncio.to_thread(_cached_with_parameters, path)  # file work off the loop
         seconds = record.timings.get("total")
         took = f" in {seconds:.1f} s" if seconds is not None else ""
         return Shown(status=f"Job #{record.id} done{took}.", image=cached, job_id=record.id, seed=record.seeds[0]
-                     if record.seeds else record.seed, parameters=_png_parameters(path), download=cached,
+                     if record.seeds else record.seed, parameters=parameters, download=cached,
                      gallery=gallery, gallery_ids=ids)
 
     async def history_of(self, user: WebUser) -> tuple[list, list]:
         """The gallery (cached PNG, caption) of this login's jobs whose image is on disk, and their job ids."""
         jobs = await self.jobs.history(user)
-        items = [(job, _cached_image(job)) for job in jobs]
+        items = await asyncio.to_thread(lambda: [(job, _cached_image(job)) for job in jobs])  # hashes and copies
         return [(path, _caption(job)) for job, path in items if path], [job.id for job, path in items if path]
 
 
@@ -249,7 +251,7 @@ def _seconds(eta: float | None) -> str:
 
 def _image_path(job: "JobRecord") -> str | None:
     """The job's first PNG, when it is still on disk (retention may have pruned it)."""
-    if job.status != "done" or not job.images:
+    if job.status != JobStatus.DONE or not job.images:
         return None
     path = job.images[0].path
     return path if Path(path).is_file() else None
@@ -271,12 +273,13 @@ def _caption(job: "JobRecord") -> str:
     return f"#{job.id} · seed {job.seeds[0] if job.seeds else job.seed} · {prompt}"
 
 
-def _png_parameters(path: str) -> str:
-    """The A1111 `parameters` text saved in the PNG (what other tools read)."""
+def _cached_with_parameters(path: str) -> tuple[str, str]:
+    """The PNG's copy in Gradio's cache, and the A1111 `parameters` text saved in it (what other tools read)."""
     from PIL import Image  # lazy: only when a result is shown
 
     with Image.open(path) as im:
-        return str(dict(getattr(im, "text", {}) or {}).get(PARAMETERS_KEY, ""))
+        parameters = str(dict(getattr(im, "text", {}) or {}).get(PARAMETERS_KEY, ""))
+    return save_file_to_cache(path, _cache_dir()), parameters
 
 
 def build_console(jobs: WebJobs, config: "Config", sizes: list[SizeChoice]) -> gr.Blocks:
