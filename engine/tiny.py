@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from engine.bfl_keys import bfl_linear_parts
+
 log = logging.getLogger(__name__)
 
 TINY_SEED = 0
@@ -134,10 +136,14 @@ DEMO_RANK = 4
 
 
 def demo_lora_tensors(dit, seed: int = TINY_SEED + 10) -> dict[str, torch.Tensor]:
-    """A rank-4 LoRA for the tiny DiT `dit` in kohya's BFL layout (the most common FLUX LoRA layout), on every
-    Linear of its blocks, with random weights large enough to change the image visibly."""
-    from engine.bfl_keys import bfl_linear_parts
+    """The demo LoRA of the tiny DiT `dit`: rank 4 on every Linear of its blocks, large enough to change the image
+    visibly."""
+    return random_lora_tensors(dit, DEMO_RANK, seed=seed, std=0.5)
 
+
+def random_lora_tensors(dit, rank: int, *, seed: int = 0, std: float = 0.5) -> dict[str, torch.Tensor]:
+    """A LoRA with random weights (normal, `std`) in kohya's BFL layout (the most common FLUX LoRA layout) on every
+    Linear of the blocks of `dit` (any FLUX width; a model on the meta device will do), alpha = rank."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for bfl, parts in bfl_linear_parts(dit.config).items():
@@ -146,9 +152,9 @@ def demo_lora_tensors(dit, seed: int = TINY_SEED + 10) -> dict[str, torch.Tensor
         layers = [dit.get_submodule(name) for name, _, _ in parts]
         fan_in, fan_out = layers[0].in_features, sum(m.out_features for m in layers)
         key = "lora_unet_" + bfl.replace(".", "_")
-        out[key + ".lora_down.weight"] = torch.randn(DEMO_RANK, fan_in, generator=gen) * 0.5
-        out[key + ".lora_up.weight"] = torch.randn(fan_out, DEMO_RANK, generator=gen) * 0.5
-        out[key + ".alpha"] = torch.tensor(float(DEMO_RANK))
+        out[key + ".lora_down.weight"] = torch.randn(rank, fan_in, generator=gen) * std
+        out[key + ".lora_up.weight"] = torch.randn(fan_out, rank, generator=gen) * std
+        out[key + ".alpha"] = torch.tensor(float(rank))
     return out
 
 
