@@ -1,4 +1,5 @@
-"""`Services`: what the bot is built on, made before it connects (bot/app.py) and handed to `FluxBot` (bot/client.py)."""
+"""`Services`: what the bot is built on, made before it connects (bot/app.py) and handed to `FluxBot`
+(bot/client.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

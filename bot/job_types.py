@@ -82,5 +82,6 @@ def rerolled(parent: JobRecord) -> JobSpec:
 
 
 def varied(parent: JobRecord) -> JobSpec:
-    """🔀 Vary: the parent's seed with a fresh variation seed at a subtle strength (a variation of its first image)."""
+    """🔀 Vary: the parent's seed with a fresh variation seed at a subtle strength (a variation of its first
+    image)."""
     return replace(spec_of(parent), count=1, variation_seed=random_seed(), variation_strength=VARY_STRENGTH)

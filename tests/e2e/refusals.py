@@ -3,7 +3,7 @@
 A refusal reaches the user in one of two shapes, and both are right:
 
 1. an ephemeral initial response (type 4, flag 64): the refusal was found before the bot deferred;
-2. the bot deferred publicly first (admission took longer than `bot.actions.SUBMIT_GRACE_S`, 0.25 s: a burst
+2. the bot deferred publicly first (admission took longer than `bot.job_start.SUBMIT_GRACE_S`, 0.25 s: a burst
    of commands, a slow store, or just a loaded CI machine), then deleted that public "thinking…" reply and sent
    the refusal as an ephemeral followup.
 

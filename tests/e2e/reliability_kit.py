@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 SIZES = ["1:1 256x256", "2:1 512x256"]
 COMPONENT = 3  # interaction type of a button click
 
-__all__ = ["rel_engine", "rel_config", "make_rel_bot", "gate", "EngineFaults", "engine_faults", "job_rows", "count_rows",
-           "crafted_click", "has_result", "imagine", "eventually", "delivered", "SIZES", "job_buttons", "edit_form_id"]
+__all__ = ["rel_engine", "rel_config", "make_rel_bot", "gate", "EngineFaults", "engine_faults", "job_rows",
+           "count_rows", "crafted_click", "has_result", "imagine", "eventually", "delivered", "SIZES", "job_buttons",
+           "edit_form_id"]
 
 
 # --- the engine and its fault seam -------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def engine_faults(rel_engine):
 def rel_config(tmp_path, tiny_model_dir):
     """`rel_config(discord={...}, limits={...}, engine={...}, logging={...})`: a test Config (tiny model on the
     CPU, 256² sizes, SQLite and images under tmp_path) with some fields changed."""
-    async def _make(*, discord: dict | None = None, limits: dict | None = None, engine: dict | None = None,
+    def _make(*, discord: dict | None = None, limits: dict | None = None, engine: dict | None = None,
               logging_: dict | None = None, db_url: str | None = None) -> Config:
         d = dict(token=Secret("unused-in-tests"), sizes=SIZES, status_edit_interval_s=0.5)
         d.update(discord or {})

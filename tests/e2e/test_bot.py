@@ -247,7 +247,8 @@ async def test_restricted_channel_and_role_refuse_before_anything_is_queued(fake
     fake = fake_discord
     artists = fake.add_role("artists")
     studio = fake.add_channel("studio")
-    bot = await start_bot(await make_bot(allowed_channel_ids=[studio.id], allowed_role_ids=[artists.id], allow_dms=False))
+    bot = await start_bot(await make_bot(allowed_channel_ids=[studio.id], allowed_role_ids=[artists.id],
+                                         allow_dms=False))
     await bot.engines.wait_loaded()
     alice, bob = fake.add_user("alice", [artists]), fake.add_user("bob")
     cases = [(alice, {}, "not enabled in this channel"), (bob, {"channel": studio}, "roles allowed"),

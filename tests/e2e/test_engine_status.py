@@ -172,7 +172,7 @@ async def test_a_refusal_after_the_slow_defer_is_private_and_leaves_no_public_me
     await bot.engines.wait_loaded()
     alice = fake.add_user("alice")
     # 1. The store is locked for 2.5 s: alice's first request waits to be written, her second waits behind it
-    #    for the per-user check; both defer publicly after the grace (actions.SUBMIT_GRACE_S).
+    #    for the per-user check; both defer publicly after the grace (job_start.SUBMIT_GRACE_S).
     other, release = hold_write_lock(tmp_path / "fluxbot.db", 2.5)
     try:
         first = await imagine(fake, alice, prompt="one ship", seed=1)

@@ -142,8 +142,9 @@ async def test_the_owner_may_allow_dms_explicitly_while_restricted(fake_discord,
     fake = fake_discord
     artists = fake.add_role("artists")
     studio = fake.add_channel("studio")
-    bot = await start_bot(await make_rel_bot(discord={"allowed_role_ids": [artists.id], "allowed_channel_ids": [studio.id],
-                                                "allow_dms_when_restricted": True}))
+    bot = await start_bot(await make_rel_bot(discord={"allowed_role_ids": [artists.id],
+                                                      "allowed_channel_ids": [studio.id],
+                                                      "allow_dms_when_restricted": True}))
     await bot.engines.wait_loaded()
     dm_user = fake.add_user("dm-user", in_guild=False)
     ix = await fake.slash(dm_user, "imagine", {"prompt": "a fox", "size": "256x256", "steps": 1}, dm=True)
