@@ -16,7 +16,8 @@ logical GPU per device and the engines run on the CPU) and one engine actor per 
 `[engine] backend = "ray"` does). Its rows, in one run: the child processes with one worker per device (the local
 mode to compare with), then Ray with one actor, then one actor per device; then each backend's per-job overhead:
 the wall time of `generate` seen by the worker minus the engine's own `timings["total"]` (crossing to the engine and
-back, progress messages, the result's images), and the round trip of an empty request.
+back, progress messages, the result's images), the round trip of an empty request, and that of a request whose
+reply is one 1024x1024 image (what a FLUX image costs to cross back).
 
 Runs the same job list twice, first with one worker (the first device), then with one worker per device,
 and prints one table: images per minute, speed-up, each worker's job count and peak VRAM, and whether every
@@ -169,21 +170,37 @@ def noop(engine) -> None:
     """An empty request (run in the engine's own process): the round trip of a call."""
 
 
+def image_1024(engine):
+    """A 1024x1024 RGB image made in the engine's process: what one FLUX image costs to cross back."""
+    from PIL import Image
+
+    return Image.frombytes("RGB", (1024, 1024), os.urandom(1024 * 1024 * 3))
+
+
 def overhead(engine, res: int, steps: int, jobs: int = 5) -> dict:
     """Per job: the wall time of `generate` here minus the engine's own total (the crossing to the engine and back:
-    request, one progress message per step, the result's images); and the round trip of an empty request."""
+    request, one progress message per step, the result's images); the round trip of an empty request and of a
+    1024x1024 image."""
     extra = []
     for i in range(jobs):
         t0 = time.perf_counter()
         result = engine.generate(JobSpec(prompt=f"overhead {i}", seed=i, steps=steps, width=res, height=res))
         extra.append(time.perf_counter() - t0 - result.timings["total"])
-    trips = []
+    trips, images = [], []
     for _ in range(20):
         t0 = time.perf_counter()
         engine.call("bench.multigpu_bench:noop")
         trips.append(time.perf_counter() - t0)
-    return dict(engine=engine_kind(engine), res=res, steps=steps, per_job_overhead_ms=round(1000 * sorted(extra)[len(extra) // 2], 1),
-                round_trip_ms=round(1000 * sorted(trips)[len(trips) // 2], 2))
+    for _ in range(5):
+        t0 = time.perf_counter()
+        engine.call("bench.multigpu_bench:image_1024")
+        images.append(time.perf_counter() - t0)
+    return dict(engine=engine_kind(engine), res=res, steps=steps, per_job_overhead_ms=median_ms(extra),
+                round_trip_ms=median_ms(trips, 2), image_1024_back_ms=median_ms(images))
+
+
+def median_ms(seconds: list[float], digits: int = 1) -> float:
+    return round(1000 * sorted(seconds)[len(seconds) // 2], digits)
 
 
 def start_ray_engines(devices: list[str], settings: EngineSettings) -> list:

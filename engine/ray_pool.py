@@ -110,6 +110,7 @@ class RayWorkerPool:
     _failed: dict[Slot, DeviceFailure] = field(default_factory=dict)
     _pending: list[Slot] = field(default_factory=list)  # slots still to load
     _watch: asyncio.Task | None = None
+    _dropping: set[asyncio.Task] = field(default_factory=set)  # departed workers being stopped
     _stopping: bool = False
     _connected_here: bool = False
 
@@ -232,7 +233,9 @@ class RayWorkerPool:
         del self._slots[slot]
         self.queue.set_workers(len(self._slots))
         log.warning("worker %s left (%d worker(s) on the cluster)", slot.name, len(self._slots))
-        asyncio.create_task(worker.stop(close_engine=True), name=f"fluxbot-ray-drop-{slot.name}")
+        task = asyncio.create_task(worker.stop(close_engine=True), name=f"fluxbot-ray-drop-{slot.name}")
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
         self._change()
 
     def _change(self) -> None:
