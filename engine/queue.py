@@ -103,11 +103,12 @@ class EtaModel:
 
     @staticmethod
     def _key(spec: JobSpec) -> tuple:
-        return (spec.width, spec.height, spec.steps, spec.count)
+        return (spec.width, spec.height, spec.steps_run, spec.count)
 
     @staticmethod
     def _units(spec: JobSpec) -> float:
-        return max(spec.steps, 1) * max(spec.width * spec.height, 1) / 1_048_576 * max(spec.count, 1)
+        # steps_run: an image input runs only its part of the steps (strength 0: none, only the VAE)
+        return max(spec.steps_run, 0.25) * max(spec.width * spec.height, 1) / 1_048_576 * max(spec.count, 1)
 
     def estimate(self, spec: JobSpec) -> float:
         same = self._by_key.get(self._key(spec))

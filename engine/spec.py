@@ -5,6 +5,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
+from engine.image_input import img2img_steps
 from engine.limits import MAX_SEED
 
 if TYPE_CHECKING:  # PIL is imported where images are made
@@ -66,6 +67,13 @@ class JobSpec:
         if self.seed is None or self.seed < 0:
             raise ValueError("resolve() the spec before asking for its seeds")
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    @property
+    def steps_run(self) -> int:
+        """The denoising steps the job runs: `steps`, or the image input's part of them (its strength)."""
+        if self.image is None:
+            return self.steps
+        return img2img_steps(self.steps, self.denoise)[1]
 
     def lora_key(self) -> tuple:
         """The LoRA set that changes the model: (name, sha256, path, strength) of each LoRA of nonzero strength."""

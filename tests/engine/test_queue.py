@@ -135,6 +135,25 @@ async def test_batching_takes_later_jobs_of_the_same_kind_up_to_the_image_limit(
     assert q.running().keys() == {1, 3, 4, 2}
 
 
+async def test_jobs_with_other_loras_or_image_strengths_never_share_a_batch():
+    from engine.spec import LoraUse
+
+    style, detail = (LoraUse("style", 0.8, "a" * 64),), (LoraUse("detail", 0.8, "b" * 64),)
+    q = JobQueue()
+    q.submit(1, spec(loras=style))
+    q.submit(2, spec(loras=detail))                                   # other LoRA set: stays
+    q.submit(3, spec(loras=(LoraUse("style", 0.5, "a" * 64),)))       # same LoRA, other strength: stays
+    q.submit(4, spec(loras=style))
+    q.submit(5, spec(loras=style, image="/in/1.png", denoise=0.6))    # an image input: its own batches
+    q.submit(6, spec(loras=style, image="/in/2.png", denoise=0.6))    # another image, same strength: with 5
+    q.submit(7, spec(loras=style, image="/in/3.png", denoise=0.3))
+    assert [j.job_id for j in await q.take(max_images=8)] == [1, 4]
+    assert [j.job_id for j in await q.take(max_images=8)] == [2]
+    assert [j.job_id for j in await q.take(max_images=8)] == [3]
+    assert [j.job_id for j in await q.take(max_images=8)] == [5, 6]
+    assert [j.job_id for j in await q.take(max_images=8)] == [7]
+
+
 async def test_two_takers_never_get_the_same_job():
     q = JobQueue()
     got: list[int] = []
