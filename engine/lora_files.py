@@ -236,3 +236,31 @@ def split_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
 def prompt_tags(loras: list[tuple[str, float]]) -> str:
     """A1111's tags for the LoRAs of a job, as its PNG's prompt carries them: `<lora:name:0.8>` each."""
     return " ".join(f"<lora:{name}:{strength:g}>" for name, strength in loras)
+
+
+# ------------------------------------------------------------------------------------------- quick check
+
+_PAIR_KEY = re.compile(r"\.(lora_down|lora_up|lora_A|lora_B|down|up)\.weight$")
+_FLUX_BFL = re.compile(r"^(?:lora_unet_|(?:model\.)?diffusion_model\.)(double_blocks|single_blocks|img_in|txt_in|time_in|"
+                       r"vector_in|guidance_in|final_layer)")
+
+
+def check_lora_header(path: Path) -> None:
+    """What can be told from a file's header alone, before any job: a safetensors file with LoRA pairs, not a DoRA,
+    Control LoRA or T5 LoRA, and no kohya U-Net names of another model (SDXL's `lora_unet_down_blocks…`). Whether
+    its widths fit the loaded model is checked by the engine (engine/lora_convert.py) when the job runs."""
+    keys, _metadata = read_header(path)
+    name = path.name
+    if not any(_PAIR_KEY.search(k) for k in keys):
+        raise LoraError(f"{name} holds no LoRA weights: it is not a LoRA.")
+    if any("dora_scale" in k or "lora_magnitude_vector" in k for k in keys):
+        raise LoraError(f"{name} is a DoRA, which fluxbot does not support (only plain LoRAs).")
+    if any(k.endswith(("query_norm.scale", "key_norm.scale")) for k in keys):
+        raise LoraError(f"{name} is a Control LoRA (it changes norms and the input layer), which fluxbot does not "
+                        f"support.")
+    if any("t5xxl" in k or k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
+        raise LoraError(f"{name} changes the T5 text encoder, which fluxbot does not support.")
+    unet = [k for k in keys if k.startswith("lora_unet_")]
+    if unet and not all(_FLUX_BFL.match(k) for k in unet):
+        raise LoraError(f"{name} is not a LoRA for FLUX: it changes layers FLUX does not have (a LoRA for another "
+                        f"model, e.g. SDXL?).")

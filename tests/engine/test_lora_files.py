@@ -73,3 +73,29 @@ def test_the_png_parameters_carry_the_loras_as_a1111_writes_them():
     prompt, settings = text.split("\n")
     assert prompt == "a cat <lora:Anime, Style:0.8> <lora:detail:-1>"
     assert settings.endswith('Lora hashes: "Anime Style: aaaaaaaaaaaa, detail: bbbbbbbbbbbb"')
+
+
+@pytest.mark.parametrize("tensors, words", [
+    ({"x.weight": torch.ones(2)}, "holds no LoRA weights"),
+    ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(2, 4)}, "not a LoRA for FLUX"),
+    ({"transformer.proj_out.lora_A.weight": torch.ones(2, 4), "transformer.proj_out.lora_magnitude_vector": torch.ones(4)},
+     "DoRA"),
+    ({"text_encoders.t5xxl.transformer.x.lora_A.weight": torch.ones(2, 4)}, "T5"),
+])
+def test_the_header_check_refuses_what_is_not_a_flux_lora_before_any_job(tmp_path, tensors, words):
+    from engine.lora_files import check_lora_header
+
+    path = tmp_path / "x.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(LoraError, match=words):
+        check_lora_header(path)
+
+
+def test_the_header_check_passes_flux_loras(tmp_path):
+    from engine.lora_files import check_lora_header
+
+    path = _lora(tmp_path / "ok.safetensors")
+    with pytest.raises(LoraError):            # lora_unet_x is not a FLUX block name
+        check_lora_header(path)
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.ones(2, 4)}, str(path))
+    check_lora_header(path)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SLASH, COMPONENT, MODAL_SUBMIT = 2, 3, 5
+SLASH, COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 2, 3, 4, 5
 
 
 @dataclass(eq=False)
@@ -67,6 +67,6 @@ class FakeInteraction:
                                                          f"({self.describe()}) matching the predicate")
 
     def describe(self) -> str:
-        kind = {SLASH: "slash", COMPONENT: "component", MODAL_SUBMIT: "modal submit"}.get(self.type, str(self.type))
+        kind = {SLASH: "slash", COMPONENT: "component", AUTOCOMPLETE: "autocomplete", MODAL_SUBMIT: "modal submit"}.get(self.type, str(self.type))
         what = self.data.get("name") or self.data.get("custom_id")
         return f"{kind} {what!r} by {self.user.name}"

@@ -16,7 +16,7 @@ from . import payloads
 from .faults import Fault, FaultList
 from .gateway import GatewaySession
 from .ids import SnowflakeFactory, new_token
-from .interaction import COMPONENT, MODAL_SUBMIT, SLASH, FakeInteraction
+from .interaction import AUTOCOMPLETE, COMPONENT, MODAL_SUBMIT, SLASH, FakeInteraction
 from .options import build_command_data, modal_submit_components
 from .ratelimits import RateLimit, RateLimits
 from .records import (FakeAttachment, FakeChannel, FakeMessage, FakeRole, FakeUser, MessageState,
@@ -356,6 +356,22 @@ class FakeDiscord:
         ch = self._where(user, channel, dm)
         data = build_command_data(self, self.command(head, ch.guild_id), path, options or {}, validate=validate)
         return await self._interact(user, SLASH, data, ch)
+
+    async def autocomplete(self, user: FakeUser, name: str, options: dict[str, Any], focused: str, *,
+                           channel: FakeChannel | int | None = None, dm: bool = False) -> FakeInteraction:
+        """`user` is typing `/name`'s option `focused` (its partial text in `options`, the other options as filled so
+        far, unchecked as Discord's client does): the bot answers with choices, `ix.response.data["choices"]`
+        (response type 8)."""
+        head, *path = name.split()
+        ch = self._where(user, channel, dm)
+        data = build_command_data(self, self.command(head, ch.guild_id), path, options, validate=False)
+        leaves = data["options"]
+        while leaves and "options" in leaves[0] and leaves[0].get("type") in (1, 2):
+            leaves = leaves[0]["options"]
+        for opt in leaves:
+            if opt["name"] == focused:
+                opt["focused"] = True
+        return await self._interact(user, AUTOCOMPLETE, data, ch)
 
     async def click(self, user: FakeUser, message: FakeMessage, custom_id: str) -> FakeInteraction:
         """`user` presses the button `custom_id` (or with that label) on `message`."""

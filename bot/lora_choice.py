@@ -1,0 +1,96 @@
+"""The LoRAs of a request: `/imagine`'s `lora` and `lora_strength` options and A1111's `<lora:name:0.8>` tags in the
+prompt, checked against `[engine] loras_dir` and `[limits] max_loras` before anything is queued.
+
+Every LoRA becomes an `engine.spec.LoraUse` with the SHA-256 of its file now, so the job (and Reroll, Vary, Edit,
+`/show` after it) uses exactly that file; a file changed or removed later is refused, never silently swapped.
+Hashing reads the file (seconds for 1 GB, once per file and mtime): it runs off the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from engine import limits
+from engine.lora_files import LoraError, LoraFile, LoraLibrary, check_lora_header, split_prompt_loras
+from engine.spec import LoraUse
+
+log = logging.getLogger(__name__)
+
+MAX_AUTOCOMPLETE = 25  # Discord's limit on autocomplete choices
+
+
+@dataclass(frozen=True)
+class ChosenLoras:
+    prompt: str                   # the prompt without its <lora:…> tags
+    loras: tuple[LoraUse, ...]
+
+
+async def choose_loras(library: LoraLibrary, *, prompt: str, lora: str | None, lora_strength: float | None,
+                       max_loras: int) -> ChosenLoras:
+    """The prompt's tags, then the `lora` option; LoraError (a LimitError: its message is for the user) when a name,
+    a strength, the count or a file is not right."""
+    # 1. What was asked: tags in the prompt, then the option (strength 1 when not given).
+    text, asked = split_prompt_loras(prompt)
+    if lora_strength is not None and not lora:
+        raise LoraError("lora_strength needs a lora: pick one in the lora option (or write <lora:name:0.8> in the "
+                        "prompt).")
+    if lora:
+        asked.append((lora.strip(), limits.check_lora_strength(1.0 if lora_strength is None else lora_strength)))
+    if not asked:
+        return ChosenLoras(prompt, ())
+    try:
+        limits.check_lora_count(len(asked), max_loras)
+    except limits.LimitError as e:
+        raise LoraError(str(e)) from None
+    # 2. Each name: an installed file, named once, that looks like a FLUX LoRA; its hashes.
+    files: list[tuple[LoraFile, float]] = []
+    for name, strength in asked:
+        file = library.find(name)
+        if any(f.name == file.name for f, _ in files):
+            raise LoraError(f"The LoRA '{file.name}' is named twice: give it once, with one strength.")
+        files.append((file, strength))
+    uses = []
+    for file, strength in files:
+        hashes = await asyncio.to_thread(_checked_hashes, library, file)
+        uses.append(LoraUse(name=file.name, strength=strength, sha256=hashes.sha256, short_hash=hashes.short))
+    return ChosenLoras(text, tuple(uses))
+
+
+def _checked_hashes(library: LoraLibrary, file: LoraFile):
+    check_lora_header(file.path)
+    return library.hashes(file)
+
+
+async def check_still_there(library: LoraLibrary, uses: tuple[LoraUse, ...]) -> None:
+    """LoraError when a job's LoRA file is gone or is not the file the job was made with (`/show`, Reroll…)."""
+    for use in uses:
+        try:
+            file = library.find(use.name)
+        except LoraError:
+            raise LoraError(f"The LoRA '{use.name}' of this job is no longer installed, so its image cannot be made "
+                            f"again.") from None
+        hashes = await asyncio.to_thread(library.hashes, file)
+        if use.sha256 and hashes.sha256 != use.sha256:
+            raise LoraError(f"The LoRA '{use.name}' has changed since this job was made (its file is not the same), "
+                            f"so its image cannot be made again.")
+
+
+def autocomplete_names(library: LoraLibrary, typed: str) -> list[str]:
+    """Installed names for the `lora` option's autocomplete: those containing what was typed (any case), names
+    starting with it first, at most 25."""
+    typed = (typed or "").strip().lower()
+    names = [n for n in library.names() if typed in n.lower()]
+    names.sort(key=lambda n: (not n.lower().startswith(typed), n.lower()))
+    return names[:MAX_AUTOCOMPLETE]
+
+
+def loras_of(record_loras) -> tuple[LoraUse, ...]:
+    """A stored job's LoRAs (`db` rows: dicts) as LoraUses."""
+    return tuple(LoraUse(name=str(u["name"]), strength=float(u["strength"]), sha256=u.get("sha256"))
+                 for u in record_loras or ())
+
+
+def stored(uses: tuple[LoraUse, ...]) -> tuple[dict, ...]:
+    """LoraUses as the store keeps them (`jobs.loras`)."""
+    return tuple({"name": u.name, "strength": u.strength, "sha256": u.sha256} for u in uses)
