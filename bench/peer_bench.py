@@ -164,6 +164,16 @@ def seed_child(args, row: dict) -> dict:
     out["mem_after_load"] = pb._gib(memory_status())
     out["load_peaks"] = sampler.take()
     print(json.dumps(out), flush=True)
+    return seed_images(pipe, args, row, device, sampler, out)
+
+
+def seed_images(pipe, args, row: dict, device: str, sampler, out: dict) -> dict:
+    """A loaded DiffSynth pipeline's images: warm-up, the measured one, and (no VRAM cap) the aligned one."""
+    import torch
+
+    from engine.mmap_weights import memory_status
+
+    root = Path(args.dir)
     # 2. Warm-up (another prompt, 2 steps), then the measured image with the noise DiffSynth draws kept.
     size = args.res
     pipe(prompt=pb.WARM_PROMPT, seed=1, num_inference_steps=2, height=size, width=size, progress_bar_cmd=iter)
@@ -563,15 +573,14 @@ def run_all(args) -> list[dict]:
 
 
 def chosen_rows(only: str) -> list[PeerRow]:
-    """The rows named in `only` (comma-separated, in that order; the first start always first), else all."""
+    """The rows named in `only` (comma-separated, in that order), else all. Without first-start, the first
+    fluxbot row builds the fp8 cache (its load time is then a first start's)."""
     names = [n for n in only.split(",") if n]
     known = {r.name: r for r in ROWS}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown row(s) {unknown}: choose from {list(known)}")
-    if not names:
-        return list(ROWS)
-    return [ROWS[0]] + [known[n] for n in names if n != ROWS[0].name]
+    return [known[n] for n in names] if names else list(ROWS)
 
 
 def _versions() -> dict:
