@@ -57,6 +57,9 @@ def compile_blocks(blocks: list[nn.Module], *, backend: str = "inductor", mode: 
     Idempotent: a block compiled before is left as it is."""
     import torch._dynamo  # lazy: dynamo's import costs ~1 s; only compiling engines pay it
 
+    # Guard on the hooks inside the blocks (dynamo skips that by default): a LoRA set (engine/lora_apply.py) adds
+    # and removes forward hooks on the blocks' Linears, and a graph traced without them must not run with them.
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
                                                           RECOMPILE_LIMIT * 4)
@@ -78,23 +81,29 @@ def uncompile_blocks(blocks: list[nn.Module]) -> None:
 
 @dataclass
 class CompileState:
-    """Which denoising shapes the compiled blocks have run: a new one compiles first ("warming up")."""
+    """Which denoising shapes the compiled blocks have run: a new one compiles first ("warming up").
+
+    A shape is (batch, width, height, variant); the variant is the job's LoRA set (`JobSpec.lora_key()`): its
+    forward hooks on the blocks' Linears are part of the graph (dynamo guards on them), so a new set may compile
+    again (a set whose pairs have the same shapes as one seen before reuses its graph: then the flag was up for
+    nothing, which only costs a less precise ETA)."""
     enabled: bool
-    warm: set[tuple[int, int, int]] = field(default_factory=set)   # (batch, width, height)
+    warm: set[tuple] = field(default_factory=set)
     warming_up: bool = False
 
-    def needs_warm_up(self, batch: int, width: int, height: int) -> bool:
-        return self.enabled and (batch, width, height) not in self.warm
+    def needs_warm_up(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
+        return self.enabled and (batch, width, height, variant) not in self.warm
 
-    def begin(self, batch: int, width: int, height: int) -> bool:
+    def begin(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
         """A denoise of this shape starts; True (and `warming_up` set) when it compiles first."""
-        self.warming_up = self.needs_warm_up(batch, width, height)
+        self.warming_up = self.needs_warm_up(batch, width, height, variant)
         if self.warming_up:
-            log.info("warming up: compiling the DiT blocks for batch %d at %dx%d", batch, width, height)
+            log.info("warming up: compiling the DiT blocks for batch %d at %dx%d%s", batch, width, height,
+                     " with a new LoRA set" if variant else "")
         return self.warming_up
 
-    def end(self, batch: int, width: int, height: int, *, completed: bool) -> None:
+    def end(self, batch: int, width: int, height: int, variant: tuple = (), *, completed: bool) -> None:
         """The denoise ended; a completed first step leaves the shape compiled."""
         if self.enabled and completed:
-            self.warm.add((batch, width, height))
+            self.warm.add((batch, width, height, variant))
         self.warming_up = False

@@ -161,9 +161,10 @@ class Engine:
         so step-based ETAs are wrong until it ends)."""
         return self.compile_state.warming_up
 
-    def needs_warm_up(self, width: int, height: int, batch: int = 1) -> bool:
-        """Whether a denoise of this shape would compile first."""
-        return self.compile_state.needs_warm_up(batch, width, height)
+    def needs_warm_up(self, spec: JobSpec, batch: int | None = None) -> bool:
+        """Whether a denoise of this spec's shape (and LoRA set) would compile first; `batch`: the images denoised
+        together (default: the spec's count)."""
+        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
 
     def set_profile(self, profile: str) -> None:
         """Move the weights to another plan: a forced profile, or "auto". After an out-of-memory (the worker's
@@ -287,11 +288,11 @@ class Engine:
             raise _Cancelled(0)
 
         batch = latents.shape[0]
-        self.compile_state.begin(batch, first.width, first.height)
+        self.compile_state.begin(batch, first.width, first.height, first.lora_key())
 
         def on_step_end(_pipe, step: int, _t, kwargs):
             if step == 0:   # the first step ran: this shape is compiled now
-                self.compile_state.end(batch, first.width, first.height, completed=True)
+                self.compile_state.end(batch, first.width, first.height, first.lora_key(), completed=True)
             if progress is not None:
                 progress(step + 1, total)
             if should_cancel is not None and should_cancel():
@@ -310,7 +311,7 @@ class Engine:
                     callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length,
                     **sigmas).images
         finally:
-            self.compile_state.end(batch, first.width, first.height, completed=False)
+            self.compile_state.end(batch, first.width, first.height, first.lora_key(), completed=False)
         self._sync(device)
         timings["denoise"] = time.perf_counter() - t0
         timings["s_per_step"] = timings["denoise"] / max(total, 1)

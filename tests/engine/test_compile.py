@@ -7,6 +7,7 @@ without inductor's C++ build (2+ minutes for the tiny model on 2 cores). Inducto
 (bench/engine_bench.py)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from engine.compile import CACHE_ENV, CompileState, compile_blocks, compile_wanted, uncompile_blocks, use_disk_cache
+from engine.compile import CACHE_ENV, compile_blocks, compile_wanted, uncompile_blocks, use_disk_cache
 from engine.memory import apply_plan
 from engine.planner import DISK, GPU, PINNED, Placement, Plan
 from engine.precision import apply_precision
@@ -22,6 +23,7 @@ from engine.settings import EngineSettings
 from engine.spec import JobSpec
 from engine.streamer_flux import dit_blocks
 from engine.tiny import build_tiny_pipeline
+from tests.conftest import with_settings
 
 
 def _image(pipe):
@@ -93,33 +95,50 @@ def test_repeated_blocks_share_one_graph_per_kind():
     assert counters["stats"]["unique_graphs"] == 3           # 8 blocks, 3 graphs
 
 
-def test_the_engine_reports_warming_up_while_a_new_shape_compiles(tiny_engine):
-    engine = tiny_engine
-    seen: list[bool] = []
-    blocks = dit_blocks(engine.pipe)
-    state = engine.compile_state
-    engine.compile_state = CompileState(enabled=True)        # what Engine.load sets up on a GPU
+@pytest.fixture
+def compiled_engine(tiny_settings, monkeypatch):
+    """A tiny Engine loaded the way a GPU loads it with [engine] compile = true (hook-free fp8 Linears, blocks
+    compiled at load), compiled with "aot_eager" because this is the CPU (the seam: which device compiles, and
+    with which backend)."""
+    import engine.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "compile_wanted", lambda setting, device: bool(setting))
+    monkeypatch.setattr(pipeline, "compile_blocks", functools.partial(compile_blocks, backend="aot_eager"))
+    torch._dynamo.reset()
+    engine = pipeline.Engine.load(tiny_settings, "cpu")
+    yield engine
+    uncompile_blocks(dit_blocks(engine.pipe))
+    engine.close()
+
+
+def _pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0])
+
+
+def test_a_compiled_engine_gives_eager_pixels_with_and_without_loras(compiled_engine, tiny_settings):
+    """LoRAs add forward hooks to the blocks' Linears; a graph traced without them must not run with them (dynamo
+    skips hook guards by default: the second LoRA job here got the plain image before compile.py turned them on)."""
+    from engine.pipeline import Engine
+    from engine.spec import LoraUse
+
+    assert compiled_engine.recipe.compile and all("forward" in b.__dict__ for b in dit_blocks(compiled_engine.pipe))
+    eager = Engine.load(with_settings(tiny_settings, compile=False), "cpu")
     try:
-        compile_blocks(blocks, backend="aot_eager")
-        assert engine.needs_warm_up(256, 256)
-        engine.generate(JobSpec("a cat", seed=1, steps=2, width=256, height=256),
-                        progress=lambda done, total: seen.append(engine.warming_up))
-        during_first = engine.compile_state.warm.copy()
-        engine.generate(JobSpec("a cat", seed=1, steps=2, width=256, height=256),
-                        progress=lambda done, total: seen.append(engine.warming_up))
-        assert (1, 256, 256) in during_first and not engine.needs_warm_up(256, 256)
-        assert engine.needs_warm_up(512, 256)                 # another size compiles again
-        assert not engine.warming_up                          # between jobs nothing compiles
+        assert not eager.recipe.compile
+        lora = JobSpec("a cat", seed=4, steps=2, width=256, height=256, loras=(LoraUse("tiny-random-demo", 0.8),))
+        plain = JobSpec("a cat", seed=4, steps=2, width=256, height=256)
+        expected = {"lora": _pixels(eager.generate(lora)), "plain": _pixels(eager.generate(plain))}
+        assert not np.array_equal(expected["lora"], expected["plain"])
+        for name, spec in (("lora", lora), ("plain", plain), ("lora", lora), ("plain", plain)):
+            result = compiled_engine.generate(spec)
+            assert np.array_equal(_pixels(result), expected[name]), name
+            assert result.recipe["compile"] is True
     finally:
-        uncompile_blocks(blocks)
-        engine.compile_state = state
-    assert seen == [False] * 4    # after the first step the shape is warm (the flag is up only during step 1)
+        eager.close()
 
 
-def test_warming_up_is_up_during_the_first_step_only(tiny_engine):
-    engine = tiny_engine
-    state = engine.compile_state
-    engine.compile_state = CompileState(enabled=True)
+def test_the_engine_says_warming_up_during_the_first_step_of_each_new_shape(compiled_engine):
+    engine = compiled_engine
     flags: list[bool] = []
     original = engine.pipe.transformer.forward
 
@@ -129,11 +148,15 @@ def test_warming_up_is_up_during_the_first_step_only(tiny_engine):
 
     engine.pipe.transformer.forward = spy
     try:
-        engine.generate(JobSpec("a dog", seed=2, steps=3, width=256, height=256))
-        engine.generate(JobSpec("a dog", seed=2, steps=3, width=256, height=256))
+        spec = JobSpec("a dog", seed=2, steps=3, width=256, height=256)
+        assert engine.needs_warm_up(spec)
+        engine.generate(spec)
+        assert not engine.needs_warm_up(spec) and not engine.warming_up
+        engine.generate(spec)
+        assert engine.needs_warm_up(JobSpec("a dog", seed=2, steps=3, width=512, height=256))   # another size
+        assert engine.needs_warm_up(spec, batch=2)                                              # another batch
     finally:
         del engine.pipe.transformer.forward
-        engine.compile_state = state
     assert flags == [True, False, False, False, False, False]
 
 
