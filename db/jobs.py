@@ -135,7 +135,7 @@ async def finish_job(store: Store, job_id: int, output: JobOutput) -> bool:
     values = dict(status=JobStatus.DONE, finished_at=utcnow(), error=None, seeds=list(output.seeds),
                   images=[{"path": str(i.path), "sha256": i.sha256} for i in output.images],
                   timings=dict(output.timings), precision=output.precision or None,
-                  profile=output.profile or None)
+                  profile=output.profile or None, recipe=dict(output.recipe) if output.recipe else None)
     if output.model_id:
         values["model_id"] = output.model_id
     return await _change(store, job_id, UNFINISHED, **values)

@@ -118,6 +118,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     timings: Mapped[dict | None] = mapped_column(JSON)  # seconds: encode, denoise, decode, total, …
     precision: Mapped[str | None] = mapped_column(String(200))
+    # engine.recipe.EngineRecipe.to_dict(): storage, compute, compile, library versions, device (migration 0005)
+    recipe: Mapped[dict | None] = mapped_column(JSON)
     profile: Mapped[str | None] = mapped_column(String(32))
     seeds: Mapped[list | None] = mapped_column(JSON)  # one per image
     images: Mapped[list | None] = mapped_column(JSON)  # [{"path": …, "sha256": …}], one per image

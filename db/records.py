@@ -75,6 +75,7 @@ class JobOutput:
     precision: str = ""
     profile: str = ""
     model_id: str = ""  # "" keeps the model_id given at creation
+    recipe: dict | None = None  # engine.recipe.EngineRecipe.to_dict(): what besides the job decided its pixels
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class JobRecord:
     input_image: str | None = None
     input_sha256: str | None = None
     denoise: float | None = None
+    recipe: dict | None = None  # the engine recipe it was made with (None: made before recipes were recorded)
 
     @property
     def finished(self) -> bool:
@@ -156,7 +158,7 @@ class JobRecord:
             delivery_refusals=row.delivery_refusals or 0, undeliverable_reason=row.undeliverable_reason,
             source=row.source or DISCORD, user_name=row.user_name,
             loras=tuple(dict(u) for u in (row.loras or [])), input_image=row.input_image,
-            input_sha256=row.input_sha256, denoise=row.denoise,
+            input_sha256=row.input_sha256, denoise=row.denoise, recipe=dict(row.recipe) if row.recipe else None,
         )
 
 

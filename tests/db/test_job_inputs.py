@@ -46,7 +46,7 @@ def test_an_input_image_needs_its_strength():
 async def test_migration_0004_keeps_rows_and_the_autoincrement_mark(db_url, tmp_path):
     # 1. A database at 0003 with three jobs, the last one deleted (its id must never come back).
     before = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, before, ignore=shutil.ignore_patterns("__pycache__", "0004_*"))
+    shutil.copytree(MIGRATIONS_DIR, before, ignore=shutil.ignore_patterns("__pycache__", "0004_*", "0005_*"))
     async with await open_store(db_url, migrate=False) as store:
         await upgrade_to_head(store.engine, before)
         async with store.engine.begin() as conn:
