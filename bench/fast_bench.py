@@ -5,18 +5,21 @@ the same weights and inputs, in this order (each row is printed as a JSON line a
 run stopped midway keeps what it measured):
  1. `sdpa`: the attention kernels SDPA offers at the DiT's shape (24 heads x 4608 tokens x 128): flash, cuDNN,
     memory-efficient; the fastest is named.
- 2. bf16 weights (before any fp8 cast) — the anchors: `diffusers-bf16-eager` (DiT s/step and a 20-step image, the
-    drift reference of fp8 storage) and `diffusers-bf16-compile` (`compile_repeated_blocks(fullgraph=True)`).
- 3. fp8 storage (`all-linear`), the `resident` plan, fluxbot's four compute recipes: bf16/fp8 compute x eager/
-    compiled: DiT s/step at batch 1, a whole 20-step image (encode, denoise, decode), compile warm-up, and the
-    drift of the final latents and of the decoded image (relative L2, PSNR) against fp8-storage/bf16-compute
-    eager (`fluxbot-bf16-eager`), and of that against bf16 weights.
- 4. fp8 + compile at batch 4.
+ 2. the eager anchor on bf16 weights (before any fp8 cast): `diffusers-bf16-eager` (DiT s/step and a 20-step
+    image, the drift reference of fp8 storage).
+ 3. fp8 storage (`all-linear`), the `resident` plan, fluxbot's compute recipes (bf16 eager, fp8 compiled, fp8
+    eager; bf16 compiled after batch 4): DiT s/step at batch 1, a whole 20-step image (encode, denoise, decode),
+    compile warm-up, and the drift of the final latents and of the decoded image (relative L2, PSNR) against
+    fp8-storage/bf16-compute eager (`fluxbot-bf16-eager`), and of that against bf16 weights.
+ 4. the fastest resident recipe at batch 4.
  5. pinned host->device bandwidth, then the `streamed` plan (no DiT block resident) and a budgeted one
-    (`vram_budget_gib`, most blocks resident) with fp8 + compile: s/step against their floor
+    (`vram_budget_gib`, most blocks resident) with the fastest recipe: s/step against their floor
     max(new compute, streamed bytes / bandwidth).
- 6. compile warm-up of a restart: two child processes on an empty inductor cache (cold) and on the cache the
+ 6. the compiled anchor, `diffusers-bf16-compile` (`compile_repeated_blocks(fullgraph=True)`), on a DiT rebuilt
+    with the same seed (the same bf16 weights).
+ 7. compile warm-up of a restart: two child processes on an empty inductor cache (cold) and on the cache the
     first one left (warm).
+`--deadline-s` skips the parts that would not end in time (a row says so).
 torchao is not measured here (not installed on the GPU machine; its compile warm-up alone was 152 s in the
 anchor run, more than this run's budget): docs/benchmarks.md quotes that run's 0.105 s/step.
 
@@ -217,6 +220,7 @@ class Bench:
     def fluxbot_resident(self, compute: str, compiled: bool) -> None:
         name = f"fluxbot-{compute}-{'compile' if compiled else 'eager'}"
         self.set_recipe(compute, compiled)
+        _reset_peak(self.device)
         s, warm = self.dit_steps()
         out = self.image()
         figures = self.drift(name, out)

@@ -1,0 +1,35 @@
+"""The engine recipe (engine/recipe.py): what besides the job decides its pixels, in each Result and PNG, and the
+words /show uses when the running engine differs from the one that made an image."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import diffusers
+import torch
+
+from engine.png import image_params, read_png_params, save_png
+from engine.recipe import EngineRecipe
+from engine.spec import JobSpec
+
+
+def test_every_result_and_png_carries_the_engine_recipe(tiny_engine, tmp_path):
+    result = tiny_engine.generate(JobSpec("a cat", seed=5, steps=1, width=256, height=256))
+    recipe = EngineRecipe.from_dict(result.recipe)
+    assert recipe == tiny_engine.recipe
+    assert (recipe.fp8, recipe.compute, recipe.compile) == ("all-linear", "bf16", False)   # the CPU: eager bf16
+    assert recipe.torch == torch.__version__.split("+")[0] and recipe.diffusers == diffusers.__version__
+    assert recipe.device.startswith("cpu")
+    path = tmp_path / "cat.png"
+    save_png(result.images[0], path, image_params(result, 0))
+    assert EngineRecipe.from_dict(read_png_params(path)["recipe"]) == recipe
+
+
+def test_differences_name_what_changed_in_words():
+    then = EngineRecipe(fp8="all-linear", compute="bf16", compile=False, torch="2.11.0", diffusers="0.42.1",
+                        device="cuda sm_90")
+    now = replace(then, compute="fp8", compile=True)
+    assert now.differences(then) == ["matmul compute: fp8 now, bf16 then", "torch.compile: on now, off then"]
+    assert then.differences(then) == []
+    assert now.differences(None) == ["no engine recipe was recorded with the image"]
+    assert EngineRecipe.from_dict({"fp8": "all-linear"}) is None and EngineRecipe.from_dict(None) is None
+    assert "bf16 compute, eager" in then.text()
