@@ -10,8 +10,8 @@ Linears need a hook-free forward for the same reason (engine/fp8_compute.py; `ap
 All double blocks share one compiled graph and all single blocks another (same code, same shapes); a new image
 size or batch compiles once more (`dynamic=False`: each shape gets its own static kernels).
 
-Warm-up: compiling takes tens of seconds per new shape. `CompileState` says which shapes are compiled, so the
-engine can report "warming up" while a new one compiles. Compiled kernels are cached on disk
+Warm-up: compiling takes tens of seconds per new shape. `engine.warm_up.CompileState` says which shapes are
+compiled, so the engine can report "warming up" while a new one compiles. Compiled kernels are cached on disk
 (`use_disk_cache`: TORCHINDUCTOR_CACHE_DIR under `[engine] models_dir/.fluxbot-cache/inductor`), so a restart
 only traces the blocks again and loads the kernels.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -77,33 +76,3 @@ def uncompile_blocks(blocks: list[nn.Module]) -> None:
     """Back to the eager forward (the class's)."""
     for block in blocks:
         block.__dict__.pop("forward", None)
-
-
-@dataclass
-class CompileState:
-    """Which denoising shapes the compiled blocks have run: a new one compiles first ("warming up").
-
-    A shape is (batch, width, height, variant); the variant is the job's LoRA set (`JobSpec.lora_key()`): its
-    forward hooks on the blocks' Linears are part of the graph (dynamo guards on them), so a new set may compile
-    again (a set whose pairs have the same shapes as one seen before reuses its graph: then the flag was up for
-    nothing, which only costs a less precise ETA)."""
-    enabled: bool
-    warm: set[tuple] = field(default_factory=set)
-    warming_up: bool = False
-
-    def needs_warm_up(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
-        return self.enabled and (batch, width, height, variant) not in self.warm
-
-    def begin(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
-        """A denoise of this shape starts; True (and `warming_up` set) when it compiles first."""
-        self.warming_up = self.needs_warm_up(batch, width, height, variant)
-        if self.warming_up:
-            log.info("warming up: compiling the DiT blocks for batch %d at %dx%d%s", batch, width, height,
-                     " with a new LoRA set" if variant else "")
-        return self.warming_up
-
-    def end(self, batch: int, width: int, height: int, variant: tuple = (), *, completed: bool) -> None:
-        """The denoise ended; a completed first step leaves the shape compiled."""
-        if self.enabled and completed:
-            self.warm.add((batch, width, height, variant))
-        self.warming_up = False

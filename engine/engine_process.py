@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from engine.devices import resolve_devices
 from engine.errors import EngineError, EngineOutOfMemory, ModelNotFoundError
+from engine.recipe import differences_from
+from engine.warm_up import CompileState
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -312,6 +314,7 @@ class ProcessEngine:
         self.profile = ""
         self.precision = ""
         self.recipe = None  # engine.recipe.EngineRecipe of the child's engine
+        self.compile_state = CompileState(enabled=False)  # which shapes the child has compiled (from its recipe)
         self.plan = None  # the memory plan lives in the child
         self.restarts = 0
         self._child: _Child | None = None
@@ -337,11 +340,40 @@ class ProcessEngine:
 
     def generate(self, spec: "JobSpec", *, progress: "ProgressFn | None" = None,
                  should_cancel: "CancelFn | None" = None) -> "Result":
-        return self._request("generate", (spec,), progress, should_cancel)
+        return self.generate_batch([spec], progress=progress, should_cancel=should_cancel)[0]
 
     def generate_batch(self, specs: Sequence["JobSpec"], *, progress: "ProgressFn | None" = None,
                        should_cancel: "CancelFn | None" = None) -> list["Result"]:
-        return self._request("generate_batch", (list(specs),), progress, should_cancel)
+        specs = list(specs)
+        if not specs:
+            return self._request("generate_batch", (specs,), progress, should_cancel)
+        # The child compiles a new shape during its first step: "warming up" here from the request to the first
+        # progress message of the first group (the shapes compiled are tracked on this side too).
+        shape = _first_group_shape(specs)
+        self.compile_state.begin(*shape)
+
+        def relay(step: int, total: int) -> None:
+            if self.compile_state.warming_up:
+                self.compile_state.end(*shape, completed=True)
+            if progress is not None:
+                progress(step, total)
+
+        try:
+            return self._request("generate_batch", (specs,), relay, should_cancel)
+        finally:
+            self.compile_state.end(*shape, completed=False)
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the child compiles the DiT's blocks for a new shape (see Engine.warming_up)."""
+        return self.compile_state.warming_up
+
+    def needs_warm_up(self, spec: "JobSpec", batch: int | None = None) -> bool:
+        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
+
+    def recipe_differences(self, stored: dict | None) -> list[str]:
+        """See Engine.recipe_differences."""
+        return differences_from(self.recipe, stored)
 
     def set_profile(self, profile: str) -> None:
         self._request("set_profile", (profile,))
@@ -391,6 +423,8 @@ class ProcessEngine:
         self.model_id, self.profile = payload["model_id"], payload["profile"]
         self.precision = payload["precision"]
         self.recipe = payload.get("recipe")
+        if self.compile_state.enabled != bool(self.recipe and self.recipe.compile):
+            self.compile_state = CompileState(enabled=bool(self.recipe and self.recipe.compile))
         log.info("engine process %s for %s ready in %.1f s (%s, profile %s)", child.process.pid, self.device,
                  time.perf_counter() - t0, self.model_id, self.profile)
 
@@ -462,6 +496,14 @@ class ProcessEngine:
         child, self._child = self._child, None
         if child is not None:
             child.dispose()
+
+
+def _first_group_shape(specs: list["JobSpec"]) -> tuple:
+    """(images, width, height, LoRA set) of the first denoising batch of `specs` (Engine.generate_batch groups
+    specs by batch_key, first seen first)."""
+    first = specs[0]
+    images = sum(s.count for s in specs if s.batch_key() == first.batch_key())
+    return images, first.width, first.height, first.lora_key()
 
 
 def _describe_code(code: int | None) -> str:

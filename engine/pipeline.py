@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from engine import limits
-from engine.compile import CompileState, compile_blocks, compile_wanted, use_disk_cache
+from engine.compile import compile_blocks, compile_wanted, use_disk_cache
 from engine.errors import EngineError, EngineOutOfMemory
 from engine.fp8_compute import resolve_compute
 from engine.img2img import Schedule, encode_image, noised, schedule
@@ -33,10 +33,11 @@ from engine.models import check_downloaded_files, load_pipeline, model_id, resol
 from engine.noise import initial_latents
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
-from engine.recipe import EngineRecipe, current_recipe
+from engine.recipe import EngineRecipe, current_recipe, differences_from
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
 from engine.streamer_flux import dit_blocks
+from engine.warm_up import CompileState
 from engine.tiny import ensure_demo_lora
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,11 @@ class Engine:
         """Whether a denoise of this spec's shape (and LoRA set) would compile first; `batch`: the images denoised
         together (default: the spec's count)."""
         return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
+
+    def recipe_differences(self, stored: dict | None) -> list[str]:
+        """What of this engine's recipe differs from `stored` (a job's `recipe`, a PNG's): [] means the same pixels
+        come out; else each item says what and how ("torch.compile: on now, off then")."""
+        return differences_from(self.recipe, stored)
 
     def set_profile(self, profile: str) -> None:
         """Move the weights to another plan: a forced profile, or "auto". After an out-of-memory (the worker's

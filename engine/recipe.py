@@ -17,8 +17,6 @@ import platform
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import torch
-
 LABELS = {"fp8": "fp8 storage", "compute": "matmul compute", "compile": "torch.compile",
           "torch": "torch version", "diffusers": "diffusers version", "device": "device"}
 
@@ -64,6 +62,14 @@ class EngineRecipe:
         return out
 
 
+def differences_from(recipe: EngineRecipe | None, stored: dict[str, Any] | None) -> list[str]:
+    """What differs between a running engine's recipe and one stored with a job or PNG (a dict, or None); [] when
+    the engine makes the same pixels. An engine whose recipe is unknown (None) cannot tell."""
+    if recipe is None:
+        return ["the engine's recipe is not known yet"]
+    return recipe.differences(EngineRecipe.from_dict(stored))
+
+
 def _word(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -72,6 +78,8 @@ def _word(value: Any) -> str:
 
 def device_kind(device: str) -> str:
     """"cpu" (with the machine's architecture) or "cuda sm_XY" for the device's chip."""
+    import torch  # lazy: recipes are read (unpickled, compared) where torch is not loaded: an engine process's parent
+
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(dev)
@@ -82,6 +90,7 @@ def device_kind(device: str) -> str:
 def current_recipe(fp8: str, compute: str, compile: bool, device: str) -> EngineRecipe:
     """The recipe of an engine with these settings (resolved: compute is "bf16" or "fp8") on `device`."""
     import diffusers  # lazy: only engines (which import diffusers anyway) build recipes
+    import torch  # lazy: see device_kind
 
     return EngineRecipe(fp8=fp8, compute=compute, compile=bool(compile), torch=torch.__version__.split("+")[0],
                         diffusers=diffusers.__version__, device=device_kind(device))

@@ -7,7 +7,6 @@ without inductor's C++ build (2+ minutes for the tiny model on 2 cores). Inducto
 (bench/engine_bench.py)."""
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -24,6 +23,7 @@ from engine.spec import JobSpec
 from engine.streamer_flux import dit_blocks
 from engine.tiny import build_tiny_pipeline
 from tests.conftest import with_settings
+from tests.support.compiled_engines import COMPILED_LOADER, load_compiled
 
 
 def _image(pipe):
@@ -96,16 +96,11 @@ def test_repeated_blocks_share_one_graph_per_kind():
 
 
 @pytest.fixture
-def compiled_engine(tiny_settings, monkeypatch):
+def compiled_engine(tiny_settings):
     """A tiny Engine loaded the way a GPU loads it with [engine] compile = true (hook-free fp8 Linears, blocks
-    compiled at load), compiled with "aot_eager" because this is the CPU (the seam: which device compiles, and
-    with which backend)."""
-    import engine.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "compile_wanted", lambda setting, device: bool(setting))
-    monkeypatch.setattr(pipeline, "compile_blocks", functools.partial(compile_blocks, backend="aot_eager"))
+    compiled at load), compiled with "aot_eager" because this is the CPU (tests/support/compiled_engines.py)."""
     torch._dynamo.reset()
-    engine = pipeline.Engine.load(tiny_settings, "cpu")
+    engine = load_compiled(tiny_settings, "cpu")
     yield engine
     uncompile_blocks(dit_blocks(engine.pipe))
     engine.close()
@@ -169,3 +164,25 @@ def test_compile_is_for_gpus_and_its_cache_goes_under_models_dir(tmp_path, monke
     assert os.environ[CACHE_ENV] == str(path)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))    # the owner's choice wins
     assert use_disk_cache(tmp_path / "models") == tmp_path / "mine"
+
+
+def test_an_engine_process_says_warming_up_until_its_child_has_compiled_the_shape(tiny_settings):
+    """Multi-GPU engines live in child processes: the parent tracks the compiled shapes from the child's recipe
+    and reports "warming up" from the request to the first step's progress."""
+    from engine.engine_process import ProcessEngine
+
+    engine = ProcessEngine.start(tiny_settings, "cpu", loader=COMPILED_LOADER)
+    try:
+        assert engine.recipe.compile and engine.recipe_differences(engine.recipe.to_dict()) == []
+        seen: list[bool] = []
+        spec = JobSpec("a fox", seed=3, steps=2, width=256, height=256)
+        assert engine.needs_warm_up(spec)
+        engine.generate(spec, should_cancel=lambda: seen.append(engine.warming_up) or False,
+                        progress=lambda done, total: seen.append(engine.warming_up))
+        assert seen[0] is True and seen[-1] is False and not engine.needs_warm_up(spec)
+        seen.clear()
+        engine.generate(spec, should_cancel=lambda: seen.append(engine.warming_up) or False)
+        assert seen and not any(seen)
+        assert engine.recipe_differences(None) == ["no engine recipe was recorded with the image"]
+    finally:
+        engine.close()

@@ -1,0 +1,39 @@
+"""Which denoising shapes the DiT's compiled blocks have run (engine/compile.py), so that an engine can say "warming
+up" while a new one compiles instead of an ETA that assumes steady steps. No torch here: the parent side of an
+engine process (engine/engine_process.py) keeps one too."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileState:
+    """Which denoising shapes the compiled blocks have run: a new one compiles first ("warming up").
+
+    A shape is (batch, width, height, variant); the variant is the job's LoRA set (`JobSpec.lora_key()`): its
+    forward hooks on the blocks' Linears are part of the graph (dynamo guards on them), so a new set may compile
+    again (a set whose pairs have the same shapes as one seen before reuses its graph: then the flag was up for
+    nothing, which only costs a less precise ETA)."""
+    enabled: bool
+    warm: set[tuple] = field(default_factory=set)
+    warming_up: bool = False
+
+    def needs_warm_up(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
+        return self.enabled and (batch, width, height, variant) not in self.warm
+
+    def begin(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
+        """A denoise of this shape starts; True (and `warming_up` set) when it compiles first."""
+        self.warming_up = self.needs_warm_up(batch, width, height, variant)
+        if self.warming_up:
+            log.info("warming up: compiling the DiT blocks for batch %d at %dx%d%s", batch, width, height,
+                     " with a new LoRA set" if variant else "")
+        return self.warming_up
+
+    def end(self, batch: int, width: int, height: int, variant: tuple = (), *, completed: bool) -> None:
+        """The denoise ended; a completed first step leaves the shape compiled."""
+        if self.enabled and completed:
+            self.warm.add((batch, width, height, variant))
+        self.warming_up = False
