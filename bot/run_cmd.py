@@ -14,6 +14,7 @@ import aiohttp
 import discord
 
 from bot.app import build_bot
+from bot.client import intents, without_voice
 from bot.config import Config, ConfigError, load_config
 from bot.errors import CannotStart
 from bot.logging_setup import setup_logging
@@ -51,8 +52,13 @@ def run_command(args) -> int:
 
 
 async def _serve(config: Config, token: str) -> None:
-    """The services and the bot (bot/app.py), then the connection; `async with` closes the bot however it ends
-    (discord.py's `Client.run` does the same)."""
+    """Discord first, then the services and the bot (bot/app.py), then the connection."""
+    # 1. The token and the way to Discord, before anything is opened: an owner whose bot cannot reach Discord (or
+    #    whose token is wrong) reads one line, and no database or folder was made for nothing.
+    without_voice()
+    async with discord.Client(intents=intents()) as probe:
+        await probe.login(token)
+    # 2. The bot over its services; `async with` closes it however it ends (as discord.py's `Client.run` does).
     bot = await build_bot(config, freeze_gc=True)
     async with bot:
         await bot.start(token)

@@ -80,7 +80,7 @@ async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_e
     alice = fake.add_user("alice")
     # 1. A result made while the engine worked; an Edit form left open; the PNG pruned since.
     good = await start_bot(await make_rel_bot())
-    await good.wait_until_engines_loaded()
+    await good.engines.wait_loaded()
     ix = await imagine(fake, alice, prompt="a red kite", seed=11)
     result = await ix.wait_message(has_result, 30)
     await eventually(lambda: delivered(good, 1))
