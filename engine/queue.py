@@ -57,6 +57,9 @@ class QueueEvent:
     position: int | None = None
     eta_s: float | None = None
     worker: str = ""
+    # RUNNING: the engine compiles the DiT's blocks for this job's shape first (engine/compile.py), so its steps have
+    # not started and no step-based ETA holds; a second RUNNING event with False says the first step is done.
+    warming_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class _Running:
     started_at: float
     step: int = 0
     total: int = 0
+    warming_up: bool = False   # the engine compiles for its shape (until its first step)
+    warmed: bool = False       # it did: its time says nothing about the next job of its kind
 
 
 Listener = Callable[[QueueEvent], object]
@@ -240,11 +245,29 @@ class JobQueue:
         self._announce()
         return batch
 
+    def warm_up(self, job_ids: list[int], on: bool) -> None:
+        """Running jobs whose engine compiles for their shape first (`on`), or is done with it: listeners hear it
+        (a RUNNING QueueEvent with `warming_up`), and the ETA model does not learn from a batch that warmed up
+        (the compile is not what the next job of that kind will take)."""
+        for jid in job_ids:
+            run = self._running.get(jid)
+            if run is None or run.warming_up == on:
+                continue
+            run.warming_up = on
+            run.warmed = run.warmed or on
+            self._emit(QueueEvent(jid, JobStatus.RUNNING, worker=run.worker, warming_up=on))
+
+    def is_warming_up(self, job_id: int) -> bool:
+        run = self._running.get(job_id)
+        return run is not None and run.warming_up
+
     def progress(self, job_id: int, step: int, total: int) -> None:
         """A running job finished `step` of `total` steps (keeps the ETAs of the jobs behind it honest)."""
         run = self._running.get(job_id)
         if run is None:
             return
+        if run.warming_up:      # the first step ran: compiled
+            self.warm_up([job_id], False)
         run.step, run.total = step, total
         now = time.monotonic()
         if now - self._last_progress_announce >= PROGRESS_ANNOUNCE_S or step == total:
@@ -255,7 +278,7 @@ class JobQueue:
         """The jobs left their worker after `seconds` (together, as one batch). `learn=False` for failed
         or cancelled jobs, whose time says nothing about the next job."""
         runs = [self._running.pop(jid) for jid in job_ids if jid in self._running]
-        if learn and runs:
+        if learn and runs and not any(run.warmed for run in runs):
             share = seconds / len(runs)
             for run in runs:
                 self.eta.record(run.job.spec, share)

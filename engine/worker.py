@@ -282,6 +282,11 @@ class Worker:
         def should_cancel() -> bool:  # engine thread; a batch stops only when all its jobs are cancelled
             return self._stopping.is_set() or all(f.is_set() for f in flags)
 
+        # A shape the engine has not compiled yet compiles during the first step: the queue says "warming up".
+        needs_warm_up = getattr(self.engine, "needs_warm_up", None)
+        if needs_warm_up is not None and needs_warm_up(batch[0].spec, sum(max(j.spec.count, 1) for j in batch)):
+            self.queue.warm_up(ids, True)
+
         def call() -> list[Result]:
             if len(batch) == 1:
                 return [self.engine.generate(batch[0].spec, progress=progress, should_cancel=should_cancel)]
