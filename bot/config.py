@@ -82,6 +82,10 @@ class LimitsSettings:
                                   "megapixels (1024x1024 = 1.0 megapixel), about proportional to its GPU time. The "
                                   "default lets through every job the default sizes allow (4 x 50 x 1.0) and "
                                   "refuses e.g. 4 images x 50 steps at 2048x2048 (800). 0 = no cap.", min=0)
+    max_loras: int = setting(4, "Most LoRAs one job may use: /imagine's lora option and <lora:name:0.8> tags in the "
+                             "prompt together. 0 = no LoRAs.", min=0, max=limits.MAX_LORAS)
+    max_input_mb: float = setting(8.0, "Largest image attachment /imagine takes as its input, in MB (checked on the "
+                                  "attachment's declared size, before it is downloaded).", min=0.1, max=25)
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ def load_config(path: str | os.PathLike | None = None, *, env: typing.Mapping[st
 
 def anchor_paths(cfg: Config, folder: Path) -> Config:
     """Relative paths in the file mean "beside the config file", whatever the working directory: models_dir,
-    images_dir, the log file and a SQLite database file are resolved against `folder`; `model` and
+    images_dir, loras_dir, the log file and a SQLite database file are resolved against `folder`; `model` and
     `base_model` too when they name something that exists there (else models_dir/<value> when that exists, else
     they stay as written: the engine looks in models_dir too)."""
     def beside(value: str) -> str:
@@ -174,6 +178,7 @@ def anchor_paths(cfg: Config, folder: Path) -> Config:
     eng = cfg.engine
     models_dir = beside(eng.models_dir)
     engine = dataclasses.replace(eng, models_dir=models_dir, images_dir=beside(eng.images_dir),
+                                 loras_dir=beside(eng.loras_dir),
                                  model=found(eng.model, models_dir), base_model=found(eng.base_model, models_dir))
     logging_ = dataclasses.replace(cfg.logging, file=beside(cfg.logging.file))
     database = dataclasses.replace(cfg.database, url=_anchor_sqlite(cfg.database.url, folder))

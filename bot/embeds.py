@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 COLOR_OK = discord.Colour.from_rgb(88, 101, 242)
 COLOR_BAD = discord.Colour.from_rgb(237, 66, 69)
 EMBED_DESCRIPTION_MAX = 4096
+EMBED_FIELD_MAX = 1024  # characters of an embed field value
 STATUS_PROMPT_CHARS = 160  # the prompt in a status line, as sent (escapes count)
 HISTORY_PROMPT_CHARS = 120  # the prompt of one /history line, as sent (10 lines fit the 4096 of an embed)
 STATUS_ICONS = {JobStatus.QUEUED: "⏳", JobStatus.RUNNING: "🎨", JobStatus.DONE: "✅", JobStatus.FAILED: "⚠️",
@@ -85,6 +86,12 @@ def result_embed(job: JobRecord, *, requester: str | None = None) -> discord.Emb
     emb.add_field(name="Guidance", value=f"{job.guidance:g}")
     if job.variation_seed is not None and job.variation_strength:
         emb.add_field(name="Variation", value=f"seed {job.variation_seed} at {job.variation_strength:g}")
+    if job.loras:
+        names = ", ".join(f"{u['name']} {u['strength']:g}" for u in job.loras)
+        emb.add_field(name="LoRAs" if len(job.loras) > 1 else "LoRA", value=literal(names, EMBED_FIELD_MAX))
+    if job.input_image is not None and job.denoise is not None:
+        emb.add_field(name="Upscaled ×2" if job.kind == "upscale" else "Image input",
+                      value=f"strength {job.denoise:g}")
     emb.add_field(name="Model", value=job.model_id or "?")
     total = (job.timings or {}).get("total")
     emb.add_field(name="Time", value=fmt_seconds(total) if total is not None else "?")

@@ -7,7 +7,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable
 
+from bot.input_images import StoredInput
+from bot.lora_choice import loras_of
 from db.records import JobRecord
+from engine.image_input import UPSCALE_DENOISE, upscale_size
 from engine.job_status import JobStatus
 from engine.spec import JobSpec, random_seed
 
@@ -66,14 +69,18 @@ class JobEvent:
 
 Listener = Callable[[JobEvent], Any]
 
-VARY_STRENGTH = 0.15  # 🔀 Vary: subtle, the composition stays
+VARY_STRENGTH = 0.15  # 🔀 Vary (Subtle): the composition stays
+VARY_STRONG = 0.5     # 🔀 Vary (Strong): the same subject and palette, a new arrangement
 
 
 def spec_of(job: JobRecord) -> JobSpec:
     """The spec that reproduces a stored job."""
     return JobSpec(prompt=job.prompt, seed=job.seed, steps=job.steps, width=job.width, height=job.height,
                    guidance=job.guidance, variation_seed=job.variation_seed,
-                   variation_strength=job.variation_strength, count=job.count)
+                   variation_strength=job.variation_strength, count=job.count, loras=loras_of(job.loras),
+                   image=job.input_image, image_sha256=job.input_sha256,
+                   denoise=job.denoise if job.input_image and job.denoise is not None else 1.0,
+                   upscale_parent=f"job {job.parent_id}" if job.kind == "upscale" and job.parent_id else None)
 
 
 def rerolled(parent: JobRecord) -> JobSpec:
@@ -81,7 +88,15 @@ def rerolled(parent: JobRecord) -> JobSpec:
     return replace(spec_of(parent), seed=random_seed())
 
 
-def varied(parent: JobRecord) -> JobSpec:
-    """🔀 Vary: the parent's seed with a fresh variation seed at a subtle strength (a variation of its first
-    image)."""
-    return replace(spec_of(parent), count=1, variation_seed=random_seed(), variation_strength=VARY_STRENGTH)
+def varied(parent: JobRecord, strength: float = VARY_STRENGTH) -> JobSpec:
+    """🔀 Vary (Subtle, or Strong with VARY_STRONG): the parent's seed with a fresh variation seed (a variation of its
+    first image)."""
+    return replace(spec_of(parent), count=1, variation_seed=random_seed(), variation_strength=strength)
+
+
+def upscaled(parent: JobRecord, image: StoredInput) -> JobSpec:
+    """🔍 Upscale ×2: the parent's first image (stored as `image`) twice as large (2048 a side at most), refined at
+    UPSCALE_DENOISE with the parent's prompt, seed and LoRAs."""
+    width, height = upscale_size(image.width, image.height)
+    return replace(spec_of(parent), count=1, width=width, height=height, image=str(image.path),
+                   image_sha256=image.sha256, denoise=UPSCALE_DENOISE, upscale_parent=f"job {parent.id}")

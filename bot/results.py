@@ -19,6 +19,7 @@ from bot.literal import echo_mentions, literal
 from bot.views import JobRef, result_view
 from db import deliveries
 from db import jobs as store_jobs
+from engine.image_input import UPSCALE_MAX_PIXELS, can_upscale
 from engine.job_status import JobStatus
 
 if TYPE_CHECKING:
@@ -68,7 +69,8 @@ class ResultPoster:
             log.warning("job %d: %d image(s) over the %d-byte upload limit left out", job.id,
                         len(blobs) - len(files), limit)
         return Payload(content=content, embed=result_embed(job), files=files,
-                       view=result_view(JobRef(job.id, self.identity)), mention_user_id=job.user_id)
+                       view=result_view(JobRef(job.id, self.identity), upscale=offers_upscale(job)),
+                       mention_user_id=job.user_id)
 
     async def notify_failure(self, job: "JobRecord", message: str) -> None:
         """Tell the requester in the job's channel that it failed, and why."""
@@ -148,3 +150,8 @@ class ResultPoster:
         else:
             log.info("job %d: delivery refused (%s), %d of %d; tried again at the next start-up", job.id, reason,
                      count, MAX_DELIVERY_REFUSALS)
+
+
+def offers_upscale(job: "JobRecord") -> bool:
+    """🔍 Upscale ×2 is offered under results of at most 1024² (what the issue targets: 2048² at most) that can grow."""
+    return job.width * job.height <= UPSCALE_MAX_PIXELS and can_upscale(job.width, job.height)

@@ -28,6 +28,7 @@ from bot.admission_errors import (BannedWord, CoolingDown, EmptyPrompt, GuildQue
                                   QueueFull, ShuttingDown, StoreGone, TooManyImages, TooManyUnfinished)
 from bot.banned_words import BannedWords
 from bot.job_types import CancelOutcome, JobEvent, Listener, NewRequest, Submitted, spec_of
+from bot.lora_choice import stored
 from bot.result_files import write_pngs
 from bot.user_turns import UserTurns
 from db import jobs as store_jobs
@@ -164,7 +165,8 @@ class JobService:
                 variation_strength=spec.variation_strength, parent_id=request.parent_id, kind=request.kind,
                 model_id=self.model_id, interaction_id=request.interaction_id,
                 interaction_token=request.interaction_token, interaction_created_at=request.interaction_created_at,
-                status_message_id=request.status_message_id))
+                status_message_id=request.status_message_id, loras=stored(spec.loras), input_image=spec.image,
+                input_sha256=spec.image_sha256, denoise=spec.denoise if spec.image is not None else None))
             try:
                 position = self.queue.submit(record.id, spec, owner=request.user_id)
             except QueueClosed:  # the row stays queued: recovery runs it at the next start

@@ -52,10 +52,13 @@ def job_custom_id(action: str, ref: JobRef, *more: int) -> str:
     return custom_id(action, *ref.parts(), *more)
 
 
-# action -> (label, emoji, style); the action's behaviour is the handler `FluxBot.job_buttons[action]`
+# action -> (label, emoji, style); the action's behaviour is the handler `FluxBot.job_buttons[action]`. Actions are
+# only ever added: a message posted by an older version keeps its buttons (its "vary" is today's Vary (Subtle)).
 JOB_BUTTONS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.secondary),   # same everything, a new random seed
-    "vary": ("Vary", "🔀", discord.ButtonStyle.secondary),       # the same seed with a subtle variation
+    "vary": ("Vary (Subtle)", "🔀", discord.ButtonStyle.secondary),        # the same seed, a subtle variation
+    "varystrong": ("Vary (Strong)", "🔀", discord.ButtonStyle.secondary),  # the same seed, a strong variation
+    "upscale": ("Upscale ×2", "🔍", discord.ButtonStyle.secondary),        # twice as large, refined (img2img)
     "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),       # a form prefilled with prompt, seed, steps
     "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),      # removes the result message; the record stays
     "cancel": ("Cancel", "✖️", discord.ButtonStyle.secondary),   # stops a queued or running job
@@ -89,11 +92,19 @@ class JobButton(DynamicItem[Button], template=rf"{PREFIX}:(?P<action>{'|'.join(J
         await guarded(interaction, lambda: handler(interaction, self.ref))
 
 
-def result_view(ref: JobRef) -> discord.ui.View:
-    """The four buttons under a result."""
+RESULT_ACTIONS = ("reroll", "vary", "varystrong", "upscale", "edit", "delete")
+
+
+def result_view(ref: JobRef, *, upscale: bool = True) -> discord.ui.View:
+    """The buttons under a result: 🎲 Reroll, 🔀 Vary (Subtle), 🔀 Vary (Strong), 🔍 Upscale ×2 (when the image can
+    grow: `upscale`), then ✏️ Edit and 🗑 Delete on a second row."""
     view = discord.ui.View(timeout=None)
-    for action in ("reroll", "vary", "edit", "delete"):
-        view.add_item(JobButton(action, ref))
+    for action in RESULT_ACTIONS:
+        if action == "upscale" and not upscale:
+            continue
+        button = JobButton(action, ref)
+        button.row = 1 if action in ("edit", "delete") else 0
+        view.add_item(button)
     return view
 
 

@@ -27,6 +27,7 @@ MAX_INPUT_PIXELS = 40_000_000       # Pillow refuses (DecompressionBombError) an
 TARGET_PIXELS = 1024 * 1024         # an input image is made about this large (FLUX's native area)
 UPSCALE_FACTOR = 2
 UPSCALE_DENOISE = 0.4               # the hires-fix strength of 🔍 Upscale ×2: keeps the composition, adds detail
+UPSCALE_MAX_PIXELS = 1024 * 1024    # Upscale ×2 is offered on images of at most this many pixels (→ 2048² at most)
 DEFAULT_DENOISE = 0.6               # /imagine's image strength when none is given
 INPUT_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
 _FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "MPO"}

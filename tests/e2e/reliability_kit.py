@@ -47,7 +47,8 @@ def rel_engine(tiny_model_dir):
     from engine.pipeline import Engine
 
     settings = EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident",
-                              devices=["cpu"], default_steps=2, max_sequence_length=64)
+                              devices=["cpu"], default_steps=2, max_sequence_length=64,
+                              loras_dir=str(tiny_model_dir.parent / "loras"))
     engine = Engine.load(settings, "cpu")
     yield engine
     engine.close()
@@ -141,7 +142,7 @@ def gate():
 
 # --- driving and observing ------------------------------------------------------------------------------------------
 
-def job_buttons(bot, job_id: int, actions=("reroll", "vary", "edit", "delete")) -> list[str]:
+def job_buttons(bot, job_id: int, actions=("reroll", "vary", "varystrong", "upscale", "edit", "delete")) -> list[str]:
     """The custom_ids of a job's buttons as `bot` posts them (with its database's identity: bot.views)."""
     from bot.views import JobRef, job_custom_id
 

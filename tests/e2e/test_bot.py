@@ -107,7 +107,7 @@ async def test_reroll_vary_and_edit_make_new_jobs_owned_by_the_presser(fake_disc
     assert job2.seed != 1000 and f"Seed {job2.seed}" in rerolled.text()
     assert rerolled.custom_ids[0] == job_buttons(bot, 2)[0]
     # 2. 🔀 Vary: the same seed, a variation seed at a subtle strength.
-    vary = await result_of(await fake.click(alice, first, "Vary"))
+    vary = await result_of(await fake.click(alice, first, "Vary (Subtle)"))
     job3 = await store_jobs.get_job(bot.store, 3)
     assert (job3.kind, job3.parent_id, job3.seed, job3.variation_strength) == ("vary", 1, 1000, 0.15)
     assert job3.variation_seed is not None and "Variation" in vary.text()

@@ -93,7 +93,7 @@ async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_e
     bot = await start_bot(await broken_bot())
     assert await bot.engines.wait_loaded() == 0
     attempts = [await fake.click(alice, result, "Reroll"),
-                await fake.click(alice, result, "Vary"),
+                await fake.click(alice, result, "Vary (Subtle)"),
                 await fake.click(alice, result, "Edit"),
                 await fake.submit_modal(alice, edit_form_id(good, 1, form.id), {"prompt": "a blue kite"}),
                 await fake.slash(alice, "show", {"job": 1})]

@@ -144,7 +144,7 @@ async def test_generation_rights_are_checked_for_slash_buttons_and_modal(fake_di
     ways_in = [
         await fake.slash(mallory, "imagine", {"prompt": "a bonsai", "size": "256x256"}),
         await fake.click(mallory, result, "Reroll"),
-        await fake.click(mallory, result, "Vary"),
+        await fake.click(mallory, result, "Vary (Subtle)"),
         await fake.click(mallory, result, "Edit"),
         await fake.submit_modal(mallory, form, {"prompt": "mallory's bonsai", "seed": "1", "steps": "1"},
                                 message=result),

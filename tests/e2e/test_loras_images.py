@@ -1,0 +1,231 @@
+"""LoRAs, an image as input, 🔍 Upscale ×2 and Vary Subtle/Strong through the real bot and the fake Discord (issue 15):
+each new option, button and refusal, with what the job records and what its PNG says."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+from safetensors.torch import save_file
+
+from bot.app import build_bot
+from db import jobs as store_jobs
+from engine.image_input import UPSCALE_DENOISE, fit_size
+from engine.png import format_parameters, read_png_params
+from engine.settings import TINY, EngineSettings
+from engine.tiny import DEMO_LORA
+from tests.e2e.refusals import refusal
+from tests.e2e.reliability_kit import (count_rows, crafted_click, has_result, imagine, rel_config,  # noqa: F401
+                                       job_buttons)
+from tests.fakediscord import Upload
+from tests.support import lora_layouts
+
+
+@pytest.fixture(scope="module")
+def loras_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("loras")
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_model_dir, loras_dir):
+    """A tiny-random engine of this module's own, its LoRAs in `loras_dir` (the demo LoRA is written at load)."""
+    from engine.pipeline import Engine
+
+    settings = EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident", devices=["cpu"],
+                              default_steps=2, max_sequence_length=64, loras_dir=str(loras_dir))
+    engine = Engine.load(settings, "cpu")
+    lora_layouts.write(engine.pipe, "peft", loras_dir / "e2e detail.safetensors")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+async def bot(fake_discord, start_bot, rel_config, lora_engine, loras_dir):
+    config = rel_config(engine={"loras_dir": str(loras_dir)}, limits={"max_loras": 2, "max_input_mb": 1.0})
+    started = await start_bot(await build_bot(config, engine_loader=lambda _s, _d: lora_engine, close_engines=False))
+    assert await started.engines.wait_loaded() == 1
+    return started
+
+
+async def result_of(ix, timeout: float = 60.0):
+    return await ix.wait_message(has_result, timeout)
+
+
+def png_params(bot, job) -> dict:
+    return read_png_params(job.images[0].path)
+
+
+def photo(width=300, height=200, **text) -> bytes:
+    """A PNG 'photo' with text chunks (metadata a user would not want kept)."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 120)], axis=-1).astype(np.uint8)
+    info = PngImagePlugin.PngInfo()
+    for k, v in text.items():
+        info.add_text(k, v)
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+# --- LoRAs --------------------------------------------------------------------------------------------------------
+
+async def test_a_lora_option_and_a_prompt_tag_make_the_job_and_its_png_record_them(fake_discord, bot, loras_dir):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    ix = await imagine(fake, alice, prompt="a red fox <lora:e2e detail:0.5> in snow", seed=5, lora=DEMO_LORA,
+                       lora_strength=0.8)
+    await result_of(ix)
+    job = await store_jobs.get_job(bot.store, 1)
+    # 1. The record: the prompt without its tag, both LoRAs with their files' SHA-256 and strengths.
+    digest = {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in loras_dir.glob("*.safetensors")}
+    assert job.prompt == "a red fox in snow"
+    assert job.loras == ({"name": "e2e detail", "strength": 0.5, "sha256": digest["e2e detail"]},
+                         {"name": DEMO_LORA, "strength": 0.8, "sha256": digest[DEMO_LORA]})
+    # 2. The PNG, in A1111's words.
+    text = format_parameters(png_params(bot, job))
+    assert text.startswith(f"a red fox in snow <lora:e2e detail:0.5> <lora:{DEMO_LORA}:0.8>\n")
+    assert 'Lora hashes: "e2e detail: ' in text
+    # 3. 🎲 Reroll keeps them.
+    await result_of(await fake.click(alice, (await ix.wait_message(has_result)), "Reroll"))
+    assert (await store_jobs.get_job(bot.store, 2)).loras == job.loras
+
+
+async def test_the_lora_option_autocompletes_installed_names(fake_discord, bot):
+    alice = fake_discord.add_user("alice")
+    ix = await fake_discord.autocomplete(alice, "imagine", {"prompt": "a cat", "lora": "DET"}, focused="lora")
+    response = await ix.wait_response()
+    assert response.type == 8 and [c["name"] for c in response.data["choices"]] == ["e2e detail"]
+    ix = await fake_discord.autocomplete(alice, "imagine", {"prompt": "a cat", "lora": ""}, focused="lora")
+    assert [c["value"] for c in (await ix.wait_response()).data["choices"]] == ["e2e detail", DEMO_LORA]
+
+
+async def test_slash_loras_lists_names_and_trigger_words(fake_discord, bot):
+    alice = fake_discord.add_user("alice")
+    ix = await fake_discord.slash(alice, "loras", {})
+    response = await ix.wait_response()
+    text = response.data.get("content", "") + str(response.data.get("embeds", ""))
+    shown = DEMO_LORA.replace("-", "\\-")                  # as Discord markdown: the name, escaped (bot.literal)
+    assert response.ephemeral and f"**{shown}** (" in text and "trigger words: tiny demo" in text
+    assert "**e2e detail** (" in text and text.startswith("2 LoRAs")
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(prompt="a cat", lora="no such lora"), "There is no LoRA named 'no such lora'"),
+    (dict(prompt="a cat <lora:e2e detail:9>"), "LoRA strength must be between -2 and 2"),
+    (dict(prompt="a cat", lora_strength=0.5), "lora_strength needs a lora"),
+    (dict(prompt="a <lora:e2e detail> <lora:x:1> <lora:y:1> cat"), "at most 2 LoRAs"),
+    (dict(prompt="a cat", lora="sdxl style"), "not a LoRA for FLUX"),
+    (dict(prompt="<lora:e2e detail>"), "The prompt is empty"),
+])
+async def test_bad_lora_requests_are_refused_privately_and_queue_nothing(fake_discord, bot, loras_dir, options, words):
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(2, 8),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.ones(8, 2)},
+              str(loras_dir / "sdxl style.safetensors"))
+    try:
+        alice = fake_discord.add_user("alice")
+        ix = await fake_discord.slash(alice, "imagine", {"steps": 2, "size": "256x256", **options})
+        assert words in await refusal(fake_discord, ix)
+        assert await count_rows(bot.store) == 0
+    finally:
+        (loras_dir / "sdxl style.safetensors").unlink()
+
+
+async def test_show_refuses_a_job_whose_lora_file_changed_or_is_gone(fake_discord, bot, loras_dir, lora_engine):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    path = lora_layouts.write(lora_engine.pipe, "kohya", loras_dir / "e2e changing.safetensors")
+    try:
+        await result_of(await imagine(fake, alice, prompt="a barn", seed=3, lora="e2e changing"))
+        job = await store_jobs.get_job(bot.store, 1)
+        for image in job.images:                          # the PNG was pruned: /show must make it again
+            os.remove(image.path)
+        lora_layouts.write(lora_engine.pipe, "comfy", path)   # same name, another file
+        ix = await fake.slash(alice, "show", {"job": 1})
+        assert "has changed since this job was made" in await refusal(fake, ix)
+        path.unlink()
+        ix = await fake.slash(alice, "show", {"job": 1})
+        assert "is no longer installed" in await refusal(fake, ix)
+        assert await count_rows(bot.store) == 1
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# --- an image as input ---------------------------------------------------------------------------------------------
+
+async def test_an_image_attachment_is_stored_clean_and_drives_the_job(fake_discord, bot):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    upload = Upload("holiday.png", photo(parameters="secret prompt", Author="alice@example.com"), "image/png")
+    ix = await fake.slash(alice, "imagine", {"prompt": "an oil painting", "image": upload, "strength": 0.5,
+                                             "steps": 4, "seed": 8})
+    result = await result_of(ix)
+    job = await store_jobs.get_job(bot.store, 1)
+    # 1. The size is the image's (aspect kept, multiples of 16); the strength and the stored input are recorded.
+    assert (job.width, job.height) == fit_size(300, 200) and result.attachments[0].image_size == fit_size(300, 200)
+    stored = open(job.input_image, "rb").read()
+    assert job.denoise == 0.5 and job.input_sha256 == hashlib.sha256(stored).hexdigest()
+    assert b"secret prompt" not in stored and b"alice@example.com" not in stored     # only the pixels were kept
+    # 2. The PNG says so, in A1111's words.
+    assert f"Denoising strength: 0.5, Init image hash: {job.input_sha256}" in format_parameters(png_params(bot, job))
+    # 3. Reroll keeps the input and its strength.
+    await result_of(await fake.click(alice, result, "Reroll"))
+    again = await store_jobs.get_job(bot.store, 2)
+    assert (again.input_image, again.input_sha256, again.denoise) == (job.input_image, job.input_sha256, 0.5)
+
+
+@pytest.mark.parametrize("upload, words", [
+    (Upload("big.png", b"\x89PNG" + b"\0" * 1_200_000, "image/png"), "accepts at most 1 MB"),
+    (Upload("notes.txt", b"hello", "text/plain"), "not an image"),
+    (Upload("broken.png", b"\x89PNG\r\n\x1a\n garbage", "image/png"), "could not be read as an image"),
+])
+async def test_bad_attachments_are_refused_privately_and_queue_nothing(fake_discord, bot, upload, words):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    ix = await fake.slash(alice, "imagine", {"prompt": "a cat", "image": upload, "steps": 2})
+    assert words in await refusal(fake, ix)
+    assert await count_rows(bot.store) == 0
+    if "MB" in words:                                  # refused on its declared size: never downloaded
+        assert not fake.requests_to(r"^/attachments/", "GET")
+
+
+async def test_strength_without_an_image_is_refused(fake_discord, bot):
+    alice = fake_discord.add_user("alice")
+    ix = await fake_discord.slash(alice, "imagine", {"prompt": "a cat", "strength": 0.5, "steps": 2})
+    assert "strength needs an image" in await refusal(fake_discord, ix)
+
+
+# --- buttons: Upscale, Vary Subtle/Strong ----------------------------------------------------------------------------
+
+async def test_upscale_makes_a_twice_as_large_refinement_of_the_image(fake_discord, bot):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    first = await result_of(await imagine(fake, alice, prompt="a castle", seed=11, lora=DEMO_LORA))
+    parent = await store_jobs.get_job(bot.store, 1)
+    up = await result_of(await fake.click(alice, first, "Upscale ×2"))
+    job = await store_jobs.get_job(bot.store, 2)
+    assert (job.kind, job.parent_id, job.width, job.height, job.denoise) == ("upscale", 1, 512, 512, UPSCALE_DENOISE)
+    assert (job.prompt, job.seed, job.loras) == (parent.prompt, parent.seed, parent.loras)
+    assert up.attachments[0].image_size == (512, 512)
+    params = format_parameters(png_params(bot, job))
+    assert "Upscale parent: job 1" in params and f"Denoising strength: {UPSCALE_DENOISE}" in params
+    # its input is the parent's pixels, stored clean
+    with Image.open(job.input_image) as im, Image.open(parent.images[0].path) as original:
+        assert np.array_equal(np.asarray(im), np.asarray(original.convert("RGB")))
+
+
+async def test_vary_subtle_and_strong_and_the_old_vary_button(fake_discord, bot):
+    from bot.job_types import VARY_STRENGTH, VARY_STRONG
+
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    first = await result_of(await imagine(fake, alice, prompt="a harbour", seed=21))
+    await result_of(await fake.click(alice, first, "Vary (Subtle)"))
+    await result_of(await fake.click(alice, first, "Vary (Strong)"))
+    old = await crafted_click(fake, alice, job_buttons(bot, 1, ("vary",))[0])   # a button posted before Strong existed
+    await result_of(old)
+    strengths = [(await store_jobs.get_job(bot.store, i)).variation_strength for i in (2, 3, 4)]
+    assert strengths == [VARY_STRENGTH, VARY_STRONG, VARY_STRENGTH] and VARY_STRONG > VARY_STRENGTH
