@@ -45,11 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
     g.add_argument("--steps", type=int, default=None, help="default: [engine] default_steps")
-    g.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT, multiples of 16 (default 1024x1024)")
+    g.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 16 (default 1024x1024; with --image, the "
+                   "image's own size at about 1 megapixel at most)")
     g.add_argument("--guidance", type=float, default=None, help="default: [engine] default_guidance")
     g.add_argument("--count", type=int, default=1, help="images, seeds seed..seed+count-1")
     g.add_argument("--variation-seed", type=int, default=None)
     g.add_argument("--variation-strength", type=float, default=0.0)
+    g.add_argument("--image", default=None, metavar="PATH", help="an image to start from (img2img); stored without "
+                   "its metadata beside the images, as the bot stores attachments")
+    g.add_argument("--strength", type=float, default=None, help="with --image: how much to change it, 0 (keep) to 1 "
+                   "(ignore it); default 0.6")
+    g.add_argument("--lora", action="append", default=None, metavar="NAME_OR_PATH[:STRENGTH]",
+                   help="a LoRA by name (a file of [engine] loras_dir without .safetensors) or path, strength -2..2 "
+                   "(default 1); repeat for several")
     g.add_argument("--model", default=None, help="override [engine] model")
     g.add_argument("--profile", default=None, choices=PROFILES, help="override [engine] profile")
     g.add_argument("-o", "--output", default=None, help="PNG path (default: the images folder); with --count > 1, "

@@ -17,16 +17,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from bot.config import Config, load_config
+from bot.input_images import store_file
 from engine import limits
 from engine.errors import EngineError
 from engine.models import quiet_loading_bars
 from engine.png import image_params, save_png
 from engine.settings import TINY
-from engine.spec import JobSpec
+from engine.image_input import DEFAULT_DENOISE, fit_size
+from engine.lora_files import DEMO_LORA, LoraLibrary, check_lora_header
+from engine.spec import JobSpec, LoraUse
 
 log = logging.getLogger(__name__)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
+DEFAULT_SIZE = "1024x1024"  # without --size (with --image: the image's own size, engine/image_input.fit_size)
 TINY_NOTE = (f"note: {TINY} has random weights, so its images are noise: it checks the set-up. For pictures, "
              f"download a model (python -m bot download flux-dev) and set [engine] model.")
 
@@ -95,9 +99,19 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def _spec_from_args(args: argparse.Namespace, cfg: Config, settings, job_spec_cls):
-    """The JobSpec, every value checked with the bot's limits and wording (engine/limits.py)."""
-    width, height = parse_size(args.size)
+    """The JobSpec, every value checked with the bot's limits and wording (engine/limits.py); --lora files checked
+    and hashed, an --image stored as an input (as the bot stores attachments)."""
+    # 1. An image input: stored clean; its size is the job's unless --size is given.
+    image = _input_image(args, settings.images_dir)
+    if args.size is None and image is not None:
+        width, height = fit_size(image.width, image.height)
+    else:
+        width, height = parse_size(args.size or DEFAULT_SIZE)
+    if settings.model == TINY and any(t.rpartition(":")[0] == DEMO_LORA or t == DEMO_LORA for t in args.lora or ()):
+        _ensure_demo_lora(settings)   # tiny-random's demo LoRA is written when the engine loads: here, first
     try:
+        loras = tuple(_lora_use(LoraLibrary(settings.loras_dir), text) for text in args.lora or ())
+        limits.check_lora_count(len(loras), cfg.limits.max_loras)
         prompt = limits.check_prompt(args.prompt, cfg.limits.max_prompt_chars)
         seed = limits.check_seed(args.seed)
         steps = limits.check_steps(settings.default_steps if args.steps is None else args.steps)
@@ -107,8 +121,51 @@ def _spec_from_args(args: argparse.Namespace, cfg: Config, settings, job_spec_cl
         limits.check_cost(count, steps, width, height, cfg.limits.max_job_cost)
     except limits.LimitError as e:
         raise UsageError(str(e)) from None
-    return job_spec_cls(prompt=prompt, seed=seed, steps=steps, width=width, height=height, guidance=guidance,
-                        variation_seed=args.variation_seed, variation_strength=strength, count=count).resolve()
+    spec = job_spec_cls(prompt=prompt, seed=seed, steps=steps, width=width, height=height, guidance=guidance,
+                        variation_seed=args.variation_seed, variation_strength=strength, count=count, loras=loras)
+    if image is not None:
+        spec = replace(spec, image=str(image.path), image_sha256=image.sha256, denoise=args.strength)
+    return spec.resolve()
+
+
+def _input_image(args: argparse.Namespace, images_dir: str):
+    """--image stored as an input (bot.input_images), or None; --strength without --image is a usage error."""
+    if args.image is None:
+        if args.strength is not None:
+            raise UsageError("--strength needs --image (the image to start from)")
+        return None
+    try:
+        args.strength = limits.check_denoise(DEFAULT_DENOISE if args.strength is None else args.strength)
+        return store_file(Path(args.image), images_dir=images_dir)
+    except FileNotFoundError:
+        raise UsageError(f"--image {args.image}: no such file") from None
+    except limits.LimitError as e:
+        raise UsageError(f"--image {args.image}: {e}") from None
+
+
+def _ensure_demo_lora(settings) -> None:
+    from engine.tiny import build_tiny_pipeline, ensure_demo_lora  # lazy: torch and diffusers, only for the demo
+
+    ensure_demo_lora(settings.loras_dir, build_tiny_pipeline().transformer)
+
+
+def _lora_use(library: LoraLibrary, text: str) -> LoraUse:
+    """`--lora NAME_OR_PATH[:STRENGTH]` → a LoraUse with the file's hashes (a name is looked up in [engine]
+    loras_dir; a path is used as given)."""
+    name, strength = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            strength = float(tail)
+            name = head
+        except ValueError:
+            pass
+    file = library.find_or_at(name)
+    check_lora_header(file.path)
+    hashes = library.hashes(file)
+    is_path = file.path.parent.resolve() != library.folder.resolve() or name.lower().endswith(".safetensors")
+    return LoraUse(name=file.name, strength=limits.check_lora_strength(strength), sha256=hashes.sha256,
+                   short_hash=hashes.short, path=str(file.path) if is_path else None)
 
 
 def check_writable(paths: list[Path]) -> None:

@@ -62,12 +62,16 @@ async def take_attachment(attachment: "discord.Attachment", *, max_mb: float, im
 async def take_file(path: Path, *, images_dir: str | Path) -> StoredInput:
     """A result's own PNG as an input (Upscale): its pixels stored the same way (its metadata left out)."""
     try:
-        data = await asyncio.to_thread(path.read_bytes)
-    except OSError:
+        return await asyncio.to_thread(store_file, path, images_dir=images_dir)
+    except FileNotFoundError:
         raise ImageInputError("This image is no longer on disk (it was pruned): /show it first, then upscale the "
                               "new message.") from None
-    clean = await asyncio.to_thread(sanitize_image, data)
-    return await asyncio.to_thread(_store, clean, images_dir)
+
+
+def store_file(path: Path, *, images_dir: str | Path) -> StoredInput:
+    """An image file as an input (the CLI's --image, Upscale's parent): read, sanitized, stored. Blocking."""
+    clean = sanitize_image(Path(path).read_bytes())
+    return _store(clean, images_dir)
 
 
 def _store(clean: CleanImage, images_dir: str | Path) -> StoredInput:

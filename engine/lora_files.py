@@ -25,6 +25,7 @@ from engine import limits
 log = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
+DEMO_LORA = "tiny-random-demo"  # the demo LoRA tiny-random writes (engine/tiny.py)
 SHORT_HASH_LEN = 12  # A1111's `shorthash`
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 # `<lora:name>` or `<lora:name:0.8>`; A1111 also allows more fields (`:te=…`), which fluxbot refuses.

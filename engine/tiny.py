@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from engine.bfl_keys import bfl_linear_parts
+from engine.lora_files import DEMO_LORA
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,6 @@ def ensure_tiny(models_dir: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------------------------- demo LoRA
 
-DEMO_LORA = "tiny-random-demo"
 DEMO_RANK = 4
 
 

@@ -109,3 +109,38 @@ def test_unwritable_output_is_refused_before_generating(config_file, tmp_path, c
     (folder / "x.png").mkdir()
     assert main(["--config", str(config_file), "generate", "a cat", "-o", str(folder / "x.png")]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_generate_with_loras_and_an_image_records_them_in_the_png(config_file, tmp_path, capsys):
+    from engine.image_input import fit_size
+    from engine.png import format_parameters
+    from engine.tiny import DEMO_LORA, build_tiny_pipeline
+    from tests.support.lora_layouts import write
+
+    lora = write(build_tiny_pipeline(), "peft", tmp_path / "mine" / "style.safetensors")
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.indices((200, 300)).sum(0) % 256).astype(np.uint8)).convert("RGB").save(photo)
+    out = tmp_path / "out.png"
+    rc = main(["--config", str(config_file), "generate", "a cat", "--seed", "3", "--steps", "4", "--image",
+               str(photo), "--strength", "0.5", "--lora", f"{DEMO_LORA}:0.7", "--lora", f"{lora}:-0.5", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    params = read_png_params(out)
+    with Image.open(out) as im:
+        assert im.size == fit_size(300, 200)
+    assert [(u["name"], u["strength"]) for u in params["loras"]] == [(DEMO_LORA, 0.7), ("style", -0.5)]
+    assert params["denoise"] == 0.5 and len(params["image_sha256"]) == 64
+    text = format_parameters(params)
+    assert text.startswith(f"a cat <lora:{DEMO_LORA}:0.7> <lora:style:-0.5>\n") and "Lora hashes: " in text
+    stored = tmp_path / "images" / "inputs" / f"{params['image_sha256']}.png"
+    assert stored.is_file()                              # the input, stored clean as the bot stores attachments
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lora", "no-such-lora"], "There is no LoRA named 'no-such-lora'"),
+    (["--lora", "tiny-random-demo:5"], "LoRA strength must be between -2 and 2"),
+    (["--strength", "0.5"], "--strength needs --image"),
+    (["--image", "/no/such.png"], "no such file"),
+])
+def test_bad_lora_and_image_arguments_exit_2_before_loading(config_file, capsys, args, words):
+    rc = main(["--config", str(config_file), "generate", "a cat", "--steps", "2"] + args)
+    assert rc == 2 and words in capsys.readouterr().err
