@@ -30,7 +30,7 @@ from engine.queue import JobQueue
 log = logging.getLogger(__name__)
 
 
-async def open_services(config: Config, *, engine_loader: Callable[[Any, str], Any] | None = None,
+async def open_services(config: Config, *, engine_loader: Callable[[Any, str], Any] | str | None = None,
                         close_engines: bool = True, freeze_gc: bool = False) -> Services:
     """The services of a bot (see `bot.engines.Engines` for the keyword arguments). A bad size in the config is a
     ConfigError before anything is opened."""
@@ -47,7 +47,7 @@ async def open_services(config: Config, *, engine_loader: Callable[[Any, str], A
         jobs = JobService(store, queue, [], config.limits, config.discord.banned_words, config.engine.images_dir,
                           identity=identity)
         engines = Engines(config.engine, queue, jobs, devices, loader=engine_loader, close_engines=close_engines,
-                          freeze_gc=freeze_gc)
+                          freeze_gc=freeze_gc, ray=config.ray)
     except BaseException:
         await store.close()
         raise
@@ -55,7 +55,7 @@ async def open_services(config: Config, *, engine_loader: Callable[[Any, str], A
                     engines=engines, housekeeping=Housekeeping(config, store, identity))
 
 
-async def build_bot(config: Config, *, engine_loader: Callable[[Any, str], Any] | None = None,
+async def build_bot(config: Config, *, engine_loader: Callable[[Any, str], Any] | str | None = None,
                     close_engines: bool = True, sync_commands: bool = True, freeze_gc: bool = False) -> FluxBot:
     """A bot over fresh services; `sync_commands=False` leaves Discord's command list alone."""
     services = await open_services(config, engine_loader=engine_loader, close_engines=close_engines,

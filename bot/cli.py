@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan_arguments(sub.add_parser("plan", parents=[common], help="where every weight would live on this machine (or "
                                   "on one you describe) and how fast; works without a GPU or the weights"))
+    doc.add_argument("--ray", action="store_true", help="also check the Ray cluster of [ray]: its nodes, the workers "
+                     "they hold, and the same model hash on every one (docs/scale-out.md)")
     return p
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import limits
+from engine.ray_settings import RaySettings
 from engine.settings import TINY, EngineSettings, setting
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def find_config_path(cli_path: str | None = None) -> Path | None:
 
 def load_config(path: str | os.PathLike | None = None, *, env: typing.Mapping[str, str] | None = None,
                 require_token: bool = False) -> Config:
+    ray: RaySettings = dataclasses.field(default_factory=RaySettings)  # [engine] backend = "ray" (docs/scale-out.md)
     """Read and validate the config. `path` None means "look it up" (see find_config_path)."""
     env = os.environ if env is None else env
     file = find_config_path(str(path) if path else None)
@@ -302,6 +304,8 @@ def _check_list(key: str, value: list, bad) -> list:
         raise bad("every item must be a string")
     return list(value)
 
+    elif base is dict:
+        value = _check_table(value, bad)
 
 def _read_toml(file: Path) -> dict[str, Any]:
     try:
@@ -311,6 +315,16 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {file} does not exist: copy config.example.toml to {file} and edit it") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {file} is not valid TOML: {e}") from None
+def _check_table(value: Any, bad) -> dict:
+    """A table of names to amounts (`[ray] resources = { GPU = 1 }`)."""
+    if not isinstance(value, dict):
+        raise bad("must be a table, e.g. { GPU = 1 }")
+    for name, amount in value.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise bad(f"{name} must be a number of 0 or more, not {_show(amount)}")
+    return {name: float(amount) for name, amount in value.items()}
+
+
     except OSError as e:
         raise ConfigError(f"config file {file} cannot be read: {e.strerror}") from None
 
@@ -369,3 +383,6 @@ def _toml_value(value: Any) -> str:
 
 if __name__ == "__main__":
     print(render_example(), end="")
+    if isinstance(value, dict):
+        keys = [k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k) for k in value]
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in zip(keys, value.values())) + " }" if value else "{}"

@@ -14,10 +14,11 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config
+from bot.doctor_checks import FAIL, INFO, OK, WARN, Check
+from bot.doctor_ray import ray_checks
 from bot.logging_setup import DISCORD_TOKEN
 from engine import download as dl
 from engine.errors import EngineError, ModelNotFoundError
@@ -32,23 +33,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 log = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
-OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 LOW_DISK = 5 * GiB
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the report. `status` FAIL means the bot could not start."""
-    topic: str
-    status: str
-    text: str
 
 
 # ---------------------------------------------------------------------------------------------- entry point
 
 def doctor_command(args) -> int:
     """Print every check; 1 if any failed, else 0."""
-    checks = run_checks(getattr(args, "config", None), full=not getattr(args, "quick", False))
+    checks = run_checks(getattr(args, "config", None), full=not getattr(args, "quick", False),
+                        ray=getattr(args, "ray", False))
     print("fluxbot doctor")
     for c in checks:
         print(f"  [{c.status:^4}] {c.topic:<9} {c.text}")
@@ -61,8 +54,9 @@ def doctor_command(args) -> int:
 
 
 def run_checks(config_path: str | None = None, *, env: Mapping[str, str] | None = None,
-               full: bool = True) -> list[Check]:
-    """All checks in order. `full` re-hashes model files against their manifests (slow for 30 GB)."""
+               full: bool = True, ray: bool = False) -> list[Check]:
+    """All checks in order. `full` re-hashes model files against their manifests (slow for 30 GB); `ray` adds the
+    Ray cluster's (bot/doctor_ray.py: its nodes, and the same model on each)."""
     env = os.environ if env is None else env
     checks: list[Check] = []
     # 1. The config: without a valid one, only the machine itself can be checked.
@@ -78,6 +72,9 @@ def run_checks(config_path: str | None = None, *, env: Mapping[str, str] | None 
     if _guarded("model", checks, _check_model, cfg.engine, full, checks):
         _guarded("profile", checks, _check_profile, cfg.engine, devices, checks)
     _guarded("database", checks, _check_database, cfg.database.url, checks)
+    # 4. The Ray cluster, when asked (it joins the cluster and hashes the weights on every node).
+    if ray:
+        checks.extend(_guarded("ray", checks, ray_checks, cfg) or [])
     return checks
 
 

@@ -301,3 +301,10 @@ class JobService:
 
     async def on_cancelled(self, job_id: int) -> None:
         await self._cancelled(job_id)
+
+    async def on_requeued(self, job_id: int) -> None:
+        """The GPU running it went away (a Ray node or actor died): the row is queued again before the worker puts the
+        job back at the head of its owner's turn (engine/worker.py), and its status line shows it waiting."""
+        if await store_jobs.requeue(self.store, job_id):
+            log.warning("job %d: the GPU running it went away; it waits at the head of its user's turn", job_id)
+        self._emit(JobEvent(job_id, JobStatus.QUEUED, requeued=True))

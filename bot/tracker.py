@@ -32,6 +32,7 @@ from bot.status_sinks import ChannelStatus, InteractionStatus, StatusSink
 from bot.throttle import ThrottledEditor
 from bot.views import JobRef, status_view
 from db import jobs as store_jobs
+from db.models import WEB
 from engine.job_status import JobStatus
 
 if TYPE_CHECKING:
@@ -82,13 +83,16 @@ class JobTracker:
             return
         # 1. The new state. A waiting job's minor move replaces an edit already due but asks for none.
         if ev.status is JobStatus.QUEUED:
-            if t.state is not None and t.state.state is not JobStatus.QUEUED:
+            if t.state is not None and t.state.state is not JobStatus.QUEUED and not ev.requeued:
                 return
             t.state = StatusLine(JobStatus.QUEUED, position=ev.position, eta_s=ev.eta_s)
             if t.editor is not None and not worth_an_edit(t.pushed, t.state):
                 if t.editor.refresh(t.state):
                     t.pushed = t.state
                 return
+        elif ev.status is JobStatus.RUNNING and ev.warming_up:  # the engine compiles for its shape first
+            t.started_at = t.started_at or time.monotonic()
+            t.state = StatusLine(JobStatus.RUNNING, elapsed_s=time.monotonic() - t.started_at, warming_up=True)
         elif ev.status is JobStatus.RUNNING and not ev.progress:  # a worker took it
             t.started_at = time.monotonic()
             t.state = StatusLine(JobStatus.RUNNING, elapsed_s=0.0)
@@ -173,6 +177,8 @@ class JobTracker:
 
     async def _finish(self, t: Tracked, ev: JobEvent) -> None:
         try:
+            if ev.record is not None and ev.record.source == WEB:
+                return  # a web console job: the page that asked shows it (bot/web/); nothing goes to Discord
             # 1. Give the feature a moment to attach the status message (a tiny job can beat the reply).
             try:
                 await asyncio.wait_for(t.attached.wait(), ATTACH_WAIT_S)

@@ -25,6 +25,7 @@ FP8_MODES = ("all-linear", "diffusers-default", "off")
 COMPUTE_MODES = ("auto", "bf16", "fp8")
 VAE_TILING = ("auto", "always", "never")
 ENGINE_PROCESS = ("auto", "always", "never")
+BACKENDS = ("local", "ray")
 TINY = "tiny-random"
 
 
@@ -68,6 +69,10 @@ class EngineSettings:
                                   "with its own torch (~0.4 GiB host RAM before weights, ~1 s more start-up), and "
                                   "each image crosses back pickled (~3 MB, ~7 ms for 1024x1024).",
                                   choices=ENGINE_PROCESS)
+    backend: str = setting("local", "Where the workers' engines run: local (on this host's devices, above) or ray "
+                           "(one engine actor per GPU of a Ray cluster, [ray] below; `pip install -e '.[ray]'`; "
+                           "docs/scale-out.md). With ray, `devices` and `engine_process` do not apply.",
+                           choices=BACKENDS)
     vram_budget_gib: float = setting(0.0, "GiB of VRAM every plan may use (weights, ring and working memory; the "
                                      "CUDA context not counted). 0 = the free VRAM at start-up minus 0.25 GiB. With "
                                      "profile = streamed and 0, no DiT block stays resident (the leanest plan).", min=0)

@@ -204,26 +204,24 @@ class Worker:
 
     async def _requeue(self, batch: list[QueuedJob], flags: dict[int, threading.Event]) -> None:
         """The engine went away mid-batch: each job waits again at the head of its owner's turn, unless it was
-        cancelled meanwhile (cancelled) or has now been lost `MAX_LOSSES` times (failed). The queue changes
-        first, all at once, then the owner hears of each job (a cancel arriving meanwhile finds the job waiting)."""
-        # 1. The queue.
-        told: list[tuple[Callable, tuple]] = []
+        cancelled (cancelled) or has now been lost `MAX_LOSSES` times (failed). The owner hears of a job before it
+        goes back to the queue (its record says queued before another worker may take it); a cancel arriving
+        meanwhile still reaches this worker's flag."""
         for job in batch:
             jid = job.job_id
+            if not flags[jid].is_set() and job.losses + 1 >= MAX_LOSSES:
+                self.queue.finish([jid], 0.0, learn=False)
+                await self._call(self.hooks.on_failed, jid, f"the GPU running this job stopped {MAX_LOSSES} times "
+                                                            f"while running it; the bot's owner should check the log")
+                continue
+            if not flags[jid].is_set():
+                log.warning("worker %s: its engine went away during job %s; the job waits again", self.name, jid)
+                await self._call(self.hooks.on_requeued, jid)
             if flags[jid].is_set():
                 self.queue.finish([jid], 0.0, learn=False)
-                told.append((self.hooks.on_cancelled, (jid,)))
-            elif job.losses + 1 >= MAX_LOSSES:
-                self.queue.finish([jid], 0.0, learn=False)
-                told.append((self.hooks.on_failed, (jid, f"the GPU running this job stopped {MAX_LOSSES} times "
-                                                         f"while running it; the bot's owner should check the log")))
+                await self._call(self.hooks.on_cancelled, jid)
             else:
-                log.warning("worker %s: its engine went away during job %s; the job waits again", self.name, jid)
                 self.queue.requeue([jid])
-                told.append((self.hooks.on_requeued, (jid,)))
-        # 2. The owner.
-        for hook, args in told:
-            await self._call(hook, *args)
 
     async def _engine_back(self, lost: EngineLost) -> bool:
         """After `EngineLost`: wait on the engine's thread until it is back (True) or gone for good (False, the

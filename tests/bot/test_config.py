@@ -47,6 +47,10 @@ def test_minimal_file_runs_with_defaults(tmp_path):
     ('[engin]\nmodel = "x"\n', "unknown section [engin]"),
     ('engine = 3\n', "[engine] must be a table"),
     ('[database]\nurl = 5\n', "[database] url = 5: must be a string"),
+    ('[engine]\nbackend = "slurm"\n', "[engine] backend = 'slurm': must be one of local, ray"),
+    ('[ray]\nresources = 1\n', "[ray] resources = 1: must be a table, e.g. { GPU = 1 }"),
+    ('[ray]\nresources = { GPU = "one" }\n', "GPU must be a number of 0 or more, not 'one'"),
+    ('[ray]\npoll_s = 0\n', "[ray] poll_s = 0: must be at least 0.1"),
 ])
 def test_bad_values_name_the_key_and_value(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
@@ -138,3 +142,14 @@ def test_a_top_level_token_says_to_put_it_under_discord(tmp_path):
     assert "put it under [discord]" in str(err.value) and "secret-token-value" not in str(err.value)
     with pytest.raises(ConfigError, match=r"\[engine\] token: unknown key .*token belongs under \[discord\]"):
         load_config(write(tmp_path, '[engine]\ntoken = "x"\n'), env={})
+
+
+def test_the_ray_section_reads_the_cluster_and_the_resources_of_one_worker(tmp_path):
+    cfg = load_config(write(tmp_path, '[engine]\nbackend = "ray"\n[ray]\naddress = "10.0.0.1:6379"\n'
+                                      'resources = { GPU = 1, flux = 1 }\n'), env={})
+    assert cfg.engine.backend == "ray" and cfg.ray.address == "10.0.0.1:6379"
+    assert cfg.ray.resources == {"GPU": 1.0, "flux": 1.0}
+    # A node holds as many workers as its resources allow; one without GPUs (the head) none.
+    assert cfg.ray.worker_count({"GPU": 8.0, "flux": 4.0, "CPU": 64.0}) == 4
+    assert cfg.ray.worker_count({"CPU": 16.0}) == 0
+    assert load_config(write(tmp_path, ""), env={}).engine.backend == "local"
