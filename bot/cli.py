@@ -82,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "could not start")
     doc.add_argument("--quick", action="store_true", help="check model files by size only (no SHA-256 re-hash, "
                      "which takes a minute or two for 30 GB)")
+    doc.add_argument("--ray", action="store_true", help="also check the Ray cluster of [ray]: its nodes, the workers "
+                     "they hold, and the same model hash on every one (docs/scale-out.md)")
 
     plan_arguments(sub.add_parser("plan", parents=[common], help="where every weight would live on this machine (or "
                                   "on one you describe) and how fast; works without a GPU or the weights"))
-    doc.add_argument("--ray", action="store_true", help="also check the Ray cluster of [ray]: its nodes, the workers "
-                     "they hold, and the same model hash on every one (docs/scale-out.md)")
     return p
 
 

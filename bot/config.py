@@ -123,6 +123,7 @@ class LoggingSettings:
 class Config:
     discord: DiscordSettings = dataclasses.field(default_factory=DiscordSettings)
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    ray: RaySettings = dataclasses.field(default_factory=RaySettings)  # [engine] backend = "ray" (docs/scale-out.md)
     limits: LimitsSettings = dataclasses.field(default_factory=LimitsSettings)
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
@@ -145,7 +146,6 @@ def find_config_path(cli_path: str | None = None) -> Path | None:
 
 def load_config(path: str | os.PathLike | None = None, *, env: typing.Mapping[str, str] | None = None,
                 require_token: bool = False) -> Config:
-    ray: RaySettings = dataclasses.field(default_factory=RaySettings)  # [engine] backend = "ray" (docs/scale-out.md)
     """Read and validate the config. `path` None means "look it up" (see find_config_path)."""
     env = os.environ if env is None else env
     file = find_config_path(str(path) if path else None)
@@ -281,6 +281,8 @@ def _check(section: str, key: str, value: Any, hint: Any, meta: typing.Mapping, 
         if not isinstance(value, list):
             raise bad("must be a list, e.g. [] or [1, 2]")
         value = _check_list(key, value, bad)
+    elif base is dict:
+        value = _check_table(value, bad)
     if meta.get("choices") and value not in meta["choices"]:
         raise bad(f"must be one of {', '.join(map(str, meta['choices']))}")
     if meta.get("min") is not None and value < meta["min"]:
@@ -288,6 +290,16 @@ def _check(section: str, key: str, value: Any, hint: Any, meta: typing.Mapping, 
     if meta.get("max") is not None and value > meta["max"]:
         raise bad(f"must be at most {meta['max']}")
     return value
+
+
+def _check_table(value: Any, bad) -> dict:
+    """A table of names to amounts (`[ray] resources = { GPU = 1 }`)."""
+    if not isinstance(value, dict):
+        raise bad("must be a table, e.g. { GPU = 1 }")
+    for name, amount in value.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise bad(f"{name} must be a number of 0 or more, not {_show(amount)}")
+    return {name: float(amount) for name, amount in value.items()}
 
 
 def _check_list(key: str, value: list, bad) -> list:
@@ -304,8 +316,6 @@ def _check_list(key: str, value: list, bad) -> list:
         raise bad("every item must be a string")
     return list(value)
 
-    elif base is dict:
-        value = _check_table(value, bad)
 
 def _read_toml(file: Path) -> dict[str, Any]:
     try:
@@ -315,16 +325,6 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {file} does not exist: copy config.example.toml to {file} and edit it") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {file} is not valid TOML: {e}") from None
-def _check_table(value: Any, bad) -> dict:
-    """A table of names to amounts (`[ray] resources = { GPU = 1 }`)."""
-    if not isinstance(value, dict):
-        raise bad("must be a table, e.g. { GPU = 1 }")
-    for name, amount in value.items():
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
-            raise bad(f"{name} must be a number of 0 or more, not {_show(amount)}")
-    return {name: float(amount) for name, amount in value.items()}
-
-
     except OSError as e:
         raise ConfigError(f"config file {file} cannot be read: {e.strerror}") from None
 
@@ -378,11 +378,11 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        keys = [k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k) for k in value]
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in zip(keys, value.values())) + " }" if value else "{}"
     raise TypeError(f"no TOML form for {value!r}")
 
 
 if __name__ == "__main__":
     print(render_example(), end="")
-    if isinstance(value, dict):
-        keys = [k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k) for k in value]
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in zip(keys, value.values())) + " }" if value else "{}"

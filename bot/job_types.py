@@ -58,11 +58,11 @@ class JobEvent:
     eta_s: float | None = None
     step: int | None = None
     total: int | None = None
+    requeued: bool = False  # QUEUED again: the GPU running it went away (a Ray node or actor died); it runs again
     message: str = ""
     record: JobRecord | None = None
 
     @property
-    requeued: bool = False  # QUEUED again: the GPU running it went away (a Ray node or actor died); it runs again
     def progress(self) -> bool:
         """A running job's step report (not the moment it started)."""
         return self.status is JobStatus.RUNNING and self.step is not None

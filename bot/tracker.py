@@ -32,7 +32,6 @@ from bot.status_sinks import ChannelStatus, InteractionStatus, StatusSink
 from bot.throttle import ThrottledEditor
 from bot.views import JobRef, status_view
 from db import jobs as store_jobs
-from db.models import WEB
 from engine.job_status import JobStatus
 
 if TYPE_CHECKING:
@@ -90,9 +89,6 @@ class JobTracker:
                 if t.editor.refresh(t.state):
                     t.pushed = t.state
                 return
-        elif ev.status is JobStatus.RUNNING and ev.warming_up:  # the engine compiles for its shape first
-            t.started_at = t.started_at or time.monotonic()
-            t.state = StatusLine(JobStatus.RUNNING, elapsed_s=time.monotonic() - t.started_at, warming_up=True)
         elif ev.status is JobStatus.RUNNING and not ev.progress:  # a worker took it
             t.started_at = time.monotonic()
             t.state = StatusLine(JobStatus.RUNNING, elapsed_s=0.0)
@@ -177,8 +173,6 @@ class JobTracker:
 
     async def _finish(self, t: Tracked, ev: JobEvent) -> None:
         try:
-            if ev.record is not None and ev.record.source == WEB:
-                return  # a web console job: the page that asked shows it (bot/web/); nothing goes to Discord
             # 1. Give the feature a moment to attach the status message (a tiny job can beat the reply).
             try:
                 await asyncio.wait_for(t.attached.wait(), ATTACH_WAIT_S)

@@ -16,8 +16,8 @@ class RaySettings:
     address: str = setting("", "The Ray cluster the GPU workers run on. Empty: start a local Ray instance inside the "
                            "bot's process (one machine, no `ray start` needed). Else the head's address as `ray "
                            "start --head` printed it ('10.0.0.1:6379'), 'auto' (the cluster this host joined), or "
-                           "'ray://10.0.0.1:10001' (Ray Client). Ray has no authentication: keep its ports on a "
-                           "private network or an SSH tunnel (docs/scale-out.md).")
+                           "'ray://10.0.0.1:10001' (Ray Client). Whoever reaches Ray's ports can run code on its hosts: "
+                           "keep them on a private network and use Ray's token authentication (docs/scale-out.md).")
     namespace: str = setting(DEFAULT_NAMESPACE, "The Ray namespace of the bot's actors (two bots on one cluster use "
                              "two namespaces).")
     resources: dict = setting({"GPU": 1}, "The Ray resources one worker (one engine actor) needs, e.g. {GPU = 1}, or "
