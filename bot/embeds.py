@@ -39,6 +39,7 @@ class StatusLine:
     elapsed_s: float | None = None
     error: str = ""
     note: str = ""  # QUEUED: why the job cannot move yet (the model is loading…); shown instead of the ETA
+    warming_up: bool = False  # RUNNING: the engine compiles for this size first (no step yet, no ETA)
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -62,6 +63,8 @@ def status_text(job_id: int, prompt: str, st: StatusLine) -> str:
         return f"{head}{icon} Queued, {where}{eta}"
     if st.state is JobStatus.RUNNING:
         steps = f"step {st.step}/{st.total}" if st.total else "starting"
+        if st.warming_up and not st.total:
+            steps = "warming up (compiling the model for this size, once)"
         elapsed = f" · {fmt_seconds(st.elapsed_s)}" if st.elapsed_s is not None else ""
         return f"{head}{icon} Generating, {steps}{elapsed}"
     if st.state is JobStatus.DONE:

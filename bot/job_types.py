@@ -51,7 +51,8 @@ class CancelOutcome(enum.Enum):
 class JobEvent:
     """What the bot hears about a job, named by the status it is in (engine.job_status, the store's and the queue's
     vocabulary): QUEUED: position/eta_s; RUNNING: a worker took it (step None) or step/total of its progress;
-    DONE: record (with the saved images); FAILED: message (and record); CANCELLED: record."""
+    DONE: record (with the saved images); FAILED: message (and record); CANCELLED: record. RUNNING with
+    `warming_up`: the engine compiles for the job's shape before its first step (engine/compile.py)."""
     job_id: int
     status: JobStatus
     position: int | None = None
@@ -61,6 +62,7 @@ class JobEvent:
     requeued: bool = False  # QUEUED again: the GPU running it went away (a Ray node or actor died); it runs again
     message: str = ""
     record: JobRecord | None = None
+    warming_up: bool = False
 
     @property
     def progress(self) -> bool:

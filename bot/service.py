@@ -90,6 +90,15 @@ class JobService:
     def _on_queue_event(self, event: QueueEvent) -> None:
         if event.status is JobStatus.QUEUED:
             self._emit(JobEvent(event.job_id, JobStatus.QUEUED, position=event.position, eta_s=event.eta_s))
+        elif event.status is JobStatus.RUNNING and event.warming_up:   # its first step compiles (engine/compile.py)
+            self._emit(JobEvent(event.job_id, JobStatus.RUNNING, warming_up=True))
+
+    def recipe_differences(self, stored: dict | None) -> list[str] | None:
+        """What the running engine would make differently from a job made with the recipe `stored` (engine/recipe.py):
+        [] for the same pixels, None when no engine runs yet (it cannot tell)."""
+        engine = self.workers[0].engine if self.workers else None
+        differences = getattr(engine, "recipe_differences", None)
+        return differences(stored) if differences is not None else None
 
     # --- admission and submit ----------------------------------------------------------------------------
 
@@ -270,7 +279,8 @@ class JobService:
             return
         # 2. the row
         output = JobOutput(seeds=list(result.seeds), images=images, timings=dict(result.timings),
-                           precision=result.precision, profile=result.profile, model_id=result.model_id)
+                           precision=result.precision, profile=result.profile, model_id=result.model_id,
+                           recipe=dict(result.recipe) or None)
         if not await self._while_busy(f"job {job_id}: recording its result",
                                       lambda: store_jobs.finish_job(self.store, job_id, output)):
             log.warning("job %d finished but its row was already final; result not recorded", job_id)
