@@ -31,7 +31,7 @@ async def test_the_bot_is_built_on_services_made_before_it_connects(tmp_path):
         assert bot.identity and bot.tracker is not None and bot.engines.state.loading
         assert [(s.label, s.value) for s in bot.imagine.sizes] == [("square", "512x512"), ("3:2", "768x512")]
         assert bot.job_buttons["reroll"] == bot.imagine.reroll and set(bot.job_buttons) == {
-            "reroll", "vary", "edit", "delete", "cancel"}
+            "reroll", "vary", "varystrong", "upscale", "edit", "delete", "cancel"}
     finally:
         await bot.close()
 
