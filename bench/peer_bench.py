@@ -702,7 +702,7 @@ def dit_forward_parity(tokens_side: int = 8, text_tokens: int = 16, seed: int = 
     theirs.load_state_dict(converted, assign=True)
     theirs = theirs.eval()
     # 4. Inputs: latents, T5 and CLIP embeddings, one sigma, guidance 3.5.
-    side, sigma = tokens_side, 0.7
+    side, sigma = tokens_side, 0.9836  # the 1024² schedule's second sigma: FluxPipeline embeds t = 984, not 983.6
     x = torch.randn(1, 16, 2 * side, 2 * side, generator=gen)
     txt = torch.randn(1, text_tokens, 4096, generator=gen)
     pooled = torch.randn(1, 768, generator=gen)
@@ -711,6 +711,9 @@ def dit_forward_parity(tokens_side: int = 8, text_tokens: int = 16, seed: int = 
         a = _diffusers_forward(ours.to(dtype), x, txt, pooled, sigma, dtype)
         b = _diffsynth_forward(theirs.to(dtype), x, txt, pooled, sigma, dtype)
         out[dtype_name] = {"rel_l2": round(rel_l2(a, b), 6), "out_std": round(float(a.float().std()), 4)}
+    # the same bf16 forward with the timestep rounded as FluxPipeline rounds it (bf16 at t*1000, /1000, *1000)
+    b = _diffsynth_forward(theirs, x, txt, pooled, sigma, torch.bfloat16, timestep=_pipeline_timestep(sigma))
+    out["bfloat16"]["rel_l2_same_timestep"] = round(rel_l2(a, b), 6)
     # 5. fp8 storage, each its own way, against the bf16 output of fluxbot's side.
     from engine.precision import apply_precision
 
@@ -720,11 +723,21 @@ def dit_forward_parity(tokens_side: int = 8, text_tokens: int = 16, seed: int = 
     ref = _diffusers_forward(ours, x, txt, pooled, sigma, torch.bfloat16)
     apply_precision(_Pipe, "all-linear")
     a8 = _diffusers_forward(_Pipe.transformer, x, txt, pooled, sigma, torch.bfloat16)
+    from diffsynth.models.sd3_dit import RMSNorm
+
     theirs = theirs.to(torch.float8_e4m3fn)
+    norms = {n: m.weight.detach().clone() for n, m in theirs.named_modules() if isinstance(m, RMSNorm)}
     theirs.quantize()
     b8 = _diffsynth_forward(theirs, x, txt, pooled, sigma, torch.bfloat16)
+    b8t = _diffsynth_forward(theirs, x, txt, pooled, sigma, torch.bfloat16, timestep=_pipeline_timestep(sigma))
+    for name, m in theirs.named_modules():  # the q/k RMSNorm scales back in bf16 (fluxbot keeps them bf16)
+        if name.endswith(".module") and name[:-len(".module")] in norms:
+            m.weight.data = converted[name[:-len(".module")] + ".weight"].to(torch.bfloat16)
+    b8n = _diffsynth_forward(theirs, x, txt, pooled, sigma, torch.bfloat16, timestep=_pipeline_timestep(sigma))
     out["fp8"] = {"fluxbot_vs_bf16_rel_l2": round(rel_l2(a8, ref), 5), "seed_vs_bf16_rel_l2": round(rel_l2(b8, ref), 5),
-                  "fluxbot_vs_seed_rel_l2": round(rel_l2(a8, b8), 5)}
+                  "fluxbot_vs_seed_rel_l2": round(rel_l2(a8, b8), 5),
+                  "fluxbot_vs_seed_same_timestep": round(rel_l2(a8, b8t), 5),
+                  "fluxbot_vs_seed_same_timestep_bf16_norms": round(rel_l2(a8, b8n), 5)}
     return out
 
 
@@ -744,16 +757,25 @@ def _diffusers_forward(model, x, txt, pooled, sigma: float, dtype):
         return unpack(out.float(), w * 8, h * 8)
 
 
-def _diffsynth_forward(model, x, txt, pooled, sigma: float, dtype):
-    """DiffSynth's lets_dance_flux call: (1, 16, h, w) latents, timestep sigma*1000 in float32, guidance in the
-    latents' dtype."""
+def _pipeline_timestep(sigma: float):
+    """The timestep FluxPipeline's transformer embeds: sigma*1000 rounded to bf16, /1000 and *1000 in bf16."""
+    import torch
+
+    t = torch.tensor([sigma * 1000]).to(torch.bfloat16) / 1000
+    return (t.to(torch.bfloat16) * 1000).float()
+
+
+def _diffsynth_forward(model, x, txt, pooled, sigma: float, dtype, timestep=None):
+    """DiffSynth's lets_dance_flux call: (1, 16, h, w) latents, timestep sigma*1000 in float32 (or `timestep`),
+    guidance in the latents' dtype."""
     import torch
 
     with torch.inference_mode():
         latents = x.to(dtype)
         text_ids = torch.zeros(1, txt.shape[1], 3, dtype=dtype)
         guidance = torch.Tensor([GUIDANCE]).to(dtype=dtype)
-        out = model(latents, torch.tensor([sigma * 1000], dtype=torch.float32), txt.to(dtype), pooled.to(dtype),
+        t = timestep if timestep is not None else torch.tensor([sigma * 1000], dtype=torch.float32)
+        out = model(latents, t, txt.to(dtype), pooled.to(dtype),
                     guidance, text_ids)
         return out.float()
 
