@@ -468,6 +468,7 @@ def psnr(a, b, peak: float = 255.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
 
 
+SAME_NOISE = ("resident", "16_6", "reference", "seed-aligned")  # started from fluxbot's noise (seed 7)
 PAIRS = [  # (a, b, what the pair isolates)
     ("resident", "reference", "fluxbot (fp8 storage) vs FLUX.1's reference (bf16): the fp8 cost"),
     ("16_6", "resident", "fluxbot's lean plan vs its resident plan: must be the same computation"),
@@ -519,6 +520,8 @@ def parity(save: Path, res: int, steps: int, base: Path) -> dict:
         la, lb = _latents(save / f"{a}-latents.pt", res), _latents(save / f"{b}-latents.pt", res)
         if la is not None and lb is not None:
             pair["latents_rel_l2"] = round(rel_l2(la, lb), 5)
+            if a in SAME_NOISE and b in SAME_NOISE:  # what the denoising added to the same starting noise
+                pair["moved_rel_l2"] = round(rel_l2(la - ours, lb - ours), 5)
         out["pairs"].append(pair)
     return out
 
@@ -647,9 +650,7 @@ def cpu_parity(res: int = 1024, steps: int = 20) -> dict:
     out["noise_fluxbot_equals_diffusers"] = bool(torch.equal(ours.bfloat16(), drawn))
     # 2. Schedules (the scheduler config FLUX.1-dev ships, as plan_bench writes it).
     with tempfile.TemporaryDirectory() as tmp:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-        FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
-                                        shift=3.0, use_dynamic_shifting=True).save_config(Path(tmp) / "scheduler")
+        write_scheduler(Path(tmp))
         for r in (res, 512):
             ref = reference_sigmas(Path(tmp), r, steps)
             out[f"sigmas_{r}"] = {"reference": [round(s, 4) for s in ref],
@@ -666,6 +667,14 @@ def cpu_parity(res: int = 1024, steps: int = 20) -> dict:
     except ImportError as e:
         out["dit_forward"] = f"DiffSynth not importable: {e}"
     return out
+
+
+def write_scheduler(base: Path) -> None:
+    """FLUX.1-dev's scheduler config (as plan_bench writes it) in base/scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
+                                    shift=3.0, use_dynamic_shifting=True).save_config(base / "scheduler")
 
 
 def dit_forward_parity(tokens_side: int = 8, text_tokens: int = 16, seed: int = 0) -> dict:
@@ -787,6 +796,7 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--all", action="store_true", help="write the files, run every row, compare the outputs")
     ap.add_argument("--tiny", action="store_true", help="the tiny architecture on the CPU (the smoke)")
     ap.add_argument("--cpu-parity", action="store_true", help="noise, schedules and one DiT forward, on the CPU")
+    ap.add_argument("--parity", metavar="DIR", help="the parity report of a run's saved images (its --save-dir)")
     ap.add_argument("--dir", default="/tmp/peer-bench")
     ap.add_argument("--only", default="", help="comma-separated row names (the first start always runs)")
     ap.add_argument("--res", type=int, default=None)
@@ -807,6 +817,15 @@ def main(argv: list[str] | None = None):
     if args.cpu_parity:
         report = cpu_parity()
         print(json.dumps(report, indent=1))
+        return report
+    if args.parity:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_scheduler(Path(tmp))
+            report = parity(Path(args.parity), args.res, args.steps, Path(tmp))
+        print(json.dumps(report, indent=1))
+        print_parity(report)
         return report
     if args.child:
         print(json.dumps(child(args)), flush=True)
