@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from engine.devices import resolve_devices
 from engine.errors import EngineError, EngineOutOfMemory, ModelNotFoundError
 from engine.recipe import differences_from
-from engine.warm_up import CompileState
+from engine.warm_up import CompileState, first_group_shape
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -349,7 +349,7 @@ class ProcessEngine:
             return self._request("generate_batch", (specs,), progress, should_cancel)
         # The child compiles a new shape during its first step: "warming up" here from the request to the first
         # progress message of the first group (the shapes compiled are tracked on this side too).
-        shape = _first_group_shape(specs)
+        shape = first_group_shape(specs)
         self.compile_state.begin(*shape)
 
         def relay(step: int, total: int) -> None:
@@ -496,14 +496,6 @@ class ProcessEngine:
         child, self._child = self._child, None
         if child is not None:
             child.dispose()
-
-
-def _first_group_shape(specs: list["JobSpec"]) -> tuple:
-    """(images, width, height, LoRA set) of the first denoising batch of `specs` (Engine.generate_batch groups
-    specs by batch_key, first seen first)."""
-    first = specs[0]
-    images = sum(s.count for s in specs if s.batch_key() == first.batch_key())
-    return images, first.width, first.height, first.lora_key()
 
 
 def _describe_code(code: int | None) -> str:

@@ -36,6 +36,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from engine.engine_process import ErrorReply, import_ref
 from engine.errors import EngineError, EngineLost
+from engine.recipe import differences_from
+from engine.warm_up import CompileState, first_group_shape
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -166,6 +168,7 @@ class RayEngine:
         self.name = name
         self.restarts = 0
         self.plan = None  # the memory plan lives in the actor
+        self.compile_state = CompileState(enabled=False)  # which shapes the actor has compiled (from its recipe)
         self._rid = 0
         self._closed = False
         self._apply(info)
@@ -198,11 +201,27 @@ class RayEngine:
 
     def generate(self, spec: "JobSpec", *, progress: "ProgressFn | None" = None,
                  should_cancel: "CancelFn | None" = None) -> "Result":
-        return self._request("generate", spec, progress, should_cancel)
+        return self.generate_batch([spec], progress=progress, should_cancel=should_cancel)[0]
 
     def generate_batch(self, specs: Sequence["JobSpec"], *, progress: "ProgressFn | None" = None,
                        should_cancel: "CancelFn | None" = None) -> list["Result"]:
-        return self._request("generate_batch", list(specs), progress, should_cancel)
+        specs = list(specs)
+        if not specs:
+            return self._request("generate_batch", specs, progress, should_cancel)
+        # A new shape compiles during its first step in the actor: "warming up" until the first progress message.
+        shape = first_group_shape(specs)
+        self.compile_state.begin(*shape)
+
+        def relay(step: int, total: int) -> None:
+            if self.compile_state.warming_up:
+                self.compile_state.end(*shape, completed=True)
+            if progress is not None:
+                progress(step, total)
+
+        try:
+            return self._request("generate_batch", specs, relay, should_cancel)
+        finally:
+            self.compile_state.end(*shape, completed=False)
 
     def set_profile(self, profile: str) -> None:
         self._request("set_profile", profile)
@@ -211,6 +230,19 @@ class RayEngine:
     def call(self, ref: str, *args: Any) -> Any:
         """Run `function(engine, *args)` in the actor (ref "module:function"), as `ProcessEngine.call`."""
         return self._request("call", (ref, *args))
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the actor compiles the DiT's blocks for a new shape (see Engine.warming_up)."""
+        return self.compile_state.warming_up
+
+    def needs_warm_up(self, spec: "JobSpec", batch: int | None = None) -> bool:
+        """Whether the actor's engine compiles first for this shape (tracked on this side, as ProcessEngine does)."""
+        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
+
+    def recipe_differences(self, stored: dict | None) -> list[str]:
+        """See Engine.recipe_differences (the actor's recipe, read when it loaded)."""
+        return differences_from(self.recipe, stored)
 
     def close(self) -> None:
         """Close the engine and remove the actor (Ray does not restart it)."""
@@ -258,6 +290,8 @@ class RayEngine:
         self.device = info.device
         self.model_id, self.profile, self.precision = info.model_id, info.profile, info.precision
         self.recipe = info.recipe
+        # A (re)loaded actor has compiled nothing yet.
+        self.compile_state = CompileState(enabled=bool(info.recipe and getattr(info.recipe, "compile", False)))
 
     def _request(self, op: str, payload: Any, progress: "ProgressFn | None" = None,
                  should_cancel: "CancelFn | None" = None, *, closing: bool = False) -> Any:

@@ -37,3 +37,12 @@ class CompileState:
         if self.enabled and completed:
             self.warm.add((batch, width, height, variant))
         self.warming_up = False
+
+
+def first_group_shape(specs: list) -> tuple:
+    """(images, width, height, LoRA set) of the first denoising batch of `specs` (Engine.generate_batch groups
+    specs by batch_key, first seen first): the shape a CompileState is asked about by an engine's parent side
+    (engine/engine_process.py, engine/ray_engine.py)."""
+    first = specs[0]
+    images = sum(s.count for s in specs if s.batch_key() == first.batch_key())
+    return images, first.width, first.height, first.lora_key()

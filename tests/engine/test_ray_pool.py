@@ -115,7 +115,7 @@ async def test_cancel_reaches_a_running_job_at_its_next_step(pool):
     assert any(w.cancel(20) for w in pool.workers)
     started = time.monotonic()
     await asyncio.wait_for(hooks.done.wait(), WAIT_S)
-    assert hooks.by_job()[20] == ("cancelled", 20) and time.monotonic() - started < 5
+    assert hooks.by_job()[20] == ("cancelled", 20) and time.monotonic() - started < 10
     steps = [e[2] for e in hooks.log if e[0] == "progress" and e[1] == 20]
     assert max(steps) < 20, steps  # it stopped at a step boundary, long before its end
 
@@ -156,10 +156,10 @@ async def test_a_node_killed_mid_job_requeues_its_job_and_it_completes_on_anothe
     hooks.expect = len(hooks.outcomes()) + 3
     hooks.done.clear()
     # Both workers busy: user 8's long job and user 7's job 40; user 7's job 41 waits behind them.
-    pool.queue.submit(39, spec("slow", 39, steps=20), owner=8)
+    pool.queue.submit(39, spec("slow", 39, steps=30), owner=8)  # 9 s: still busy when 40 comes back
     pool.queue.submit(40, spec("slow", 40, steps=6), owner=7)
     pool.queue.submit(41, spec("job 41 of user 7, after 40", 41), owner=7)
-    await until(lambda: ("progress", 40, 1, 6) in hooks.log and ("progress", 39, 1, 20) in hooks.log,
+    await until(lambda: ("progress", 40, 1, 6) in hooks.log and ("progress", 39, 1, 30) in hooks.log,
                 "jobs 39 and 40 running")
     doomed = next(w for w in pool.workers if 40 in w.running_jobs())
     survivor = next(w for w in pool.workers if w is not doomed)
