@@ -61,8 +61,8 @@ class JobStarter:
         self.tracker = tracker
         self.engine_state = engine_state
 
-    async def start(self, interaction: discord.Interaction, plan: Plan, *, kind: str) -> None:
-        """Admit and queue a job for whoever started this interaction, answer at once and follow it."""
+    async def start(self, interaction: discord.Interaction, plan: Plan, *, kind: str) -> int:
+        """Admit and queue a job for whoever started this interaction, answer at once and follow it; its id."""
         caller = caller_of(interaction)
         # 1. Permissions, on the server side; an engine that failed to start takes no job (it would wait forever).
         check_may_generate(self.settings, caller)
@@ -91,6 +91,7 @@ class JobStarter:
             await interaction.response.defer(thinking=True)
         await self.tracker.attach_interaction(submitted.job_id, interaction, position=submitted.position,
                                               eta_s=submitted.eta_s)
+        return submitted.job_id
 
     async def _admit(self, interaction: discord.Interaction, caller: "Caller", plan: Plan, kind: str) -> Submitted:
         """Read what the request needs and submit it, in the caller's turn."""

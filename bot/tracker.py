@@ -58,6 +58,7 @@ class Tracked:
     shown: StatusLine | None = None  # the last state an edit really showed
     pushed: StatusLine | None = None  # the last state handed to the editor (shown, or about to be)
     upload_limit: int | None = None  # bytes per file, from the interaction
+    remark: str = ""  # a line under the status (e.g. why a regenerated image may differ), kept to the end
 
 
 class JobTracker:
@@ -89,6 +90,9 @@ class JobTracker:
                 if t.editor.refresh(t.state):
                     t.pushed = t.state
                 return
+        elif ev.status is JobStatus.RUNNING and ev.warming_up:  # the engine compiles for its shape first
+            t.started_at = t.started_at or time.monotonic()
+            t.state = StatusLine(JobStatus.RUNNING, elapsed_s=time.monotonic() - t.started_at, warming_up=True)
         elif ev.status is JobStatus.RUNNING and not ev.progress:  # a worker took it
             t.started_at = time.monotonic()
             t.state = StatusLine(JobStatus.RUNNING, elapsed_s=0.0)
@@ -125,6 +129,13 @@ class JobTracker:
         t.state = t.state or state
         return status_text(job.id, job.prompt, self._with_engine_note(t.state))
 
+    def remark(self, job_id: int, text: str) -> None:
+        """A line shown under the job's status from now to its end (`/show`: why its pixels may differ)."""
+        t = self._jobs.setdefault(job_id, Tracked(job_id))
+        t.remark = text
+        if t.editor is not None and t.state is not None and t.final is None:
+            _push(t, t.state)
+
     def without_status_message(self, job_id: int) -> None:
         """This job gets no status message (no channel, or Discord refused it): its end is delivered at once."""
         self._jobs.setdefault(job_id, Tracked(job_id)).attached.set()
@@ -146,7 +157,8 @@ class JobTracker:
             return
         waiting = st.state in (JobStatus.QUEUED, JobStatus.RUNNING)
         view = status_view(JobRef(t.job_id, self.identity)) if waiting else None
-        message_id = await t.sink.edit(status_text(t.job_id, t.prompt, self._with_engine_note(st)), view)
+        text = status_text(t.job_id, t.prompt, self._with_engine_note(st))
+        message_id = await t.sink.edit(f"{text}\n{t.remark}" if t.remark else text, view)
         if message_id:
             t.shown = st
         if message_id and not t.message_saved:

@@ -168,7 +168,12 @@ class ImagineFeature(commands.Cog, name="Imagine"):
         #    input image it was made with is gone or changed: then it says so instead of making another image.
         spec = spec_of(record)
         await self._check_inputs(spec)
-        await self.starter.start(interaction, planned(spec, record.id), kind="show")
+        shown = await self.starter.start(interaction, planned(spec, record.id), kind="show")
+        differences = self.starter.jobs.recipe_differences(record.recipe)
+        if differences:   # made with another engine recipe (engine/recipe.py): its status message says so, and why
+            self.starter.tracker.remark(shown, f"Made again from job #{job}'s record: its pixels may differ slightly "
+                                               f"from the original, because the engine changed since: "
+                                               f"{'; '.join(differences)}.")
 
     # --- the buttons under a result ------------------------------------------------------------------------------
 
