@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # subcommand -> "module:function"; each function takes the parsed args and returns an exit status.
 HANDLERS = {
     "run": "bot.run_cmd:run_command",
+    "web": "bot.web.standalone:web_command",
     "generate": "bot.generate_cmd:generate_command",
     "migrate": "bot.migrate_cmd:migrate_command",
     "download": "bot.download_cmd:download_command",
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sub.add_parser("run", parents=[common], help="start the Discord bot")
+    sub.add_parser("web", parents=[common], help="serve the web console alone: the engine, the queue and the database, "
+                   "no Discord ([web] host/port, http://127.0.0.1:6006/ by default; docs/web.md)")
 
     g = sub.add_parser("generate", parents=[common],
                        help="make an image from the terminal with the same engine as the bot")

@@ -120,6 +120,28 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    enabled: bool = setting(False, "Serve the web console (docs/web.md) inside `python -m bot run` too, on the bot's "
+                            "engine, queue and database; `python -m bot web` serves it without Discord.")
+    host: str = setting("127.0.0.1", "Address the web console listens on. 127.0.0.1 = this machine only (reach it "
+                        "through an SSH tunnel); any other address needs auth.")
+    port: int = setting(6006, "Port of the web console.", min=1, max=65535)
+    auth: Secret = setting(Secret(""), "The web console's login as 'user:password'; required when host is not a "
+                           "loopback address. Never logged.", env="FLUXBOT_WEB_AUTH")
+
+    def login(self) -> tuple[str, str] | None:
+        """(user, password) from `auth`, or None when it is empty; ConfigError when it is not 'user:password'."""
+        text = self.auth.reveal()
+        if not text:
+            return None
+        user, colon, password = text.partition(":")
+        if not colon or not user.strip() or not password:
+            raise ConfigError("[web] auth must be 'user:password' (or the same in env FLUXBOT_WEB_AUTH), with a "
+                              "user name and a password")
+        return user.strip(), password
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordSettings = dataclasses.field(default_factory=DiscordSettings)
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
@@ -128,6 +150,7 @@ class Config:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
     logging: LoggingSettings = dataclasses.field(default_factory=LoggingSettings)
+    web: WebSettings = dataclasses.field(default_factory=WebSettings)  # the web console (docs/web.md)
     path: str = ""  # the file it came from ("" = defaults only)
 
 
@@ -274,7 +297,7 @@ def _check(section: str, key: str, value: Any, hint: Any, meta: typing.Mapping, 
             raise bad("must be a string (in quotes)")
         if secret:
             value = Secret(value.strip())
-            if value.reveal().lower().startswith(("bot ", "bearer ")):
+            if key == "token" and value.reveal().lower().startswith(("bot ", "bearer ")):
                 raise bad(f"starts with {value.reveal().split()[0]!r}: give the token alone, in the file or "
                           f"in env DISCORD_TOKEN (discord.py adds 'Bot ' itself; twice, Discord answers 401)")
     elif base is list:

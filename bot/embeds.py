@@ -142,6 +142,7 @@ class QueueLine:
     user_id: int
     prompt: str
     eta_s: float | None
+    web_user: str | None = None  # a web console job: its login (bot/web/), shown instead of a Discord mention
 
 
 def queue_embed(lines: list[QueueLine], *, caller_id: int, shown: int = 15,
@@ -161,7 +162,8 @@ def queue_embed(lines: list[QueueLine], *, caller_id: int, shown: int = 15,
         mine = " ← yours" if line.user_id == caller_id else ""
         where = "running" if line.position is None else f"#{line.position}"
         eta = f" · ~{fmt_seconds(line.eta_s)}" if line.eta_s is not None else ""
-        out.append(f"`{where}` job {line.job_id} · <@{line.user_id}>{eta}{mine}")
+        who = f"<@{line.user_id}>" if line.web_user is None else f"web console ({literal(line.web_user, 64)})"
+        out.append(f"`{where}` job {line.job_id} · {who}{eta}{mine}")
     hidden = [ln for ln in lines[shown:] if ln.user_id == caller_id]
     for line in hidden:
         eta = f" · ~{fmt_seconds(line.eta_s)}" if line.eta_s is not None else ""

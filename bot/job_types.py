@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from bot.input_images import StoredInput
 from bot.lora_choice import loras_of
+from db.models import DISCORD
 from db.records import JobRecord
 from engine.image_input import UPSCALE_DENOISE, upscale_size
 from engine.job_status import JobStatus
@@ -30,6 +31,8 @@ class NewRequest:
     status_message_id: int | None = None
     exempt: bool = False  # admins: no per-user limit, no cooldown (the prompt checks and queue caps still hold)
     skips_queue_caps: bool = False  # owners, when [limits] owners_skip_queue_caps: past the guild and global caps
+    source: str = DISCORD  # or WEB: the web console (bot/web/), which counts as one server for the guild cap
+    user_name: str | None = None  # the web console's login
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from bot.literal import echo_mentions
 from bot.tracker import JobTracker
 from bot.views import JobRef, status_view
 from db import jobs as store_jobs
+from db.models import WEB
 from engine.job_status import JobStatus
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class RestartNotices:
                 self.tracker.without_status_message(job.id)
 
     async def _announce(self, job: "JobRecord") -> None:
+        if job.source == WEB:
+            return  # a web console job: its page (or the console's history) shows it; Discord has nowhere to say it
         # 1. The tracker follows it from its place in the queue.
         line = self.tracker.follow(job, StatusLine(JobStatus.QUEUED, position=self.queue.position(job.id),
                                                    eta_s=self.queue.eta_s(job.id)))

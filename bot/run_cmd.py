@@ -18,6 +18,8 @@ from bot.client import intents, without_voice
 from bot.config import Config, ConfigError, load_config
 from bot.errors import CannotStart
 from bot.logging_setup import setup_logging
+from bot.web.exposure import ServeOptions
+from bot.web.standalone import embedded_console, web_options
 from engine.models import quiet_loading_bars
 
 log = logging.getLogger(__name__)
@@ -30,13 +32,14 @@ def run_command(args) -> int:
     # 1. Config and logging (the token is one of the secrets the log never shows).
     config = load_config(getattr(args, "config", None), require_token=True)
     token = config.discord.token.reveal()
-    handles = setup_logging(config.logging, secrets=[token])
+    web = web_options(config)  # [web] enabled: the console beside the bot, its address and login checked now
+    handles = setup_logging(config.logging, secrets=[token, *(web.secrets if web else [])])
     quiet_loading_bars()  # per-file loading bars would fill the log
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     print("connecting to Discord…", file=sys.stderr, flush=True)
     # 2. Run until stopped; what Discord refuses is named.
     try:
-        asyncio.run(_serve(config, token))
+        asyncio.run(_serve(config, token, web))
     except KeyboardInterrupt:
         pass  # Ctrl+C or SIGTERM: `_serve` closed the bot on its way out
     except discord.LoginFailure:
@@ -51,8 +54,9 @@ def run_command(args) -> int:
     return 0
 
 
-async def _serve(config: Config, token: str) -> None:
-    """Discord first, then the services and the bot (bot/app.py), then the connection."""
+async def _serve(config: Config, token: str, web: ServeOptions | None = None) -> None:
+    """Discord first, then the services and the bot (bot/app.py) with the web console when `[web]` enables it (on
+    the same services), then the connection."""
     # 1. The token and the way to Discord, before anything is opened: an owner whose bot cannot reach Discord (or
     #    whose token is wrong) reads one line, and no database or folder was made for nothing.
     without_voice()
@@ -60,7 +64,7 @@ async def _serve(config: Config, token: str) -> None:
         await probe.login(token)
     # 2. The bot over its services; `async with` closes it however it ends (as discord.py's `Client.run` does).
     bot = await build_bot(config, freeze_gc=True)
-    async with bot:
+    async with bot, embedded_console(bot.services, web):
         await bot.start(token)
 
 

@@ -34,6 +34,7 @@ from bot.user_turns import UserTurns
 from db import jobs as store_jobs
 from db.errors import is_store_busy
 from db.guard import DatabaseGone
+from db.models import DISCORD, WEB
 from db.records import JobOutput, JobRecord, NewJob
 from engine import limits as job_limits  # the shared limits and checks
 from engine.image_files import IdMark
@@ -162,7 +163,7 @@ class JobService:
                 await self._check_user(request.user_id)
             # 3. the queue caps: this guild's share, then everyone's
             if not request.skips_queue_caps:
-                await self._check_guild(request.guild_id)
+                await self._check_guild(request.guild_id, request.source)
                 if len(self.queue) >= self.limits.queue_cap:
                     raise QueueFull(f"The queue is full ({len(self.queue)} jobs waiting); try again in a few "
                                     f"minutes.")
@@ -172,7 +173,8 @@ class JobService:
                 height=spec.height, guidance=spec.guidance, count=spec.count, guild_id=request.guild_id,
                 channel_id=request.channel_id, variation_seed=spec.variation_seed,
                 variation_strength=spec.variation_strength, parent_id=request.parent_id, kind=request.kind,
-                model_id=self.model_id, interaction_id=request.interaction_id,
+                source=request.source, user_name=request.user_name, model_id=self.model_id,
+                interaction_id=request.interaction_id,
                 interaction_token=request.interaction_token, interaction_created_at=request.interaction_created_at,
                 status_message_id=request.status_message_id, loras=stored(spec.loras), input_image=spec.image,
                 input_sha256=spec.image_sha256, denoise=spec.denoise if spec.image is not None else None))
@@ -200,13 +202,14 @@ class JobService:
                 if left > 0:
                     raise CoolingDown(f"Please wait {left:.0f} s before your next request.", left)
 
-    async def _check_guild(self, guild_id: int | None) -> None:
+    async def _check_guild(self, guild_id: int | None, source: str = DISCORD) -> None:
         limit = self.limits.max_unfinished_per_guild
         if limit <= 0:
             return
-        unfinished = await store_jobs.count_unfinished_in_guild(self.store, guild_id)
+        unfinished = await store_jobs.count_unfinished_in_guild(self.store, guild_id, source)
         if unfinished >= limit:
-            where = "Direct messages with this bot have" if guild_id is None else "This server has"
+            where = ("The web console has" if source == WEB else
+                     "Direct messages with this bot have" if guild_id is None else "This server has")
             raise GuildQueueFull(f"{where} {unfinished} unfinished job(s) already (the limit is {limit}); try "
                                  f"again when some have finished.")
 

@@ -32,6 +32,7 @@ from bot.status_sinks import ChannelStatus, InteractionStatus, StatusSink
 from bot.throttle import ThrottledEditor
 from bot.views import JobRef, status_view
 from db import jobs as store_jobs
+from db.models import WEB
 from engine.job_status import JobStatus
 
 if TYPE_CHECKING:
@@ -185,6 +186,8 @@ class JobTracker:
 
     async def _finish(self, t: Tracked, ev: JobEvent) -> None:
         try:
+            if ev.record is not None and ev.record.source == WEB:
+                return  # a web console job: the page that asked shows it (bot/web/); nothing goes to Discord
             # 1. Give the feature a moment to attach the status message (a tiny job can beat the reply).
             try:
                 await asyncio.wait_for(t.attached.wait(), ATTACH_WAIT_S)

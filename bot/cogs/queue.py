@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot.embeds import QueueLine, queue_embed
 from bot.engine_state import EngineState, EngineStatus
 from db import jobs as store_jobs
+from db.models import WEB
 
 if TYPE_CHECKING:
     from db.session import Store
@@ -45,5 +46,6 @@ class QueueFeature(commands.Cog, name="Queue"):
             if job is None:
                 continue
             lines.append(QueueLine(position=pos, job_id=job_id, user_id=job.user_id, prompt=job.prompt,
-                                   eta_s=self.queue.eta_s(job_id) if ready else None))
+                                   eta_s=self.queue.eta_s(job_id) if ready else None,
+                                   web_user=job.user_name if job.source == WEB else None))
         return lines

@@ -81,7 +81,8 @@ class Console:
                     prompt = gr.Textbox(label="Prompt", lines=3, max_length=self.config.limits.max_prompt_chars,
                                         elem_id="prompt")
                     with gr.Row():
-                        seed = gr.Number(label="Seed (-1 = random)", value=-1, elem_id="seed")  # no precision: 1.5 is refused, not rounded
+                        # no precision: 1.5 is refused (bot/web/form.py), not rounded
+                        seed = gr.Number(label="Seed (-1 = random)", value=-1, elem_id="seed")
                         steps = gr.Slider(limits.MIN_STEPS, limits.MAX_STEPS, value=engine.default_steps, step=1,
                                           label="Steps", elem_id="steps")
                     size = gr.Dropdown([(s.title, s.value) for s in self.sizes], value=self.sizes[0].value,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from bot.job_types import JobEvent, NewRequest, rerolled, spec_of, varied
 from db import jobs as store_jobs
+from db.models import WEB
 from engine.job_status import JobStatus
 from engine.spec import JobSpec
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEB_SOURCE = "web"  # the jobs' `source` column
 LOCAL_USER = "local"  # the login of a console without a password (it listens on this machine only)
 HISTORY_SIZE = 24  # jobs in the console's history gallery
 
@@ -107,7 +107,8 @@ class WebJobs:
             # 2. admission in this user's turn, like a Discord request
             async with self.service.user_turn(user.user_id):
                 submitted = await self.service.submit(NewRequest(
-                    user_id=user.user_id, spec=spec, kind=kind, parent_id=parent_id))
+                    user_id=user.user_id, spec=spec, kind=kind, parent_id=parent_id, source=WEB,
+                    user_name=user.login))
             log.info("web job %d queued for %s", submitted.job_id, user.login)
             record = await store_jobs.get_job(self.service.store, submitted.job_id)
             yield JobUpdate(submitted.job_id, "queued", position=submitted.position, eta_s=submitted.eta_s,

@@ -1,64 +1,30 @@
 """Serving the console: uvicorn on the caller's event loop (the one the queue, the jobs service and the workers live
 on), never a Gradio share link.
 
-Safety first (`check_exposure`): the console listens on 127.0.0.1 unless told otherwise; any address other machines
-can reach needs a login (`[web] auth`, from the config or the environment), and the log says the console is exposed
-and that a password protects it, never the password itself. Uploads are capped (`UPLOAD_LIMIT`), so nobody fills the
+Safety first (bot/web/exposure.py): the console listens on 127.0.0.1 unless told otherwise; any address other
+machines can reach needs a login (`[web] auth`, from the config or the environment), and the log says the console is
+exposed and that a login protects it, never the password. Uploads are capped (`UPLOAD_LIMIT`), so nobody fills the
 disk through Gradio's upload route.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
+from bot.web.exposure import ServeOptions, check_exposure, log_exposure
+
 log = logging.getLogger(__name__)
 
 UPLOAD_LIMIT = "10mb"  # the largest file Gradio's upload route accepts (Discord's default attachment limit)
 START_TIMEOUT_S = 30.0
 GRACEFUL_S = 2  # at stop, open pages' event streams get this long before they are cut
-
-
-class ConsoleExposed(ValueError):
-    """The console would listen beyond this machine without a login. `str(err)` says what to set."""
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """Where the console listens and who may log in (`auth`: user and password, or None on loopback only)."""
-    host: str = "127.0.0.1"
-    port: int = 6006
-    auth: tuple[str, str] | None = field(default=None, repr=False)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
-def check_exposure(options: ServeOptions) -> None:
-    """Refuse a console that other machines could reach without a login; log what is exposed."""
-    if is_loopback(options.host):
-        return
-    if options.auth is None:
-        raise ConsoleExposed(f"[web] host = {options.host!r} lets other machines reach the console: set [web] auth "
-                             f"('user:password', or the environment variable FLUXBOT_WEB_AUTH), or keep host = "
-                             f"'127.0.0.1' and use an SSH tunnel (docs/web.md)")
-    log.warning("the web console listens on %s:%d, reachable from other machines; a login (user %r) protects it",
-                options.host, options.port, options.auth[0])
 
 
 class _LoopServer(uvicorn.Server):
@@ -88,6 +54,7 @@ class ConsoleServer:
         """Check the address, bind it (a clear OSError when taken), start serving; returns the URL."""
         # 1. safety and the socket
         check_exposure(self.options)
+        log_exposure(self.options)
         sock = _bind(self.options.host, self.options.port)
         self.port = sock.getsockname()[1]
         # 2. the app: Gradio mounted on a bare FastAPI, no share link, no telemetry, no footer links out

@@ -1,9 +1,13 @@
-"""`python -m bot web`: the web console alone — the engine, the queue and the database, no Discord (no token needed).
+"""Starting the console: `python -m bot web` (alone: the engine, the queue and the database, no Discord, no token) and
+`[web] enabled` inside `python -m bot run` (`embedded_console`: the bot's own services).
 
-It runs on the same services as the bot (bot/app.py `open_services`): jobs left unfinished by an earlier run (the
-bot's too) run again, Discord jobs finished here are delivered by the bot when it next starts, and images are
-pruned by `[storage]` as usual. Ctrl+C or SIGTERM stops it: the console first, then the workers (a running job stays
+Alone, it runs on the same services as the bot (bot/app.py `open_services`): jobs an earlier run left unfinished (the
+bot's too) run again, Discord jobs finished here are delivered by the bot when it next starts, and images are pruned
+by `[storage]` as usual. Ctrl+C or SIGTERM stops it: the console first, then the workers (a running job stays
 `running` and runs again at the next start), the chores and the store.
+
+Importing this module does not import gradio (the optional `web` extra): `open_console` does, and says what to
+install when it is missing.
 """
 from __future__ import annotations
 
@@ -11,75 +15,97 @@ import asyncio
 import logging
 import signal
 import sys
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from bot.app import open_services
 from bot.bot_services import Services
-from bot.config import Config, load_config
+from bot.config import Config, ConfigError, load_config
 from bot.logging_setup import setup_logging
-from bot.web.console import build_console
+from bot.web.exposure import ServeOptions, serve_options
 from bot.web.jobs import WebJobs
-from bot.web.server import ConsoleExposed, ConsoleServer, ServeOptions
-from bot.config import ConfigError
 from engine.models import quiet_loading_bars
+
+if TYPE_CHECKING:
+    from bot.web.server import ConsoleServer
 
 log = logging.getLogger(__name__)
 
-
-def serve_options(config: Config) -> ServeOptions:
-    """Where `[web]` says the console listens, and its login (None: no password)."""
-    web = config.web
-    return ServeOptions(host=web.host, port=web.port, auth=web.login())
+MISSING_EXTRA = "the web console needs the web extra: pip install -e '.[web]' (gradio, uvicorn)"
 
 
 def web_command(args) -> int:
-    """Load the config (no token), set up logging (the password is one of the secrets it never shows), serve."""
+    """`python -m bot web`: the config (no token), `[web]` checked, logging (the password is one of the secrets it
+    never shows), then serve until Ctrl+C or SIGTERM."""
     config = load_config(getattr(args, "config", None))
     options = serve_options(config)
-    setup_logging(config.logging, secrets=[options.auth[1]] if options.auth else [])
+    setup_logging(config.logging, secrets=options.secrets)
     quiet_loading_bars()
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         asyncio.run(serve_console(config, options))
     except KeyboardInterrupt:
         pass  # Ctrl+C or SIGTERM: serve_console stopped everything on its way out
-    except ConsoleExposed as e:
-        raise ConfigError(str(e)) from None
     return 0
 
 
-async def serve_console(config: Config, options: ServeOptions, *, ready: asyncio.Event | None = None,
+async def serve_console(config: Config, options: ServeOptions, *, on_ready: Callable[[str], None] | None = None,
                         **service_options) -> None:
-    """The services, then the console, until cancelled (Ctrl+C) or the server stops; `ready` is set once it
-    listens (tests)."""
+    """The services, the chores, recovery, the engines (in the background) and the console, until cancelled."""
     services = await open_services(config, **service_options)
-    server: ConsoleServer | None = None
+    server: "ConsoleServer | None" = None
     try:
-        server = await start_console(services, options)
+        # 1. what the bot's start-up does, without Discord
+        await services.housekeeping.start()
+        await services.jobs.recover()
+        services.engines.start()
+        # 2. the page
+        server = await open_console(services, options)
         print(f"web console at {server.url} (Ctrl+C stops it)", file=sys.stderr, flush=True)
-        if ready is not None:
-            ready.set()
+        if on_ready is not None:
+            on_ready(server.url)
         await server.serve_forever()
     finally:
         if server is not None:
             await server.stop()
-        await close_services(services)
+        await services.engines.stop()
+        await services.housekeeping.stop()
+        services.queue.close()
+        await services.store.close()
 
 
-async def start_console(services: Services, options: ServeOptions) -> ConsoleServer:
-    """Start the chores, re-queue what an earlier run left, load the engines in the background, serve the page."""
-    await services.housekeeping.start()
-    await services.jobs.recover()
-    services.engines.start()
+@asynccontextmanager
+async def embedded_console(services: Services, options: ServeOptions | None) -> AsyncIterator[None]:
+    """`async with embedded_console(bot.services, options):` serves the console beside the bot (None: `[web]` is not
+    enabled, nothing is served)."""
+    if options is None:
+        yield
+        return
+    server = await open_console(services, options)
+    try:
+        yield
+    finally:
+        await server.stop()
+
+
+def web_options(config: Config) -> ServeOptions | None:
+    """`[web]` for `python -m bot run`: None unless enabled; checked before anything starts (a ConfigError names the
+    key)."""
+    return serve_options(config) if config.web.enabled else None
+
+
+async def open_console(services: Services, options: ServeOptions) -> "ConsoleServer":
+    """The page over these services, listening."""
+    try:
+        from bot.web.console import build_console  # lazy: gradio is the optional web extra
+        from bot.web.server import ConsoleServer  # lazy: gradio is the optional web extra
+    except ModuleNotFoundError as e:
+        if e.name not in ("gradio", "uvicorn", "fastapi"):
+            raise
+        raise ConfigError(MISSING_EXTRA) from None
     server = ConsoleServer(build_console(WebJobs(services.jobs), services.config, services.sizes), options)
     await server.start()
     return server
-
-
-async def close_services(services: Services) -> None:
-    await services.engines.stop()
-    await services.housekeeping.stop()
-    services.queue.close()
-    await services.store.close()
 
 
 def _stop_like_ctrl_c(signum, _frame) -> None:

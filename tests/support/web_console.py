@@ -19,7 +19,8 @@ from bot.service import JobService
 from bot.validation import parse_sizes
 from bot.web.console import build_console
 from bot.web.jobs import WebJobs
-from bot.web.server import ConsoleServer, ServeOptions
+from bot.web.exposure import ServeOptions
+from bot.web.server import ConsoleServer
 from db.session import Store, open_store
 from engine.pool import WorkerPool
 from engine.queue import JobQueue

@@ -63,17 +63,13 @@ def test_generate_is_an_ordinary_job_whose_png_keeps_its_recipe(console, client)
     with open(out["image"], "rb") as served, open(row.images[0].path, "rb") as saved:
         assert served.read() == saved.read()
     assert png_text(out["image"]) == out["parameters"]
-    # 3. the row: the login 'local''s job, with the spec asked for
-    assert (row.user_id, row.kind) == (web_user_id(LOCAL_USER), "imagine")
+    # 3. the row: a web job of the login 'local', with the spec asked for
+    assert (row.source, row.user_name, row.user_id, row.kind) == (WEB, LOCAL_USER, web_user_id(LOCAL_USER),
+                                                                  "imagine")
     assert (row.status, row.seed, row.steps, row.width, row.height, row.guidance) == ("done", 7, 2, 256, 256, 3.5)
     # 4. the history gallery lists it, newest first
     assert out["gallery"][0]["caption"].startswith(f"#{out['job_id']} · seed 7 · a lighthouse")
 
-
-@pytest.mark.xfail(strict=True, reason="NewRequest has no source/user_name until the bot redesign (issue 16) lands")
-def test_a_web_job_is_marked_web_with_its_login(console, client):
-    row = console.call(store_jobs.get_job(console.store, generate(client)["job_id"]))
-    assert (row.source, row.user_name) == (WEB, LOCAL_USER)
 
 
 def test_seed_minus_one_is_random_and_the_used_seed_is_shown(console, client):

@@ -8,7 +8,9 @@ import socket
 import pytest
 
 from bot.web.jobs import web_user_id
-from bot.web.server import ConsoleExposed, ServeOptions, _bind, check_exposure, is_loopback
+from bot.config import Config, ConfigError, WebSettings, parse_config
+from bot.web.exposure import ConsoleExposed, ServeOptions, check_exposure, is_loopback, log_exposure, serve_options
+from bot.web.server import _bind
 from db import jobs as store_jobs
 from tests.support.web_console import RunningConsole
 
@@ -31,9 +33,27 @@ def test_listening_beyond_loopback_needs_a_login_which_is_never_logged(caplog):
                                              r"set \[web\] auth"):
         check_exposure(ServeOptions(host="0.0.0.0", port=6006))
     caplog.set_level(logging.INFO)
-    check_exposure(ServeOptions(host="0.0.0.0", port=6006, auth=("alice", PASSWORD)))
+    exposed = ServeOptions(host="0.0.0.0", port=6006, auth=("alice", PASSWORD))
+    check_exposure(exposed)
+    log_exposure(exposed)
     assert "reachable from other machines; a login (user 'alice') protects it" in caplog.text
     assert PASSWORD not in caplog.text and PASSWORD not in repr(ServeOptions(auth=("alice", PASSWORD)))
+
+
+def test_web_config_keys_the_login_from_the_environment_and_its_checks():
+    # 1. the defaults: this machine only, port 6006, no login
+    assert serve_options(Config()) == ServeOptions(host="127.0.0.1", port=6006, auth=None)
+    # 2. env FLUXBOT_WEB_AUTH gives the login; the config and repr never show the password
+    config = parse_config({"web": {"host": "0.0.0.0", "auth": "bob:old"}},
+                          env={"FLUXBOT_WEB_AUTH": f"alice:{PASSWORD}"})
+    assert serve_options(config).auth == ("alice", PASSWORD) and PASSWORD not in repr(config)
+    # 3. an exposed address without a login, or a login without a password, is a config error naming the key
+    with pytest.raises(ConsoleExposed):
+        serve_options(parse_config({"web": {"host": "0.0.0.0"}}, env={}))
+    with pytest.raises(ConfigError, match=r"\[web\] auth must be 'user:password'"):
+        WebSettings(auth=parse_config({"web": {"auth": "alice"}}, env={}).web.auth).login()
+    with pytest.raises(ConfigError, match=r"\[web\] port = 70000: must be at most 65535"):
+        parse_config({"web": {"port": 70000}}, env={})
 
 
 def test_a_taken_port_is_one_clear_error():
