@@ -6,7 +6,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
-from bot.config import Config, ConfigError
+from bot.config import Config, ConfigError, LimitsSettings
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 6006
     auth: tuple[str, str] | None = field(default=None, repr=False)
+    max_upload_mb: float = field(default_factory=lambda: LimitsSettings().max_input_mb)  # as Discord attachments
 
     @property
     def exposed(self) -> bool:
@@ -60,6 +61,6 @@ def log_exposure(options: ServeOptions) -> None:
 def serve_options(config: Config) -> ServeOptions:
     """`[web]` as ServeOptions, checked: a bad `auth` or an exposed address without one is a ConfigError."""
     web = config.web
-    options = ServeOptions(host=web.host, port=web.port, auth=web.login())
+    options = ServeOptions(host=web.host, port=web.port, auth=web.login(), max_upload_mb=config.limits.max_input_mb)
     check_exposure(options)
     return options

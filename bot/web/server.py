@@ -3,8 +3,8 @@ on), never a Gradio share link.
 
 Safety first (bot/web/exposure.py): the console listens on 127.0.0.1 unless told otherwise; any address other
 machines can reach needs a login (`[web] auth`, from the config or the environment), and the log says the console is
-exposed and that a login protects it, never the password. Uploads are capped (`UPLOAD_LIMIT`), so nobody fills the
-disk through Gradio's upload route.
+exposed and that a login protects it, never the password. Gradio's upload route takes files up to `[limits]
+max_input_mb`, the limit of a Discord attachment used as an input image.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from bot.web.exposure import ServeOptions, check_exposure, log_exposure
 
 log = logging.getLogger(__name__)
 
-UPLOAD_LIMIT = "10mb"  # the largest file Gradio's upload route accepts (Discord's default attachment limit)
 START_TIMEOUT_S = 30.0
 GRACEFUL_S = 2  # at stop, open pages' event streams get this long before they are cut
 
@@ -60,7 +59,8 @@ class ConsoleServer:
         # 2. the app: Gradio mounted on a bare FastAPI, no share link, no telemetry, no footer links out
         app = gr.mount_gradio_app(FastAPI(openapi_url=None, docs_url=None, redoc_url=None), self.blocks, path="",
                                   auth=self.options.auth, show_error=True, footer_links=["api"], run_history=False,
-                                  max_file_size=UPLOAD_LIMIT, ssr_mode=False, mcp_server=False)
+                                  max_file_size=int(self.options.max_upload_mb * 2**20), ssr_mode=False,
+                                  mcp_server=False)
         # 3. uvicorn on this loop (log_config None: the bot's logging stays as it is)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=GRACEFUL_S)

@@ -16,6 +16,7 @@ from engine.spec import JobSpec
 from tests.support.web_console import RunningConsole
 
 gradio_client = pytest.importorskip("gradio_client")
+httpx = pytest.importorskip("httpx")
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +129,11 @@ def test_another_users_job_is_not_reachable_from_the_console(console, client):
         client.predict(0, api_name="/reproduce")  # nothing picked in the history
     gallery = client.predict(api_name="/history")
     assert all("private discord" not in item["caption"] for item in gallery)
+
+
+def test_uploads_are_capped_like_a_discord_attachment(console):
+    # Gradio's upload route is open to every visitor: it takes [limits] max_input_mb (8 MB), no more
+    limit = console.config.limits.max_input_mb * 2**20
+    small = httpx.post(f"{console.url}gradio_api/upload", files={"files": ("a.png", b"x" * 1000)})
+    large = httpx.post(f"{console.url}gradio_api/upload", files={"files": ("b.png", b"x" * int(limit + 1))})
+    assert small.status_code == 200 and large.status_code == 413, (small.status_code, large.status_code)
