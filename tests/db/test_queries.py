@@ -92,7 +92,7 @@ def test_new_job_refuses_an_unresolved_seed_or_bad_kind():
     with pytest.raises(ValueError, match="resolve"):
         NewJob(user_id=1, prompt="x", seed=-1, steps=20, width=64, height=64, guidance=3.5)
     with pytest.raises(ValueError, match="kind"):
-        NewJob(user_id=1, prompt="x", seed=1, steps=20, width=64, height=64, guidance=3.5, kind="upscale")
+        NewJob(user_id=1, prompt="x", seed=1, steps=20, width=64, height=64, guidance=3.5, kind="teleport")
 
 
 async def test_interaction_tokens_are_cleared_on_delivery_and_after_fifteen_minutes(store):
