@@ -1,7 +1,8 @@
 """The console's page: a Gradio Blocks app built from injected parts (`WebJobs`, the config, the size choices).
 
 What a visitor sees, top to bottom:
-1. the form: prompt, seed (-1 = random), steps, size preset, guidance, and Generate;
+1. the form: prompt, seed (-1 = random), steps, size preset, guidance, a LoRA and an image to start from, and
+   Generate;
 2. the job as it goes: "queued #2, about 40 s", then a progress bar of its steps;
 3. the result: the PNG (its `parameters` chunk shown beside it, the seed used, the job number), a Download PNG button
    (the file as saved, metadata included), Reroll, Vary and Cancel;
@@ -25,8 +26,10 @@ from gradio.processing_utils import save_file_to_cache
 from bot.admission_errors import AdmissionError
 from bot.validation import InvalidRequest, SizeChoice
 from bot.web.form import spec_from_form
+from bot.web.inputs import RequestInputs
 from bot.web.jobs import BUTTON_SPECS, JobUpdate, NotThisConsoles, WebJobs, WebUser
 from engine import limits
+from engine.image_input import DEFAULT_DENOISE
 from engine.job_status import JobStatus
 from engine.png import PARAMETERS_KEY
 from engine.spec import JobSpec
@@ -39,7 +42,8 @@ log = logging.getLogger(__name__)
 
 TITLE = "fluxbot"
 GRADIO_CACHE_CLEANUP = (3600, 86400)  # every hour, delete Gradio's copies of images older than a day
-REFUSALS = (AdmissionError, InvalidRequest, NotThisConsoles)  # their message is for the user as is
+# Their message is for the user as is (a LimitError: a LoRA, an image, a strength).
+REFUSALS = (AdmissionError, InvalidRequest, NotThisConsoles, limits.LimitError)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Console:
         self.jobs = jobs
         self.config = config
         self.sizes = sizes
+        self.inputs = RequestInputs(config)
 
     # --- the page ---------------------------------------------------------------------------------------------
 
@@ -89,6 +94,15 @@ class Console:
                                        label="Size", elem_id="size")
                     guidance = gr.Slider(limits.MIN_GUIDANCE, limits.MAX_GUIDANCE, value=engine.default_guidance,
                                          step=0.1, label="Guidance", elem_id="guidance")
+                    with gr.Accordion("LoRA and image input", open=False):
+                        lora = gr.Dropdown(["", *self.inputs.lora_names()], value="", elem_id="lora",
+                                           label="LoRA (or <lora:name:0.8> in the prompt)")
+                        lora_strength = gr.Slider(limits.MIN_LORA_STRENGTH, limits.MAX_LORA_STRENGTH, value=1.0,
+                                                  step=0.05, label="LoRA strength", elem_id="lora-strength")
+                        start_image = gr.Image(label="Image to start from (the job takes its aspect)",
+                                               type="filepath", sources=["upload"], elem_id="start-image")
+                        denoise = gr.Slider(0.0, 1.0, value=DEFAULT_DENOISE, step=0.05, elem_id="denoise",
+                                            label="Image strength: 0 keeps the image, 1 ignores it")
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 # 2.-3. the job and its result
                 with gr.Column(scale=1):
@@ -118,8 +132,9 @@ class Console:
 
             shown = [status, image, job, used_seed, parameters, download, gallery, gallery_ids]
             live = dict(outputs=shown, concurrency_limit=None)  # the fluxbot queue orders jobs, not Gradio's
-            generate.click(self.generate, [prompt, seed, steps, size, guidance], api_name="generate", **live)
-            prompt.submit(self.generate, [prompt, seed, steps, size, guidance], api_name=False, **live)
+            form = [prompt, seed, steps, size, guidance, lora, lora_strength, start_image, denoise]
+            generate.click(self.generate, form, api_name="generate", **live)
+            prompt.submit(self.generate, form, api_name=False, **live)
             reroll.click(self.reroll, [job], api_name="reroll", **live)
             vary.click(self.vary, [job], api_name="vary", **live)
             reproduce.click(self.reproduce, [picked], api_name="reproduce", **live)
@@ -132,11 +147,14 @@ class Console:
     # --- the handlers -------------------------------------------------------------------------------------------
 
     async def generate(self, prompt: str, seed: float | None, steps: float | None, size: str | None,
-                       guidance: float | None, request: gr.Request,
+                       guidance: float | None, lora: str | None, lora_strength: float | None,
+                       start_image: str | None, denoise: float | None, request: gr.Request,
                        progress: gr.Progress = gr.Progress()) -> AsyncIterator[tuple]:
         try:
             spec = spec_from_form(self.config, self.sizes, prompt=prompt, seed=seed, steps=steps, size=size,
                                   guidance=guidance)
+            spec = await self.inputs.with_loras(spec, lora, lora_strength)
+            spec = await self.inputs.with_image(spec, start_image, denoise)
         except REFUSALS as e:
             raise gr.Error(str(e)) from None
         async for values in self._follow(_user(request), spec, "imagine", None, progress):
@@ -179,9 +197,11 @@ class Console:
         user = _user(request)
         try:
             parent = await self.jobs.own_job(user, job_id)
+            spec = BUTTON_SPECS[kind](parent)
+            await self.inputs.check_parent(spec)
         except REFUSALS as e:
             raise gr.Error(str(e)) from None
-        async for values in self._follow(user, BUTTON_SPECS[kind](parent), kind, parent.id, progress):
+        async for values in self._follow(user, spec, kind, parent.id, progress):
             yield values
 
     async def _follow(self, user: WebUser, spec: JobSpec, kind: str, parent_id: int | None,

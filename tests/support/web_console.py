@@ -34,7 +34,8 @@ class RunningConsole:
     def __init__(self, tmp: Path, models_dir: Path, *, limits: LimitsSettings | None = None,
                  options: ServeOptions | None = None, start_workers: bool = True):
         settings = EngineSettings(model=TINY, models_dir=str(models_dir), profile="resident", devices=["cpu"],
-                                  images_dir=str(tmp / "images"), default_steps=2, max_sequence_length=64)
+                                  images_dir=str(tmp / "images"), loras_dir=str(tmp / "loras"), default_steps=2,
+                                  max_sequence_length=64)
         self.config = replace(Config(), engine=settings, limits=limits or LimitsSettings())
         self.db_url = f"sqlite+aiosqlite:///{tmp / 'fluxbot.db'}"
         self.options = options or ServeOptions(port=0)
@@ -95,3 +96,9 @@ class RunningConsole:
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
         """Run a coroutine on the console's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def form(prompt: str, seed: float = -1, steps: float = 2, size: str = "256x256", guidance: float = 3.5,
+         lora: str = "", lora_strength: float = 1.0, image=None, denoise: float = 0.75) -> tuple:
+    """The values of the console's form, in the order of its `/generate` endpoint."""
+    return (prompt, seed, steps, size, guidance, lora, lora_strength, image, denoise)

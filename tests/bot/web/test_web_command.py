@@ -17,6 +17,7 @@ import pytest
 from db import jobs as store_jobs
 from db.records import NewJob
 from db.session import open_store
+from tests.support.web_console import form
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -93,7 +94,7 @@ def test_python_m_bot_web_serves_alone_and_stops_on_sigterm(tmp_path, tiny_model
             f"web console at http://127.0.0.1:{port}/ (Ctrl+C stops it)"
         # 3. a request through the page's API
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
-        status, *_ = client.predict("a cat", 5, 2, "256x256", 3.5, api_name="/generate")
+        status, *_ = client.predict(*form("a cat", 5), api_name="/generate")
         assert status.startswith("Job #") and "done" in status
         # 4. SIGTERM: a clean stop
         proc.send_signal(signal.SIGTERM)

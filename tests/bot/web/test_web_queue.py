@@ -10,7 +10,7 @@ from bot.config import LimitsSettings
 from bot.job_types import NewRequest
 from db import jobs as store_jobs
 from engine.spec import JobSpec
-from tests.support.web_console import RunningConsole
+from tests.support.web_console import RunningConsole, form
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -47,13 +47,13 @@ def test_web_and_discord_share_one_fair_queue_under_the_same_limits(console, cli
     # 1. a Discord user has two jobs waiting
     first, second = discord_job(console, "discord one"), discord_job(console, "discord two")
     # 2. a web request waits too, and the page says where: second, ahead of the Discord user's second job
-    web = client.submit("a web fox", -1, 1, "256x256", 3.5, api_name="/generate")
+    web = client.submit(*form("a web fox", steps=1), api_name="/generate")
     status, _, web_id, seed, *_ = first_output(web)
     assert status == f"Job #{int(web_id)} queued: #2 in line, about {status.split('about ')[1]}"
     assert [j.job_id for j in console.service.queue.waiting()] == [first, int(web_id), second]
     # 3. the same per-user limit as on Discord: a second web request is refused while the first waits
     with pytest.raises(gradio_client.exceptions.AppError, match="You already have 1 unfinished job"):
-        client.predict("another", -1, 1, "256x256", 3.5, api_name="/generate")
+        client.predict(*form("another", steps=1), api_name="/generate")
     # 4. the worker starts: the jobs run in that order, the web one is shown done
     console.start_workers()
     assert web.result(timeout=120)[0].startswith(f"Job #{int(web_id)} done")
@@ -69,7 +69,7 @@ def test_web_and_discord_share_one_fair_queue_under_the_same_limits(console, cli
 
 def test_step_progress_is_live_and_cancel_stops_the_job(console, client):
     # "slow" sleeps 0.3 s after each step (tests/support/engines.py): time to see the steps and press Cancel
-    job = client.submit("slow", -1, 20, "256x256", 3.5, api_name="/generate")
+    job = client.submit(*form("slow", steps=20), api_name="/generate")
     job_id = int(first_output(job)[2])
     deadline = time.monotonic() + 60
     progress = None

@@ -12,7 +12,7 @@ from bot.config import Config, ConfigError, WebSettings, parse_config
 from bot.web.exposure import ConsoleExposed, ServeOptions, check_exposure, is_loopback, log_exposure, serve_options
 from bot.web.server import _bind
 from db import jobs as store_jobs
-from tests.support.web_console import RunningConsole
+from tests.support.web_console import RunningConsole, form
 
 gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
@@ -80,7 +80,7 @@ def test_the_login_is_required_and_names_whose_jobs_they_are(console, tmp_path):
     assert httpx.post(f"{console.url}gradio_api/queue/join", json={}).status_code == 401
     # 2. alice's request is alice's job; her history is hers
     alice = gradio_client.Client(console.url, verbose=False, auth=("alice", PASSWORD), download_files=str(tmp_path))
-    status, image, job_id, *_ = alice.predict("alice's cat", 3, 1, "256x256", 3.5, api_name="/generate")
+    status, image, job_id, *_ = alice.predict(*form("alice's cat", 3, steps=1), api_name="/generate")
     row = console.call(store_jobs.get_job(console.store, int(job_id)))
     assert row.user_id == web_user_id("alice") != web_user_id("local")
     assert [item["caption"] for item in alice.predict(api_name="/history")] == [f"#{int(job_id)} · seed 3 · "
