@@ -290,8 +290,9 @@ def _cached_image(job: "JobRecord") -> str | None:
 
 
 def _caption(job: "JobRecord") -> str:
-    prompt = job.prompt if len(job.prompt) <= 60 else job.prompt[:59] + "…"
-    return f"#{job.id} · seed {job.seeds[0] if job.seeds else job.seed} · {prompt}"
+    """A history caption (Gradio shows it as plain text: no markdown, so no `bot.literal` here)."""
+    text = job.prompt if len(job.prompt) <= 60 else job.prompt[:59] + "…"
+    return f"#{job.id} · seed {job.seeds[0] if job.seeds else job.seed} · {text}"
 
 
 def _cached_with_parameters(path: str) -> tuple[str, str]:

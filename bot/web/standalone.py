@@ -75,15 +75,16 @@ async def serve_console(config: Config, options: ServeOptions, *, on_ready: Call
 
 
 @asynccontextmanager
-async def embedded_console(services: Services, options: ServeOptions | None) -> AsyncIterator[None]:
-    """`async with embedded_console(bot.services, options):` serves the console beside the bot (None: `[web]` is not
-    enabled, nothing is served)."""
+async def embedded_console(services: Services,
+                           options: ServeOptions | None) -> AsyncIterator["ConsoleServer | None"]:
+    """`async with embedded_console(bot.services, options) as server:` serves the console beside the bot (options
+    None: `[web]` is not enabled, nothing is served and `server` is None)."""
     if options is None:
-        yield
+        yield None
         return
     server = await open_console(services, options)
     try:
-        yield
+        yield server
     finally:
         await server.stop()
 
