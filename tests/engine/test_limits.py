@@ -72,3 +72,9 @@ def test_the_engine_refuses_with_the_same_words():
         check_spec(JobSpec("\u2800\u3164", seed=1))
     with pytest.raises(EngineError, match="Width 1000 is not allowed: use a multiple of 16 from 256 to 2048"):
         check_spec(JobSpec("a cat", seed=1, width=1000))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 0.5, 10.5, "3"])
+def test_guidance_that_is_not_a_finite_number_in_range_is_refused(bad):
+    with pytest.raises(LimitError, match="Guidance must be between 1 and 10"):
+        limits.check_guidance(bad)
