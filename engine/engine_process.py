@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from engine.devices import resolve_devices
 from engine.errors import EngineError, EngineOutOfMemory, ModelNotFoundError
 from engine.recipe import differences_from
-from engine.warm_up import CompileState, first_group_shape
+from engine.warm_up import CompileState, tracking_warm_up
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -347,21 +347,9 @@ class ProcessEngine:
         specs = list(specs)
         if not specs:
             return self._request("generate_batch", (specs,), progress, should_cancel)
-        # The child compiles a new shape during its first step: "warming up" here from the request to the first
-        # progress message of the first group (the shapes compiled are tracked on this side too).
-        shape = first_group_shape(specs)
-        self.compile_state.begin(*shape)
-
-        def relay(step: int, total: int) -> None:
-            if self.compile_state.warming_up:
-                self.compile_state.end(*shape, completed=True)
-            if progress is not None:
-                progress(step, total)
-
-        try:
-            return self._request("generate_batch", (specs,), relay, should_cancel)
-        finally:
-            self.compile_state.end(*shape, completed=False)
+        # The child compiles a new shape during its first step: the shapes compiled are tracked on this side too.
+        return tracking_warm_up(self.compile_state, specs, progress,
+                                lambda relay: self._request("generate_batch", (specs,), relay, should_cancel))
 
     @property
     def warming_up(self) -> bool:

@@ -37,7 +37,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from engine.engine_process import ErrorReply, import_ref
 from engine.errors import EngineError, EngineLost
 from engine.recipe import differences_from
-from engine.warm_up import CompileState, first_group_shape
+from engine.warm_up import CompileState, tracking_warm_up
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -208,20 +208,9 @@ class RayEngine:
         specs = list(specs)
         if not specs:
             return self._request("generate_batch", specs, progress, should_cancel)
-        # A new shape compiles during its first step in the actor: "warming up" until the first progress message.
-        shape = first_group_shape(specs)
-        self.compile_state.begin(*shape)
-
-        def relay(step: int, total: int) -> None:
-            if self.compile_state.warming_up:
-                self.compile_state.end(*shape, completed=True)
-            if progress is not None:
-                progress(step, total)
-
-        try:
-            return self._request("generate_batch", specs, relay, should_cancel)
-        finally:
-            self.compile_state.end(*shape, completed=False)
+        # A new shape compiles during its first step in the actor: tracked on this side, as ProcessEngine does.
+        return tracking_warm_up(self.compile_state, specs, progress,
+                                lambda relay: self._request("generate_batch", specs, relay, should_cancel))
 
     def set_profile(self, profile: str) -> None:
         self._request("set_profile", profile)

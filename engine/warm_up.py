@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +47,24 @@ def first_group_shape(specs: list) -> tuple:
     first = specs[0]
     images = sum(s.count for s in specs if s.batch_key() == first.batch_key())
     return images, first.width, first.height, first.lora_key()
+
+
+def tracking_warm_up(state: CompileState, specs: list, progress: Callable[[int, int], None] | None,
+                     send: Callable[[Callable[[int, int], None]], Any]) -> Any:
+    """Run `send(relay)` (a remote engine's generate_batch request) with `state` saying "warming up" from the
+    request until the first progress message of the first group: the remote side compiles a new shape during its
+    first step. `relay` forwards progress to `progress`. The one copy of this rule for the parent side of an
+    engine process (engine/engine_process.py) and a Ray actor's driver side (engine/ray_engine.py)."""
+    shape = first_group_shape(specs)
+    state.begin(*shape)
+
+    def relay(step: int, total: int) -> None:
+        if state.warming_up:
+            state.end(*shape, completed=True)
+        if progress is not None:
+            progress(step, total)
+
+    try:
+        return send(relay)
+    finally:
+        state.end(*shape, completed=False)
