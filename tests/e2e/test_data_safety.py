@@ -130,7 +130,7 @@ async def test_buttons_of_a_database_that_was_reset_are_refused_and_its_files_ke
     old_png = Path((await store_jobs.get_job(bot.store, 1)).images[0].path)
     old_bytes = old_png.read_bytes()
     assert old_png.name == f"{old_identity}-1.png"
-    assert old_result.custom_ids == [f"fluxbot:{a}:{old_identity}:1" for a in ("reroll", "vary", "edit", "delete")]
+    assert old_result.custom_ids == [f"fluxbot:{a}:{old_identity}:1" for a in ("reroll", "vary", "varystrong", "upscale", "edit", "delete")]
     # A message with buttons of a bot version before identities (`fluxbot:<action>:<job id>`), posted then.
     legacy_buttons = [{"type": 2, "style": 2, "label": a, "custom_id": f"fluxbot:{a}:1"} for a in ("cancel", "delete")]
     legacy = fake.create_message(fake.channel.id, "channel", MessageState(
@@ -163,7 +163,7 @@ async def test_buttons_of_a_database_that_was_reset_are_refused_and_its_files_ke
     new_png = Path((await store_jobs.get_job(bot.store, 1)).images[0].path)
     assert new_png.name == f"{bot.identity}-1.png" and old_png.read_bytes() == old_bytes
     # 6. This database's buttons work as before.
-    assert "Job #1 deleted" in await answer(fake, await fake.click(alice, new_result, new_result.custom_ids[3]))
+    assert "Job #1 deleted" in await answer(fake, await fake.click(alice, new_result, next(c for c in new_result.custom_ids if ":delete:" in c)))
 
 
 async def test_an_older_backup_restored_never_issues_a_job_id_again(fake_discord, start_bot, stop_bot, make_rel_bot,
@@ -198,7 +198,7 @@ async def test_an_older_backup_restored_never_issues_a_job_id_again(fake_discord
     assert [r[0] for r in rows] == [1, 3]
     assert second_png.read_bytes() == second_bytes
     # 4. Job 2's buttons name a job that no longer exists: a clear answer, nothing changes.
-    text = await refusal(fake, await fake.click(alice, second, second.custom_ids[3]))
+    text = await refusal(fake, await fake.click(alice, second, next(c for c in second.custom_ids if ":delete:" in c)))
     assert "Job #2 does not exist" in text
     assert await job_rows(bot.store) == rows
 
