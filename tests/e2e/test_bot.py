@@ -540,6 +540,6 @@ async def test_an_image_over_the_upload_limit_is_left_out_with_a_note(fake_disco
     size = first.attachments[0].size
     fake.attachment_size_limit = size - 1  # sent with every new interaction
     ix = await imagine(fake, alice, prompt="a busy market", seed=11, size="512x256")
-    note = await ix.wait_message(lambda m: "upload limit" in m.content)
+    note = await ix.wait_message(lambda m: "upload limit" in m.content, 60)
     assert note.attachments == [] and note.embeds and note.custom_ids[0] == job_buttons(bot, 2)[0]
     assert (await eventually(lambda: delivered(bot, 2))).status == "done"
