@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> 
             continue
         seen.append(line)
         if needle in line:
+            # Keep reading in the background: a child whose stderr pipe fills up blocks on its next log line and
+            # would never get to its clean stop.
+            threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True).start()
             return line
     raise AssertionError(f"no {needle!r} within {timeout} s:\n{''.join(seen)}")
 
