@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from engine.devices import resolve_devices
 from engine.errors import EngineError, EngineOutOfMemory, ModelNotFoundError
-from engine.recipe import differences_from
-from engine.warm_up import CompileState, tracking_warm_up
+from engine.warm_up import CompileState, RemoteEngineFront
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -302,7 +301,7 @@ class _ChildDied(Exception):
     pass
 
 
-class ProcessEngine:
+class ProcessEngine(RemoteEngineFront):
     """The Engine API, served by a child process. Build it with `ProcessEngine.start(settings, device)`;
     use it from one thread at a time (a lock makes concurrent calls wait)."""
 
@@ -338,30 +337,9 @@ class ProcessEngine:
 
     # --- Engine API -----------------------------------------------------------------------------------
 
-    def generate(self, spec: "JobSpec", *, progress: "ProgressFn | None" = None,
-                 should_cancel: "CancelFn | None" = None) -> "Result":
-        return self.generate_batch([spec], progress=progress, should_cancel=should_cancel)[0]
-
-    def generate_batch(self, specs: Sequence["JobSpec"], *, progress: "ProgressFn | None" = None,
-                       should_cancel: "CancelFn | None" = None) -> list["Result"]:
-        specs = list(specs)
-        if not specs:
-            return self._request("generate_batch", (specs,), progress, should_cancel)
-        # The child compiles a new shape during its first step: the shapes compiled are tracked on this side too.
-        return tracking_warm_up(self.compile_state, specs, progress,
-                                lambda relay: self._request("generate_batch", (specs,), relay, should_cancel))
-
-    @property
-    def warming_up(self) -> bool:
-        """True while the child compiles the DiT's blocks for a new shape (see Engine.warming_up)."""
-        return self.compile_state.warming_up
-
-    def needs_warm_up(self, spec: "JobSpec", batch: int | None = None) -> bool:
-        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
-
-    def recipe_differences(self, stored: dict | None) -> list[str]:
-        """See Engine.recipe_differences."""
-        return differences_from(self.recipe, stored)
+    def _send_batch(self, specs: list["JobSpec"], progress: "ProgressFn | None",
+                    should_cancel: "CancelFn | None") -> list["Result"]:
+        return self._request("generate_batch", (specs,), progress, should_cancel)
 
     def set_profile(self, profile: str) -> None:
         self._request("set_profile", (profile,))

@@ -28,7 +28,7 @@ import queue
 import socket
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import ray
 from ray.exceptions import RayError
@@ -36,8 +36,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from engine.engine_process import ErrorReply, import_ref
 from engine.errors import EngineError, EngineLost
-from engine.recipe import differences_from
-from engine.warm_up import CompileState, tracking_warm_up
+from engine.warm_up import CompileState, RemoteEngineFront
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -159,7 +158,7 @@ def _load(settings: "EngineSettings", device: str, loader_ref: str | None):
 
 # ---------------------------------------------------------------------------------------- the driver
 
-class RayEngine:
+class RayEngine(RemoteEngineFront):
     """The Engine API of one `EngineActor`. Build it with `RayEngine.start(settings, node_id, resources)`; use it
     from one thread at a time (a worker's engine thread)."""
 
@@ -199,18 +198,9 @@ class RayEngine:
 
     # --- Engine API -----------------------------------------------------------------------------------
 
-    def generate(self, spec: "JobSpec", *, progress: "ProgressFn | None" = None,
-                 should_cancel: "CancelFn | None" = None) -> "Result":
-        return self.generate_batch([spec], progress=progress, should_cancel=should_cancel)[0]
-
-    def generate_batch(self, specs: Sequence["JobSpec"], *, progress: "ProgressFn | None" = None,
-                       should_cancel: "CancelFn | None" = None) -> list["Result"]:
-        specs = list(specs)
-        if not specs:
-            return self._request("generate_batch", specs, progress, should_cancel)
-        # A new shape compiles during its first step in the actor: tracked on this side, as ProcessEngine does.
-        return tracking_warm_up(self.compile_state, specs, progress,
-                                lambda relay: self._request("generate_batch", specs, relay, should_cancel))
+    def _send_batch(self, specs: list["JobSpec"], progress: "ProgressFn | None",
+                    should_cancel: "CancelFn | None") -> list["Result"]:
+        return self._request("generate_batch", specs, progress, should_cancel)
 
     def set_profile(self, profile: str) -> None:
         self._request("set_profile", profile)
@@ -219,19 +209,6 @@ class RayEngine:
     def call(self, ref: str, *args: Any) -> Any:
         """Run `function(engine, *args)` in the actor (ref "module:function"), as `ProcessEngine.call`."""
         return self._request("call", (ref, *args))
-
-    @property
-    def warming_up(self) -> bool:
-        """True while the actor compiles the DiT's blocks for a new shape (see Engine.warming_up)."""
-        return self.compile_state.warming_up
-
-    def needs_warm_up(self, spec: "JobSpec", batch: int | None = None) -> bool:
-        """Whether the actor's engine compiles first for this shape (tracked on this side, as ProcessEngine does)."""
-        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
-
-    def recipe_differences(self, stored: dict | None) -> list[str]:
-        """See Engine.recipe_differences (the actor's recipe, read when it loaded)."""
-        return differences_from(self.recipe, stored)
 
     def close(self) -> None:
         """Close the engine and remove the actor (Ray does not restart it)."""

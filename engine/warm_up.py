@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from engine.recipe import differences_from
+
 log = logging.getLogger(__name__)
 
 
@@ -68,3 +70,38 @@ def tracking_warm_up(state: CompileState, specs: list, progress: Callable[[int, 
         return send(relay)
     finally:
         state.end(*shape, completed=False)
+
+
+class RemoteEngineFront:
+    """The Engine API methods an engine whose work runs elsewhere (a child process: engine/engine_process.py; a Ray
+    actor: engine/ray_engine.py) shares: generate, warming up tracked on this side, recipe differences. A subclass
+    sets `compile_state` and `recipe` and supplies `_send_batch(specs, progress, should_cancel)`."""
+    compile_state: CompileState
+    recipe: dict
+
+    def _send_batch(self, specs: list, progress: Callable[[int, int], None] | None,
+                    should_cancel: Callable[[], bool] | None) -> list:
+        raise NotImplementedError
+
+    def generate(self, spec, *, progress=None, should_cancel=None):
+        return self.generate_batch([spec], progress=progress, should_cancel=should_cancel)[0]
+
+    def generate_batch(self, specs, *, progress=None, should_cancel=None) -> list:
+        specs = list(specs)
+        if not specs:
+            return self._send_batch(specs, progress, should_cancel)
+        # The other side compiles a new shape during its first step: the shapes compiled are tracked here too.
+        return tracking_warm_up(self.compile_state, specs, progress,
+                                lambda relay: self._send_batch(specs, relay, should_cancel))
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the other side compiles the DiT's blocks for a new shape (see Engine.warming_up)."""
+        return self.compile_state.warming_up
+
+    def needs_warm_up(self, spec, batch: int | None = None) -> bool:
+        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
+
+    def recipe_differences(self, stored: dict | None) -> list[str]:
+        """See Engine.recipe_differences (the recipe the other side reported when it loaded)."""
+        return differences_from(self.recipe, stored)
