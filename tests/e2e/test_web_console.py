@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import pytest
 
@@ -14,7 +13,7 @@ from bot.web.standalone import embedded_console
 from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import has_result, imagine
-from tests.support.web_console import form
+from tests.support.web_console import first_output, form
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -53,11 +52,3 @@ async def test_a_web_job_shares_the_bots_queue_and_never_reaches_discord(fake_di
     job = await store_jobs.get_job(bot.store, web_id)
     assert (job.source, job.user_name, job.status, job.delivered_at) == ("web", "local", "done", None)
     assert [j.id for j in await store_jobs.undelivered_jobs(bot.store)] == []
-
-
-def first_output(job, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not job.outputs():
-        assert time.monotonic() < deadline, "the console showed nothing"
-        time.sleep(0.05)
-    return job.outputs()[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Coroutine
@@ -102,3 +103,12 @@ def form(prompt: str, seed: float = -1, steps: float = 2, size: str = "256x256",
          lora: str = "", lora_strength: float = 1.0, image=None, denoise: float = 0.75) -> tuple:
     """The values of the console's form, in the order of its `/generate` endpoint."""
     return (prompt, seed, steps, size, guidance, lora, lora_strength, image, denoise)
+
+
+def first_output(job, timeout: float = 60) -> tuple:
+    """The first values the page showed for a submitted gradio_client job (status, image, job id, seed, ...)."""
+    deadline = time.monotonic() + timeout
+    while not job.outputs():
+        assert time.monotonic() < deadline, "the console showed nothing"
+        time.sleep(0.05)
+    return job.outputs()[0]

@@ -10,7 +10,7 @@ from bot.config import LimitsSettings
 from bot.job_types import NewRequest
 from db import jobs as store_jobs
 from engine.spec import JobSpec
-from tests.support.web_console import RunningConsole, form
+from tests.support.web_console import RunningConsole, first_output, form
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -33,14 +33,6 @@ def discord_job(console, prompt: str) -> int:
     spec = JobSpec(prompt, seed=3, steps=1, width=256, height=256)
     return console.call(console.service.submit(NewRequest(user_id=1, spec=spec, guild_id=1, channel_id=2,
                                                           exempt=True))).job_id
-
-
-def first_output(job, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not job.outputs():
-        assert time.monotonic() < deadline, "the console showed nothing"
-        time.sleep(0.05)
-    return job.outputs()[0]
 
 
 def test_web_and_discord_share_one_fair_queue_under_the_same_limits(console, client):
