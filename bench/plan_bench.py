@@ -40,6 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.flux_arch import FLUX_DEV, TINY, Arch  # noqa: E402,F401  (public here: peer_bench and lora_bench read them)
+
 log = logging.getLogger("plan_bench")
 
 GiB = 1024 ** 3
@@ -75,44 +77,6 @@ ROWS = [
     Row("64/24", 64, 24, must="<= 1.05x resident"),
     Row("streamed", 0, 3.5, profile="streamed", must="today's point: 1.83 GiB peak allocated, 5.1 s/image"),
 ]
-
-
-@dataclass(frozen=True)
-class Arch:
-    dit: dict
-    clip: dict
-    t5: dict
-    vae: dict
-    t5_shards: int
-
-
-FLUX_DEV = Arch(
-    dit=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-             axes_dims_rope=[16, 56, 56]),
-    clip=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-              num_hidden_layers=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
-    t5=dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-            feed_forward_proj="gated-gelu", is_encoder_decoder=False, dense_act_fn="gelu_new", dropout_rate=0.1,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6),
-    vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-             up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
-             latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
-             use_quant_conv=False, use_post_quant_conv=False),
-    t5_shards=2)
-TINY = Arch(
-    dit=dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=3, attention_head_dim=16,
-             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
-             axes_dims_rope=[4, 6, 6]),
-    clip=dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-              max_position_embeddings=77, projection_dim=32, hidden_act="gelu"),
-    t5=dict(vocab_size=1000, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, feed_forward_proj="gated-gelu",
-            is_encoder_decoder=False, relative_attention_num_buckets=8, dropout_rate=0.0),
-    vae=dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-             up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
-             latent_channels=16, norm_num_groups=4, sample_size=64, scaling_factor=0.3611, shift_factor=0.1159,
-             use_quant_conv=False, use_post_quant_conv=False),
-    t5_shards=2)
 
 
 # ------------------------------------------------------------------------------------------------- files
