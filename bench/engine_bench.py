@@ -489,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="write every row as JSON here")
     ap.add_argument("--fast", action="store_true", help="the compute suite (bench/fast_bench.py): compile and fp8 "
                     "compute against diffusers' anchors, drift, batch 4, streamed plans, restart warm-up")
+    ap.add_argument("--restart-compute", default="bf16", choices=("bf16", "fp8"), help=argparse.SUPPRESS)
+    ap.add_argument("--restart-kernel", default="row", help=argparse.SUPPRESS)   # fast:restart's recipe (fast_bench)
     ap.add_argument("--budget-gib", type=float, default=10.0, help="--fast: vram_budget_gib of the budgeted plan")
     ap.add_argument("--deadline-s", type=float, default=0.0, help="--fast: skip the parts that would end after this "
                     "many seconds (0: none)")

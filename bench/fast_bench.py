@@ -7,21 +7,23 @@ run stopped midway keeps what it measured):
     memory-efficient; the fastest is named.
  2. the eager anchor on bf16 weights (before any fp8 cast): `diffusers-bf16-eager` (DiT s/step and a 20-step
     image, the drift reference of fp8 storage).
- 3. fp8 storage (`all-linear`), the `resident` plan, fluxbot's compute recipes (bf16 eager, fp8 compiled, fp8
-    eager; bf16 compiled after batch 4): DiT s/step at batch 1, a whole 20-step image (encode, denoise, decode),
-    compile warm-up, and the drift of the final latents and of the decoded image (relative L2, PSNR) against
-    fp8-storage/bf16-compute eager (`fluxbot-bf16-eager`), and of that against bf16 weights.
- 4. the fastest resident recipe at batch 4.
- 5. pinned host->device bandwidth, then the `streamed` plan (no DiT block resident) and a budgeted one
+ 3. fp8 storage (`all-linear`), the `resident` plan, fluxbot's compute recipes (RECIPES: bf16 eager — the drift
+    reference —, bf16 compiled, fp8 compiled with each fp8 kernel of engine/fp8_compute.py's FP8_KERNELS): DiT
+    s/step at batch 1, a whole 20-step image (encode, denoise, decode), compile warm-up, and the drift of the final
+    latents and of the decoded image (relative L2, PSNR) against fp8-storage/bf16-compute eager
+    (`fluxbot-bf16-eager`), and of that against bf16 weights.
+ 4. the fastest bf16 and the fastest fp8 recipe at batch 4.
+ 5. `profile`: where a step's GPU time goes for those two (GEMM, attention, inductor's Triton kernels, other).
+ 6. compile warm-up of a restart, for bf16 and the fastest fp8 kernel: two child processes on an empty inductor
+    cache (cold) and on the cache the first one left (warm).
+ 7. pinned host->device bandwidth, then the `streamed` plan (no DiT block resident) and a budgeted one
     (`vram_budget_gib`, most blocks resident) with the fastest recipe: s/step against their floor
     max(new compute, streamed bytes / bandwidth).
- 6. the compiled anchor, `diffusers-bf16-compile` (`compile_repeated_blocks(fullgraph=True)`), on a DiT rebuilt
-    with the same seed (the same bf16 weights).
- 7. compile warm-up of a restart: two child processes on an empty inductor cache (cold) and on the cache the
-    first one left (warm).
+ 8. the compiled anchor, `diffusers-bf16-compile` (`compile_repeated_blocks(fullgraph=True)`), on a DiT rebuilt
+    with the same seed (the same bf16 weights); then `torchao-fp8-compile`: the same with torchao's
+    `Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())` (flux-fast's recipe; carried as a wheel in
+    `.whl-ao/`; last, because torchao changes inductor's settings for the rest of the process).
 `--deadline-s` skips the parts that would not end in time (a row says so).
-torchao is not measured here (not installed on the GPU machine; its compile warm-up alone was 152 s in the
-anchor run, more than this run's budget): docs/benchmarks.md quotes that run's 0.105 s/step.
 
     python bench/engine_bench.py --fast --out fast.json       # on the GPU (bench/run_device.sh passes --fast)
     python bench/engine_bench.py --fast --tiny                # CPU smoke: tiny model, aot_eager, seconds
@@ -41,16 +43,22 @@ import torch
 
 from engine import memory
 from engine.compile import compile_blocks, uncompile_blocks
-from engine.fp8_compute import Fp8Linear, UpcastLinear, swap_linears
+from engine.fp8_compute import DEFAULT_KERNEL, Fp8Linear, UpcastLinear, swap_linears
 from engine.precision import apply_precision, dit_bytes
 from engine.settings import EngineSettings
 from engine.streamer_flux import dit_blocks
 
 GiB = 1024 ** 3
 PROMPT = "a red fox in a snowy forest at dawn, photo"
-# (compute, compiled), in the order measured: the reference first, then what the targets need most.
-RECIPES = (("bf16", False), ("fp8", True), ("fp8", False))
-LATE_RECIPES = (("bf16", True),)
+# (compute, fp8 kernel, compiled), in the order measured: the drift reference first, then the candidates.
+RECIPES = (("bf16", None, False), ("bf16", None, True), ("fp8", "row", True), ("fp8", "row-fast", True),
+           ("fp8", "tensor-fast", True))
+
+
+def recipe_name(compute: str, kernel: str | None, compiled: bool) -> str:
+    """fluxbot-bf16-eager, fluxbot-fp8-compile (the default kernel), fluxbot-fp8.row-fast-compile, ..."""
+    label = compute if compute == "bf16" or kernel in (None, DEFAULT_KERNEL) else f"{compute}.{kernel}"
+    return f"fluxbot-{label}-{'compile' if compiled else 'eager'}"
 
 
 class Bench:
@@ -193,6 +201,7 @@ class Bench:
     def anchor_compile(self) -> None:
         """diffusers' compile_repeated_blocks(fullgraph=True) on bf16 weights: a DiT rebuilt with the same seed
         (the same weights as the eager anchor's), after fluxbot's rows."""
+        fluxbot_pipe = self.pipe
         self.pipe = self.eb.build_pipeline(self.arch, self.device, dit_only=True)
         self.pipe.vae_scale_factor = 8
         dit = self.pipe.transformer
@@ -203,60 +212,118 @@ class Bench:
                 block.compile(fullgraph=True, backend=self.backend)
         s, warm = self.dit_steps()
         self.emit(recipe="diffusers-bf16-compile", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1))
-        del self.pipe, dit
+        del dit
+        self.pipe = fluxbot_pipe
+        memory.free_device_cache()
+
+    def anchor_torchao(self) -> None:
+        """diffusers + torchao (`Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`, its defaults:
+        fast accumulation, torchao's inductor settings) + `compile_repeated_blocks(fullgraph=True)`, on a DiT
+        rebuilt with the same seed: the recipe behind flux-fast. Skipped with a row if torchao is not installed."""
+        try:
+            import torchao
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        except ImportError as err:
+            self.emit(recipe="torchao-fp8-compile", skipped=f"torchao not installed ({err})")
+            return
+        fluxbot_pipe = self.pipe
+        self.pipe = self.eb.build_pipeline(self.arch, self.device, dit_only=True)
+        self.pipe.vae_scale_factor = 8
+        dit = self.pipe.transformer
+        quantize_(dit, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        dit.compile_repeated_blocks(fullgraph=True)
+        s, warm = self.dit_steps()
+        self.emit(recipe="torchao-fp8-compile", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1),
+                  torchao=torchao.__version__)
+        del dit
+        self.pipe = fluxbot_pipe
+        memory.free_device_cache()
 
     def to_fp8_resident(self) -> None:
         apply_precision(self.pipe, "all-linear", "bf16", hooks=False)
         self.linears = [m for m in self.pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
         self.plan = memory.apply_profile(self.pipe, "resident", str(self.device), EngineSettings(profile="resident"))
 
-    def set_recipe(self, compute: str, compiled: bool) -> None:
-        swap_linears(self.linears, compute)
+    def set_recipe(self, compute: str, kernel: str | None, compiled: bool) -> None:
+        swap_linears(self.linears, compute, kernel or DEFAULT_KERNEL)
         blocks = dit_blocks(self.pipe)
         uncompile_blocks(blocks)
         if compiled:
             compile_blocks(blocks, backend=self.backend)
 
-    def fluxbot_resident(self, compute: str, compiled: bool) -> None:
-        name = f"fluxbot-{compute}-{'compile' if compiled else 'eager'}"
-        self.set_recipe(compute, compiled)
+    def fluxbot_resident(self, compute: str, kernel: str | None, compiled: bool) -> None:
+        name = recipe_name(compute, kernel, compiled)
+        self.set_recipe(compute, kernel, compiled)
         _reset_peak(self.device)
         s, warm = self.dit_steps()
         out = self.image()
         figures = self.drift(name, out)
-        self.emit(recipe=name, plan="resident", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1),
+        self.emit(recipe=name, plan="resident", batch=1, compute=compute, kernel=kernel, compiled=compiled,
+                  s_per_step=round(s, 4), warm_s=round(warm, 1),
                   fp8_linears=sum(isinstance(m, Fp8Linear) for m in self.linears), drift=figures,
                   peak_gib=_peak(self.device), **out)
 
-    def best(self) -> tuple[str, bool, str, float | None]:
-        """The fastest fluxbot recipe that ran (fp8 + compile unless it failed): (compute, compiled, name, s/step)."""
-        ran = [r for r in self.rows if r.get("plan") == "resident" and r.get("batch") == 1 and "s_per_step" in r
-               and str(r.get("recipe", "")).startswith("fluxbot-")]
-        if not ran:
-            return "bf16", False, "fluxbot-bf16-eager", None
-        row = min(ran, key=lambda r: r["s_per_step"])
-        _, compute, mode = row["recipe"].split("-")
-        return compute, mode == "compile", row["recipe"], row["s_per_step"]
+    def resident_rows(self, compute: str | None = None) -> list[dict]:
+        return [r for r in self.rows if r.get("plan") == "resident" and r.get("batch") == 1 and "s_per_step" in r
+                and "compiled" in r and (compute is None or r["compute"] == compute)]
 
-    def batch4(self) -> None:
-        compute, compiled, name, s1 = self.best()
-        self.set_recipe(compute, compiled)
+    def best(self, compute: str | None = None) -> dict | None:
+        """The fastest fluxbot resident batch-1 row that ran (of `compute`, if given)."""
+        ran = self.resident_rows(compute)
+        return min(ran, key=lambda r: r["s_per_step"]) if ran else None
+
+    def batch4(self, compute: str) -> None:
+        row = self.best(compute)
+        if row is None:
+            self.emit(recipe=f"batch4-{compute}", skipped=f"no {compute} recipe ran at batch 1")
+            return
+        self.set_recipe(row["compute"], row["kernel"], row["compiled"])
+        _reset_peak(self.device)
         s, warm = self.dit_steps(batch=4)
-        self.emit(recipe=name, plan="resident", batch=4, s_per_step=round(s, 4),
-                  warm_s=round(warm, 1), x_batch1=round(s / s1, 2) if s1 else None, peak_gib=_peak(self.device))
+        self.emit(recipe=row["recipe"], plan="resident", batch=4, s_per_step=round(s, 4), warm_s=round(warm, 1),
+                  x_batch1=round(s / row["s_per_step"], 2), peak_gib=_peak(self.device))
+
+    def profile(self, compute: str) -> None:
+        """Where a step's GPU time goes for the fastest `compute` recipe: CUDA kernel time per step by kind (GEMM,
+        attention, inductor's fused Triton kernels, copies, other) and the top kernels (torch.profiler, 2 steps)."""
+        row = self.best(compute)
+        if row is None or self.device.type != "cuda":
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        self.set_recipe(row["compute"], row["kernel"], row["compiled"])
+        embeds, pooled = self.inputs(1)
+        self.eb.denoise(self.pipe, self.device, embeds=embeds, pooled=pooled, steps=2, res=self.res, batch=1)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            self.eb.denoise(self.pipe, self.device, embeds=embeds, pooled=pooled, steps=2, res=self.res, batch=1)
+            self.sync()
+        kinds: dict[str, float] = {}
+        kernels = []
+        for evt in prof.key_averages():
+            us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+            if not us or evt.key.startswith("ProfilerStep"):
+                continue
+            kind = _kernel_kind(evt.key)
+            kinds[kind] = kinds.get(kind, 0.0) + us / 2e3          # ms per step (2 steps)
+            kernels.append((us / 2e3, evt.count // 2, kind, evt.key[:90]))
+        kernels.sort(reverse=True)
+        self.emit(recipe="profile", of=row["recipe"], ms_per_step={k: round(v, 2) for k, v in sorted(kinds.items())},
+                  total_ms=round(sum(kinds.values()), 2),
+                  top=[dict(ms=round(ms, 2), calls=n, kind=k, name=name) for ms, n, k, name in kernels[:14]])
 
     def streamed(self) -> None:
         bw = None
         if self.device.type == "cuda":
             bw = self.eb.recipe_h2d(self.args, self.device)[0]["GBps"] * 1e9
-        recipe_compute, compiled, name, compute = self.best()
+        best = self.best()
+        name, compute = best["recipe"], best["s_per_step"]
         for label, budget in (("streamed", 0.0), ("budgeted", 0.0 if self.tiny else self.args.budget_gib)):
             self.plan.release()
             memory.free_device_cache()
             settings = EngineSettings(profile="streamed", vram_budget_gib=budget,
                                       stream_prefetch=EngineSettings().stream_prefetch)
             self.plan = memory.apply_profile(self.pipe, "streamed", str(self.device), settings)
-            self.set_recipe(recipe_compute, compiled)
+            self.set_recipe(best["compute"], best["kernel"], best["compiled"])
             _reset_peak(self.device)
             s, warm = self.dit_steps()
             unit = self.plan.streamers[0]
@@ -267,13 +334,14 @@ class Bench:
                       streamed_gib=round(streamed / GiB, 2), floor_s_per_step=round(floor, 4) if floor else None,
                       x_floor=round(s / floor, 2) if floor else None, peak_gib=_peak(self.device))
 
-    def restarts(self) -> None:
+    def restarts(self, compute: str, kernel: str) -> None:
         """Compile warm-up in a new process: cold (empty inductor cache), then warm (the cache it left)."""
         cache = tempfile.mkdtemp(prefix="fluxbot-inductor-")
         for label in ("cold", "warm"):
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
             cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_bench.py"),
-                   "--recipe", "fast:restart", "--res", str(self.res)] + (["--tiny"] if self.tiny else [])
+                   "--recipe", "fast:restart", "--res", str(self.res), "--restart-compute", compute,
+                   "--restart-kernel", kernel] + (["--tiny"] if self.tiny else [])
             t = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=self.args.timeout)
@@ -282,27 +350,30 @@ class Bench:
                 return
             got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
             row = got[-1] if got else dict(error=(proc.stderr.strip().splitlines() or ["?"])[-1][:300])
+            row.pop("recipe", None)
             self.emit(recipe="compile-restart", cache=label, process_s=round(time.perf_counter() - t, 1), **row)
 
 
 def restart_child(args, eb) -> list[dict]:
-    """(child process) Build the DiT, fp8 + compile, resident; time the first step (compile or cache load) and
-    the next ones. TORCHINDUCTOR_CACHE_DIR comes from the parent."""
+    """(child process) Build the DiT, fp8 storage, `--restart-compute` (and kernel) + compile, resident; time the
+    first step (compile or cache load) and the next ones. TORCHINDUCTOR_CACHE_DIR comes from the parent."""
     bench = Bench(args, eb)
     bench.arch = eb.TINY if args.tiny else eb.FLUX_DEV
     t = time.perf_counter()
     bench.pipe = eb.build_pipeline(bench.arch, bench.device, dit_only=True)
     bench.pipe.vae_scale_factor = 8
     built = time.perf_counter() - t
-    apply_precision(bench.pipe, "all-linear", "fp8", hooks=False)
+    apply_precision(bench.pipe, "all-linear", args.restart_compute, hooks=False)
+    linears = [m for m in bench.pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
+    swap_linears(linears, args.restart_compute, args.restart_kernel)
     bench.plan = memory.apply_profile(bench.pipe, "resident", str(bench.device), EngineSettings(profile="resident"))
     compile_blocks(dit_blocks(bench.pipe), backend=bench.backend)
     embeds, pooled = bench.inputs(1)
     t = time.perf_counter()
     _, step_s = eb.denoise(bench.pipe, bench.device, embeds=embeds, pooled=pooled, steps=3, res=bench.res, batch=1)
-    row = dict(recipe="fast:restart", build_s=round(built, 1), first_step_s=round(step_s[0], 2),
+    row = dict(recipe="fast:restart", compute=args.restart_compute, kernel=args.restart_kernel, build_s=round(built, 1), first_step_s=round(step_s[0], 2),
                warm_up_s=round(step_s[0] - statistics.median(step_s[1:]), 2),
-               s_per_step=round(statistics.median(step_s[1:]), 4), cache=os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+               s_per_step=round(statistics.median(step_s[1:]), 4), cache_dir=os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     print(json.dumps(row), flush=True)
     return [row]
 
@@ -315,22 +386,36 @@ def run(args, eb) -> list[dict]:
     bench.guarded("sdpa", bench.sdpa)
     bench.guarded("diffusers-bf16-eager", bench.anchor_eager)
     bench.to_fp8_resident()
-    for compute, compiled in RECIPES:
-        bench.guarded(f"fluxbot-{compute}-{'compile' if compiled else 'eager'}", bench.fluxbot_resident, compute,
-                      compiled, needs_s=45 if compiled else 12)
-    bench.guarded("batch4", bench.batch4, needs_s=35)
-    for compute, compiled in LATE_RECIPES:
-        bench.guarded(f"fluxbot-{compute}-{'compile' if compiled else 'eager'}", bench.fluxbot_resident, compute,
-                      compiled, needs_s=40)
+    for compute, kernel, compiled in RECIPES:
+        bench.guarded(recipe_name(compute, kernel, compiled), bench.fluxbot_resident, compute, kernel, compiled,
+                      needs_s=45 if compiled else 12)
+    for compute in ("bf16", "fp8"):
+        bench.guarded(f"batch4-{compute}", bench.batch4, compute, needs_s=35)
+    for compute in ("fp8", "bf16"):
+        bench.guarded(f"profile-{compute}", bench.profile, compute, needs_s=20)
+    bench.guarded("restarts-bf16", bench.restarts, "bf16", DEFAULT_KERNEL, needs_s=90)
+    fp8 = bench.best("fp8")
+    if fp8:
+        bench.guarded("restarts-fp8", bench.restarts, "fp8", fp8["kernel"], needs_s=90)
     bench.guarded("streamed", bench.streamed, needs_s=60)
-    bench.plan.release()
-    del bench.pipe
-    memory.free_device_cache()
     bench.guarded("diffusers-bf16-compile", bench.anchor_compile, needs_s=40)
-    memory.free_device_cache()
-    bench.guarded("restarts", bench.restarts, needs_s=90)
+    bench.guarded("torchao-fp8-compile", bench.anchor_torchao, needs_s=60)   # last: it sets inductor's config
     print_fast_table(bench.rows)
     return bench.rows
+
+
+def _kernel_kind(name: str) -> str:
+    """A CUDA kernel's kind from its name (cuBLAS/CUTLASS GEMMs, cuDNN/flash attention, inductor's Triton)."""
+    low = name.lower()
+    if any(k in low for k in ("fmha", "flash", "attention", "cudnn")):
+        return "attention"
+    if any(k in low for k in ("gemm", "cutlass", "xmma", "nvjet", "_mm", "matmul", "sm90")):
+        return "gemm"
+    if low.startswith("triton"):
+        return "triton"
+    if "memcpy" in low or "memset" in low or "copy" in low:
+        return "copy"
+    return "other"
 
 
 def print_fast_table(rows: list[dict]) -> None:

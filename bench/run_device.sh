@@ -3,9 +3,7 @@
 # Usage (repo root, on the GPU machine): bash bench/run_device.sh NAME [engine_bench args...]
 # Writes $OUT/NAME.json (rows) and $OUT/NAME.log (full output).
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1
+source bench/device_env.sh || exit 1
 name=$1; shift
 out=${OUT:-/tmp}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

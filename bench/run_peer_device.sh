@@ -7,10 +7,7 @@
 # Writes $OUT/NAME.jsonl (rows, parity), $OUT/NAME.log (output), $OUT/NAME-rows.log (each child's log) and the
 # parity images under $OUT/NAME-img/.
 set -o pipefail
-wheels=$(for d in ${WHEELS:-.whl .whl-peer}; do ls "$d"/*.whl; done)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1
+source bench/device_env.sh || exit 1
 name=$1; shift
 out=${OUT:-/tmp}
 data=$PWD/.peer-data

@@ -4,9 +4,7 @@
 # Usage (repo root, as root on the GPU machine): bash bench/run_plan_device.sh NAME [plan_bench args...]
 # Writes $OUT/NAME.jsonl (rows), $OUT/NAME.log (output) and $OUT/NAME-rows.log (each child's engine log).
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1
+source bench/device_env.sh || exit 1
 name=$1; shift
 out=${OUT:-/tmp}
 data=$PWD/.pb-data

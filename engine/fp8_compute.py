@@ -23,6 +23,7 @@ streamer (engine/streamer.py) keeps pointing them at host copies and ring slots 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,18 +73,48 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x @ weight.T + bias on fp8 tensor cores; `weight` is the stored (N, K) e4m3 tensor, row scale 1."""
-    # 1. Flatten to (M, K) rows and quantise each row (token) with its own scale.
+def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) activations -> (e4m3 values, one float32 scale for the whole tensor) with x ≈ q * scale."""
+    amax = x.abs().amax().float().clamp_min(MIN_SCALE)
+    scale = amax / FP8_MAX
+    q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+@dataclass(frozen=True)
+class Fp8Kernel:
+    """How an fp8 matmul scales and accumulates. `scaling`: "row" (one activation scale per token, one weight
+    scale per output row: CUTLASS's row-wise kernel) or "tensor" (one scale each: cuBLASLt's kernels);
+    `fast_accum`: Hopper's faster accumulation (partial sums in lower precision, promoted periodically)."""
+    name: str
+    scaling: str
+    fast_accum: bool
+
+
+# The kernels the bench compares (bench/fast_bench.py); `DEFAULT_KERNEL` is what `compute = "fp8"` runs.
+FP8_KERNELS = {k.name: k for k in (Fp8Kernel("row", "row", False), Fp8Kernel("row-fast", "row", True),
+                                   Fp8Kernel("tensor-fast", "tensor", True))}
+DEFAULT_KERNEL = "row"
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               kernel: Fp8Kernel = FP8_KERNELS[DEFAULT_KERNEL]) -> torch.Tensor:
+    """y = x @ weight.T + bias on fp8 tensor cores; `weight` is the stored (N, K) e4m3 tensor, weight scale 1."""
+    # 1. Flatten to (M, K) rows and quantise them: each row (token) with its own scale, or all with one.
     lead, k = x.shape[:-1], x.shape[-1]
-    q, scale_a = quantize_rows(x.reshape(-1, k))
+    n = weight.shape[0]
+    if kernel.scaling == "row":
+        q, scale_a = quantize_rows(x.reshape(-1, k))
+        scale_b = torch.ones((1, n), dtype=torch.float32, device=x.device)
+    else:
+        q, scale_a = quantize_tensor(x.reshape(-1, k))
+        scale_b = torch.ones((), dtype=torch.float32, device=x.device)
     q = q.contiguous()      # _scaled_mm: the first operand row-major (a no-op unless x was a strided view)
     # 2. One scaled matmul; the bias (stored fp8 with its Linear) is added in the GEMM's epilogue.
-    n = weight.shape[0]
-    scale_b = torch.ones((1, n), dtype=torch.float32, device=x.device)
     out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     b = bias.to(out_dtype) if bias is not None else None
-    y = torch._scaled_mm(q, weight.t(), scale_a=scale_a, scale_b=scale_b, bias=b, out_dtype=out_dtype)
+    y = torch._scaled_mm(q, weight.t(), scale_a=scale_a, scale_b=scale_b, bias=b, out_dtype=out_dtype,
+                         use_fast_accum=kernel.fast_accum)
     return y.reshape(*lead, n).to(x.dtype)
 
 
@@ -107,22 +138,39 @@ class UpcastLinear(nn.Linear):
 
 
 class Fp8Linear(nn.Linear):
-    """fp8 tensor-core compute of an fp8-stored Linear (see `fp8_linear`)."""
+    """fp8 tensor-core compute of an fp8-stored Linear (see `fp8_linear`); `kernel` is a class attribute (one
+    subclass per kernel, made by `fp8_linear_class`), so a compiled graph sees it as a constant."""
+
+    kernel: Fp8Kernel = FP8_KERNELS[DEFAULT_KERNEL]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias)
+        return fp8_linear(x, self.weight, self.bias, self.kernel)
 
 
-def swap_linears(linears: list[nn.Linear], compute: str) -> dict[str, int]:
-    """Give each fp8-stored Linear the forward of `compute` ("fp8": `Fp8Linear` where `_scaled_mm` fits, else
-    `UpcastLinear`; "bf16": `UpcastLinear`). Returns how many became which (for the log and the tests)."""
+_KERNEL_CLASSES = {DEFAULT_KERNEL: Fp8Linear}
+for _name, _kernel in FP8_KERNELS.items():
+    if _name != DEFAULT_KERNEL:
+        _KERNEL_CLASSES[_name] = type(f"Fp8Linear_{_name.replace('-', '_')}", (Fp8Linear,), {"kernel": _kernel})
+
+
+def fp8_linear_class(kernel: str) -> type[Fp8Linear]:
+    if kernel not in _KERNEL_CLASSES:
+        raise ValueError(f"fp8 kernel {kernel!r}: one of {', '.join(_KERNEL_CLASSES)}")
+    return _KERNEL_CLASSES[kernel]
+
+
+def swap_linears(linears: list[nn.Linear], compute: str, kernel: str = DEFAULT_KERNEL) -> dict[str, int]:
+    """Give each fp8-stored Linear the forward of `compute` ("fp8": an `Fp8Linear` running `kernel` where
+    `_scaled_mm` fits, else `UpcastLinear`; "bf16": `UpcastLinear`). Returns how many became which (for the log
+    and the tests)."""
+    fp8_class = fp8_linear_class(kernel)
     counts = {"fp8": 0, "bf16": 0}
     for linear in linears:
         if compute == "fp8" and fits_scaled_mm(linear):
-            linear.__class__ = Fp8Linear
+            linear.__class__ = fp8_class
             counts["fp8"] += 1
         else:
             linear.__class__ = UpcastLinear
             counts["bf16"] += 1
-    log.info("DiT Linears: %d on fp8 tensor cores, %d upcast to bf16", counts["fp8"], counts["bf16"])
+    log.info("DiT Linears: %d on fp8 tensor cores (%s), %d upcast to bf16", counts["fp8"], kernel, counts["bf16"])
     return counts

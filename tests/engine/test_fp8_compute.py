@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.fp8_compute import (FP8, Fp8Linear, UpcastLinear, fp8_linear, fp8_linear_reference, quantize_rows,
-                                resolve_compute)
+from engine.fp8_compute import (FP8, FP8_KERNELS, Fp8Linear, UpcastLinear, fp8_linear, fp8_linear_reference, quantize_rows,
+                                resolve_compute, swap_linears)
 from engine.pipeline import Engine
 from engine.precision import apply_precision, dit_bytes, linear_dtypes
 from engine.spec import JobSpec
@@ -105,3 +105,26 @@ def test_compute_setting_resolves_per_device_and_refuses_bad_values(tiny_setting
     assert resolve_compute("fp8", "cpu") == "fp8"          # CPU torch runs _scaled_mm (tests, determinism)
     with pytest.raises(ValueError, match="compute"):
         resolve_compute("fp16", "cpu")
+
+
+@pytest.mark.parametrize("name", sorted(FP8_KERNELS))
+def test_each_fp8_kernel_matches_its_dequantised_math(name):
+    """Every kernel the bench compares computes x @ W.T + b: within fp8 activation rounding of the float32 result
+    (row scaling: exactly the row reference on the CPU; one tensor scale: a coarser rounding), and
+    `swap_linears(kernel=...)` gives a Linear that runs that kernel."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 64, generator=gen).to(torch.bfloat16)
+    x[0, 0] *= 30                                  # one outlier token: what per-token scales are for
+    weight = (torch.randn(32, 64, generator=gen) * 0.1).to(FP8)
+    bias = torch.randn(32, generator=gen).to(FP8)
+    exact = (x.float() @ weight.float().t() + bias.float())
+    got = fp8_linear(x, weight, bias, FP8_KERNELS[name]).float()
+    rel = float((got - exact).norm() / exact.norm())
+    assert rel < (0.08 if FP8_KERNELS[name].scaling == "tensor" else 0.04), rel
+    if FP8_KERNELS[name].scaling == "row":
+        assert torch.equal(got, fp8_linear_reference(x, weight, bias).float())
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    linear.weight.data, linear.bias.data = weight, bias
+    swap_linears([linear], "fp8", name)
+    assert isinstance(linear, Fp8Linear) and linear.kernel is FP8_KERNELS[name]
+    assert torch.equal(linear(x).float(), got)
