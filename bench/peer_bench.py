@@ -23,7 +23,6 @@ Every row prints one JSON line; `--all` prints the table and the parity report l
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -792,28 +791,13 @@ def _diffsynth_forward(model, x, txt, pooled, sigma: float, dtype, timestep=None
 # ------------------------------------------------------------------------------------------------ main
 
 def main(argv: list[str] | None = None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = pb.row_arguments(__doc__.splitlines()[0], tiny_help="the tiny architecture on the CPU (the smoke)",
+                          default_dir="/tmp/peer-bench",
+                          save_dir_help="images, noise and latents of every recipe (default DIR/peer-images)")
     ap.add_argument("--all", action="store_true", help="write the files, run every row, compare the outputs")
-    ap.add_argument("--tiny", action="store_true", help="the tiny architecture on the CPU (the smoke)")
     ap.add_argument("--cpu-parity", action="store_true", help="noise, schedules and one DiT forward, on the CPU")
     ap.add_argument("--parity", metavar="DIR", help="the parity report of a run's saved images (its --save-dir)")
-    ap.add_argument("--dir", default="/tmp/peer-bench")
-    ap.add_argument("--only", default="", help="comma-separated row names (the first start always runs)")
-    ap.add_argument("--res", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--row-timeout", type=int, default=300)
-    ap.add_argument("--deadline", type=float, default=0, help="seconds: skip rows that would start after this")
-    ap.add_argument("--out", help="append every row here as JSON lines")
-    ap.add_argument("--log", help="append each child's stderr to this file")
-    ap.add_argument("--save-dir", help="images, noise and latents of every recipe (default DIR/peer-images)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.res is None:
-        args.res = 256 if args.tiny else 1024
-    if args.tiny:
-        args.steps, args.seq = min(args.steps, 2), min(args.seq, 32)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = pb.parse_row_args(ap, argv)
     if args.cpu_parity:
         report = cpu_parity()
         print(json.dumps(report, indent=1))

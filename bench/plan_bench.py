@@ -782,31 +782,48 @@ def _short_error(r: dict) -> str:
     return "GPU OOM" if "OutOfMemory" in err else (err.split(":")[0][:30] or "failed")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--all", action="store_true", help="write the files, measure the anchors, run every row")
-    ap.add_argument("--tiny", action="store_true", help="the tiny architecture on the CPU, no limits (seconds)")
-    ap.add_argument("--dir", default="/tmp/plan-bench", help="where the model files are written")
+def row_arguments(description: str, *, tiny_help: str, default_dir: str,
+                  save_dir_help: str) -> argparse.ArgumentParser:
+    """A parser with the arguments of a bench that runs rows through `run_row` (this one and bench/peer_bench.py):
+    the mode, where the files are, which rows, the image each row makes, the row timeout and the run's deadline, and
+    where rows, logs and images go; `--child` is how `run_row` starts a row's process. Parse with `parse_row_args`."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--tiny", action="store_true", help=tiny_help)
+    ap.add_argument("--dir", default=default_dir, help="where the model files are written")
     ap.add_argument("--only", default="",
                     help="comma-separated row names to run, in this order (first-start always runs first)")
-    ap.add_argument("--res", type=int, default=None)
+    ap.add_argument("--res", type=int, default=None, help="image side in pixels (default 1024; --tiny 256)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seq", type=int, default=512, help="T5 tokens ([engine] max_sequence_length)")
     ap.add_argument("--row-timeout", type=int, default=300)
     ap.add_argument("--deadline", type=float, default=0, help="seconds: skip rows that would start after this")
-    ap.add_argument("--sample-gib", type=float, default=4.0, help="bytes of each bandwidth anchor")
     ap.add_argument("--out", help="append every row here as JSON lines")
     ap.add_argument("--log", help="append each child's stderr (the engine's log) to this file")
-    ap.add_argument("--save-dir", help="save each row's measured image here as <row>.png")
+    ap.add_argument("--save-dir", help=save_dir_help)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--plot", nargs="+", metavar="FILE", help="PNG then the runs' JSONL files: plot them")
-    ap.add_argument("--markdown", metavar="JSONL", help="print the docs table of a saved run")
+    return ap
+
+
+def parse_row_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`ap`'s arguments with the image's size by architecture and --tiny's short run (at most 2 steps and 32 T5
+    tokens); logging set up for the engine's lines."""
     args = ap.parse_args(argv)
     if args.res is None:
         args.res = 256 if args.tiny else 1024
     if args.tiny:
         args.steps, args.seq = min(args.steps, 2), min(args.seq, 32)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = row_arguments(__doc__.splitlines()[0], tiny_help="the tiny architecture on the CPU, no limits (seconds)",
+                       default_dir="/tmp/plan-bench", save_dir_help="save each row's measured image here as <row>.png")
+    ap.add_argument("--all", action="store_true", help="write the files, measure the anchors, run every row")
+    ap.add_argument("--sample-gib", type=float, default=4.0, help="bytes of each bandwidth anchor")
+    ap.add_argument("--plot", nargs="+", metavar="FILE", help="PNG then the runs' JSONL files: plot them")
+    ap.add_argument("--markdown", metavar="JSONL", help="print the docs table of a saved run")
+    args = parse_row_args(ap, argv)
     if args.plot:
         plot(args.plot[0], args.plot[1:])
         return []
