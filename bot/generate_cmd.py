@@ -18,13 +18,14 @@ from pathlib import Path
 
 from bot.config import Config, load_config
 from bot.input_images import store_file
+from bot.lora_choice import lora_library
 from engine import limits
 from engine.errors import EngineError
 from engine.models import quiet_loading_bars
 from engine.png import image_params, save_png
 from engine.settings import TINY
 from engine.image_input import DEFAULT_DENOISE, fit_size
-from engine.lora_files import DEMO_LORA, LoraLibrary, check_lora_header
+from engine.lora_files import DEMO_LORA, LoraLibrary
 from engine.spec import JobSpec, LoraUse
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def _spec_from_args(args: argparse.Namespace, cfg: Config, settings, job_spec_cl
     if settings.model == TINY and any(t.rpartition(":")[0] == DEMO_LORA or t == DEMO_LORA for t in args.lora or ()):
         _ensure_demo_lora(settings)   # tiny-random's demo LoRA is written when the engine loads: here, first
     try:
-        loras = tuple(_lora_use(LoraLibrary(settings.loras_dir), text) for text in args.lora or ())
+        library = lora_library(settings)
+        loras = tuple(_lora_use(library, text) for text in args.lora or ())
         limits.check_lora_count(len(loras), cfg.limits.max_loras)
         prompt = limits.check_prompt(args.prompt, cfg.limits.max_prompt_chars)
         seed = limits.check_seed(args.seed)
@@ -161,7 +163,7 @@ def _lora_use(library: LoraLibrary, text: str) -> LoraUse:
         except ValueError:
             pass
     file = library.find_or_at(name)
-    check_lora_header(file.path)
+    library.check(file)
     hashes = library.hashes(file)
     is_path = file.path.parent.resolve() != library.folder.resolve() or name.lower().endswith(".safetensors")
     return LoraUse(name=file.name, strength=limits.check_lora_strength(strength), sha256=hashes.sha256,

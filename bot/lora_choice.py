@@ -4,6 +4,9 @@ prompt, checked against `[engine] loras_dir` and `[limits] max_loras` before any
 Every LoRA becomes an `engine.spec.LoraUse` with the SHA-256 of its file now, so the job (and Reroll, Vary, Edit,
 `/show` after it) uses exactly that file; a file changed or removed later is refused, never silently swapped.
 Hashing reads the file (seconds for 1 GB, once per file and mtime): it runs off the event loop.
+A file that does not fit the model (another model's layers, other widths: engine/lora_shapes.py, the check the job's
+run makes, on the header's shapes) is refused here too, for a new job and for one made again; `lora_library` is the
+library every entry point (Discord, the web console, `generate`) checks with.
 """
 from __future__ import annotations
 
@@ -11,13 +14,22 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from functools import partial
+
 from engine import limits
-from engine.lora_files import LoraError, LoraFile, LoraLibrary, check_lora_header, split_prompt_loras
+from engine.lora_files import LoraError, LoraFile, LoraLibrary, split_prompt_loras
+from engine.model_sizes import model_widths
+from engine.settings import EngineSettings
 from engine.spec import LoraUse
 
 log = logging.getLogger(__name__)
 
 MAX_AUTOCOMPLETE = 25  # Discord's limit on autocomplete choices
+
+
+def lora_library(settings: EngineSettings) -> LoraLibrary:
+    """`[engine] loras_dir`, its files checked against the widths of `[engine] model` (read from its configs)."""
+    return LoraLibrary(settings.loras_dir, widths=partial(model_widths, settings))
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,7 @@ async def choose_loras(library: LoraLibrary, *, prompt: str, lora: str | None, l
         limits.check_lora_count(len(asked), max_loras)
     except limits.LimitError as e:
         raise LoraError(str(e)) from None
-    # 2. Each name: an installed file, named once, that looks like a FLUX LoRA; its hashes.
+    # 2. Each name: an installed file, named once, that fits the model; its hashes.
     files: list[tuple[LoraFile, float]] = []
     for name, strength in asked:
         file = library.find(name)
@@ -58,12 +70,13 @@ async def choose_loras(library: LoraLibrary, *, prompt: str, lora: str | None, l
 
 
 def _checked_hashes(library: LoraLibrary, file: LoraFile):
-    check_lora_header(file.path)
+    library.check(file)
     return library.hashes(file)
 
 
 async def check_still_there(library: LoraLibrary, uses: tuple[LoraUse, ...]) -> None:
-    """LoraError when a job's LoRA file is gone or is not the file the job was made with (`/show`, Reroll…)."""
+    """LoraError when a job's LoRA file is gone, is not the file the job was made with, or does not fit the model
+    (configured since) (`/show`, Reroll…)."""
     for use in uses:
         try:
             file = library.find(use.name)
@@ -74,6 +87,7 @@ async def check_still_there(library: LoraLibrary, uses: tuple[LoraUse, ...]) -> 
         if use.sha256 and hashes.sha256 != use.sha256:
             raise LoraError(f"The LoRA '{use.name}' has changed since this job was made (its file is not the same), "
                             f"so its image cannot be made again.")
+        await asyncio.to_thread(library.check, file)
 
 
 def autocomplete_names(library: LoraLibrary, typed: str) -> list[str]:

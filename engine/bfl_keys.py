@@ -8,9 +8,10 @@ time, so a 24 GB file is converted without holding it.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
-import torch
+if TYPE_CHECKING:   # torch only where tensors are joined: the name tables (bfl_linear_parts) are torch-free
+    import torch
 
 
 def _widths(config) -> tuple[int, int]:
@@ -21,6 +22,8 @@ def _widths(config) -> tuple[int, int]:
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     """BFL's final modulation is (shift, scale); diffusers' is (scale, shift). Swapping is its own inverse."""
+    import torch
+
     a, b = t.chunk(2, dim=0)
     return torch.cat([b, a], dim=0)
 
@@ -65,6 +68,8 @@ def _norm_pairs(num_layers: int, num_single: int) -> list[tuple[str, str]]:
 
 def diffusers_to_bfl(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A FluxTransformer2DModel state dict in the original BFL key layout (inverse of `bfl_to_diffusers`)."""
+    import torch
+
     n, ns, guidance = config["num_layers"], config["num_single_layers"], config.get("guidance_embeds", False)
     out: dict[str, torch.Tensor] = {}
     # 1. One-to-one tensors.

@@ -14,7 +14,8 @@ The scale of a pair is alpha / rank when the file gives alpha (kohya's `alpha` t
 `lora_adapter_metadata`), else 1 (diffusers' and PEFT's convention).
 Refused with a clear LoraError: not a safetensors file, no LoRA tensors, DoRA, Control LoRAs (they change
 norms and the input layer's width), T5 parts, and any pair whose module is missing or has other widths
-("made for another model").
+("made for another model": `engine.lora_shapes.check_pair`, which the bot runs on the file's header before a job is
+queued).
 """
 from __future__ import annotations
 
@@ -28,17 +29,12 @@ import torch
 
 from engine.bfl_keys import SWAPPED_HALVES, bfl_linear_parts, swap_halves
 from engine.lora_files import LoraError, read_header
+from engine.lora_shapes import (COMPONENTS, ModelWidths, bfl_target, check_fused_rows, check_pair, clip_name,
+                                diffusers_target, is_bfl_layout, not_in_model, split_key)
 
 log = logging.getLogger(__name__)
 
 DTYPE = torch.bfloat16   # the pairs are kept and applied in the compute dtype
-COMPONENTS = ("transformer", "text_encoder")
-_PAIR_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down",
-                  "lora_B.weight": "up", "down.weight": "down", "up.weight": "up", "alpha": "alpha"}
-_BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "lora_unet_")
-_CLIP_PREFIXES = ("lora_te1_", "lora_te_", "text_encoders.clip_l.transformer.")
-_BFL_ROOTS = ("double_blocks", "single_blocks", "img_in", "txt_in", "time_in", "vector_in", "guidance_in",
-              "final_layer")
 
 
 @dataclass
@@ -78,25 +74,48 @@ def load_lora(path: Path, pipe, name: str | None = None) -> LoraWeights:
     tensors = _read_tensors(path)
     _refuse_unsupported(path.name, tensors)
     # 2. Convert the layout.
-    if _is_bfl_layout(tensors):
-        layout, pairs = "kohya/BFL", _from_bfl(path.name, tensors, pipe)
+    widths = pipe_widths(pipe)
+    if is_bfl_layout(tensors):
+        layout, pairs = "kohya/BFL", _from_bfl(path.name, tensors, widths)
     else:
         layout, pairs = "diffusers", _from_diffusers(path.name, tensors, metadata)
     if not any(pairs.values()):
         raise LoraError(f"{path.name} has no LoRA weights fluxbot can read: it is not a LoRA for FLUX.")
-    # 3. Check every pair against the model, in the compute dtype.
+    # 3. Check every pair against the model (engine/lora_shapes.py: the check admission makes on the header), in
+    #    the compute dtype.
     weights = LoraWeights(name=name, layout=layout)
+    real = _module_names(pipe)
     for component, modules in pairs.items():
-        model = getattr(pipe, component, None)
-        if model is None:
+        if getattr(pipe, component, None) is None:
             raise LoraError(f"{path.name} changes the {component}, which this model does not have.")
-        weights.pairs[component] = {m: _checked(path.name, model, component, m, p) for m, p in modules.items()}
+        weights.pairs[component] = {real[component][m]: _checked(path.name, widths, component, m, p)
+                                    for m, p in modules.items()}
     log.info("LoRA %s: %s layout, %d layers, rank %d, %.1f MiB", name, layout,
              sum(len(v) for v in weights.pairs.values()), weights.rank, weights.nbytes / 2**20)
     return weights
 
 
 # ------------------------------------------------------------------------------------------------- reading
+
+def pipe_widths(pipe) -> ModelWidths:
+    """The widths of the loaded pipeline's Linears (the DiT's and CLIP's), for `lora_shapes.check_pair`."""
+    linears = {}
+    for component, names in _module_names(pipe).items():
+        modules = dict(getattr(pipe, component).named_modules())
+        linears[component] = {name: (modules[n].in_features, modules[n].out_features) for name, n in names.items()}
+    return ModelWidths(linears=linears, bfl_parts=bfl_linear_parts(pipe.transformer.config))
+
+
+def _module_names(pipe) -> dict[str, dict[str, str]]:
+    """The Linears of the DiT and CLIP: their names as lora_shapes names them → their names in the module."""
+    out = {}
+    for component in COMPONENTS:
+        model = getattr(pipe, component, None)
+        if model is not None:
+            canonical = clip_name if component == "text_encoder" else (lambda n: n)
+            out[component] = {canonical(n): n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return out
+
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
@@ -122,45 +141,16 @@ def _refuse_unsupported(file: str, tensors: dict[str, torch.Tensor]) -> None:
             raise LoraError(f"{file} changes biases or norms ({k}), which fluxbot does not support.")
 
 
-def _is_bfl_layout(tensors: dict[str, torch.Tensor]) -> bool:
-    """kohya / BFL names (sd-scripts' `lora_unet_…`, ComfyUI's `diffusion_model.double_blocks…`); not XLabs
-    (BFL block names too, with `processor`) nor the mixed `lora_transformer_` layout, which diffusers converts."""
-    if any("processor" in k or k.startswith("lora_transformer_") for k in tensors):
-        return False
-    if any(k.startswith("lora_unet_") for k in tensors):
-        return True                   # sd-scripts: FLUX's blocks, or another model's (refused by name later)
-    for k in tensors:
-        stripped = k
-        for prefix in _BFL_PREFIXES:
-            stripped = stripped.removeprefix(prefix)
-        if stripped.startswith(_BFL_ROOTS):
-            return True
-    return False
-
-
-def _split_key(key: str) -> tuple[str, str] | None:
-    """(module, "down" | "up" | "alpha") of a LoRA tensor name, None for anything else."""
-    for suffix, role in _PAIR_SUFFIXES.items():
-        if key.endswith("." + suffix):
-            return key[: -len(suffix) - 1], role
-    return None
-
-
 # ------------------------------------------------------------------------------------------- BFL / kohya
 
-def _from_bfl(file: str, tensors: dict[str, torch.Tensor], pipe) -> dict[str, dict[str, LoraPair]]:
-    dit_parts = bfl_linear_parts(pipe.transformer.config)
-    by_underscore = {bfl.replace(".", "_"): bfl for bfl in dit_parts}
-    clip_names = _linear_names(getattr(pipe, "text_encoder", None))
-    clip_underscore = {n.replace(".", "_"): n for n in clip_names}
+def _from_bfl(file: str, tensors: dict[str, torch.Tensor], widths: ModelWidths) -> dict[str, dict[str, LoraPair]]:
     out: dict[str, dict[str, LoraPair]] = {"transformer": {}, "text_encoder": {}}
     # 1. Group the tensors by module.
     for module, roles in _grouped(file, tensors).items():
         # 2. Which model and which module: the DiT's BFL Linears, or CLIP's.
-        target = _bfl_target(module, dit_parts, by_underscore, clip_names, clip_underscore)
+        target = bfl_target(module, widths)
         if target is None:
-            raise LoraError(f"{file} is not a LoRA for this FLUX model: it changes '{module}', which the model does "
-                            f"not have (a LoRA for another model, e.g. SDXL?).")
+            raise not_in_model(file, module)
         component, name = target
         down, up, scale = roles["down"], roles["up"], _scale(roles)
         if component == "text_encoder":
@@ -169,31 +159,19 @@ def _from_bfl(file: str, tensors: dict[str, torch.Tensor], pipe) -> dict[str, di
         # 3. A fused BFL Linear: the up-matrix splits along the output rows of its diffusers parts.
         if name in SWAPPED_HALVES:
             up = swap_halves(up)
-        for d_name, r0, r1 in dit_parts[name]:
+        parts = widths.bfl_parts[name]
+        if up.dim() == 2:
+            check_fused_rows(file, module, up.shape[0], parts)
+        for d_name, r0, r1 in parts:
             part = up if r1 < 0 else up[r0:r1]
-            if r1 >= 0 and part.shape[0] != r1 - r0:
-                raise LoraError(f"{file} was made for a FLUX model of other widths ('{module}' has {up.shape[0]} "
-                                f"outputs): it is not a LoRA for this model.")
             out["transformer"][d_name] = LoraPair(down, part.contiguous(), scale)
     return out
-
-
-def _bfl_target(module: str, dit_parts, by_underscore, clip_names, clip_underscore) -> tuple[str, str] | None:
-    for prefix in _CLIP_PREFIXES:
-        if module.startswith(prefix):
-            rest = module[len(prefix):]
-            name = rest if rest in clip_names else clip_underscore.get(rest)
-            return ("text_encoder", name) if name else None
-    for prefix in _BFL_PREFIXES:
-        module = module.removeprefix(prefix)
-    name = module if module in dit_parts else by_underscore.get(module)
-    return ("transformer", name) if name else None
 
 
 def _grouped(file: str, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
     groups: dict[str, dict] = {}
     for key, t in tensors.items():
-        split = _split_key(key)
+        split = split_key(key)
         if split is None:
             if key.endswith((".diff_b", ".diff")):
                 continue  # all zero (checked before)
@@ -205,7 +183,7 @@ def _grouped(file: str, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
         if "down" not in roles or "up" not in roles:
             raise LoraError(f"{file} is incomplete: '{module}' lacks its {'up' if 'down' in roles else 'down'} "
                             f"matrix.")
-    return groups
+    return {m: groups[m] for m in sorted(groups)}   # in name order, as the header check goes
 
 
 def _scale(roles: dict) -> float:
@@ -213,12 +191,6 @@ def _scale(roles: dict) -> float:
     if alpha is None:
         return 1.0
     return float(alpha.float().item()) / roles["down"].shape[0]
-
-
-def _linear_names(model) -> set[str]:
-    if model is None:
-        return set()
-    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
 # ---------------------------------------------------------------------------------------------- diffusers
@@ -240,9 +212,7 @@ def _from_diffusers(file: str, tensors: dict[str, torch.Tensor], metadata: dict[
     # 2. Pairs per module; keys without a component name belong to the DiT.
     groups = _grouped(file, {**state, **alphas})
     for module, roles in groups.items():
-        component, _, name = module.partition(".")
-        if component not in COMPONENTS:
-            component, name = "transformer", module
+        component, name = diffusers_target(module)
         scale = _scale(roles)
         if "alpha" not in roles and component in peft_alpha:
             scale = peft_alpha[component] / roles["down"].shape[0]
@@ -269,23 +239,11 @@ def _peft_alphas(metadata: dict[str, str]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ checking
 
-def _checked(file: str, model, component: str, module: str, pair: LoraPair) -> LoraPair:
-    """The pair in the compute dtype, after checking that the module exists and has the pair's widths."""
-    try:
-        target = model.get_submodule(module)
-    except AttributeError:
-        raise LoraError(f"{file} is not a LoRA for this model: it changes '{module}' of the {component}, which "
-                        f"this model does not have.") from None
-    fan_in, fan_out = getattr(target, "in_features", None), getattr(target, "out_features", None)
-    if fan_in is None or fan_out is None:
-        raise LoraError(f"{file} changes '{module}' of the {component}, which is not a linear layer.")
+def _checked(file: str, widths: ModelWidths, component: str, module: str, pair: LoraPair) -> LoraPair:
+    """The pair in the compute dtype, after checking that the module exists and has the pair's widths (the check
+    admission made on the file's header) and that its values are finite."""
     down, up = pair.down, pair.up
-    if down.dim() != 2 or up.dim() != 2 or down.shape[0] != up.shape[1]:
-        raise LoraError(f"{file} is damaged: '{module}' has matrices of shapes {tuple(down.shape)} and "
-                        f"{tuple(up.shape)}.")
-    if down.shape[1] != fan_in or up.shape[0] != fan_out:
-        raise LoraError(f"{file} was made for another model: '{module}' is {fan_in}→{fan_out} here, the LoRA's "
-                        f"is {down.shape[1]}→{up.shape[0]}.")
+    check_pair(file, component, module, tuple(down.shape), tuple(up.shape), widths)
     if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
         raise LoraError(f"{file} is damaged: '{module}' holds NaN or infinite values.")
     return LoraPair(down.to(DTYPE).contiguous(), up.to(DTYPE).contiguous(), pair.scale)

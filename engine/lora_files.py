@@ -17,10 +17,13 @@ import logging
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine import limits
+from engine.lora_errors import LoraError
+from engine.lora_shapes import ModelWidths, check_fits
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,6 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON heade
 # `<lora:name>` or `<lora:name:0.8>`; A1111 also allows more fields (`:te=…`), which fluxbot refuses.
 _TAG = re.compile(r"<lora:([^<>]*)>", re.IGNORECASE)
 _NAME = re.compile(r"^[^/\\<>:\x00-\x1f]{1,100}$")
-
-
-class LoraError(limits.LimitError):
-    """A LoRA that cannot be used: unknown name, not a LoRA, made for another model. Shown to the user as is."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +62,14 @@ class LoraInfo:
 # --------------------------------------------------------------------------------------------- the folder
 
 class LoraLibrary:
-    """The LoRAs of one folder, with their hashes remembered per (size, mtime) so a file is read once."""
+    """The LoRAs of one folder, with their hashes and their header check's verdict remembered per (size, mtime) so a
+    file is read once. `widths()` gives the model's widths (`engine.lora_shapes.model_widths`) for `check`."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, widths: Callable[[], ModelWidths | None] | None = None):
         self.folder = Path(folder)
+        self.widths = widths or (lambda: None)
         self._hashes: dict[tuple[str, int, int], LoraHashes] = {}
+        self._verdicts: dict[tuple, str] = {}    # "" when the file fits, else why not
 
     def files(self) -> list[LoraFile]:
         """Every `*.safetensors` file of the folder (not its subfolders), sorted by name."""
@@ -119,6 +121,20 @@ class LoraLibrary:
             self._hashes[key] = hash_file(lora.path)
         return self._hashes[key]
 
+    def check(self, lora: LoraFile) -> None:
+        """`check_lora_header` against the model's widths, its verdict read once per (path, size, mtime, model):
+        LoraError saying why the file cannot be used with this model."""
+        widths = self.widths()
+        key = (str(lora.path), lora.size, lora.mtime_ns, widths.ident if widths else "")
+        if key not in self._verdicts:
+            try:
+                check_lora_header(lora.path, widths)
+                self._verdicts[key] = ""
+            except LoraError as e:
+                self._verdicts[key] = str(e)
+        if self._verdicts[key]:
+            raise LoraError(self._verdicts[key])
+
     def info(self, lora: LoraFile) -> LoraInfo:
         try:
             _keys, metadata = read_header(lora.path)
@@ -145,6 +161,25 @@ def check_name(name: str) -> str:
 
 def read_header(path: Path) -> tuple[list[str], dict[str, str]]:
     """(tensor names, `__metadata__`) of a safetensors file; LoraError saying what is wrong otherwise."""
+    header = _raw_header(path)
+    metadata = header.pop("__metadata__", None) or {}
+    return list(header), {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the header only (no tensor data is read); LoraError as `read_header`."""
+    header = _raw_header(path)
+    header.pop("__metadata__", None)
+    shapes = {}
+    for name, meta in header.items():
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
+            raise LoraError(f"{path.name} is not a safetensors file (its header is damaged at '{name[:80]}').")
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def _raw_header(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -162,8 +197,7 @@ def read_header(path: Path) -> tuple[list[str], dict[str, str]]:
         raise LoraError(f"{path.name} is not a safetensors file (its header is not JSON).") from None
     if not isinstance(header, dict):
         raise LoraError(f"{path.name} is not a safetensors file (its header is not a table).")
-    metadata = header.pop("__metadata__", None) or {}
-    return list(header), {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return header
 
 
 def hash_file(path: Path) -> LoraHashes:
@@ -246,10 +280,11 @@ _FLUX_BFL = re.compile(r"^(?:lora_unet_|(?:model\.)?diffusion_model\.)(double_bl
                        r"vector_in|guidance_in|final_layer)")
 
 
-def check_lora_header(path: Path) -> None:
+def check_lora_header(path: Path, widths: ModelWidths | None = None) -> None:
     """What can be told from a file's header alone, before any job: a safetensors file with LoRA pairs, not a DoRA,
-    Control LoRA or T5 LoRA, and no kohya U-Net names of another model (SDXL's `lora_unet_down_blocks…`). Whether
-    its widths fit the loaded model is checked by the engine (engine/lora_convert.py) when the job runs."""
+    Control LoRA or T5 LoRA, no kohya U-Net names of another model (SDXL's `lora_unet_down_blocks…`), and, given
+    the model's `widths` (engine/lora_shapes.py), every pair of the model's widths: the check the job's run makes
+    (engine/lora_convert.py), on the header's shapes."""
     keys, _metadata = read_header(path)
     name = path.name
     if not any(_PAIR_KEY.search(k) for k in keys):
@@ -265,3 +300,5 @@ def check_lora_header(path: Path) -> None:
     if unet and not all(_FLUX_BFL.match(k) for k in unet):
         raise LoraError(f"{name} is not a LoRA for FLUX: it changes layers FLUX does not have (a LoRA for another "
                         f"model, e.g. SDXL?).")
+    if widths is not None:
+        check_fits(name, read_shapes(path), widths)

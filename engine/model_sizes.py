@@ -1,4 +1,5 @@
-"""The planner's `ModelSizes` of the configured model, from safetensors headers only (no tensor is read, no torch).
+"""The planner's `ModelSizes` of the configured model, from safetensors headers only (no tensor is read, no torch),
+and the widths of its Linears from its configs (`model_widths`, what a LoRA is checked against before a job).
 
 What `python -m bot plan` and `doctor` plan with before anything is loaded: each DiT block's bytes as fluxbot
 will store them (Linear weights 1 byte under fp8, the rest bf16; a file already in fp8 stays 1 byte), T5's
@@ -7,6 +8,7 @@ reference sizes (engine/planner.py) and say so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -15,6 +17,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from engine.lora_shapes import ModelWidths, widths_from_configs
 from engine.models import _find          # the engine's look-up order: as written, else under models_dir
 from engine.planner import ModelSizes, flux_dev_sizes
 from engine.settings import TINY, EngineSettings
@@ -60,6 +63,30 @@ def sizes_from_files(settings: EngineSettings, *, fallback: bool = True) -> tupl
                                  if missing else "")
     return ModelSizes(double_blocks=dit[0], single_blocks=dit[1], dit_rest=dit[2], t5_blocks=t5[0], t5_rest=t5[1],
                       clip=parts["CLIP"], vae=parts["VAE"], source=where), missing
+
+
+def model_widths(settings: EngineSettings) -> ModelWidths | None:
+    """The widths of `[engine] model` from the configs the engine loads it with; None when they are not on disk
+    yet (weights not downloaded, tiny-random before its first start): then only the job's run checks widths."""
+    folder = _files(settings)[1]
+    if folder is None:
+        return None
+    texts = {}
+    for part in ("transformer", "text_encoder"):
+        try:
+            texts[part] = (folder / part / "config.json").read_text()
+        except OSError:
+            texts[part] = None
+    if texts["transformer"] is None:
+        return None
+    try:
+        dit = json.loads(texts["transformer"])
+        clip = json.loads(texts["text_encoder"]) if texts["text_encoder"] else None
+        ident = hashlib.sha256(f"{texts['transformer']}\0{texts['text_encoder']}".encode()).hexdigest()[:16]
+        return widths_from_configs(dit, clip, ident)
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("cannot read the model's widths from %s (%s): LoRA widths are checked when a job runs", folder, e)
+        return None
 
 
 def _files(settings: EngineSettings) -> tuple[list[Path], Path | None]:

@@ -33,7 +33,7 @@ from bot.job_lookup import JobLookup, check_own_message
 from bot.job_start import JobStarter, Planned, planned
 from bot.literal import literal
 from bot.job_types import VARY_STRONG, CancelOutcome, rerolled, spec_of, upscaled, varied
-from bot.lora_choice import ChosenLoras, autocomplete_names, check_still_there, choose_loras
+from bot.lora_choice import ChosenLoras, autocomplete_names, check_still_there, choose_loras, lora_library
 from bot.permissions import ShownJob, caller_of, check_may_generate, check_may_manage, check_may_show
 from bot.replies import UserFacingError, guarded, send_ephemeral
 from bot.results import offers_upscale
@@ -45,7 +45,6 @@ from engine.image_input import DEFAULT_DENOISE, fit_size, read_checked
 from engine.job_status import JobStatus
 from engine.limits import (MAX_GUIDANCE, MAX_LORA_STRENGTH, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MIN_GUIDANCE,
                            MIN_LORA_STRENGTH, MIN_STEPS)
-from engine.lora_files import LoraLibrary
 from engine.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ class ImagineFeature(commands.Cog, name="Imagine"):
         self.results = results
         self.engine_state = engine_state
         self.identity = identity
-        self.loras = LoraLibrary(config.engine.loras_dir)
+        self.loras = lora_library(config.engine)
         # Built at run time (its choices come from the config): added to the cog's commands, which discord.py puts
         # in the command tree when the cog is added and takes out when it is removed.
         self.__cog_app_commands__.insert(0, build_imagine_command(config, sizes, self.imagine,

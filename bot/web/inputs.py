@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.input_images import check_attachment, take_file
-from bot.lora_choice import check_still_there, choose_loras
+from bot.lora_choice import check_still_there, choose_loras, lora_library
 from engine import limits
 from engine.image_input import fit_size
-from engine.lora_files import LoraLibrary
 from engine.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -27,7 +26,7 @@ class RequestInputs:
 
     def __init__(self, config: "Config"):
         self.config = config
-        self.loras = LoraLibrary(config.engine.loras_dir)
+        self.loras = lora_library(config.engine)
 
     def lora_names(self) -> list[str]:
         return self.loras.names()

@@ -134,6 +134,23 @@ async def test_bad_lora_requests_are_refused_privately_and_queue_nothing(fake_di
         (loras_dir / "sdxl style.safetensors").unlink()
 
 
+@pytest.mark.parametrize("options", [dict(lora="wide style"), dict(prompt="a cat <lora:wide style:0.7>")])
+async def test_a_lora_of_other_widths_is_refused_at_admission_naming_the_file_and_what_does_not_fit(
+        fake_discord, bot, loras_dir, lora_engine, options):
+    """A FLUX LoRA trained for other widths (its layer names are FLUX's own) is refused from its header before
+    anything is queued, with the words the engine would have used when the job ran (engine/lora_shapes.py)."""
+    path = lora_layouts.write(lora_engine.pipe, "other_widths", loras_dir / "wide style.safetensors")
+    try:
+        alice = fake_discord.add_user("alice")
+        ix = await fake_discord.slash(alice, "imagine", {"prompt": "a cat", "steps": 2, "size": "256x256", **options})
+        text = await refusal(fake_discord, ix)
+        assert "wide style.safetensors was made for a FLUX model of other widths" in text
+        assert "has 144 outputs, this model's has 96" in text
+        assert await count_rows(bot.store) == 0
+    finally:
+        path.unlink()
+
+
 async def test_show_refuses_a_job_whose_lora_file_changed_or_is_gone(fake_discord, bot, loras_dir, lora_engine):
     fake = fake_discord
     alice = fake.add_user("alice")

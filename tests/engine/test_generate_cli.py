@@ -144,3 +144,17 @@ def test_generate_with_loras_and_an_image_records_them_in_the_png(config_file, t
 def test_bad_lora_and_image_arguments_exit_2_before_loading(config_file, capsys, args, words):
     rc = main(["--config", str(config_file), "generate", "a cat", "--steps", "2"] + args)
     assert rc == 2 and words in capsys.readouterr().err
+
+
+def test_a_lora_of_other_widths_exits_2_before_loading(config_file, tmp_path, capsys):
+    """--lora of a file made for another FLUX width is refused from its header (engine/lora_shapes.py), naming the
+    file and the layer, before the model loads and before any image is written."""
+    from engine.tiny import build_tiny_pipeline
+    from tests.support.lora_layouts import write
+
+    wide = write(build_tiny_pipeline(), "other_widths", tmp_path / "mine" / "wide.safetensors")
+    rc = main(["--config", str(config_file), "generate", "a cat", "--steps", "2", "--lora", str(wide), "-o",
+               str(tmp_path / "out.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "wide.safetensors was made for a FLUX model of other widths" in err
+    assert not (tmp_path / "out.png").exists()

@@ -4,7 +4,6 @@ gives resident's pixels, text-encoder LoRAs key the prompt cache, and bad files 
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,7 +65,9 @@ def test_the_bfl_converter_matches_diffusers_at_flux1_widths():
     """diffusers' own kohya converter hard-codes FLUX.1's widths; at those widths ours gives the same deltas."""
     from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
 
+    from engine.bfl_keys import bfl_linear_parts
     from engine.lora_convert import _from_bfl
+    from engine.lora_shapes import ModelWidths
 
     gen = torch.Generator().manual_seed(0)
     config = {"num_layers": 19, "num_single_layers": 38, "num_attention_heads": 24, "attention_head_dim": 128,
@@ -82,7 +83,7 @@ def test_the_bfl_converter_matches_diffusers_at_flux1_widths():
         # alpha = rank (scale 1), where both agree
         state[f"lora_unet_{name}.alpha"] = torch.tensor(2.0 if name.startswith("final_layer") else 1.0)
     theirs = _convert_kohya_flux_lora_to_diffusers(dict(state))
-    ours = _from_bfl("x", dict(state), SimpleNamespace(transformer=SimpleNamespace(config=config), text_encoder=None))
+    ours = _from_bfl("x", dict(state), ModelWidths(linears={}, bfl_parts=bfl_linear_parts(config)))
     expected = {k.removeprefix("transformer.").removesuffix(".lora_A.weight"):
                 theirs[k.replace("lora_A", "lora_B")] @ theirs[k] for k in theirs if k.endswith("lora_A.weight")}
     got = {m: p.up @ p.down * p.scale for m, p in ours["transformer"].items()}

@@ -7,6 +7,9 @@ writes them, so every file must give the same deltas and the same pixels:
 - `peft`: diffusers/PEFT's `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, fused layers split;
 - `xlabs`: XLabs' `double_blocks.0.processor.qkv_lora1.down.weight` (attention of the double blocks only);
 - `kohya_te`: the kohya file plus a CLIP part (`lora_te1_text_model_encoder_layers_0_self_attn_q_proj`).
+
+And one that must be refused (`write(pipe, "other_widths", path)`): a kohya LoRA trained for a FLUX of other widths
+(the tiny DiT with one more attention head), the same names with other shapes.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.bfl_keys import bfl_linear_parts
-from engine.tiny import demo_lora_tensors
+from engine.tiny import demo_lora_tensors, random_lora_tensors
 
 LAYOUTS = ("kohya", "comfy", "peft", "xlabs", "kohya_te")
 # XLabs' attention processors: (processor name, BFL Linear)
@@ -73,11 +76,23 @@ def kohya_te(dit, clip) -> dict[str, torch.Tensor]:
     return out
 
 
+def other_widths(dit) -> dict[str, torch.Tensor]:
+    """A kohya LoRA for `dit`'s architecture with one more attention head (every width differs), rank 4."""
+    from diffusers import FluxTransformer2DModel
+
+    config = {k: v for k, v in dit.config.items() if not k.startswith("_")}
+    config["num_attention_heads"] = int(config["num_attention_heads"]) + 1
+    with torch.device("meta"):
+        wider = FluxTransformer2DModel.from_config(config)
+    return random_lora_tensors(wider, 4, seed=3)
+
+
 def write(pipe, layout: str, path: Path) -> Path:
-    """The LoRA in `layout` for `pipe`'s tiny DiT (and CLIP), saved as safetensors at `path`."""
+    """The LoRA in `layout` (or `other_widths`) for `pipe`'s tiny DiT (and CLIP), saved as safetensors at `path`."""
     dit = pipe.transformer
     tensors = {"kohya": lambda: kohya(dit), "comfy": lambda: comfy(dit), "peft": lambda: peft(dit),
-               "xlabs": lambda: xlabs(dit), "kohya_te": lambda: kohya_te(dit, pipe.text_encoder)}[layout]()
+               "xlabs": lambda: xlabs(dit), "kohya_te": lambda: kohya_te(dit, pipe.text_encoder),
+               "other_widths": lambda: other_widths(dit)}[layout]()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"ss_output_name": path.stem})
     return path
