@@ -113,7 +113,8 @@ def worker_pool(settings: "EngineSettings", ray: "RaySettings | None", queue: "J
                 loader: Callable[[Any, str], Any] | str | None, devices: Sequence[str],
                 on_change: Callable[["PoolState"], None]):
     """The pool of `[engine] backend`: this host's devices, or a Ray cluster's GPUs (Ray is imported only then).
-    A Ray actor loads its engine on its own host, so a custom loader must be named ("module:function")."""
+    With Ray, a loader named "module:function" runs in each engine actor on its own host; a Python function
+    `loader(settings, node_id)` gives a slot its engine on the bot's side (tests hand every bot one actor)."""
     if settings.backend != "ray":
         return WorkerPool(settings, queue, jobs, loader=loader, devices=list(devices), on_change=on_change)
     try:
@@ -122,7 +123,4 @@ def worker_pool(settings: "EngineSettings", ray: "RaySettings | None", queue: "J
     except ImportError as err:
         raise ConfigError(f"[engine] backend = \"ray\" needs Ray, which is not installed ({err}): "
                           f"pip install -e '.[ray]'") from None
-    if loader is not None and not isinstance(loader, str):
-        raise ConfigError("[engine] backend = \"ray\": an engine loader must be named as 'module:function' (each "
-                          "Ray actor loads its engine on its own host)")
     return RayWorkerPool(settings, ray or RaySettings(), queue, jobs, loader=loader, on_change=on_change)

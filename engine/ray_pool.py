@@ -96,12 +96,14 @@ def wanted_slots(nodes: list[NodeView], settings: RaySettings) -> list[Slot]:
 @dataclass
 class RayWorkerPool:
     """Starts a worker for every slot of the cluster and drops those whose node left. `loader` is a
-    "module:function" run in each actor instead of `Engine.load` (tests' seam engines)."""
+    "module:function" run in each actor instead of `Engine.load` (tests' seam engines), or a Python function
+    `loader(settings, node_id) -> engine` run on the driver instead of starting an actor (the e2e tests hand every
+    bot of a module one engine actor they started, as local tests share one engine: tests/support/backends.py)."""
     settings: "EngineSettings"
     ray_settings: RaySettings
     queue: JobQueue
     hooks: WorkerHooks
-    loader: str | None = None
+    loader: str | Callable[[Any, str], Any] | None = None
     on_change: Callable[[PoolState], None] | None = None
     state: PoolState = field(default_factory=PoolState)
     model_id: str | None = None  # what every engine serves (set by the first one that loads)
@@ -197,6 +199,8 @@ class RayWorkerPool:
     async def _load_slot(self, slot: Slot) -> None:
         """Start the slot's actor, check its model, start its worker; a failure is reported and kept."""
         def load(settings: "EngineSettings", node_id: str) -> RayEngine:
+            if callable(self.loader):
+                return self.loader(settings, node_id)
             return RayEngine.start(settings, node_id, self.ray_settings.resources, name=slot.name, loader=self.loader)
 
         try:

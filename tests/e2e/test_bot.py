@@ -1,4 +1,8 @@
-"""The real FluxBot (discord.py client, tiny-random engine, SQLite) against the fake Discord on loopback."""
+"""The real FluxBot (discord.py client, tiny-random engine, SQLite) against the fake Discord on loopback.
+
+The tests of what the engine side does (a job's run, its progress, cancel, the queue's order and positions, restart
+recovery, an engine error, the buttons that make new jobs) run on both `[engine] backend`s (`@on_both_backends`,
+tests/support/backends.py): workers in the bot's process, and the workers of a local Ray instance."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +17,7 @@ from engine.settings import TINY, EngineSettings
 from tests.e2e.refusals import refusal
 from tests.e2e.reliability_kit import (count_rows, delivered, edit_form_id, eventually, gate,  # noqa: F401 (gate)
                                        has_result, imagine, job_buttons)
-from tests.support.engines import Failing, SlowSteps
+from tests.support.backends import backend, on_both_backends  # noqa: F401 (backend: a fixture)
 
 SIZES = ["1:1 256x256", "2:1 512x256"]
 
@@ -37,27 +41,24 @@ def make_config(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture
-def make_bot(make_config, tiny_engine, gate):
-    """FluxBot over the shared tiny engine (not closed with the bot). `gated=True`: the engine loads only
-    once the test sets `gate`, so that jobs stay queued meanwhile; `step_s`: a pause after every step."""
+def make_bot(make_config, tiny_engine, gate, backend):
+    """FluxBot over the shared tiny engine (not closed with the bot), on the test's `backend`. `gated=True`: the
+    engine loads only once the test sets `gate`, so that jobs stay queued meanwhile; `step_s`: a pause after every
+    step; `failing`: every job is refused by the engine."""
     async def _make(config: Config | None = None, *, gated: bool = False, step_s: float = 0.0,
                     failing: bool = False, **discord_overrides) -> FluxBot:
-        def loader(_settings, _device):
-            if gated:
-                gate.wait(60)
-            if failing:
-                return Failing(tiny_engine, 0.0)
-            return SlowSteps(tiny_engine, step_s) if step_s else tiny_engine
-        return await build_bot(config or make_config(**discord_overrides), engine_loader=loader,
+        loader = await backend.loader(tiny_engine, gate=gate if gated else None, step_s=step_s, failing=failing)
+        return await build_bot(backend.configure(config or make_config(**discord_overrides)), engine_loader=loader,
                                close_engines=False)
     return _make
 
 
 @pytest.fixture
-async def running(fake_discord, start_bot, make_bot):
-    """A started bot with its engine loaded, the fake, and a user alice."""
+async def running(fake_discord, start_bot, make_bot, backend):
+    """A started bot with its engine loaded, on the test's backend."""
     bot = await start_bot(await make_bot())
     assert await bot.engines.wait_loaded() == 1
+    assert backend.serves(bot)
     return bot
 
 
@@ -67,6 +68,7 @@ async def result_of(ix, timeout: float = 30.0):
 
 # --- /imagine ---------------------------------------------------------------------------------------------------
 
+@on_both_backends
 async def test_imagine_defers_shows_status_and_delivers_png_embed_and_buttons(fake_discord, running):
     fake, bot = fake_discord, running
     alice = fake.add_user("alice")
@@ -94,6 +96,7 @@ async def test_imagine_defers_shows_status_and_delivers_png_embed_and_buttons(fa
 
 # --- buttons ------------------------------------------------------------------------------------------------------
 
+@on_both_backends
 async def test_reroll_vary_and_edit_make_new_jobs_owned_by_the_presser(fake_discord, running):
     fake, bot = fake_discord, running
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
@@ -131,6 +134,7 @@ async def test_reroll_vary_and_edit_make_new_jobs_owned_by_the_presser(fake_disc
     assert (job5.kind, job5.user_id, job5.seed, job5.steps) == ("edit", alice.id, 1000, 2)
 
 
+@on_both_backends
 async def test_one_users_reroll_and_imagine_sent_back_to_back_keep_their_order(fake_discord, running):
     # 🎲 reads its parent job before it is admitted; an /imagine of the same user sent right after it (well
     # under a millisecond later here) used to be admitted first and so got the smaller job id and ran first.
@@ -181,6 +185,7 @@ async def test_an_admin_may_delete_any_job(fake_discord, start_bot, make_bot):
     assert result.deleted
 
 
+@on_both_backends
 async def test_cancel_of_a_queued_job_by_its_owner_only(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
     bot = await start_bot(await make_bot(gated=True))
@@ -205,6 +210,7 @@ async def test_cancel_of_a_queued_job_by_its_owner_only(fake_discord, start_bot,
     assert not any(has_result(m) for m in ix2.messages)
 
 
+@on_both_backends
 async def test_two_users_jobs_run_in_fifo_order(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
     bot = await start_bot(await make_bot(gated=True))
@@ -291,6 +297,7 @@ async def test_history_pages_newest_first_and_only_admins_see_others(fake_discor
     assert "Only admins" in await refusal(fake, ix)
 
 
+@on_both_backends
 async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_discord, running):
     import io
     from pathlib import Path
@@ -319,6 +326,7 @@ async def test_show_reposts_from_disk_and_regenerates_the_same_pixels(fake_disco
     assert "does not exist" in await refusal(fake, ix)
 
 
+@on_both_backends
 async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
     await start_bot(await make_bot(gated=True))
@@ -335,6 +343,7 @@ async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, star
 
 # --- restarts and delivery ------------------------------------------------------------------------------------------
 
+@on_both_backends
 async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bot, make_bot, make_config):
     fake = fake_discord
     config = make_config()
@@ -360,6 +369,7 @@ async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bo
     assert old.deleted
 
 
+@on_both_backends
 async def test_unfinished_jobs_are_requeued_and_their_owners_told(fake_discord, start_bot, stop_bot, make_bot,
                                                                   make_config, gate):
     fake = fake_discord
@@ -419,6 +429,7 @@ async def test_undeliverable_result_stays_done_and_show_finds_it(fake_discord, s
 
 # --- status edits, running cancel, errors ----------------------------------------------------------------------
 
+@on_both_backends
 async def test_status_shows_steps_and_is_edited_at_most_once_per_interval(fake_discord, start_bot, make_bot):
     fake = fake_discord
     bot = await start_bot(await make_bot(step_s=0.1))  # 10 steps ≈ 1 s of running, 0.5 s between edits
@@ -433,6 +444,7 @@ async def test_status_shows_steps_and_is_edited_at_most_once_per_interval(fake_d
     assert all(g >= 0.45 for g in gaps), gaps  # 10 progress events, yet at most one edit per 0.5 s
 
 
+@on_both_backends
 async def test_cancel_of_a_running_job_stops_it(fake_discord, start_bot, make_bot):
     fake = fake_discord
     bot = await start_bot(await make_bot(step_s=0.2))
@@ -502,6 +514,7 @@ async def test_guild_sync_modal_checks_and_admin_history(fake_discord, start_bot
     assert "a guild fox" in page.text()
 
 
+@on_both_backends
 async def test_a_dm_request_is_answered_in_the_dm(fake_discord, running):
     fake, bot = fake_discord, running
     alice = fake.add_user("alice")
@@ -514,6 +527,7 @@ async def test_a_dm_request_is_answered_in_the_dm(fake_discord, running):
     assert (await store_jobs.get_job(bot.store, 1)).guild_id is None
 
 
+@on_both_backends
 async def test_a_failed_job_says_why_in_its_status_or_in_the_channel(fake_discord, start_bot, make_bot, gate):
     fake = fake_discord
     bot = await start_bot(await make_bot(failing=True, gated=True))

@@ -8,7 +8,8 @@ as when a Ray actor or its node dies), one in `lost_once` the first time only, a
 `seam_loader` builds one: an engine process loads it by name (`SEAM_LOADER`).
 
 `SlowSteps` and `Failing` wrap an engine the tests share (the e2e bots' loaders return them): a pause after every
-denoising step, or an engine that refuses every job.
+denoising step, or an engine that refuses every job. `Tunable` is both in one, changed while it runs in a Ray engine
+actor (`TUNE` through `RayEngine.call`; tests/support/backends.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from engine.settings import EngineSettings
 
 SEAM_LOADER = f"{__name__}:seam_loader"  # "module:function", as `[engine]` loaders and child processes name one
 STEP_SLEEP_S = 0.3
+FAILING = "the GPU fell off the bus; the owner was told"  # what `Failing` and a failing `Tunable` say
 
 
 class SeamEngine(Engine):
@@ -103,7 +105,41 @@ class Failing(SlowSteps):
     """An engine refusing every job, as a real engine does on a fault it cannot recover from."""
 
     def generate(self, spec, *, progress=None, should_cancel=None):
-        raise EngineError("the GPU fell off the bus; the owner was told")
+        raise EngineError(FAILING)
 
     def generate_batch(self, specs, *, progress=None, should_cancel=None):
         return [self.generate(s) for s in specs]
+
+
+class Tunable(SlowSteps):
+    """`SlowSteps` and `Failing` in one engine whose behaviour a test changes while the engine runs elsewhere (in a
+    Ray engine actor, through `RayEngine.call(TUNE, step_s, failing)`), so that one actor serves every bot of a test
+    module as `tiny_engine` serves the local ones. The pause is the actor's own, between its denoising steps."""
+
+    def __init__(self, engine):
+        super().__init__(engine, 0.0)
+        self.failing = False
+
+    def generate(self, spec, *, progress=None, should_cancel=None):
+        if self.failing:
+            raise EngineError(FAILING)
+        return super().generate(spec, progress=progress, should_cancel=should_cancel)
+
+    def generate_batch(self, specs, *, progress=None, should_cancel=None):
+        if self.failing:
+            raise EngineError(FAILING)
+        return super().generate_batch(specs, progress=progress, should_cancel=should_cancel)
+
+
+TUNABLE_LOADER = f"{__name__}:tunable_loader"
+TUNE = f"{__name__}:tune"
+
+
+def tunable_loader(settings: EngineSettings, device: str) -> Tunable:
+    """`loader(settings, device)` of a `Tunable` over a `SeamEngine` (its prompt seams work too)."""
+    return Tunable(SeamEngine.load(settings, device))
+
+
+def tune(engine: Tunable, step_s: float, failing: bool) -> None:
+    """`engine_call(engine, ...)`: the pause after each step and whether every job is refused, from now on."""
+    engine._step_s, engine.failing = step_s, failing

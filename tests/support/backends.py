@@ -1,0 +1,138 @@
+"""The engine backend an end-to-end test runs its bot on, one place for both: `local` (the workers in the bot's
+process, over the engine the test shares, as `python -m bot run` with `[engine] backend = "local"`) and `ray`
+(`[engine] backend = "ray"`: the bot's `RayWorkerPool` on a local Ray instance with one logical GPU, its one worker's
+engine an `EngineActor` running the tiny model on the CPU).
+
+A test written for local workers runs on both by
+- taking the module-scoped `backend` fixture (directly or through its bot fixture) and decorating the test with
+  `@on_both_backends` (tests without it run on `local` only);
+- building its bot with `build_bot(backend.configure(config), engine_loader=await backend.loader(engine, gate=…,
+  step_s=…, failing=…), close_engines=False)`.
+
+With `local`, the loader returns `engine` itself (or `SlowSteps`/`Failing` over it), as the e2e tests always did. With
+`ray`, one Ray instance serves the whole module (ray.init once: ~5 s on 2 cores) and one engine actor with `engine`'s
+settings serves every bot of the module (starting one takes ~12 s: a process importing torch and diffusers), as
+`tiny_engine` serves the local bots: each bot's pool reads the instance's one node, makes its one slot and gets that
+actor's `RayEngine` from the loader (engine/ray_pool.py). What a test asks of the engine happens inside the actor
+(`tests.support.engines.Tunable`, set through `RayEngine.call`): the pause after each step (progress and a cancel see
+the actor's own steps), refusing every job. Pytest groups a module's tests by the module-scoped parameter, so the
+`ray` variants run one after the other on the one instance.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.support.engines import TUNABLE_LOADER, TUNE, Failing, SlowSteps
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_RAY = importlib.util.find_spec("ray") is not None
+LOAD_WAIT_S = 60.0  # how long a gated loader waits for the test's gate (the `gate` fixture sets it at teardown)
+
+on_both_backends = pytest.mark.parametrize("backend", [
+    "local",
+    pytest.param("ray", marks=[pytest.mark.slow,
+                               pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed: pip install -e '.[ray]'")]),
+], indirect=True)
+
+
+@dataclass
+class LocalBackend:
+    """Workers in the bot's process over the test's engine."""
+    name: str = "local"
+
+    def configure(self, config):
+        return config
+
+    def serves(self, bot) -> bool:
+        """Whether `bot`'s workers are this backend's: in its own process."""
+        return bool(bot.engines.workers) and not any(w.name.startswith("ray:") for w in bot.engines.workers)
+
+    async def loader(self, engine, *, gate: threading.Event | None = None, step_s: float = 0.0,
+                     failing: bool = False) -> Callable[[Any, str], Any]:
+        def load(_settings, _device):
+            if gate is not None:
+                gate.wait(LOAD_WAIT_S)
+            if failing:
+                return Failing(engine, 0.0)
+            return SlowSteps(engine, step_s) if step_s else engine
+        return load
+
+
+@dataclass
+class RayBackend:
+    """Workers on a local Ray instance (started by the fixture), over one engine actor per engine settings."""
+    name: str = "ray"
+    _actor: tuple[Any, Any] | None = field(default=None, repr=False)  # (EngineSettings, RayEngine)
+
+    def configure(self, config):
+        from engine.ray_settings import RaySettings
+
+        return replace(config, engine=replace(config.engine, backend="ray"), ray=RaySettings(local_gpus=1, poll_s=0.5))
+
+    def serves(self, bot) -> bool:
+        """Whether `bot`'s workers are this backend's: a Ray cluster's slots, over the module's actor."""
+        from engine.ray_pool import RayWorkerPool
+
+        actor = self._actor[1] if self._actor else None
+        return isinstance(bot.engines._pool, RayWorkerPool) and bool(bot.engines.workers) and all(
+            w.name.startswith("ray:") and w.engine is actor for w in bot.engines.workers)
+
+    async def loader(self, engine, *, gate: threading.Event | None = None, step_s: float = 0.0,
+                     failing: bool = False) -> Callable[[Any, str], Any]:
+        remote = await asyncio.to_thread(self._actor_like, engine.settings)
+
+        def load(_settings, _node_id):
+            if gate is not None:
+                gate.wait(LOAD_WAIT_S)
+            remote.call(TUNE, step_s, failing)
+            return remote
+        return load
+
+    def _actor_like(self, settings):
+        """The module's engine actor with these engine settings (the one logical GPU holds one actor at a time)."""
+        import ray
+
+        from engine.ray_engine import RayEngine
+
+        if self._actor is not None and self._actor[0] == settings:
+            return self._actor[1]
+        self.close()
+        node_id = ray.get_runtime_context().get_node_id()
+        remote = RayEngine.start(settings, node_id, {"GPU": 1}, name="test-actor", loader=TUNABLE_LOADER)
+        self._actor = (settings, remote)
+        return remote
+
+    def close(self) -> None:
+        if self._actor is not None:
+            self._actor[1].close()
+            self._actor = None
+
+
+@pytest.fixture(scope="module")
+def backend(request):
+    """`local` unless the test is parametrized (`@on_both_backends`); `ray` starts the module's Ray instance."""
+    name = getattr(request, "param", "local")
+    if name == "local":
+        yield LocalBackend()
+        return
+    import ray
+
+    # The actors import tests/support from this checkout; the bots find Ray initialised and use it (and leave it).
+    ray.init(address="local", num_gpus=1, include_dashboard=False, namespace="fluxbot-tests",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    ray_backend = RayBackend()
+    try:
+        yield ray_backend
+    finally:
+        ray_backend.close()
+        ray.shutdown()
