@@ -17,6 +17,7 @@ fixtures through the module's namespace).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -25,13 +26,13 @@ import pytest
 
 from bot.app import build_bot
 from bot.client import FluxBot
-from bot.config import Config, DatabaseSettings, DiscordSettings, LimitsSettings, LoggingSettings, Secret
+from bot.config import Config
 from db import jobs as store_jobs
 from engine.settings import TINY, EngineSettings
+from tests.support.bot_config import SIZES, bot_config
 
 log = logging.getLogger(__name__)
 
-SIZES = ["1:1 256x256", "2:1 512x256"]
 COMPONENT = 3  # interaction type of a button click
 
 __all__ = ["rel_engine", "rel_config", "make_rel_bot", "gate", "EngineFaults", "engine_faults", "job_rows",
@@ -106,21 +107,9 @@ def engine_faults(rel_engine):
 
 @pytest.fixture
 def rel_config(tmp_path, tiny_model_dir):
-    """`rel_config(discord={...}, limits={...}, engine={...}, logging={...})`: a test Config (tiny model on the
-    CPU, 256² sizes, SQLite and images under tmp_path) with some fields changed."""
-    def _make(*, discord: dict | None = None, limits: dict | None = None, engine: dict | None = None,
-              logging_: dict | None = None, db_url: str | None = None) -> Config:
-        d = dict(token=Secret("unused-in-tests"), sizes=SIZES, status_edit_interval_s=0.5)
-        d.update(discord or {})
-        e = dict(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident", devices=["cpu"],
-                 images_dir=str(tmp_path / "images"), default_steps=2, max_sequence_length=64)
-        e.update(engine or {})
-        lim = dict(max_unfinished_per_user=5)
-        lim.update(limits or {})
-        return Config(discord=DiscordSettings(**d), engine=EngineSettings(**e), limits=LimitsSettings(**lim),
-                      database=DatabaseSettings(url=db_url or f"sqlite+aiosqlite:///{tmp_path / 'fluxbot.db'}"),
-                      logging=LoggingSettings(**{"file": "", **(logging_ or {})}))
-    return _make
+    """`rel_config(discord={...}, limits={...}, engine={...}, logging_={...}, db_url=...)`: a test Config (tiny model
+    on the CPU, 256² sizes, SQLite and images under tmp_path) with some fields changed (tests/support/bot_config)."""
+    return functools.partial(bot_config, tmp_path, tiny_model_dir.parent)
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 from bot.app import build_bot
 from bot.config import StorageSettings
-from tests.e2e.test_bot import make_config  # noqa: F401  (fixture)
+from tests.e2e.reliability_kit import rel_config  # noqa: F401  (fixture)
 
 
-async def test_bot_prunes_images_older_than_the_limit_at_start(fake_discord, start_bot, make_config, tiny_engine,
+async def test_bot_prunes_images_older_than_the_limit_at_start(fake_discord, start_bot, rel_config, tiny_engine,
                                                                tmp_path):
-    config = make_config()
+    config = rel_config()
     config = replace(config, storage=StorageSettings(max_image_age_days=1.0))
     images = tmp_path / "images"
     images.mkdir()
@@ -35,12 +35,12 @@ async def test_bot_prunes_images_older_than_the_limit_at_start(fake_discord, sta
     assert bot.store is not None
 
 
-async def test_no_limits_means_nothing_is_pruned(fake_discord, start_bot, make_config, tiny_engine, tmp_path):
+async def test_no_limits_means_nothing_is_pruned(fake_discord, start_bot, rel_config, tiny_engine, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     old = images / "3.png"
     old.write_bytes(b"png")
     os.utime(old, (0, 0))
-    await start_bot(await build_bot(make_config(), engine_loader=lambda *_: tiny_engine, close_engines=False))
+    await start_bot(await build_bot(rel_config(), engine_loader=lambda *_: tiny_engine, close_engines=False))
     await asyncio.sleep(0.3)
     assert old.exists()
