@@ -1,5 +1,6 @@
 """LoRAs, an image as input, 🔍 Upscale ×2 and Vary Subtle/Strong through the real bot and the fake Discord (issue 15):
-each new option, button and refusal, with what the job records and what its PNG says."""
+each new option, button and refusal, with what the job records and what its PNG says. The jobs the engine runs (a
+LoRA, an image to start from, Upscale, Vary) run on both `[engine] backend`s (tests/support/backends.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -23,6 +24,7 @@ from tests.e2e.reliability_kit import (count_rows, crafted_click, has_result, im
                                        job_buttons)
 from tests.fakediscord import Upload
 from tests.support import lora_layouts
+from tests.support.backends import backend, on_both_backends  # noqa: F401 (backend: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +46,11 @@ def lora_engine(tiny_model_dir, loras_dir):
 
 
 @pytest.fixture
-async def bot(fake_discord, start_bot, rel_config, lora_engine, loras_dir):
+async def bot(fake_discord, start_bot, rel_config, lora_engine, loras_dir, backend):
     config = rel_config(engine={"loras_dir": str(loras_dir)}, limits={"max_loras": 2, "max_input_mb": 1.0})
-    started = await start_bot(await build_bot(config, engine_loader=lambda _s, _d: lora_engine, close_engines=False))
-    assert await started.engines.wait_loaded() == 1
+    loader = await backend.loader(lora_engine)
+    started = await start_bot(await build_bot(backend.configure(config), engine_loader=loader, close_engines=False))
+    assert await started.engines.wait_loaded() == 1 and backend.serves(started)
     return started
 
 
@@ -73,6 +76,7 @@ def photo(width=300, height=200, **text) -> bytes:
 
 # --- LoRAs --------------------------------------------------------------------------------------------------------
 
+@on_both_backends
 async def test_a_lora_option_and_a_prompt_tag_make_the_job_and_its_png_record_them(fake_discord, bot, loras_dir):
     fake = fake_discord
     alice = fake.add_user("alice")
@@ -173,6 +177,7 @@ async def test_show_refuses_a_job_whose_lora_file_changed_or_is_gone(fake_discor
 
 # --- an image as input ---------------------------------------------------------------------------------------------
 
+@on_both_backends
 async def test_an_image_attachment_is_stored_clean_and_drives_the_job(fake_discord, bot):
     fake = fake_discord
     alice = fake.add_user("alice")
@@ -217,6 +222,7 @@ async def test_strength_without_an_image_is_refused(fake_discord, bot):
 
 # --- buttons: Upscale, Vary Subtle/Strong ----------------------------------------------------------------------------
 
+@on_both_backends
 async def test_upscale_makes_a_twice_as_large_refinement_of_the_image(fake_discord, bot):
     fake = fake_discord
     alice = fake.add_user("alice")
@@ -234,6 +240,7 @@ async def test_upscale_makes_a_twice_as_large_refinement_of_the_image(fake_disco
         assert np.array_equal(np.asarray(im), np.asarray(original.convert("RGB")))
 
 
+@on_both_backends
 async def test_vary_subtle_and_strong_and_the_old_vary_button(fake_discord, bot):
     from bot.job_types import VARY_STRENGTH, VARY_STRONG
 
