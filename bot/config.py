@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import limits
-from engine.ray_settings import RaySettings
+from engine.ray_settings import RaySettings, address_problem
 from engine.settings import TINY, EngineSettings, setting
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,8 @@ def parse_config(data: dict[str, Any], *, env: typing.Mapping[str, str] | None =
             raise ConfigError(f"[{name}] must be a table (a [{name}] header), not {_show(value)}{_where(path)}")
     for name, cls in SECTIONS.items():
         sections[name] = _parse_section(name, cls, data.get(name, {}), env, path)
+    if why := address_problem(sections["ray"].address):
+        raise ConfigError(f"[ray] address = {_show(sections['ray'].address)} {why}{_where(path)}")
     return Config(**sections, path=path)
 
 

@@ -33,7 +33,7 @@ from engine.errors import EngineError
 from engine.pool import DeviceFailure, PoolState
 from engine.queue import JobQueue
 from engine.ray_engine import RayEngine
-from engine.ray_settings import RaySettings
+from engine.ray_settings import RaySettings, address_problem
 from engine.worker import Worker, WorkerHooks
 
 if TYPE_CHECKING:
@@ -69,7 +69,10 @@ class Slot:
 
 def connect(settings: RaySettings, **init_kwargs: Any) -> bool:
     """Join the cluster of `[ray] address`, or start a local instance when it is empty. Nothing when Ray is already
-    initialised in this process (a test's cluster). True when this call connected (the pool disconnects at stop)."""
+    initialised in this process (a test's cluster). True when this call connected (the pool disconnects at stop).
+    A Ray Client address is refused (EngineError), as when the config is read."""
+    if why := address_problem(settings.address):
+        raise EngineError(f"[ray] address = {settings.address!r} {why}")
     if ray.is_initialized():
         return False
     if settings.address:

@@ -9,15 +9,17 @@ from dataclasses import dataclass
 from engine.settings import setting
 
 DEFAULT_NAMESPACE = "fluxbot"
+RAY_CLIENT = "ray://"  # Ray Client's scheme: refused (address_problem)
 
 
 @dataclass(frozen=True)
 class RaySettings:
     address: str = setting("", "The Ray cluster the GPU workers run on. Empty: start a local Ray instance inside the "
                            "bot's process (one machine, no `ray start` needed). Else the head's address as `ray "
-                           "start --head` printed it ('10.0.0.1:6379'), 'auto' (the cluster this host joined), or "
-                           "'ray://10.0.0.1:10001' (Ray Client). Whoever reaches Ray's ports can run code on its hosts: "
-                           "keep them on a private network and use Ray's token authentication (docs/scale-out.md).")
+                           "start --head` printed it ('10.0.0.1:6379'), or 'auto' (the cluster this host joined); not a Ray "
+                           "Client address ('ray://…'), which cannot carry a job's progress. Whoever reaches Ray's ports "
+                           "can run code on its hosts: keep them on a private network and use Ray's token "
+                           "authentication (docs/scale-out.md).")
     namespace: str = setting(DEFAULT_NAMESPACE, "The Ray namespace of the bot's actors (two bots on one cluster use "
                              "two namespaces).")
     resources: dict = setting({"GPU": 1}, "The Ray resources one worker (one engine actor) needs, e.g. {GPU = 1}, or "
@@ -36,3 +38,18 @@ class RaySettings:
         if not needs:
             return 0
         return min(int(node_resources.get(k, 0.0) // v) for k, v in needs.items())
+
+
+def address_problem(address: str) -> str | None:
+    """Why fluxbot cannot use this `[ray] address`, or None. A Ray Client address ("ray://host:port") cannot: Ray
+    Client refuses streaming actor methods (Ray 2.60, ray/util/client/worker.py `call_remote`: 'Streaming actor methods
+    (num_returns="streaming") are not currently supported when using Ray Client'), and every job's progress and
+    result come back through one (engine/ray_engine.py). Checked when the config is read and again by
+    `ray_pool.connect`."""
+    if not address.strip().lower().startswith(RAY_CLIENT):
+        return None
+    return ("is a Ray Client address, which fluxbot cannot use: Ray Client does not carry the streaming calls that "
+            "bring each job's progress and images back. Give the head's cluster address instead (as `ray start "
+            "--head` printed it, e.g. '10.0.0.1:6379'), and run the bot on a host that reaches every Ray host "
+            "directly: on the cluster's private network, or joined to it over a VPN such as WireGuard or Tailscale "
+            "(docs/scale-out.md, 'Ray Client')")

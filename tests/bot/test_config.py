@@ -153,3 +153,17 @@ def test_the_ray_section_reads_the_cluster_and_the_resources_of_one_worker(tmp_p
     assert cfg.ray.worker_count({"GPU": 8.0, "flux": 4.0, "CPU": 64.0}) == 4
     assert cfg.ray.worker_count({"CPU": 16.0}) == 0
     assert load_config(write(tmp_path, ""), env={}).engine.backend == "local"
+
+
+def test_a_ray_client_address_is_refused_at_start_saying_what_to_use_instead(tmp_path, capsys):
+    # Ray Client refuses the streaming actor calls that bring a job's progress and images back (engine/ray_settings.py
+    # address_problem): `python -m bot run` stops before connecting to anything and names what works.
+    from bot.cli import main
+
+    path = write(tmp_path, '[discord]\ntoken = "abc"\n[engine]\nbackend = "ray"\n'
+                           '[ray]\naddress = "ray://127.0.0.1:10001"\n')
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: [ray] address = 'ray://127.0.0.1:10001' is a Ray Client address")
+    assert "cluster address instead" in err and "'10.0.0.1:6379'" in err and "VPN" in err and str(path) in err
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
