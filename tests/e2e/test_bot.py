@@ -11,44 +11,23 @@ import pytest
 
 from bot.app import build_bot
 from bot.client import FluxBot
-from bot.config import Config, DatabaseSettings, DiscordSettings, LimitsSettings, LoggingSettings, Secret
+from bot.config import Config
 from db import jobs as store_jobs
-from engine.settings import TINY, EngineSettings
 from tests.e2e.refusals import refusal
-from tests.e2e.reliability_kit import (count_rows, delivered, edit_form_id, eventually, gate,  # noqa: F401 (gate)
-                                       has_result, imagine, job_buttons)
+from tests.e2e.reliability_kit import (count_rows, delivered, edit_form_id, eventually, gate,  # noqa: F401 (fixtures)
+                                       has_result, imagine, job_buttons, rel_config)
 from tests.support.backends import backend, on_both_backends  # noqa: F401 (backend: a fixture)
 
-SIZES = ["1:1 256x256", "2:1 512x256"]
-
 
 @pytest.fixture
-def make_config(tmp_path, tiny_model_dir):
-    """A Config for tests: tiny model on the CPU, 64² sizes, SQLite and images under tmp_path."""
-    def _make(**discord_overrides) -> Config:
-        discord_settings = dict(token=Secret("unused-in-tests"), sizes=SIZES, status_edit_interval_s=0.5)
-        discord_settings.update(discord_overrides)
-        return Config(
-            discord=DiscordSettings(**discord_settings),
-            engine=EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident",
-                                  devices=["cpu"], images_dir=str(tmp_path / "images"), default_steps=2,
-                                  max_sequence_length=64),
-            limits=LimitsSettings(max_unfinished_per_user=5),
-            database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'fluxbot.db'}"),
-            logging=LoggingSettings(file=""),
-        )
-    return _make
-
-
-@pytest.fixture
-def make_bot(make_config, tiny_engine, gate, backend):
+def make_bot(rel_config, tiny_engine, gate, backend):
     """FluxBot over the shared tiny engine (not closed with the bot), on the test's `backend`. `gated=True`: the
     engine loads only once the test sets `gate`, so that jobs stay queued meanwhile; `step_s`: a pause after every
     step; `failing`: every job is refused by the engine."""
     async def _make(config: Config | None = None, *, gated: bool = False, step_s: float = 0.0,
                     failing: bool = False, **discord_overrides) -> FluxBot:
         loader = await backend.loader(tiny_engine, gate=gate if gated else None, step_s=step_s, failing=failing)
-        return await build_bot(backend.configure(config or make_config(**discord_overrides)), engine_loader=loader,
+        return await build_bot(backend.configure(config or rel_config(discord=discord_overrides)), engine_loader=loader,
                                close_engines=False)
     return _make
 
@@ -344,9 +323,9 @@ async def test_queue_lists_waiting_jobs_and_marks_the_callers(fake_discord, star
 # --- restarts and delivery ------------------------------------------------------------------------------------------
 
 @on_both_backends
-async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bot, make_bot, make_config):
+async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bot, make_bot, rel_config):
     fake = fake_discord
-    config = make_config()
+    config = rel_config()
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     first_bot = await start_bot(await make_bot(config))
     await first_bot.engines.wait_loaded()
@@ -371,9 +350,9 @@ async def test_old_buttons_work_after_a_restart(fake_discord, start_bot, stop_bo
 
 @on_both_backends
 async def test_unfinished_jobs_are_requeued_and_their_owners_told(fake_discord, start_bot, stop_bot, make_bot,
-                                                                  make_config, gate):
+                                                                  rel_config, gate):
     fake = fake_discord
-    config = make_config()
+    config = rel_config()
     alice = fake.add_user("alice")
     first_bot = await start_bot(await make_bot(config, gated=True))  # its engine never loads: the job stays queued
     ix = await imagine(fake, alice, prompt="a waiting ship", seed=4)
