@@ -113,6 +113,7 @@ def _spec_from_args(args: argparse.Namespace, cfg: Config, settings, job_spec_cl
     try:
         library = lora_library(settings)
         loras = tuple(_lora_use(library, text) for text in args.lora or ())
+        library.check_reserve([library.at(u.path) if u.path else library.find(u.name) for u in loras if u.strength])
         limits.check_lora_count(len(loras), cfg.limits.max_loras)
         prompt = limits.check_prompt(args.prompt, cfg.limits.max_prompt_chars)
         seed = limits.check_seed(args.seed)

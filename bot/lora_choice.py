@@ -5,8 +5,9 @@ Every LoRA becomes an `engine.spec.LoraUse` with the SHA-256 of its file now, so
 `/show` after it) uses exactly that file; a file changed or removed later is refused, never silently swapped.
 Hashing reads the file (seconds for 1 GB, once per file and mtime): it runs off the event loop.
 A file that does not fit the model (another model's layers, other widths: engine/lora_shapes.py, the check the job's
-run makes, on the header's shapes) is refused here too, for a new job and for one made again; `lora_library` is the
-library every entry point (Discord, the web console, `generate`) checks with.
+run makes, on the header's shapes), or a set that needs more GPU memory than the plans keep for LoRAs (`[engine]
+lora_reserve_rank`), is refused here too, for a new job and for one made again; `lora_library` is the library every
+entry point (Discord, the web console, `generate`) checks with.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ MAX_AUTOCOMPLETE = 25  # Discord's limit on autocomplete choices
 
 
 def lora_library(settings: EngineSettings) -> LoraLibrary:
-    """`[engine] loras_dir`, its files checked against the widths of `[engine] model` (read from its configs)."""
-    return LoraLibrary(settings.loras_dir, widths=partial(model_widths, settings))
+    """`[engine] loras_dir`, its files checked against the widths of `[engine] model` (read from its configs) and a
+    job's set against `[engine] lora_reserve_rank`."""
+    return LoraLibrary(settings.loras_dir, widths=partial(model_widths, settings),
+                       reserve_rank=settings.lora_reserve_rank)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ async def choose_loras(library: LoraLibrary, *, prompt: str, lora: str | None, l
     for file, strength in files:
         hashes = await asyncio.to_thread(_checked_hashes, library, file)
         uses.append(LoraUse(name=file.name, strength=strength, sha256=hashes.sha256, short_hash=hashes.short))
+    # 3. Together, within the GPU memory every plan keeps for LoRAs.
+    await asyncio.to_thread(library.check_reserve, [f for f, strength in files if strength != 0])
     return ChosenLoras(text, tuple(uses))
 
 
@@ -77,6 +82,7 @@ def _checked_hashes(library: LoraLibrary, file: LoraFile):
 async def check_still_there(library: LoraLibrary, uses: tuple[LoraUse, ...]) -> None:
     """LoraError when a job's LoRA file is gone, is not the file the job was made with, or does not fit the model
     (configured since) (`/show`, Reroll…)."""
+    applied = []
     for use in uses:
         try:
             file = library.find(use.name)
@@ -88,6 +94,9 @@ async def check_still_there(library: LoraLibrary, uses: tuple[LoraUse, ...]) -> 
             raise LoraError(f"The LoRA '{use.name}' has changed since this job was made (its file is not the same), "
                             f"so its image cannot be made again.")
         await asyncio.to_thread(library.check, file)
+        if use.strength != 0:
+            applied.append(file)
+    await asyncio.to_thread(library.check_reserve, applied)
 
 
 def autocomplete_names(library: LoraLibrary, typed: str) -> list[str]:

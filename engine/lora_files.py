@@ -23,7 +23,7 @@ from pathlib import Path
 
 from engine import limits
 from engine.lora_errors import LoraError
-from engine.lora_shapes import ModelWidths, check_fits
+from engine.lora_shapes import ModelWidths, check_fits, check_reserve
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,13 @@ class LoraLibrary:
     """The LoRAs of one folder, with their hashes and their header check's verdict remembered per (size, mtime) so a
     file is read once. `widths()` gives the model's widths (`engine.lora_shapes.model_widths`) for `check`."""
 
-    def __init__(self, folder: str | os.PathLike, widths: Callable[[], ModelWidths | None] | None = None):
+    def __init__(self, folder: str | os.PathLike, widths: Callable[[], ModelWidths | None] | None = None,
+                 reserve_rank: int | None = None):
         self.folder = Path(folder)
         self.widths = widths or (lambda: None)
+        self.reserve_rank = reserve_rank       # [engine] lora_reserve_rank, for `check_reserve` (None: unchecked)
         self._hashes: dict[tuple[str, int, int], LoraHashes] = {}
-        self._verdicts: dict[tuple, str] = {}    # "" when the file fits, else why not
+        self._verdicts: dict[tuple, tuple[str, int]] = {}    # ("", bytes of its pairs) when it fits, else (why, 0)
 
     def files(self) -> list[LoraFile]:
         """Every `*.safetensors` file of the folder (not its subfolders), sorted by name."""
@@ -121,19 +123,27 @@ class LoraLibrary:
             self._hashes[key] = hash_file(lora.path)
         return self._hashes[key]
 
-    def check(self, lora: LoraFile) -> None:
+    def check(self, lora: LoraFile) -> int:
         """`check_lora_header` against the model's widths, its verdict read once per (path, size, mtime, model):
-        LoraError saying why the file cannot be used with this model."""
+        LoraError saying why the file cannot be used with this model; else the bytes its pairs take on the device."""
         widths = self.widths()
         key = (str(lora.path), lora.size, lora.mtime_ns, widths.ident if widths else "")
         if key not in self._verdicts:
             try:
-                check_lora_header(lora.path, widths)
-                self._verdicts[key] = ""
+                self._verdicts[key] = ("", check_lora_header(lora.path, widths))
             except LoraError as e:
-                self._verdicts[key] = str(e)
-        if self._verdicts[key]:
-            raise LoraError(self._verdicts[key])
+                self._verdicts[key] = (str(e), 0)
+        why, nbytes = self._verdicts[key]
+        if why:
+            raise LoraError(why)
+        return nbytes
+
+    def check_reserve(self, loras: list[LoraFile]) -> None:
+        """LoraError when these LoRAs (a job's, strength-0 ones left out) together need more GPU memory than every
+        plan keeps for them (`lora_shapes.check_reserve`); unchecked without the model's widths."""
+        widths = self.widths()
+        if loras and widths is not None and self.reserve_rank is not None:
+            check_reserve([(f.name, self.check(f)) for f in loras], widths, self.reserve_rank)
 
     def info(self, lora: LoraFile) -> LoraInfo:
         try:
@@ -280,11 +290,12 @@ _FLUX_BFL = re.compile(r"^(?:lora_unet_|(?:model\.)?diffusion_model\.)(double_bl
                        r"vector_in|guidance_in|final_layer)")
 
 
-def check_lora_header(path: Path, widths: ModelWidths | None = None) -> None:
+def check_lora_header(path: Path, widths: ModelWidths | None = None) -> int:
     """What can be told from a file's header alone, before any job: a safetensors file with LoRA pairs, not a DoRA,
     Control LoRA or T5 LoRA, no kohya U-Net names of another model (SDXL's `lora_unet_down_blocks…`), and, given
     the model's `widths` (engine/lora_shapes.py), every pair of the model's widths: the check the job's run makes
-    (engine/lora_convert.py), on the header's shapes."""
+    (engine/lora_convert.py), on the header's shapes. Returns the bytes its pairs take on the device (0 without
+    `widths`)."""
     keys, _metadata = read_header(path)
     name = path.name
     if not any(_PAIR_KEY.search(k) for k in keys):
@@ -300,5 +311,4 @@ def check_lora_header(path: Path, widths: ModelWidths | None = None) -> None:
     if unet and not all(_FLUX_BFL.match(k) for k in unet):
         raise LoraError(f"{name} is not a LoRA for FLUX: it changes layers FLUX does not have (a LoRA for another "
                         f"model, e.g. SDXL?).")
-    if widths is not None:
-        check_fits(name, read_shapes(path), widths)
+    return check_fits(name, read_shapes(path), widths) if widths is not None else 0

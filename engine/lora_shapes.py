@@ -34,6 +34,12 @@ CLIP_PREFIXES = ("lora_te1_", "lora_te_", "text_encoders.clip_l.transformer.")
 BFL_ROOTS = ("double_blocks", "single_blocks", "img_in", "txt_in", "time_in", "vector_in", "guidance_in",
              "final_layer")
 TIMESTEP_CHANNELS = 256    # FluxTransformer2DModel's sinusoidal time / guidance projection
+PAIR_BYTES = 2             # the pairs are kept and applied in bf16 (engine/lora_convert.DTYPE)
+# FLUX.1-dev's DiT and CLIP-L configs (their Linears' widths): the planner's reference without files.
+FLUX_DEV_DIT = {"attention_head_dim": 128, "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": 4096,
+                "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "patch_size": 1,
+                "pooled_projection_dim": 768}
+CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12}
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class ModelWidths:
 
     def of(self, component: str, module: str) -> tuple[int, int] | None:
         return self.linears.get(component, {}).get(module)
+
+    @property
+    def rank_bytes(self) -> int:
+        """Bytes one rank of LoRA on every Linear takes as the engine keeps it (a bf16 down row and up column)."""
+        return PAIR_BYTES * sum(i + o for modules in self.linears.values() for i, o in modules.values())
 
 
 # ------------------------------------------------------------------------------------------ the model's widths
@@ -199,11 +210,11 @@ def check_pair(file: str, component: str, module: str, down_shape: Sequence[int]
                         f"is {down_shape[1]}→{up_shape[0]}.")
 
 
-def check_fits(file: str, shapes: Mapping[str, Sequence[int]], widths: ModelWidths) -> None:
+def check_fits(file: str, shapes: Mapping[str, Sequence[int]], widths: ModelWidths) -> int:
     """The file's pairs (tensor name → shape, from its header) against the model's widths, as the job's run would
-    check them; LoraError naming the file and what does not fit. Layouts only diffusers' loader maps pass here."""
-    if any(is_converted_by_diffusers(k) for k in shapes):
-        return
+    check them; LoraError naming the file and what does not fit. Returns the bytes its pairs take as the engine
+    keeps them (for `check_reserve`). Layouts only diffusers' loader maps are not checked here, and their bytes are
+    the file's pairs' (the run counts the converted ones)."""
     # 1. The pairs by module, in name order (tensors that are not pairs are the job's run's to refuse).
     groups: dict[str, dict[str, Sequence[int]]] = {}
     for key, shape in shapes.items():
@@ -211,6 +222,8 @@ def check_fits(file: str, shapes: Mapping[str, Sequence[int]], widths: ModelWidt
         if split is not None:
             groups.setdefault(split[0], {})[split[1]] = shape
     pairs = {m: groups[m] for m in sorted(groups) if "down" in groups[m] and "up" in groups[m]}
+    if any(is_converted_by_diffusers(k) for k in shapes):
+        return sum(_pair_bytes(roles["down"], roles["up"]) for roles in pairs.values())
     # 2. Each pair against the module it changes, in the run's order: the names (and a fused layer's rows), then
     #    the widths, the DiT's first.
     checks: dict[str, list[tuple[str, Sequence[int], Sequence[int]]]] = {c: [] for c in COMPONENTS}
@@ -235,3 +248,36 @@ def check_fits(file: str, shapes: Mapping[str, Sequence[int]], widths: ModelWidt
     for component, found in checks.items():
         for name, down, up in found:
             check_pair(file, component, name, down, up, widths)
+    return sum(_pair_bytes(down, up) for found in checks.values() for _, down, up in found)
+
+
+def check_reserve(needs: Sequence[tuple[str, int]], widths: ModelWidths, rank: int) -> None:
+    """LoraError when a job's LoRAs ((name, bytes of its pairs) each; strength-0 ones left out) need more than the
+    room every placement plan keeps for them: `rank` ([engine] lora_reserve_rank) on every Linear of the model."""
+    need, room = sum(n for _, n in needs), rank * widths.rank_bytes
+    if need <= room:
+        return
+    what = f"The LoRA '{needs[0][0]}' needs" if len(needs) == 1 else f"These {len(needs)} LoRAs need"
+    if rank == 0:
+        raise LoraError(f"{what} {_size(need)} of GPU memory, and this bot keeps none for LoRAs "
+                        f"([engine] lora_reserve_rank = 0): LoRAs are off.")
+    raise LoraError(f"{what} {_size(need)} of GPU memory; this bot keeps {_size(room)} for a job's LoRAs (rank {rank} "
+                    f"on every layer of the model, [engine] lora_reserve_rank). Use fewer LoRAs or ones of a lower "
+                    f"rank.")
+
+
+def _pair_bytes(down: Sequence[int], up: Sequence[int]) -> int:
+    return PAIR_BYTES * (_numel(down) + _numel(up))
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _size(nbytes: int) -> str:
+    if nbytes >= 2 ** 30:
+        return f"{nbytes / 2 ** 30:.2f} GiB"
+    return f"{nbytes / 2 ** 20:.0f} MiB" if nbytes >= 2 ** 20 else f"{max(nbytes // 1024, 1)} KiB"

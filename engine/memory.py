@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import EngineError
+from engine.lora_convert import pipe_widths
 from engine.planner import (GPU, MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, GiB, ModelSizes,
                             Placement, Plan, PlanInputs, plan_placement)
 from engine.settings import EngineSettings
@@ -276,7 +277,7 @@ def pipe_sizes(pipe) -> ModelSizes:
                       t5_rest=max(0, nbytes([t5]) - sum(t5_sizes)) if t5 is not None else 0,
                       clip=nbytes([pipe.text_encoder]) if getattr(pipe, "text_encoder", None) is not None else 0,
                       vae=nbytes([pipe.vae]) if getattr(pipe, "vae", None) is not None else 0,
-                      source="the loaded model")
+                      source="the loaded model", lora_rank_bytes=pipe_widths(pipe).rank_bytes)
 
 
 def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets: Budgets,
@@ -291,7 +292,7 @@ def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets:
     inputs = PlanInputs(vram_budget=budgets.vram, ram_budget=budgets.ram, sizes=sizes, width=size[0], height=size[1],
                         steps=settings.default_steps, batch=settings.max_batch, slots=settings.stream_prefetch + 1,
                         vae_tiled=_tiles(settings, device), device=device, force=force, max_resident_dit=cap,
-                        bandwidth=budgets.bandwidth, budget_note=budgets.note)
+                        lora_rank=settings.lora_reserve_rank, bandwidth=budgets.bandwidth, budget_note=budgets.note)
     return plan_placement(inputs)
 
 

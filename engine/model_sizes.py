@@ -61,8 +61,10 @@ def sizes_from_files(settings: EngineSettings, *, fallback: bool = True) -> tupl
             parts[name] = ref if fallback else 0
     where = "the model files" + (f" (FLUX.1-dev reference sizes for the {', '.join(missing)}: not found)"
                                  if missing else "")
+    widths = model_widths(settings)         # 3. What one rank of LoRA takes (the planner's LoRA reserve)
     return ModelSizes(double_blocks=dit[0], single_blocks=dit[1], dit_rest=dit[2], t5_blocks=t5[0], t5_rest=t5[1],
-                      clip=parts["CLIP"], vae=parts["VAE"], source=where), missing
+                      clip=parts["CLIP"], vae=parts["VAE"], source=where,
+                      lora_rank_bytes=widths.rank_bytes if widths else reference.lora_rank_bytes), missing
 
 
 def model_widths(settings: EngineSettings) -> ModelWidths | None:

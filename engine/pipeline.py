@@ -25,8 +25,9 @@ from engine.errors import EngineError, EngineOutOfMemory
 from engine.fp8_compute import resolve_compute
 from engine.img2img import Schedule, encode_image, noised, schedule
 from engine.lora_apply import ActiveLoras
-from engine.lora_convert import LoraWeights, load_lora
+from engine.lora_convert import LoraWeights, load_lora, pipe_widths
 from engine.lora_files import LoraLibrary
+from engine.lora_shapes import check_reserve
 from engine.memory import (apply_plan, detect_budgets, execution_device, free_device_cache, leaner, make_plan,
                            pipe_sizes, use_expandable_segments)
 from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
@@ -397,6 +398,12 @@ class Engine:
         keep = {(u.sha256, u.path or u.name) for u in spec.loras}
         for ident in [i for i in self._lora_weights if i not in keep]:
             del self._lora_weights[ident]
+        # Within the room every placement plan keeps for LoRAs (admission checked the same on the headers).
+        try:
+            check_reserve([(w.name, w.nbytes) for w, _ in loaded], pipe_widths(self.pipe),
+                          self.settings.lora_reserve_rank)
+        except limits.LimitError as e:
+            raise EngineError(str(e)) from None
         self.active_loras.apply(key, loaded, device)
         return time.perf_counter() - t0
 

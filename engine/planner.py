@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from engine.lora_shapes import CLIP_L, FLUX_DEV_DIT, widths_from_configs
+
 GiB = 1024 ** 3
 GPU, PINNED, DISK = "gpu", "pinned", "disk"
 TIERS = (GPU, PINNED, DISK)
@@ -76,6 +78,7 @@ class ModelSizes:
     clip: int
     vae: int
     source: str = "measured"
+    lora_rank_bytes: int = 0        # one rank of LoRA on every Linear of the DiT and CLIP, as the engine keeps it
 
     @property
     def dit_blocks(self) -> tuple[int, ...]:
@@ -135,6 +138,7 @@ class PlanInputs:
     device: str = "cuda"
     force: str = "auto"
     max_resident_dit: int | None = None   # bytes of DiT blocks that may stay resident (None: what fits)
+    lora_rank: int = 0               # ranks of LoRA kept room for, on the device and in RAM (lora_reserve_rank)
     activations_ref: int = DIT_ACTIVATIONS_REF   # DiT working memory at 1024², batch 1 (scaled by tokens, batch)
     bandwidth: Bandwidths = field(default_factory=Bandwidths)
     compute: ComputeCosts = field(default_factory=ComputeCosts)
@@ -223,7 +227,8 @@ def flux_dev_sizes(fp8: str = "all-linear") -> ModelSizes:
     t5_first = t5_block + 2 * 32 * 64                   # relative attention bias
     return ModelSizes(double_blocks=(double,) * 19, single_blocks=(single,) * 38, dit_rest=rest,
                       t5_blocks=(t5_first,) + (t5_block,) * 23, t5_rest=2 * (32128 * 4096 + 4096),
-                      clip=2 * 123_060_480, vae=2 * 83_819_683, source=f"FLUX.1-dev reference sizes (fp8 {fp8})")
+                      clip=2 * 123_060_480, vae=2 * 83_819_683, source=f"FLUX.1-dev reference sizes (fp8 {fp8})",
+                      lora_rank_bytes=widths_from_configs(FLUX_DEV_DIT, CLIP_L).rank_bytes)
 
 
 # ----------------------------------------------------------------------------------------- grouping
@@ -267,6 +272,9 @@ def plan_placement(inp: PlanInputs) -> Plan:
     why.append(f"model: {sizes.source}: DiT {sizes.dit / GiB:.2f} GiB ({len(sizes.double_blocks)} double + "
                f"{len(sizes.single_blocks)} single blocks), T5 {sizes.t5 / GiB:.2f}, CLIP {sizes.clip / GiB:.2f}, "
                f"VAE {sizes.vae / GiB:.2f} GiB")
+    if lora_reserve(inp):
+        why.append(f"LoRAs: {lora_reserve(inp) / GiB:.2f} GiB kept on the device and as much in host RAM for a job's "
+                   f"LoRAs (rank {inp.lora_rank} on every layer, [engine] lora_reserve_rank)")
     # 1. The CPU holds everything already (a forced profile still runs its executor there: the CPU seam).
     if not inp.device.startswith("cuda") and inp.force == "auto":
         return _finish(inp, Placement.uniform(sizes, GPU), RESIDENT, why + [f"device {inp.device} is not a GPU: "
@@ -396,11 +404,12 @@ def _model_offload(inp: PlanInputs, why: list[str]) -> Plan:
     """diffusers' model CPU offload: one whole model on the GPU at a time, all weights in pageable RAM."""
     sizes = inp.sizes
     act = _dit_activations(inp)
-    peak = max(sizes.dit + act, sizes.t5 + T5_WORKING, sizes.clip + CLIP_WORKING, sizes.vae + _decode_working(inp))
+    peak = lora_reserve(inp) + max(sizes.dit + act, sizes.t5 + T5_WORKING, sizes.clip + CLIP_WORKING,
+                                   sizes.vae + _decode_working(inp))
     compute = inp.compute.step(_tokens(inp), len(sizes.double_blocks), len(sizes.single_blocks), inp.batch)
     move = sizes.total / (inp.bandwidth.h2d / 2)            # pageable copies run at about half pinned speed
     per_image = inp.steps * compute + move + inp.compute.t5_s + inp.compute.decode_s
-    host = sizes.total + HOST_WORKING
+    host = sizes.total + HOST_WORKING + lora_reserve(inp)
     problem = _problems(inp, peak, host, minimum_host=host)
     return Plan(profile=MODEL_OFFLOAD, placement=Placement.uniform(sizes, PINNED), fits=not problem,
                 s_per_step=compute, encode_s=inp.compute.t5_s + sizes.t5 / (inp.bandwidth.h2d / 2),
@@ -416,6 +425,12 @@ def _model_offload(inp: PlanInputs, why: list[str]) -> Plan:
 def allocator_slack(vram_budget: int) -> int:
     """Bytes a plan leaves free under `vram_budget` for the caching allocator (see ALLOCATOR_SLACK)."""
     return ALLOCATOR_SLACK + int(ALLOCATOR_SLACK_SHARE * vram_budget)
+
+
+def lora_reserve(inp: PlanInputs) -> int:
+    """Bytes kept for a job's LoRAs: their low-rank pairs live on the device for every block, streamed or not
+    (engine/lora_apply.py), and their converted copies in host RAM (engine/pipeline.py keeps the set's files)."""
+    return inp.lora_rank * inp.sizes.lora_rank_bytes
 
 
 def _usable_vram(inp: PlanInputs) -> int:
@@ -448,7 +463,7 @@ def _ring(sizes: list[int], tiers: list[str], slots: int) -> int:
 def _peak_vram(inp: PlanInputs, p: Placement) -> int:
     """Resident weights + the largest phase's transient buffers (the lease frees one phase's before the next)."""
     s = inp.sizes
-    held = s.dit_rest + _sum(s.dit_blocks, p.dit, GPU) + _sum(s.t5_blocks, p.t5, GPU)
+    held = s.dit_rest + _sum(s.dit_blocks, p.dit, GPU) + _sum(s.t5_blocks, p.t5, GPU) + lora_reserve(inp)
     held += s.clip if p.clip == GPU else 0
     held += s.vae if p.vae == GPU else 0
     t5_all = all(t == GPU for t in p.t5)
@@ -463,7 +478,7 @@ def _peak_vram(inp: PlanInputs, p: Placement) -> int:
 def _fixed_host(inp: PlanInputs, p: Placement, *, assume_disk: bool = False) -> int:
     """Host bytes besides pinned weights: working memory, the T5 table looked up on the host, staging."""
     s = inp.sizes
-    host = HOST_WORKING
+    host = HOST_WORKING + lora_reserve(inp)
     if not all(t == GPU for t in p.t5):
         host += s.t5_rest
     if assume_disk or any(t == DISK for t in (*p.dit, *p.t5, p.clip, p.vae)):
@@ -538,6 +553,7 @@ def _problems(inp: PlanInputs, peak: int, host: int, *, minimum_host: int) -> st
                    f"{inp.vram_budget / GiB:.2f} GiB; cheapest change: "
                    + (f"a smaller size ({change} fits)" if change else "a card with more memory")
                    + (f", or [engine] stream_prefetch = 1 (a ring of 2 blocks)" if inp.slots > 2 else "")
+                   + _smaller_lora_reserve(inp)
                    + (f", or [engine] profile = \"auto\"" if inp.force != "auto" else ""))
     if host > inp.ram_budget or minimum_host > inp.ram_budget:
         out.append(f"it needs {max(host, minimum_host) / GiB:.2f} GiB of host RAM and the budget is "
@@ -545,6 +561,19 @@ def _problems(inp: PlanInputs, peak: int, host: int, *, minimum_host: int) -> st
                    + (", or [engine] profile = \"auto\" (reads what does not fit from disk; T5 on demand)"
                       if inp.force != "auto" else ""))
     return "; ".join(out)
+
+
+def _smaller_lora_reserve(inp: PlanInputs) -> str:
+    """', or [engine] lora_reserve_rank = R' for the largest R (a multiple of 16, or 0) whose leanest plan fits and
+    leaves the allocator its slack (with the fewest ring slots)."""
+    if not lora_reserve(inp):
+        return ""
+    lean = Placement.uniform(inp.sizes, PINNED)
+    for rank in range((inp.lora_rank - 1) // 16 * 16, -1, -16):
+        if _peak_vram(replace(inp, lora_rank=rank, slots=MIN_SLOTS), lean) <= _usable_vram(inp):
+            return (f", or [engine] lora_reserve_rank = {rank} (room for LoRAs of rank {rank} together)" if rank else
+                    ", or [engine] lora_reserve_rank = 0 (no LoRAs)")
+    return ""
 
 
 def _smaller_size(inp: PlanInputs) -> str:

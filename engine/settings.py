@@ -41,6 +41,11 @@ class EngineSettings:
                              "that /imagine's `lora` option and <lora:name:0.8> in a prompt may use, by file name "
                              "without the extension. With model = 'tiny-random' a demo LoRA, tiny-random-demo, is "
                              "made here.")
+    lora_reserve_rank: int = setting(64, "GPU memory every placement plan keeps for a job's LoRAs, in ranks: this rank "
+                                     "on every Linear of the DiT and CLIP, in bf16 (FLUX.1-dev: 10.7 MiB a rank, "
+                                     "0.67 GiB at 64), in VRAM and as much in host RAM. A job whose LoRAs together "
+                                     "need more (e.g. one rank-128 LoRA on every layer, or three of rank 32) is "
+                                     "refused before it is queued. 0 = no LoRAs.", min=0, max=1024)
     profile: str = setting("auto", "Where the weights live. auto: the placement planner decides, per DiT and T5 "
                            "block, GPU-resident / streamed from pinned host RAM / read from disk (page cache) at each "
                            "use, from the VRAM and RAM budgets below (the log and `python -m bot plan` say why). "

@@ -33,15 +33,23 @@ def test_a_16_gib_pc_with_an_8_gib_card_gets_a_plan_before_downloading_anything(
     assert rc == 0
     assert "budgets: 7.50 GiB VRAM, 13.50 GiB host RAM" in out              # card - context, machine - OS
     assert "FLUX.1-dev reference sizes for the DiT, T5, CLIP, VAE: not found" in out
-    assert "16/19 double and 0/38 single blocks stay on the GPU" in out   # 0.46 GiB left for the allocator
+    # room for rank-64 LoRAs ([engine] lora_reserve_rank's default) costs two resident double blocks
+    assert "LoRAs: 0.67 GiB kept on the device" in out
+    assert "14/19 double and 0/38 single blocks stay on the GPU" in out
     assert "s/image at 1024x1024" in out and "peak VRAM" in out and "CANNOT FIT" not in out
+    rc, out = _plan(capsys, "--config", _config(tmp_path, extra="lora_reserve_rank = 0"), "--vram", "8", "--ram", "16")
+    assert rc == 0 and "LoRAs:" not in out
+    assert "16/19 double and 0/38 single blocks stay on the GPU" in out   # 0.46 GiB left for the allocator
 
 
 def test_a_card_too_small_says_what_it_needs_and_the_cheapest_change(tmp_path, capsys):
     rc, out = _plan(capsys, "--config", _config(tmp_path), "--vram", "1.75", "--ram", "16")
+    assert rc == 1 and "CANNOT FIT: it needs 2.0" in out       # with room for rank-64 LoRAs (0.67 GiB)
+    no_loras = _config(tmp_path, extra="lora_reserve_rank = 0")
+    rc, out = _plan(capsys, "--config", no_loras, "--vram", "1.75", "--ram", "16")
     assert rc == 1
     assert "CANNOT FIT: it needs 1.3" in out and "a smaller size (" in out
-    rc, out = _plan(capsys, "--config", _config(tmp_path), "--vram", "1.75", "--ram", "16", "--size", "512x512")
+    rc, out = _plan(capsys, "--config", no_loras, "--vram", "1.75", "--ram", "16", "--size", "512x512")
     assert rc == 0 and "at 512x512" in out
 
 

@@ -155,6 +155,23 @@ async def test_a_lora_of_other_widths_is_refused_at_admission_naming_the_file_an
         path.unlink()
 
 
+async def test_loras_needing_more_gpu_memory_than_the_plans_keep_are_refused_at_admission(
+        fake_discord, start_bot, rel_config, lora_engine, loras_dir):
+    """[engine] lora_reserve_rank = 4: room for rank 4 on every layer of tiny-random; one rank-4 LoRA runs, two are
+    refused privately before anything is queued, saying what they need and what the bot keeps."""
+    config = rel_config(engine={"loras_dir": str(loras_dir), "lora_reserve_rank": 4}, limits={"max_loras": 2})
+    bot = await start_bot(await build_bot(config, engine_loader=lambda _s, _d: lora_engine, close_engines=False))
+    assert await bot.engines.wait_loaded() == 1
+    alice = fake_discord.add_user("alice")
+    ix = await fake_discord.slash(alice, "imagine", {"prompt": "a cat <lora:e2e detail:0.5>", "lora": DEMO_LORA,
+                                                     "steps": 2, "size": "256x256"})
+    text = await refusal(fake_discord, ix)
+    assert text.startswith("These 2 LoRAs need 35 KiB of GPU memory; this bot keeps 33 KiB for a job's LoRAs")
+    assert await count_rows(bot.store) == 0
+    await result_of(await imagine(fake_discord, alice, prompt="a cat", seed=2, lora=DEMO_LORA))
+    assert await count_rows(bot.store) == 1
+
+
 async def test_show_refuses_a_job_whose_lora_file_changed_or_is_gone(fake_discord, bot, loras_dir, lora_engine):
     fake = fake_discord
     alice = fake.add_user("alice")

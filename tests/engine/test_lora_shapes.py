@@ -139,3 +139,42 @@ def _write_header_only(path, shapes: dict[str, tuple[int, ...]]) -> None:
         offset += size
     text = json.dumps(header).encode()
     path.write_bytes(len(text).to_bytes(8, "little") + text + b"\0" * offset)
+
+
+# --- the room every plan keeps for LoRAs ([engine] lora_reserve_rank) --------------------------------------------------
+
+def test_a_lora_set_larger_than_the_reserve_is_refused_at_admission_and_when_it_runs(pipe, tiny_model_dir, tiny_settings,
+                                                                                 tmp_path):
+    """tiny-random: one rank-4 LoRA on every block Linear fits a reserve of rank 4 (every Linear of the DiT and
+    CLIP); two do not. Admission (the headers) and the engine (the converted pairs) refuse with the same words."""
+    from dataclasses import replace
+
+    from engine.errors import EngineError
+    from engine.pipeline import Engine
+    from engine.spec import JobSpec, LoraUse
+
+    settings = replace(tiny_settings, lora_reserve_rank=4, loras_dir=str(tmp_path))
+    library = LoraLibrary(tmp_path, widths=lambda: model_widths(settings), reserve_rank=4)
+    files = [library.at(lora_layouts.write(pipe, layout, tmp_path / f"{layout}.safetensors"))
+             for layout in ("kohya", "peft")]
+    # 1. Admission: one fits, two do not; a reserve of 0 means no LoRAs.
+    library.check_reserve(files[:1])
+    with pytest.raises(LoraError) as at_admission:
+        library.check_reserve(files)
+    assert str(at_admission.value).startswith("These 2 LoRAs need 35 KiB of GPU memory; this bot keeps 33 KiB for a "
+                                              "job's LoRAs (rank 4 on every layer of the model, [engine] "
+                                              "lora_reserve_rank)")
+    with pytest.raises(LoraError, match=r"^The LoRA 'kohya' needs 17 KiB .* \(\[engine\] lora_reserve_rank = 0\): "
+                                        r"LoRAs are off\.$"):
+        LoraLibrary(tmp_path, widths=lambda: model_widths(settings), reserve_rank=0).check_reserve(files[:1])
+    # 2. The engine, on what it converted: the same words, and nothing is made.
+    engine = Engine.load(settings, "cpu")
+    try:
+        spec = JobSpec("a cat", seed=1, steps=1, width=256, height=256,
+                       loras=tuple(LoraUse(name=f.name, strength=1.0, path=str(f.path)) for f in files))
+        with pytest.raises(EngineError) as at_run:
+            engine.generate(spec)
+        assert str(at_run.value) == str(at_admission.value)
+        assert engine.generate(replace(spec, loras=spec.loras[:1])).images          # one LoRA runs
+    finally:
+        engine.close()

@@ -124,3 +124,15 @@ def test_switching_profiles_keeps_the_image():
     plan.release()
     plan = apply_profile(pipe, "resident", "cpu", EngineSettings())   # hooks gone: plain resident again
     assert (run() == expected).all()
+
+
+def test_make_plan_keeps_the_configured_room_for_loras():
+    """[engine] lora_reserve_rank reaches the planner: 0 keeps none (the plan of before), 64 keeps rank 64."""
+    from engine.memory import Budgets
+    from engine.planner import flux_dev_sizes
+
+    budgets = Budgets(vram=int(5.5 * GiB), ram=int(13.5 * GiB), note="a 16/6 machine")
+    plans = {rank: make_plan(EngineSettings(lora_reserve_rank=rank), "cuda:0", flux_dev_sizes(), budgets)
+             for rank in (0, 64)}
+    assert "LoRAs:" not in plans[0].describe() and "LoRAs: 0.67 GiB" in plans[64].describe()
+    assert plans[64].placement.dit.count("gpu") < plans[0].placement.dit.count("gpu")

@@ -160,3 +160,49 @@ def test_placement_rejects_unknown_tiers():
 def test_the_planner_imports_without_torch():
     code = "import sys, engine.planner; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# --- the room kept for LoRAs ([engine] lora_reserve_rank) ------------------------------------------------------------
+
+def test_one_rank_of_lora_is_what_flux_dev_s_real_linears_take_in_bf16():
+    """The reserve's unit: a bf16 down row and up column on every Linear of FLUX.1-dev's DiT and CLIP-L, counted
+    on the real modules (built on the meta device); rank 64 is the ~0.67 GiB docs/engine.md names."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.lora_shapes import CLIP_L, FLUX_DEV_DIT
+
+    with torch.device("meta"):
+        models = [FluxTransformer2DModel.from_config(FLUX_DEV_DIT),
+                  CLIPTextModel(CLIPTextConfig(**CLIP_L, num_attention_heads=12))]
+    counted = sum(2 * (m.in_features + m.out_features) for model in models for m in model.modules()
+                  if isinstance(m, torch.nn.Linear))
+    assert SIZES.lora_rank_bytes == counted
+    assert 64 * SIZES.lora_rank_bytes / GiB == pytest.approx(0.666, abs=0.001)
+
+
+def test_a_6_gib_card_keeps_room_for_rank_64_loras_on_the_gpu_and_in_ram():
+    without, inp = plan_placement(machine(16, 6)), machine(16, 6, lora_rank=64)
+    plan = plan_placement(inp)
+    reserve = 64 * SIZES.lora_rank_bytes
+    gpu_blocks = [sum(1 for t in p.placement.dit if t == GPU) for p in (without, plan)]
+    # 1. Two DiT blocks (0.63 GiB) leave the GPU for the reserve: 10 -> 8 resident, and the plan still fits.
+    assert gpu_blocks == [10, 8] and plan.fits
+    assert plan.peak_vram <= inp.vram_budget - ALLOCATOR_SLACK - ALLOCATOR_SLACK_SHARE * inp.vram_budget
+    # 2. The reserve is counted in the peak: the resident part grew by it while the blocks shrank by two.
+    dit_gpu = [sum(b for b, t in zip(SIZES.dit_blocks, p.placement.dit) if t == GPU) for p in (without, plan)]
+    assert plan.peak_vram - without.peak_vram == pytest.approx(reserve - (dit_gpu[0] - dit_gpu[1]), abs=2 ** 20)
+    assert "LoRAs: 0.67 GiB kept on the device and as much in host RAM" in plan.describe()
+    # 3. Resident on a large card: the peak grows by exactly the reserve, and host RAM too (the converted set).
+    big, big_lora = plan_placement(machine(64, 24)), plan_placement(machine(64, 24, lora_rank=64))
+    assert big_lora.peak_vram - big.peak_vram == reserve and big_lora.host_ram - big.host_ram == reserve
+
+
+def test_a_card_too_small_for_the_reserve_is_told_which_reserve_fits():
+    plan = plan_placement(machine(24, 2.5, lora_rank=64))
+    assert not plan.fits and "[engine] lora_reserve_rank = 32" in plan.problem
+    inp = machine(24, 2.5, lora_rank=32)
+    smaller = plan_placement(inp)
+    assert smaller.fits and smaller.slots == 2
+    assert smaller.peak_vram <= inp.vram_budget - ALLOCATOR_SLACK - ALLOCATOR_SLACK_SHARE * inp.vram_budget
