@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -42,7 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.engine_bench import FLUX_DEV, TINY, build_pipeline  # noqa: E402
 from engine.engine_process import ProcessEngine  # noqa: E402
 from engine.job_status import JobStatus  # noqa: E402
-from engine.pipeline import Engine  # noqa: E402
+from engine.compile import compile_blocks  # noqa: E402
+from engine.pipeline import Engine, compute_and_compile  # noqa: E402
+from engine.recipe import current_recipe  # noqa: E402
+from engine.streamer_flux import dit_blocks  # noqa: E402
 from engine.precision import apply_precision, dit_bytes  # noqa: E402
 from engine.queue import JobQueue  # noqa: E402
 from engine.settings import EngineSettings  # noqa: E402
@@ -86,18 +90,25 @@ class Recorder:
 
 
 def load_engine(device: str, tiny: bool) -> Engine:
-    """An Engine around a random-weights pipeline, placed resident with fp8 all-linear, as the bot runs it."""
+    """An Engine around a random-weights pipeline, placed resident with fp8 all-linear and the engine's default
+    compute and compile (`Engine.load`'s steps 2 and 4: fp8 matmuls and compiled blocks on an sm_89+ GPU; bf16
+    eager on the CPU), as the bot runs it. Compiled kernels go to TORCHINDUCTOR_CACHE_DIR (`main` sets one for
+    the run, shared by every engine, as the bot's models_dir cache is)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     pipe = build_pipeline(TINY if tiny else FLUX_DEV, dev)
     pipe.set_progress_bar_config(disable=True)
-    precision = apply_precision(pipe, "all-linear")
-    others = sum(dit_bytes(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "vae"))
     settings = EngineSettings(model="random-weights", profile="resident", devices=[device], vae_tiling="never")
+    compute, compiled = compute_and_compile(settings, device)
+    precision = apply_precision(pipe, "all-linear", compute, hooks=not compiled)
+    others = sum(dit_bytes(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "vae"))
     engine = Engine(settings=settings, device=device, pipe=pipe, model_id="flux-dev-arch@random",
-                    precision=precision, dit_bytes=dit_bytes(pipe.transformer), other_bytes=others)
+                    precision=precision, dit_bytes=dit_bytes(pipe.transformer), other_bytes=others,
+                    recipe=current_recipe("all-linear", compute, compiled, device))
     engine._place("resident")
+    if compiled:
+        compile_blocks(dit_blocks(pipe))
     return engine
 
 
@@ -213,7 +224,7 @@ def start_ray_engines(devices: list[str], settings: EngineSettings) -> list:
     cpu = not any(d.startswith("cuda") for d in devices)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ray.init(address="local", num_gpus=len(devices) if cpu else None, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": root}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}})
     node = next(n for n in read_nodes() if n.alive)
     engines = []
     for i, _ in enumerate(devices):
@@ -238,6 +249,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="ray: Ray actors, compared in the same run with the local child processes")
     ap.add_argument("--out", default="", help="write the rows as JSON here")
     a = ap.parse_args(argv)
+    # One inductor cache for every engine of the run (children and Ray workers inherit it), as the bot's is.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fluxbot-multigpu-inductor-"))
     if a.backend == "ray":
         return main_ray(a)
     logging.basicConfig(level=logging.WARNING)

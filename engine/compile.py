@@ -73,6 +73,12 @@ def compile_blocks(blocks: list[nn.Module], *, backend: str = "inductor", mode: 
 
 
 def uncompile_blocks(blocks: list[nn.Module]) -> None:
-    """Back to the eager forward (the class's)."""
+    """Back to the eager forward (the class's), and dynamo's compiled code dropped: dynamo caches it on the
+    forward's code object, which every block of a kind shares, and a later `compile_blocks` after the blocks'
+    Linears changed class (another compute) would otherwise reuse graphs traced with the old forwards — the fast
+    bench's in-process fp8 rows once ran bf16's graphs that way (docs/benchmarks.md, run fast2)."""
+    import torch._dynamo
+
     for block in blocks:
         block.__dict__.pop("forward", None)
+    torch._dynamo.reset()

@@ -72,7 +72,7 @@ def check_spec(spec: JobSpec) -> None:
         raise EngineError(str(e)) from None
 
 
-def _compute_and_compile(settings: EngineSettings, device: str) -> tuple[str, bool]:
+def compute_and_compile(settings: EngineSettings, device: str) -> tuple[str, bool]:
     """`[engine] compute` and `compile` resolved for `device` (fp8 compute needs fp8 weights and sm_89+)."""
     try:
         compute = resolve_compute(settings.compute, device)
@@ -82,7 +82,12 @@ def _compute_and_compile(settings: EngineSettings, device: str) -> tuple[str, bo
         log.info("[engine] compute = %r: the DiT is stored in bf16 (fp8 = \"off\"), so it computes in bf16",
                  settings.compute)
         compute = "bf16"
-    return compute, compile_wanted(settings.compile, device)
+    compiled = compile_wanted(settings.compile, device)
+    if settings.compute == "auto" and compute == "fp8" and not compiled:
+        log.info("[engine] compute = \"auto\": bf16, since the DiT is not compiled (eager fp8 matmuls are slower "
+                 "than bf16's: their activation scaling is not fused)")
+        compute = "bf16"
+    return compute, compiled
 
 
 class Engine:
@@ -128,7 +133,7 @@ class Engine:
         check_downloaded_files(source)
         mid = model_id(source)
         budgets = detect_budgets(settings, device)
-        compute, compiled = _compute_and_compile(settings, device)
+        compute, compiled = compute_and_compile(settings, device)
         # 2. Load on the CPU (memory-mapped where the loader can), then store the DiT in fp8 (before placing),
         #    with the fp8 Linears' forward for the compute (hook-free when the blocks are compiled).
         pipe = load_pipeline(source, settings.fp8)

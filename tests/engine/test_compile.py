@@ -186,3 +186,28 @@ def test_an_engine_process_says_warming_up_until_its_child_has_compiled_the_shap
         assert engine.recipe_differences(None) == ["no engine recipe was recorded with the image"]
     finally:
         engine.close()
+
+
+def test_recompiling_after_a_compute_change_runs_the_new_compute():
+    """Blocks compiled with bf16 compute, uncompiled, switched to fp8 compute and compiled again give fp8's eager
+    pixels, not the bf16 graph's (dynamo caches graphs on the shared forward code; a stale one ran bf16 matmuls in
+    the fast bench's fp8 rows until `uncompile_blocks` dropped them)."""
+    from engine.fp8_compute import Fp8Linear, UpcastLinear, swap_linears
+
+    pipe = build_tiny_pipeline()
+    apply_precision(pipe, "all-linear", "bf16", hooks=False)
+    linears = [m for m in pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
+    bf16_eager = _image(pipe)
+    swap_linears(linears, "fp8")
+    fp8_eager = _image(pipe)
+    assert not np.array_equal(bf16_eager, fp8_eager)
+    swap_linears(linears, "bf16")
+    try:
+        compile_blocks(dit_blocks(pipe), backend="aot_eager")
+        assert np.array_equal(_image(pipe), bf16_eager)
+        uncompile_blocks(dit_blocks(pipe))
+        swap_linears(linears, "fp8")
+        compile_blocks(dit_blocks(pipe), backend="aot_eager")
+        assert np.array_equal(_image(pipe), fp8_eager)
+    finally:
+        uncompile_blocks(dit_blocks(pipe))
