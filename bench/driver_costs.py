@@ -4,7 +4,10 @@ Two measurements of the bot's per-job work that do not depend on where the engin
 1. PNG: `engine.png.save_png` (what `bot.result_files.write_pngs` does for each image) of a 1024×1024 image, one
    image at a time, then `--threads` of them at once (the jobs service runs it with `asyncio.to_thread`: Pillow's zlib
    work releases the interpreter lock, so images of several jobs are encoded on several cores). Two images: a smooth
-   "photo" (gradients and mild noise, as FLUX makes) and pure noise (the worst case for zlib).
+   "photo" (gradients and mild noise, as FLUX makes) and pure noise (the worst case for zlib). And whether Pillow
+   compresses without the interpreter lock (then the thread pool spreads PNGs over the host's cores, beside the event
+   loop): a pure-Python thread counts while another makes one `encode()` call holding the whole image; a call that
+   held the lock would let it count nothing.
 2. Database: the write transactions of one delivered /imagine job through `db.jobs` (create_job, set_status_message,
    mark_running, finish_job, set_message, mark_delivered) on SQLite in WAL mode as the bot opens it
    (`db.session.open_store`) on one event loop, one job after the other and 8 jobs interleaved: jobs/s,
@@ -71,6 +74,35 @@ def png_costs(kind: str, make, images: int, threads: int, folder: Path) -> dict:
             "images_per_s_threads": round(parallel, 2), "images_per_s_one": round(1 / serial_s, 2)}
 
 
+def png_lock() -> dict:
+    """Ticks of a pure-Python thread during one C call that compresses a whole 1024² image (PNG's zip encoder)."""
+    import threading
+
+    picture = photo(0)
+    picture.load()
+    encoder = Image._getencoder("RGB", "zip", ("RGB", 0, 6, -1, b""))  # what PngImagePlugin asks for, level 6
+    encoder.setimage(picture.im, (0, 0) + picture.size)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    time.sleep(0.1)
+    start = time.perf_counter()
+    finished = encoder.encode(16 * 1024 * 1024)[1]  # one call: the whole image into one buffer
+    end = time.perf_counter()
+    stop.set()
+    spinner.join()
+    encoder.cleanup()
+    inside = [t for t in ticks if start < t < end]
+    return {"measure": "png_lock", "one_call_ms": round((end - start) * 1000), "finished": finished == 1,
+            "other_thread_ticks_during_call": len(inside), "lock_released": len(inside) > 0}
+
+
 WRITES_PER_JOB = 6  # the db.jobs calls of one_job below
 
 
@@ -117,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind, make in (("photo", photo), ("noise", noise)):
             rows.append(png_costs(kind, make, args.images, args.threads, folder))
             print(json.dumps(rows[-1]), flush=True)
+        rows.append(png_lock())
+        print(json.dumps(rows[-1]), flush=True)
         for concurrent_jobs in (1, 8):
             rows.append(asyncio.run(db_costs(args.jobs, concurrent_jobs, folder)))
             print(json.dumps(rows[-1]), flush=True)
