@@ -102,7 +102,8 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     max_image_age_days: float = setting(0.0, "Delete PNGs older than this; 0 = keep forever. Job records stay; "
-                                        "/show regenerates a pruned image from its record.", min=0)
+                                        "/show regenerates a pruned image from its record. A stored input image "
+                                        "(inputs/) goes with the last PNG of the jobs that used it.", min=0)
     max_images_gib: float = setting(20.0, "Delete the oldest PNGs while the images folder is larger than this "
                                     "(roughly 13,000 to 20,000 photo-like 1024² images); 0 = no limit.", min=0)
     prune_interval_min: float = setting(60.0, "Minutes between two pruning passes.", min=1)

@@ -1,5 +1,6 @@
 """The bot's background chores while it runs: clearing expired interaction tokens (bot.token_expiry), pruning old
-images ([storage], engine.retention) and watching that the database file is still the one it opened (db.instance).
+images ([storage], engine.retention) and then the stored inputs no job needs any more (bot.input_retention), and
+watching that the database file is still the one it opened (db.instance).
 `FluxBot.setup_hook` starts them, `FluxBot.close` stops them."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from bot.input_retention import prune_stored_inputs
 from bot.token_expiry import forget_expired_tokens, forget_periodically
 from db import instance
 from engine.retention import prune_periodically
@@ -36,11 +38,18 @@ class Housekeeping:
             asyncio.create_task(forget_periodically(self.store), name="fluxbot-forget-tokens"),
             asyncio.create_task(instance.watch(self.store, self.identity, STORE_WATCH_S),
                                 name="fluxbot-watch-database"),
-            # Image retention: prunes old PNGs; records stay and /show regenerates them.
+            # Image retention: prunes old PNGs (records stay and /show regenerates them), then the inputs that no
+            # job needs any more.
             asyncio.create_task(prune_periodically(self.config.engine.images_dir, storage.max_image_age_days,
                                                    int(storage.max_images_gib * 2**30),
-                                                   storage.prune_interval_min * 60), name="fluxbot-prune-images"),
+                                                   storage.prune_interval_min * 60, then=self.prune_inputs),
+                                name="fluxbot-prune-images"),
         ]
+
+    async def prune_inputs(self):
+        """The stored input images no job needs any more (bot.input_retention), after each image pass."""
+        return await prune_stored_inputs(self.store, self.config.engine.images_dir,
+                                         self.config.storage.max_image_age_days)
 
     async def stop(self) -> None:
         for task in self._tasks:

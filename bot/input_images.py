@@ -4,17 +4,20 @@ as a clean PNG named by its SHA-256 beside the job images (`<images_dir>/inputs/
 An attachment is checked before it is downloaded (its declared size against `[limits] max_input_mb`, its content
 type), then decoded by `engine.image_input.sanitize_image` (Pillow's decompression-bomb limit; only the pixels are
 kept: no text chunks, EXIF, GPS or colour profile). The stored file is what the job records (path and SHA-256), so
-Reroll and `/show` use the same input; stored inputs are not pruned by `[storage]` (a job needs its input to be
-made again).
+Reroll and `/show` use the same input. The file is named by `engine.image_files.input_path` and shared by every job
+that names it; it is deleted once no job needs it any more (bot/input_retention.py: after its jobs' PNGs were
+pruned by `[storage]`, or at once when no job names it, e.g. an upload whose request was then refused).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.image_files import input_path
 from engine.image_input import INPUT_TYPES, CleanImage, ImageInputError, sanitize_image, store_image
 
 if TYPE_CHECKING:
@@ -22,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INPUTS_DIR = "inputs"
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
 
@@ -32,10 +34,6 @@ class StoredInput:
     sha256: str
     width: int
     height: int
-
-
-def inputs_dir(images_dir: str | Path) -> Path:
-    return Path(images_dir) / INPUTS_DIR
 
 
 def check_attachment(filename: str, size: int, content_type: str | None, max_mb: float) -> None:
@@ -75,7 +73,9 @@ def store_file(path: Path, *, images_dir: str | Path) -> StoredInput:
 
 
 def _store(clean: CleanImage, images_dir: str | Path) -> StoredInput:
-    path = inputs_dir(images_dir) / f"{clean.sha256}.png"
-    if not path.exists():
+    path = input_path(images_dir, clean.sha256)
+    try:
+        os.utime(path)          # stored before: fresh again, so retention leaves it to the job about to name it
+    except FileNotFoundError:
         store_image(clean, path)
     return StoredInput(path=path, sha256=clean.sha256, width=clean.width, height=clean.height)

@@ -9,6 +9,9 @@ written before identities existed are `<job id>.png` / `<job id>_<index>.png`; b
 `engine.png.save_png` writes through a temporary file beside the target (`engine.png.temp_path`); a crash in
 between leaves it behind: `is_leftover` recognises those of the bot's images, which retention deletes.
 
+Input images (an img2img attachment, an Upscale's source) are stored once per content in `<images dir>/inputs/` as
+`<sha256>.png` (`input_path`), shared by every job that names them; retention deletes one once no job needs it.
+
 A database restored from an older backup keeps its identity but forgets the job ids it issued after the backup.
 The folder remembers them: `IdMark` keeps, per identity, the highest job id whose images were written here
 (`.fluxbot-job-ids.json`), and the bot makes the database skip past it at start-up.
@@ -32,12 +35,32 @@ IDENTITY = re.compile(r"[0-9a-f]{8}")  # what a database identity looks like (db
 BOT_IMAGE = re.compile(rf"(?:(?P<identity>{IDENTITY.pattern})-)?(?P<job>\d+)(?:_\d+)?\.png")
 MARK_FILE = ".fluxbot-job-ids.json"
 LEFTOVER_AGE_S = 600.0  # a temporary file this old is no write in progress (a PNG is written in seconds)
+INPUTS_DIR = "inputs"   # stored input images, under the images folder
+INPUT_IMAGE = re.compile(r"[0-9a-f]{64}\.png")
 
 
 def image_names(job_id: int, count: int, identity: str | None = None) -> list[str]:
     """PNG file names of a job: from the issuing database's identity and the job id only."""
     stem = f"{identity}-{job_id}" if identity else str(job_id)
     return [f"{stem}.png"] if count == 1 else [f"{stem}_{i}.png" for i in range(count)]
+
+
+def inputs_dir(images_dir: str | os.PathLike) -> Path:
+    return Path(images_dir) / INPUTS_DIR
+
+
+def input_path(images_dir: str | os.PathLike, sha256: str) -> Path:
+    """Where the input image of this SHA-256 (of its clean PNG) is stored."""
+    return inputs_dir(images_dir) / f"{sha256}.png"
+
+
+def is_input_image(name: str) -> bool:
+    return INPUT_IMAGE.fullmatch(name) is not None
+
+
+def is_input_leftover(name: str) -> bool:
+    """The temporary file of an input's write that a crash interrupted (`engine.image_input.store_image`)."""
+    return name.startswith(".") and name.endswith(".tmp") and is_input_image(name[1:-4])
 
 
 def is_bot_image(name: str) -> bool:
