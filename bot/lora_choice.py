@@ -26,6 +26,8 @@ from engine.spec import LoraUse
 log = logging.getLogger(__name__)
 
 MAX_AUTOCOMPLETE = 25  # Discord's limit on autocomplete choices
+CHOICE_CHARS = 100     # Discord's limit on a choice's name
+UNUSABLE = " (not usable with this model)"
 
 
 def lora_library(settings: EngineSettings) -> LoraLibrary:
@@ -99,13 +101,23 @@ async def check_still_there(library: LoraLibrary, uses: tuple[LoraUse, ...]) -> 
     await asyncio.to_thread(library.check_reserve, applied)
 
 
-def autocomplete_names(library: LoraLibrary, typed: str) -> list[str]:
-    """Installed names for the `lora` option's autocomplete: those containing what was typed (any case), names
-    starting with it first, at most 25."""
+def autocomplete_choices(library: LoraLibrary, typed: str) -> list[tuple[str, str]]:
+    """(label, name) of the installed LoRAs for the `lora` option's autocomplete: those containing what was typed
+    (any case), names starting with it first, at most 25. A file this model cannot use (the admission check's
+    verdict, kept per file and mtime: one header read per file) is labelled so, not hidden."""
     typed = (typed or "").strip().lower()
-    names = [n for n in library.names() if typed in n.lower()]
-    names.sort(key=lambda n: (not n.lower().startswith(typed), n.lower()))
-    return names[:MAX_AUTOCOMPLETE]
+    files = [f for f in library.files() if typed in f.name.lower()]
+    files.sort(key=lambda f: (not f.name.lower().startswith(typed), f.name.lower()))
+    return [(_label(library, f), f.name) for f in files[:MAX_AUTOCOMPLETE]]
+
+
+def _label(library: LoraLibrary, file: LoraFile) -> str:
+    try:
+        library.check(file)
+        library.check_reserve([file])
+    except LoraError:
+        return f"{file.name[:CHOICE_CHARS - len(UNUSABLE)]}{UNUSABLE}"
+    return file.name
 
 
 def loras_of(record_loras) -> tuple[LoraUse, ...]:

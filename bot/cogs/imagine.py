@@ -33,7 +33,7 @@ from bot.job_lookup import JobLookup, check_own_message
 from bot.job_start import JobStarter, Planned, planned
 from bot.literal import literal
 from bot.job_types import VARY_STRONG, CancelOutcome, rerolled, spec_of, upscaled, varied
-from bot.lora_choice import ChosenLoras, autocomplete_names, check_still_there, choose_loras, lora_library
+from bot.lora_choice import ChosenLoras, autocomplete_choices, check_still_there, choose_loras, lora_library
 from bot.permissions import ShownJob, caller_of, check_may_generate, check_may_manage, check_may_show
 from bot.replies import UserFacingError, guarded, send_ephemeral
 from bot.results import offers_upscale
@@ -75,7 +75,7 @@ class ImagineFeature(commands.Cog, name="Imagine"):
         # Built at run time (its choices come from the config): added to the cog's commands, which discord.py puts
         # in the command tree when the cog is added and takes out when it is removed.
         self.__cog_app_commands__.insert(0, build_imagine_command(config, sizes, self.imagine,
-                                                                  lambda typed: autocomplete_names(self.loras, typed)))
+                                                                  lambda typed: autocomplete_choices(self.loras, typed)))
 
     def job_buttons(self) -> "dict[str, JobButtonHandler]":
         """What each job button does (bot.views.JOB_BUTTONS draws them): the client hands a click to these."""
@@ -315,9 +315,10 @@ class ImagineFeature(commands.Cog, name="Imagine"):
 
 
 def build_imagine_command(config: "Config", sizes: "list[SizeChoice]", handler,
-                          lora_names: Callable[[str], list[str]] = lambda typed: []) -> app_commands.Command:
+                          lora_names: Callable[[str], list[tuple[str, str]]] = lambda typed: []
+                          ) -> app_commands.Command:
     """The /imagine command with this bot's size choices and limits; `handler` is `ImagineFeature.imagine`,
-    `lora_names(typed)` the names the `lora` option's autocomplete offers."""
+    `lora_names(typed)` the (label, name) pairs the `lora` option's autocomplete offers."""
     max_chars = min(MAX_PROMPT_CHARS, config.limits.max_prompt_chars)
     choices = [app_commands.Choice(name=s.title, value=s.value) for s in sizes]
 
@@ -352,7 +353,7 @@ def build_imagine_command(config: "Config", sizes: "list[SizeChoice]", handler,
 
     @imagine.autocomplete("lora")
     async def lora_autocomplete(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=name, value=name) for name in lora_names(typed)]
+        return [app_commands.Choice(name=label, value=name) for label, name in lora_names(typed)]
 
     return imagine
 

@@ -151,6 +151,11 @@ async def test_a_lora_of_other_widths_is_refused_at_admission_naming_the_file_an
         assert "wide style.safetensors was made for a FLUX model of other widths" in text
         assert "has 144 outputs, this model's has 96" in text
         assert await count_rows(bot.store) == 0
+        # the lora option's autocomplete says so too (the same verdict, read once per file)
+        ix = await fake_discord.autocomplete(alice, "imagine", {"prompt": "a cat", "lora": ""}, focused="lora")
+        choices = {c["value"]: c["name"] for c in (await ix.wait_response()).data["choices"]}
+        assert choices == {"e2e detail": "e2e detail", DEMO_LORA: DEMO_LORA,
+                           "wide style": "wide style (not usable with this model)"}
     finally:
         path.unlink()
 

@@ -41,7 +41,8 @@ def test_the_widths_from_the_configs_are_the_real_modules_widths(tiny_model_dir,
 
     # 1. tiny-random: what model_widths reads from its folder is what the loaded pipeline has.
     assert tiny_widths.linears == pipe_widths(pipe).linears
-    assert tiny_widths.linears["text_encoder"] == {n.removeprefix("text_model."): w for n, w in _linears(pipe.text_encoder).items()}
+    clip = _linears(pipe.text_encoder)
+    assert tiny_widths.linears["text_encoder"] == {n.removeprefix("text_model."): w for n, w in clip.items()}
     # 2. FLUX.1-dev's architecture (built on the meta device: no memory).
     with torch.device("meta"):
         dev = FluxTransformer2DModel.from_config(FLUX_DEV)
@@ -141,10 +142,9 @@ def _write_header_only(path, shapes: dict[str, tuple[int, ...]]) -> None:
     path.write_bytes(len(text).to_bytes(8, "little") + text + b"\0" * offset)
 
 
-# --- the room every plan keeps for LoRAs ([engine] lora_reserve_rank) --------------------------------------------------
+# --- the room every plan keeps for LoRAs ([engine] lora_reserve_rank) ----------------------------------------------
 
-def test_a_lora_set_larger_than_the_reserve_is_refused_at_admission_and_when_it_runs(pipe, tiny_model_dir, tiny_settings,
-                                                                                 tmp_path):
+def test_a_lora_set_larger_than_the_reserve_is_refused_at_admission_and_when_it_runs(pipe, tiny_settings, tmp_path):
     """tiny-random: one rank-4 LoRA on every block Linear fits a reserve of rank 4 (every Linear of the DiT and
     CLIP); two do not. Admission (the headers) and the engine (the converted pairs) refuse with the same words."""
     from dataclasses import replace
