@@ -397,6 +397,9 @@ def run_recipe(args, recipe: str) -> list[dict]:
     if recipe == "fast:restart":
         import fast_bench  # lazy: only the fast suite's child needs it (bench/ is on sys.path as the script's folder)
         return fast_bench.restart_child(args, sys.modules[__name__])
+    if recipe == "fast:kernel":
+        import fast_bench  # lazy, as above
+        return fast_bench.kernel_child(args, sys.modules[__name__])
     raise SystemExit(f"unknown recipe {recipe!r}")
 
 
@@ -489,7 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="write every row as JSON here")
     ap.add_argument("--fast", action="store_true", help="the compute suite (bench/fast_bench.py): compile and fp8 "
                     "compute against diffusers' anchors, drift, batch 4, streamed plans, restart warm-up")
-    ap.add_argument("--restart-compute", default="bf16", choices=("bf16", "fp8"), help=argparse.SUPPRESS)
+    ap.add_argument("--kernels", action="store_true", help="--fast: each compute recipe (and fp8 kernel) in its own "
+                    "fresh process: s/step at batch 1 and 4, compile warm-up, drift of the final latents")
+    ap.add_argument("--restart-compute", default="bf16", choices=("bf16", "fp8", "weights-bf16"), help=argparse.SUPPRESS)
+    ap.add_argument("--kernel-eager", action="store_true", help=argparse.SUPPRESS)   # fast:kernel: no compile
+    ap.add_argument("--latents-out", help=argparse.SUPPRESS)                          # fast:kernel: final latents
     ap.add_argument("--restart-kernel", default="row", help=argparse.SUPPRESS)   # fast:restart's recipe (fast_bench)
     ap.add_argument("--budget-gib", type=float, default=10.0, help="--fast: vram_budget_gib of the budgeted plan")
     ap.add_argument("--deadline-s", type=float, default=0.0, help="--fast: skip the parts that would end after this "
@@ -506,7 +513,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.fast:
         import fast_bench  # lazy: only the fast suite needs it (bench/ is on sys.path as the script's folder)
-        rows = fast_bench.run(args, sys.modules[__name__])
+        rows = (fast_bench.run_kernels if args.kernels else fast_bench.run)(args, sys.modules[__name__])
         if args.out:
             with open(args.out, "w") as fh:
                 json.dump(rows, fh, indent=1)

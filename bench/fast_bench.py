@@ -378,6 +378,104 @@ def restart_child(args, eb) -> list[dict]:
     return [row]
 
 
+# `--kernels`: each recipe in its own fresh process (one recipe per process, as the engine runs; no graphs of another
+# recipe around), on the same seeded weights and inputs: (name, compute or "weights-bf16", fp8 kernel, compiled).
+KERNEL_RECIPES = (("fluxbot-bf16-eager", "bf16", None, False),          # the drift reference (fp8 storage)
+                  ("diffusers-bf16-eager", "weights-bf16", None, False),  # bf16 weights: fp8 storage's own drift
+                  ("diffusers-bf16-compile", "weights-bf16", None, True),  # the compiled anchor
+                  ("fluxbot-bf16-compile", "bf16", None, True),
+                  ("fluxbot-fp8-compile", "fp8", "row", True),
+                  ("fluxbot-fp8.row-fast-compile", "fp8", "row-fast", True),
+                  ("fluxbot-fp8.tensor-fast-compile", "fp8", "tensor-fast", True))
+
+
+def kernel_child(args, eb) -> list[dict]:
+    """(child process) One recipe (`--restart-compute`: bf16 | fp8 | weights-bf16, `--restart-kernel`, compiled
+    unless `--kernel-eager`): first steps (compile), DiT s/step at batch 1 and batch 4, then 20 steps from the
+    fixed inputs whose final latents go to `--latents-out` (the parent's drift figures)."""
+    bench = Bench(args, eb)
+    bench.arch = eb.TINY if args.tiny else eb.FLUX_DEV
+    compute, compiled = args.restart_compute, not args.kernel_eager
+    t = time.perf_counter()
+    bench.pipe = eb.build_pipeline(bench.arch, bench.device, dit_only=True)
+    bench.pipe.vae_scale_factor = 8
+    built = time.perf_counter() - t
+    # 1. The recipe: diffusers' bf16 weights (compile_repeated_blocks), or fluxbot's fp8 storage + compute.
+    if compute == "weights-bf16":
+        if compiled:
+            if bench.device.type == "cuda":
+                bench.pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            else:
+                for block in dit_blocks(bench.pipe):
+                    block.compile(fullgraph=True, backend=bench.backend)
+    else:
+        apply_precision(bench.pipe, "all-linear", compute, hooks=False)
+        linears = [m for m in bench.pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
+        swap_linears(linears, compute, args.restart_kernel)
+        bench.plan = memory.apply_profile(bench.pipe, "resident", str(bench.device), EngineSettings(profile="resident"))
+        if compiled:
+            compile_blocks(dit_blocks(bench.pipe), backend=bench.backend)
+    # 2. Warm-up (compile), then the timed steps at batch 1 and batch 4.
+    s1, warm1 = bench.dit_steps(1)
+    s4, warm4 = bench.dit_steps(4, steps=3)
+    # 3. 20 steps from the fixed inputs: the final latents, for the drift.
+    embeds, pooled = bench.inputs(1)
+    lat, step_s = eb.denoise(bench.pipe, bench.device, embeds=embeds, pooled=pooled, steps=bench.steps,
+                             res=bench.res, batch=1)
+    torch.save(lat.float().cpu(), args.latents_out)
+    row = dict(recipe="fast:kernel", compute=compute, kernel=args.restart_kernel if compute == "fp8" else None,
+               compiled=compiled, build_s=round(built, 1), warm_s=round(warm1, 1), s_per_step=round(s1, 4),
+               batch4_s_per_step=round(s4, 4), batch4_warm_s=round(warm4, 1), x_batch1=round(s4 / s1, 2),
+               denoise_s=round(sum(step_s), 3), peak_gib=_peak(bench.device))
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def run_kernels(args, eb) -> list[dict]:
+    """`--kernels`: every KERNEL_RECIPES entry in a fresh child process (one shared inductor cache), then the drift
+    of each one's final latents against fluxbot-bf16-eager (fp8 storage) and against diffusers-bf16-eager (bf16
+    weights), and a table."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fluxbot-inductor-kernels-"))
+    bench = Bench(args, eb)
+    work = tempfile.mkdtemp(prefix="fluxbot-kernels-")
+    latents: dict[str, torch.Tensor] = {}
+    for name, compute, kernel, compiled in KERNEL_RECIPES:
+        left = args.deadline_s - (time.perf_counter() - bench.t0)
+        if args.deadline_s and left < 50:
+            bench.emit(recipe=name, skipped=f"{left:.0f} s left before the deadline")
+            continue
+        out = os.path.join(work, f"{name}.pt")
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_bench.py"),
+               "--recipe", "fast:kernel", "--res", str(args.res), "--steps", str(args.steps), "--dit-steps",
+               str(args.dit_steps), "--restart-compute", compute, "--restart-kernel", kernel or DEFAULT_KERNEL,
+               "--latents-out", out] + (["--kernel-eager"] if not compiled else []) + (["--tiny"] if args.tiny else [])
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            bench.emit(recipe=name, error=f"timed out after {args.timeout} s")
+            continue
+        got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        if not got:
+            bench.emit(recipe=name, error=(proc.stderr.strip().splitlines() or ["?"])[-1][:300])
+            continue
+        row = got[-1]
+        row.pop("recipe", None)
+        latents[name] = torch.load(out)
+        drift = {}
+        for ref_name, key in (("fluxbot-bf16-eager", "vs_fp8_storage"), ("diffusers-bf16-eager", "vs_bf16_weights")):
+            if ref_name in latents and ref_name != name:
+                ref = latents[ref_name]
+                drift[key] = round(float((latents[name] - ref).norm() / ref.norm()), 5)
+        bench.emit(recipe=name, process_s=round(time.perf_counter() - t, 1), latent_drift=drift, **row)
+    print(f"{'recipe':34} {'s/step':>7} {'b4 s/step':>9} {'x b1':>5} {'warm s':>6}  latent drift")
+    for r in bench.rows:
+        if "s_per_step" in r:
+            print(f"{r['recipe']:34} {r['s_per_step']:>7} {r['batch4_s_per_step']:>9} {r['x_batch1']:>5} "
+                  f"{r['warm_s']:>6}  {r['latent_drift']}")
+    return bench.rows
+
+
 def run(args, eb) -> list[dict]:
     """The whole fast suite in this process (the restarts in children); returns the rows."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fluxbot-inductor-main-"))
