@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from engine.bfl_keys import bfl_linear_parts
 from engine.lora_errors import LoraError
@@ -53,6 +54,12 @@ class ModelWidths:
 
     def of(self, component: str, module: str) -> tuple[int, int] | None:
         return self.linears.get(component, {}).get(module)
+
+    @cached_property
+    def underscored(self) -> dict[str, dict[str, str]]:
+        """kohya's names (dots as underscores) → the BFL Linear ("transformer") or CLIP module ("text_encoder")."""
+        return {"transformer": {b.replace(".", "_"): b for b in self.bfl_parts},
+                "text_encoder": {n.replace(".", "_"): n for n in self.linears.get("text_encoder", {})}}
 
     @property
     def rank_bytes(self) -> int:
@@ -164,11 +171,11 @@ def bfl_target(module: str, widths: ModelWidths) -> tuple[str, str] | None:
         if module.startswith(prefix):
             rest = clip_name(module[len(prefix):])
             clip = widths.linears.get("text_encoder", {})
-            name = rest if rest in clip else {n.replace(".", "_"): n for n in clip}.get(rest)
+            name = rest if rest in clip else widths.underscored["text_encoder"].get(rest)
             return ("text_encoder", name) if name else None
     for prefix in BFL_PREFIXES:
         module = module.removeprefix(prefix)
-    name = module if module in widths.bfl_parts else {b.replace(".", "_"): b for b in widths.bfl_parts}.get(module)
+    name = module if module in widths.bfl_parts else widths.underscored["transformer"].get(module)
     return ("transformer", name) if name else None
 
 
