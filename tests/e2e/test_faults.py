@@ -2,7 +2,8 @@
 429 / 404, a result message deleted under a button, the SQLite file locked by someone else, an images folder
 that cannot be written. Real FluxBot, real tiny engine, real SQLite, fake Discord on loopback.
 
-The table of docs/reliability.md ("Faults survived") lists these tests one per row.
+The table of docs/reliability.md ("Faults survived") lists these tests one per row. The engine's faults run on both
+`[engine] backend`s (tests/support/backends.py): with Ray, the seam is in the engine actor's DiT.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import (count_rows, crafted_click, delivered, eventually, has_result, imagine,
                                        job_buttons)
+from tests.support.backends import backend, backend_bot, backend_faults, on_both_backends  # noqa: F401 (fixtures)
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,11 @@ def final_status(ix, word: str):
 
 # --- the engine -----------------------------------------------------------------------------------------------------
 
-async def test_engine_error_mid_job_fails_that_job_and_the_worker_goes_on(fake_discord, start_bot, make_rel_bot,
-                                                                          engine_faults):
-    fake = fake_discord
-    bot = await started(start_bot, await make_rel_bot())
+@on_both_backends
+async def test_engine_error_mid_job_fails_that_job_and_the_worker_goes_on(fake_discord, start_bot, backend_bot,
+                                                                          backend_faults):
+    fake, engine_faults = fake_discord, backend_faults
+    bot = await started(start_bot, await backend_bot())
     alice = fake.add_user("alice")
     # 1. The DiT raises in the second of two steps (after step 1 reported progress).
     engine_faults.fail_at_step = 2
@@ -57,10 +60,11 @@ async def test_engine_error_mid_job_fails_that_job_and_the_worker_goes_on(fake_d
     assert engine_faults.calls == 2 + 2
 
 
-async def test_cuda_oom_is_retried_on_a_leaner_profile_and_delivered(fake_discord, start_bot, make_rel_bot,
-                                                                     engine_faults, caplog):
-    fake = fake_discord
-    bot = await started(start_bot, await make_rel_bot())
+@on_both_backends
+async def test_cuda_oom_is_retried_on_a_leaner_profile_and_delivered(fake_discord, start_bot, backend_bot,
+                                                                     backend_faults, caplog):
+    fake, engine_faults = fake_discord, backend_faults
+    bot = await started(start_bot, await backend_bot())
     alice = fake.add_user("alice")
     engine_faults.oom_times = 1  # the first forward runs out of memory, the retry has room
     with caplog.at_level(logging.WARNING, logger="engine"):
@@ -75,9 +79,10 @@ async def test_cuda_oom_is_retried_on_a_leaner_profile_and_delivered(fake_discor
     assert engine_faults.ooms_raised == 1
 
 
-async def test_cuda_oom_twice_fails_with_advice(fake_discord, start_bot, make_rel_bot, engine_faults):
-    fake = fake_discord
-    bot = await started(start_bot, await make_rel_bot())
+@on_both_backends
+async def test_cuda_oom_twice_fails_with_advice(fake_discord, start_bot, backend_bot, backend_faults):
+    fake, engine_faults = fake_discord, backend_faults
+    bot = await started(start_bot, await backend_bot())
     alice = fake.add_user("alice")
     engine_faults.oom_times = 99  # never enough memory
     status = await final_status(await imagine(fake, alice, prompt="a huge poster", seed=5), "Failed")

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.support.engines import TUNABLE_LOADER, TUNE, Failing, SlowSteps
+from tests.support.engines import FAULTS, TUNABLE_LOADER, TUNE, Failing, SlowSteps
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,64 @@ class RayBackend:
         self._actor = (settings, remote)
         return remote
 
+    def faults(self, settings) -> "RemoteFaults":
+        """An `EngineFaults` installed in the actor with these engine settings."""
+        remote = self._actor_like(settings)
+        remote.call(FAULTS, "install")
+        return RemoteFaults(remote)
+
     def close(self) -> None:
         if self._actor is not None:
             self._actor[1].close()
             self._actor = None
+
+
+class RemoteFaults:
+    """`EngineFaults` (tests/e2e/reliability_kit.py) inside an engine actor: a field set here is set there and read
+    from there (`tests.support.engines.faults` through `RayEngine.call`). Its `paused`/`release` events stay in the
+    actor: a test that pauses the engine at a step runs on local workers only."""
+
+    def __init__(self, remote):
+        object.__setattr__(self, "_remote", remote)
+
+    def __setattr__(self, name: str, value) -> None:
+        self._remote.call(FAULTS, "set", name, value)
+
+    def __getattr__(self, name: str):
+        return self._remote.call(FAULTS, "get", name)
+
+    def remove(self) -> None:
+        """Take the seam out and put the engine's profile back (the OOM retry may have changed it)."""
+        remote = object.__getattribute__(self, "_remote")
+        remote.call(FAULTS, "remove")
+        if remote.profile != "resident":
+            remote.set_profile("resident")
+
+
+@pytest.fixture
+def backend_bot(backend, rel_config, rel_engine):
+    """`await backend_bot(**rel_config changes)`: `make_rel_bot` (tests/e2e/reliability_kit.py) on the test's backend:
+    a FluxBot over `rel_engine`, or over the module's actor with `rel_engine`'s settings."""
+    async def _make(**changes):
+        from bot.app import build_bot
+
+        loader = await backend.loader(rel_engine)
+        return await build_bot(backend.configure(rel_config(**changes)), engine_loader=loader, close_engines=False)
+    return _make
+
+
+@pytest.fixture
+def backend_faults(backend, request):
+    """`engine_faults` (tests/e2e/reliability_kit.py) on the test's backend: the seam on `rel_engine`'s DiT, or the
+    same seam in the module's actor (`RemoteFaults`); removed after the test, the profile put back."""
+    if backend.name == "local":
+        yield request.getfixturevalue("engine_faults")
+        return
+    remote = backend.faults(request.getfixturevalue("rel_engine").settings)
+    try:
+        yield remote
+    finally:
+        remote.remove()
 
 
 @pytest.fixture(scope="module")

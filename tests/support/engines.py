@@ -143,3 +143,30 @@ def tunable_loader(settings: EngineSettings, device: str) -> Tunable:
 def tune(engine: Tunable, step_s: float, failing: bool) -> None:
     """`engine_call(engine, ...)`: the pause after each step and whether every job is refused, from now on."""
     engine._step_s, engine.failing = step_s, failing
+
+
+FAULTS = f"{__name__}:faults"
+
+
+def faults(engine, op: str, name: str = "", value=None):
+    """`engine_call(engine, op, ...)` in an engine actor: "install" an `EngineFaults` (tests/e2e/reliability_kit.py: a
+    forward pre-hook on the DiT that raises or runs out of memory at a chosen step) on the actor's engine, "set" or
+    "get" one of its fields, "remove" it. `RemoteFaults` (tests/support/backends.py) drives it from the test."""
+    from tests.e2e.reliability_kit import EngineFaults  # lazy: only an actor of the fault tests needs the e2e kit
+
+    if op == "install":
+        seam = EngineFaults()
+        engine.fault_seam = (seam, engine.pipe.transformer.register_forward_pre_hook(seam.before_forward,
+                                                                                     with_kwargs=True))
+    elif op == "set":
+        setattr(engine.fault_seam[0], name, value)
+    elif op == "get":
+        return getattr(engine.fault_seam[0], name)
+    elif op == "remove":
+        seam, hook = engine.fault_seam
+        seam.release.set()
+        hook.remove()
+        del engine.fault_seam
+    else:
+        raise ValueError(f"unknown faults op {op!r}")
+    return None
