@@ -1,7 +1,8 @@
 """The engine's state as users see it, and refusals that arrive after the slow-admission defer.
 
 Real FluxBot against the fake Discord, real SQLite. A failing engine is the real loader given a model path that
-does not exist (no mock): it raises the engine's own ModelNotFoundError.
+does not exist (no mock): it raises the engine's own ModelNotFoundError, in the bot's process or, with
+`[engine] backend = "ray"` (tests/support/backends.py), in the engine actor, whose error the pool reports the same way.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import count_rows, delivered, edit_form_id, eventually, has_result, imagine
 from tests.e2e.refusals import public_messages, refusal
+from tests.support.backends import backend, on_both_backends  # noqa: F401 (backend: a fixture)
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,15 @@ def everything_said(fake) -> str:
 
 
 @pytest.fixture
-def broken_bot(rel_config):
-    """A FluxBot whose [engine] model does not exist, loaded by the real loader (`gate`: wait for it first)."""
+def broken_bot(rel_config, backend):
+    """A FluxBot whose [engine] model does not exist, loaded by the real loader (`gate`: wait for it first, in the
+    bot's process), on the test's backend."""
     async def _make(*, gate: threading.Event | None = None, **changes) -> FluxBot:
         from bot.config import Secret
         from engine.pipeline import Engine
 
-        config = rel_config(engine={"model": MISSING_MODEL}, discord={"token": Secret(TOKEN)}, **changes)
+        config = backend.configure(rel_config(engine={"model": MISSING_MODEL}, discord={"token": Secret(TOKEN)},
+                                              **changes))
 
         def load_after_gate(settings, device):
             gate.wait(30)
@@ -51,6 +55,7 @@ def broken_bot(rel_config):
 
 # --- the engine failed to start -------------------------------------------------------------------------------------
 
+@on_both_backends
 async def test_an_engine_that_cannot_load_refuses_imagine_with_its_reason_and_queue_shows_it(
         fake_discord, start_bot, broken_bot):
     fake = fake_discord
