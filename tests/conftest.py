@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import TINY, EngineSettings
+from engine.settings import EngineSettings
+from tests.support.configs import tiny_engine_settings
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_settings(tiny_model_dir, tmp_path) -> EngineSettings:
     """EngineSettings for tiny-random on the CPU, images written under this test's tmp_path."""
-    return EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident", devices=["cpu"],
-                          images_dir=str(tmp_path / "images"), default_steps=2, max_sequence_length=64,
-                          loras_dir=str(tmp_path / "loras"))
+    return tiny_engine_settings(tiny_model_dir.parent, images_dir=str(tmp_path / "images"),
+                                loras_dir=str(tmp_path / "loras"))
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +33,7 @@ def tiny_engine(tiny_model_dir):
     """One loaded tiny-random Engine shared by the session (do not close it or change its profile)."""
     from engine.pipeline import Engine
 
-    settings = EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident",
-                              devices=["cpu"], default_steps=2, max_sequence_length=64,
-                              loras_dir=str(tiny_model_dir.parent / "loras"))
+    settings = tiny_engine_settings(tiny_model_dir.parent, loras_dir=str(tiny_model_dir.parent / "loras"))
     engine = Engine.load(settings, "cpu")
     yield engine
     engine.close()

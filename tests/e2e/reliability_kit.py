@@ -28,8 +28,7 @@ from bot.app import build_bot
 from bot.client import FluxBot
 from bot.config import Config
 from db import jobs as store_jobs
-from engine.settings import TINY, EngineSettings
-from tests.support.bot_config import SIZES, bot_config
+from tests.support.configs import SIZES, bot_config, tiny_engine_settings
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +46,7 @@ def rel_engine(tiny_model_dir):
     """A tiny-random Engine owned by the reliability tests (its profile may change; hooks come and go)."""
     from engine.pipeline import Engine
 
-    settings = EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident",
-                              devices=["cpu"], default_steps=2, max_sequence_length=64,
-                              loras_dir=str(tiny_model_dir.parent / "loras"))
+    settings = tiny_engine_settings(tiny_model_dir.parent, loras_dir=str(tiny_model_dir.parent / "loras"))
     engine = Engine.load(settings, "cpu")
     yield engine
     engine.close()
@@ -108,7 +105,7 @@ def engine_faults(rel_engine):
 @pytest.fixture
 def rel_config(tmp_path, tiny_model_dir):
     """`rel_config(discord={...}, limits={...}, engine={...}, logging_={...}, db_url=...)`: a test Config (tiny model
-    on the CPU, 256² sizes, SQLite and images under tmp_path) with some fields changed (tests/support/bot_config)."""
+    on the CPU, 256² sizes, SQLite and images under tmp_path) with some fields changed (tests/support/configs.py)."""
     return functools.partial(bot_config, tmp_path, tiny_model_dir.parent)
 
 
