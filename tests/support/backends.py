@@ -15,8 +15,12 @@ settings serves every bot of the module (starting one takes ~12 s: a process imp
 `tiny_engine` serves the local bots: each bot's pool reads the instance's one node, makes its one slot and gets that
 actor's `RayEngine` from the loader (engine/ray_pool.py). What a test asks of the engine happens inside the actor
 (`tests.support.engines.Tunable`, set through `RayEngine.call`): the pause after each step (progress and a cancel see
-the actor's own steps), refusing every job. Pytest groups a module's tests by the module-scoped parameter, so the
-`ray` variants run one after the other on the one instance.
+the actor's own steps), refusing every job, and the fault seam of the reliability tests (`backend_faults`:
+`EngineFaults` in the actor's DiT, driven by `RemoteFaults`; `backend_bot` is `make_rel_bot` on the backend). Pytest
+groups a module's tests by the module-scoped parameter, so the `ray` variants run one after the other on the one
+instance. Their cost, measured 2026-11-30 on the 2-core VM under load (average 3.6–5.9): the 21 `ray` variants of
+test_bot, test_loras_images, test_faults and test_engine_status took 185 s of those modules' 505 s, 89 s of it
+starting each module's Ray instance and actor.
 """
 from __future__ import annotations
 
