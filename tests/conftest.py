@@ -31,12 +31,10 @@ def tiny_settings(tiny_model_dir, tmp_path) -> EngineSettings:
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
     """One loaded tiny-random Engine shared by the session (do not close it or change its profile)."""
-    from engine.pipeline import Engine
+    from tests.support.engines import loaded_tiny_engine  # torch: only when a test needs the engine
 
-    settings = tiny_engine_settings(tiny_model_dir.parent, loras_dir=str(tiny_model_dir.parent / "loras"))
-    engine = Engine.load(settings, "cpu")
-    yield engine
-    engine.close()
+    with loaded_tiny_engine(tiny_model_dir.parent) as engine:
+        yield engine
 
 
 def with_settings(settings: EngineSettings, **changes) -> EngineSettings:

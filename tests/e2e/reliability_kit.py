@@ -28,7 +28,7 @@ from bot.app import build_bot
 from bot.client import FluxBot
 from bot.config import Config
 from db import jobs as store_jobs
-from tests.support.configs import SIZES, bot_config, tiny_engine_settings
+from tests.support.configs import SIZES, bot_config
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,10 @@ __all__ = ["rel_engine", "rel_config", "make_rel_bot", "gate", "EngineFaults", "
 @pytest.fixture(scope="session")
 def rel_engine(tiny_model_dir):
     """A tiny-random Engine owned by the reliability tests (its profile may change; hooks come and go)."""
-    from engine.pipeline import Engine
+    from tests.support.engines import loaded_tiny_engine  # torch: only when a test needs the engine
 
-    settings = tiny_engine_settings(tiny_model_dir.parent, loras_dir=str(tiny_model_dir.parent / "loras"))
-    engine = Engine.load(settings, "cpu")
-    yield engine
-    engine.close()
+    with loaded_tiny_engine(tiny_model_dir.parent) as engine:
+        yield engine
 
 
 @dataclass

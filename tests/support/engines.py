@@ -14,6 +14,9 @@ actor (`TUNE` through `RayEngine.call`; tests/support/backends.py).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 from engine.errors import EngineError, EngineLost, EngineOutOfMemory
 from engine.pipeline import Engine
@@ -63,6 +66,18 @@ class SeamEngine(Engine):
         if self.slow.intersection(prompts) and progress is not None:
             progress = _slowed(progress)
         return super().generate_batch(specs, progress=progress, should_cancel=should_cancel)
+
+
+@contextmanager
+def loaded_tiny_engine(models_dir: Path) -> Iterator[Engine]:
+    """The tiny model loaded on the CPU (LoRAs from `models_dir`/loras), closed on leaving: a session's shared engine."""
+    from tests.support.configs import tiny_engine_settings  # not in engine processes and Ray actors loading this
+
+    engine = Engine.load(tiny_engine_settings(models_dir, loras_dir=str(models_dir / "loras")), "cpu")
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def _slowed(progress):
