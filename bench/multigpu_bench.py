@@ -95,7 +95,7 @@ def load_engine(device: str, tiny: bool) -> Engine:
     eager on the CPU), as the bot runs it. Compiled kernels go to TORCHINDUCTOR_CACHE_DIR (`main` sets one for
     the run, shared by every engine, as the bot's models_dir cache is)."""
     dev = torch.device(device)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and dev.index is not None:   # a Ray actor's GPU is plain "cuda" (CUDA_VISIBLE_DEVICES)
         torch.cuda.set_device(dev)
     pipe = build_pipeline(TINY if tiny else FLUX_DEV, dev)
     pipe.set_progress_bar_config(disable=True)
