@@ -4,6 +4,7 @@ On the GPU machine, as root (the rows' RAM caps are cgroups, as in bench/plan_be
 
     python bench/lora_bench.py --dir /tmp/pb --out $OUT/lora.jsonl --log $OUT/lora.log   # every row
     python bench/lora_bench.py --tiny                                                  # CPU smoke, seconds
+    python bench/lora_bench.py --switch-cpu --repeats 5     # a switch's CPU part at FLUX.1-dev's shapes, no GPU
 
 The model files are plan_bench's (FLUX.1-dev's layouts and shapes, random weights; written once into `--dir`, shared
 with plan_bench), and two LoRAs with random weights in kohya's BFL layout on every Linear of the DiT's blocks: rank
@@ -148,6 +149,49 @@ def child(args) -> dict:
     return out
 
 
+def switch_cpu(args) -> list[dict]:
+    """The CPU part of a LoRA-set switch at FLUX.1-dev's shapes, no GPU: `load_lora` (read + convert the file) and
+    `ActiveLoras.apply(..., device="cpu")` (stack the pairs, fold in the strength) timed apart, `--repeats` times
+    each, median. The DiT is built on the meta device (its Linears' names and widths are all either step reads); the
+    LoRAs are `write_loras`'s random kohya files. One JSON row per rank (apply at strength 1 and 0.8)."""
+    import statistics
+
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.lora_apply import ActiveLoras
+    from engine.lora_convert import load_lora
+
+    root = Path(args.dir) / "switch-cpu"   # FLUX.1-dev's LoRAs, apart from a --tiny run's in `--dir/loras`
+    paths = write_loras(root, plan_bench.FLUX_DEV)
+    with torch.device("meta"):
+        pipe = argparse.Namespace(transformer=FluxTransformer2DModel(**plan_bench.FLUX_DEV.dit),
+                                  text_encoder=CLIPTextModel(CLIPTextConfig(**plan_bench.FLUX_DEV.clip)))
+    rows = []
+    strengths = (1.0, 0.8)   # 1: alpha = rank, so the factor is 1; 0.8: every up matrix is multiplied
+    for rank, path in sorted(paths.items()):
+        loads, applies, weights = [], {s: [] for s in strengths}, None
+        for i in range(args.repeats):
+            weights = None   # the previous copy freed first, as the engine drops the old set's files
+            t0 = time.perf_counter()
+            weights = load_lora(path, pipe)
+            loads.append(time.perf_counter() - t0)
+            for strength in strengths:
+                active = ActiveLoras(pipe)
+                applies[strength].append(active.apply((rank, strength, i), [(weights, strength)], torch.device("cpu")))
+                active.clear()
+        row = {"mode": "switch-cpu", "rank": rank, "layers": sum(len(m) for m in weights.pairs.values()),
+               "mib": round(weights.nbytes / 2**20, 1), "repeats": args.repeats,
+               "load_lora_s": round(statistics.median(loads), 3), "load_lora_all_s": [round(x, 3) for x in loads]}
+        for strength, times in applies.items():
+            row[f"apply_{strength:g}_s"] = round(statistics.median(times), 3)
+            row[f"apply_{strength:g}_all_s"] = [round(x, 3) for x in times]
+        rows.append({**row, "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     cols = ("row", "profile", "none_s", "r16_cost", "r64_cost", "switch_max_s", "lora_device_mib", "upscale_s",
             "upscale_peak_vram_gib", "error")
@@ -167,6 +211,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--row-timeout", type=int, default=600)
     ap.add_argument("--out", help="append every row here as JSON lines")
     ap.add_argument("--log", help="append each child's stderr (the engine's log) to this file")
+    ap.add_argument("--switch-cpu", action="store_true", help="the CPU part of a LoRA switch at FLUX.1-dev's shapes "
+                    "(load_lora and ActiveLoras.apply on the CPU, no GPU): JSON rows")
+    ap.add_argument("--repeats", type=int, default=5, help="--switch-cpu: repeats per figure (the median is reported)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.save_dir = None
@@ -178,6 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return []
+    if args.switch_cpu:
+        return switch_cpu(args)
     # 1. The files (plan_bench's model, once) and the LoRAs.
     root = Path(args.dir)
     arch = plan_bench.TINY if args.tiny else plan_bench.FLUX_DEV

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from engine.lora_convert import DTYPE, LoraWeights
+from engine.lora_convert import DTYPE, LoraPair, LoraWeights
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class ActiveLoras:
 
     @property
     def nbytes(self) -> int:
-        return sum((d.down.numel() + d.up.numel()) * d.down.element_size() for d in self._deltas.values())
+        """The bytes the active pairs take (a down matrix shared by a fused layer's parts counted once)."""
+        unique = {t.data_ptr(): t.numel() * t.element_size() for d in self._deltas.values() for t in (d.down, d.up)}
+        return sum(unique.values())
 
     def components(self) -> set[str]:
         """The models the active set changes ("transformer", "text_encoder")."""
@@ -59,17 +61,16 @@ class ActiveLoras:
         # 1. Nothing of the old set survives.
         self.clear()
         # 2. One stacked pair per changed Linear, on the device, strengths folded into the up matrices.
-        stacks: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        stacks: dict[tuple[str, str], list[tuple[LoraPair, float]]] = {}
         for weights, strength in loras:
             if strength == 0:
                 continue
             for component, modules in weights.pairs.items():
                 for module, pair in modules.items():
-                    stacks.setdefault((component, module), []).append((pair.down, pair.up * (strength * pair.scale)))
+                    stacks.setdefault((component, module), []).append((pair, strength * pair.scale))
+        moved: dict[int, torch.Tensor] = {}   # a fused BFL Linear's parts share one down matrix: one copy of it
         for where, parts in stacks.items():
-            down = torch.cat([d for d, _ in parts], dim=0).to(device, DTYPE)
-            up = torch.cat([u for _, u in parts], dim=1).to(device, DTYPE)
-            self._deltas[where] = _Delta(down, up)
+            self._deltas[where] = _Delta(_stacked_down(parts, device, moved), _stacked_up(parts).to(device, DTYPE))
         # 3. A forward hook on each changed Linear.
         for (component, module), delta in self._deltas.items():
             target = getattr(self.pipe, component).get_submodule(module)
@@ -87,6 +88,35 @@ class ActiveLoras:
         self._handles.clear()
         self._deltas.clear()
         self.key = ()
+
+
+def _stacked_down(parts: list[tuple[LoraPair, float]], device: torch.device, moved: dict[int, torch.Tensor]
+                  ) -> torch.Tensor:
+    """The down matrices one above the other, on the device. A lone LoRA's is its matrix as it is (nothing writes to
+    it), copied to the device once however many Linears share it (`moved`, by the id of the LoRA's own tensor, which
+    its weights keep alive)."""
+    if len(parts) == 1:
+        down = parts[0][0].down
+        if id(down) not in moved:
+            moved[id(down)] = down.to(device, DTYPE)
+        return moved[id(down)]
+    return torch.cat([pair.down for pair, _ in parts], dim=0).to(device, DTYPE)
+
+
+def _stacked_up(parts: list[tuple[LoraPair, float]]) -> torch.Tensor:
+    """The up matrices side by side, each times its factor (strength × alpha/rank), written once into the result.
+    The product is `up * factor` in the pairs' dtype on the CPU, as before (bit for bit: the same kernel, written
+    in place of a copy); a factor of exactly 1 leaves the matrix as it is (x · 1 is x in every dtype)."""
+    if len(parts) == 1:
+        pair, factor = parts[0]
+        return pair.up if factor == 1.0 else pair.up * factor
+    out = torch.empty(parts[0][0].up.shape[0], sum(pair.up.shape[1] for pair, _ in parts), dtype=DTYPE)
+    col = 0
+    for pair, factor in parts:
+        rank = pair.up.shape[1]
+        torch.mul(pair.up, factor, out=out[:, col:col + rank])
+        col += rank
+    return out
 
 
 def _hook(delta: _Delta):

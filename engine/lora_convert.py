@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,11 @@ def load_lora(path: Path, pipe, name: str | None = None) -> LoraWeights:
     #    the compute dtype.
     weights = LoraWeights(name=name, layout=layout)
     real = _module_names(pipe)
+    ready: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # each tensor of the file converted and checked once
     for component, modules in pairs.items():
         if getattr(pipe, component, None) is None:
             raise LoraError(f"{path.name} changes the {component}, which this model does not have.")
-        weights.pairs[component] = {real[component][m]: _checked(path.name, widths, component, m, p)
+        weights.pairs[component] = {real[component][m]: _checked(path.name, widths, component, m, p, ready)
                                     for m, p in modules.items()}
     log.info("LoRA %s: %s layout, %d layers, rank %d, %.1f MiB", name, layout,
              sum(len(v) for v in weights.pairs.values()), weights.rank, weights.nbytes / 2**20)
@@ -239,11 +241,26 @@ def _peft_alphas(metadata: dict[str, str]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ checking
 
-def _checked(file: str, widths: ModelWidths, component: str, module: str, pair: LoraPair) -> LoraPair:
+def _checked(file: str, widths: ModelWidths, component: str, module: str, pair: LoraPair,
+             ready: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> LoraPair:
     """The pair in the compute dtype, after checking that the module exists and has the pair's widths (the check
-    admission made on the file's header) and that its values are finite."""
+    admission made on the file's header) and that its values are finite. `ready` remembers each tensor done: the
+    parts of a fused BFL Linear share their down matrix, converted and checked once."""
     down, up = pair.down, pair.up
     check_pair(file, component, module, tuple(down.shape), tuple(up.shape), widths)
-    if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
-        raise LoraError(f"{file} is damaged: '{module}' holds NaN or infinite values.")
-    return LoraPair(down.to(DTYPE).contiguous(), up.to(DTYPE).contiguous(), pair.scale)
+    return LoraPair(_ready(file, module, down, ready), _ready(file, module, up, ready), pair.scale)
+
+
+def _ready(file: str, module: str, t: torch.Tensor, ready: dict[int, tuple[torch.Tensor, torch.Tensor]]
+           ) -> torch.Tensor:
+    """`t` in the compute dtype, contiguous, and finite (checked in that dtype: what the hooks will use). The check
+    is `aminmax`, which propagates NaN (torch documents it) and sees ±inf as the min or max: one pass without the
+    bool tensors of `isfinite(t).all()` (~4× slower on bf16 on the CPU)."""
+    if id(t) not in ready:
+        out = t.to(DTYPE).contiguous()
+        if out.numel():
+            lo, hi = torch.aminmax(out)
+            if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
+                raise LoraError(f"{file} is damaged: '{module}' holds NaN or infinite values.")
+        ready[id(t)] = (t, out)   # `t` held: its id stays its own while `ready` lives
+    return ready[id(t)][1]

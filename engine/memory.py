@@ -292,7 +292,8 @@ def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets:
     inputs = PlanInputs(vram_budget=budgets.vram, ram_budget=budgets.ram, sizes=sizes, width=size[0], height=size[1],
                         steps=settings.default_steps, batch=settings.max_batch, slots=settings.stream_prefetch + 1,
                         vae_tiled=_tiles(settings, device), device=device, force=force, max_resident_dit=cap,
-                        lora_rank=settings.lora_reserve_rank, bandwidth=budgets.bandwidth, budget_note=budgets.note)
+                        lora_rank=settings.lora_reserve_rank, lora_cache=settings.lora_cache_mib * 2**20,
+                        bandwidth=budgets.bandwidth, budget_note=budgets.note)
     return plan_placement(inputs)
 
 

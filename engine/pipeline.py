@@ -25,6 +25,7 @@ from engine.errors import EngineError, EngineOutOfMemory
 from engine.fp8_compute import resolve_compute
 from engine.img2img import Schedule, encode_image, noised, schedule
 from engine.lora_apply import ActiveLoras
+from engine.lora_cache import LoraCache, file_ident
 from engine.lora_convert import LoraWeights, load_lora, pipe_widths
 from engine.lora_files import LoraLibrary
 from engine.lora_shapes import check_reserve
@@ -111,7 +112,7 @@ class Engine:
         self._lock = threading.Lock()
         self.lora_library = LoraLibrary(settings.loras_dir)
         self.active_loras = ActiveLoras(pipe)
-        self._lora_weights: dict[tuple, LoraWeights] = {}   # the files of the last LoRA sets, converted
+        self._lora_files = LoraCache(settings.lora_cache_mib * 2**20)   # converted LoRA files: the set's, recent ones
         # What besides the job decides the pixels (engine/recipe.py); by default the eager bf16 compute engine.
         self.recipe = recipe or current_recipe(settings.fp8, "bf16", False, device)
         self.compile_state = CompileState(enabled=self.recipe.compile)
@@ -192,7 +193,7 @@ class Engine:
         """Free the pipeline and the device memory it held."""
         with self._lock:
             self.active_loras.clear()
-            self._lora_weights.clear()
+            self._lora_files.clear()
             if self.plan is not None:
                 self.plan.release()
             self.pipe = None
@@ -391,18 +392,12 @@ class Engine:
         for use in spec.loras:
             if use.strength == 0:
                 continue
-            ident = (use.sha256, use.path or use.name)
-            if ident not in self._lora_weights:
-                try:
-                    file = self.lora_library.at(use.path) if use.path else self.lora_library.find(use.name)
-                    self._lora_weights[ident] = load_lora(file.path, self.pipe, name=use.name)
-                except limits.LimitError as e:
-                    raise EngineError(str(e)) from None
-            loaded.append((self._lora_weights[ident], use.strength))
-        # Keep the converted files of this set only (a rank-64 FLUX LoRA is ~0.3 GiB of host RAM).
-        keep = {(u.sha256, u.path or u.name) for u in spec.loras}
-        for ident in [i for i in self._lora_weights if i not in keep]:
-            del self._lora_weights[ident]
+            try:
+                loaded.append((self._lora_files.get(file_ident(use), lambda: self._load_lora(use)), use.strength))
+            except limits.LimitError as e:
+                raise EngineError(str(e)) from None
+        # Keep this set's converted files, and recent sets' within [engine] lora_cache_mib (engine/lora_cache.py).
+        self._lora_files.keep(file_ident(u) for u in spec.loras)
         # Within the room every placement plan keeps for LoRAs (admission checked the same on the headers).
         try:
             check_reserve([(w.name, w.nbytes) for w, _ in loaded], pipe_widths(self.pipe),
@@ -411,6 +406,10 @@ class Engine:
             raise EngineError(str(e)) from None
         self.active_loras.apply(key, loaded, device)
         return time.perf_counter() - t0
+
+    def _load_lora(self, use) -> LoraWeights:
+        file = self.lora_library.at(use.path) if use.path else self.lora_library.find(use.name)
+        return load_lora(file.path, self.pipe, name=use.name)
 
     def _start_latents(self, spec: JobSpec, sched: Schedule | None, device: torch.device) -> torch.Tensor:
         """The starting latents of a spec's images: their seeds' noise, or that noise mixed with the image."""

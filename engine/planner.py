@@ -139,6 +139,7 @@ class PlanInputs:
     force: str = "auto"
     max_resident_dit: int | None = None   # bytes of DiT blocks that may stay resident (None: what fits)
     lora_rank: int = 0               # ranks of LoRA kept room for, on the device and in RAM (lora_reserve_rank)
+    lora_cache: int = 0              # host bytes for recently used LoRAs' converted files ([engine] lora_cache_mib)
     activations_ref: int = DIT_ACTIVATIONS_REF   # DiT working memory at 1024², batch 1 (scaled by tokens, batch)
     bandwidth: Bandwidths = field(default_factory=Bandwidths)
     compute: ComputeCosts = field(default_factory=ComputeCosts)
@@ -275,6 +276,8 @@ def plan_placement(inp: PlanInputs) -> Plan:
     if lora_reserve(inp):
         why.append(f"LoRAs: {lora_reserve(inp) / GiB:.2f} GiB kept on the device and as much in host RAM for a job's "
                    f"LoRAs (rank {inp.lora_rank} on every layer, [engine] lora_reserve_rank)")
+    if inp.lora_cache:
+        why.append(f"LoRA files of recent sets: {inp.lora_cache / GiB:.2f} GiB of host RAM ([engine] lora_cache_mib)")
     # 1. The CPU holds everything already (a forced profile still runs its executor there: the CPU seam).
     if not inp.device.startswith("cuda") and inp.force == "auto":
         return _finish(inp, Placement.uniform(sizes, GPU), RESIDENT, why + [f"device {inp.device} is not a GPU: "
@@ -409,7 +412,7 @@ def _model_offload(inp: PlanInputs, why: list[str]) -> Plan:
     compute = inp.compute.step(_tokens(inp), len(sizes.double_blocks), len(sizes.single_blocks), inp.batch)
     move = sizes.total / (inp.bandwidth.h2d / 2)            # pageable copies run at about half pinned speed
     per_image = inp.steps * compute + move + inp.compute.t5_s + inp.compute.decode_s
-    host = sizes.total + HOST_WORKING + lora_reserve(inp)
+    host = sizes.total + HOST_WORKING + lora_reserve(inp) + inp.lora_cache
     problem = _problems(inp, peak, host, minimum_host=host)
     return Plan(profile=MODEL_OFFLOAD, placement=Placement.uniform(sizes, PINNED), fits=not problem,
                 s_per_step=compute, encode_s=inp.compute.t5_s + sizes.t5 / (inp.bandwidth.h2d / 2),
@@ -478,7 +481,7 @@ def _peak_vram(inp: PlanInputs, p: Placement) -> int:
 def _fixed_host(inp: PlanInputs, p: Placement, *, assume_disk: bool = False) -> int:
     """Host bytes besides pinned weights: working memory, the T5 table looked up on the host, staging."""
     s = inp.sizes
-    host = HOST_WORKING + lora_reserve(inp)
+    host = HOST_WORKING + lora_reserve(inp) + inp.lora_cache
     if not all(t == GPU for t in p.t5):
         host += s.t5_rest
     if assume_disk or any(t == DISK for t in (*p.dit, *p.t5, p.clip, p.vae)):
@@ -558,6 +561,7 @@ def _problems(inp: PlanInputs, peak: int, host: int, *, minimum_host: int) -> st
     if host > inp.ram_budget or minimum_host > inp.ram_budget:
         out.append(f"it needs {max(host, minimum_host) / GiB:.2f} GiB of host RAM and the budget is "
                    f"{inp.ram_budget / GiB:.2f} GiB; cheapest change: more RAM (or a larger [engine] ram_budget_gib)"
+                   + (", or a smaller [engine] lora_cache_mib" if inp.lora_cache else "")
                    + (", or [engine] profile = \"auto\" (reads what does not fit from disk; T5 on demand)"
                       if inp.force != "auto" else ""))
     return "; ".join(out)

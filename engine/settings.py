@@ -46,6 +46,12 @@ class EngineSettings:
                                      "0.67 GiB at 64), in VRAM and as much in host RAM. A job whose LoRAs together "
                                      "need more (e.g. one rank-128 LoRA on every layer, or three of rank 32) is "
                                      "refused before it is queued. 0 = no LoRAs.", min=0, max=1024)
+    lora_cache_mib: int = setting(0, "Host RAM, in MiB, for the converted files of recently used LoRAs besides the "
+                                  "current job's (least recently used dropped first), so switching back to a recent "
+                                  "LoRA set skips reading and converting its files (a rank-64 FLUX.1-dev LoRA on "
+                                  "every layer is ~0.6 GiB). The placement planner counts it in the plan's host RAM: "
+                                  "raise it only where `python -m bot plan` shows RAM to spare. 0 = keep the current "
+                                  "set's files only.", min=0, max=1 << 20)
     profile: str = setting("auto", "Where the weights live. auto: the placement planner decides, per DiT and T5 "
                            "block, GPU-resident / streamed from pinned host RAM / read from disk (page cache) at each "
                            "use, from the VRAM and RAM budgets below (the log and `python -m bot plan` say why). "
