@@ -90,16 +90,8 @@ def prune_images(images_dir: str | os.PathLike, max_age_days: float, max_total_b
         deleted.append(im.path)
         freed += im.size
     # 4. Crash leftovers (not counted as images: they were never finished).
-    removed = []
-    for t in leftovers:
-        try:
-            t.path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            errors.append(f"{t.path}: {e.strerror}")
-            continue
-        removed.append(t.path)
+    removed, leftover_errors = _unlink(list(leftovers))
+    errors.extend(leftover_errors)
     report = PruneReport(tuple(deleted), freed, len(keep), sum(im.size for im in keep), tuple(errors),
                          tuple(removed))
     if deleted or errors or removed:
