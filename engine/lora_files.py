@@ -178,13 +178,17 @@ def read_header(path: Path) -> tuple[list[str], dict[str, str]]:
 
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, from the header only (no tensor data is read); LoraError as `read_header`."""
-    header = _raw_header(path)
-    header.pop("__metadata__", None)
+    return _shapes(path.name, _raw_header(path))
+
+
+def _shapes(file: str, header: dict) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for name, meta in header.items():
+        if name == "__metadata__":
+            continue
         shape = meta.get("shape") if isinstance(meta, dict) else None
         if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
-            raise LoraError(f"{path.name} is not a safetensors file (its header is damaged at '{name[:80]}').")
+            raise LoraError(f"{file} is not a safetensors file (its header is damaged at '{name[:80]}').")
         shapes[name] = tuple(shape)
     return shapes
 
@@ -296,7 +300,8 @@ def check_lora_header(path: Path, widths: ModelWidths | None = None) -> int:
     the model's `widths` (engine/lora_shapes.py), every pair of the model's widths: the check the job's run makes
     (engine/lora_convert.py), on the header's shapes. Returns the bytes its pairs take on the device (0 without
     `widths`)."""
-    keys, _metadata = read_header(path)
+    header = _raw_header(path)          # read once: the names here, the shapes for the widths check below
+    keys = [k for k in header if k != "__metadata__"]
     name = path.name
     if not any(_PAIR_KEY.search(k) for k in keys):
         raise LoraError(f"{name} holds no LoRA weights: it is not a LoRA.")
@@ -311,4 +316,4 @@ def check_lora_header(path: Path, widths: ModelWidths | None = None) -> int:
     if unet and not all(_FLUX_BFL.match(k) for k in unet):
         raise LoraError(f"{name} is not a LoRA for FLUX: it changes layers FLUX does not have (a LoRA for another "
                         f"model, e.g. SDXL?).")
-    return check_fits(name, read_shapes(path), widths) if widths is not None else 0
+    return check_fits(name, _shapes(name, header), widths) if widths is not None else 0

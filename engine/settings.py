@@ -58,8 +58,8 @@ class EngineSettings:
                            "resident: everything on the GPU. streamed: everything streams (DiT blocks stay resident "
                            "only within vram_budget_gib), from pinned RAM while ram_budget_gib lasts, else from disk. "
                            "model-offload: diffusers' whole-model offload.", choices=PROFILES)
-    fp8: str = setting("all-linear", "DiT weight storage: all-linear (every Linear in float8_e4m3fn, computed in "
-                       "bf16), diffusers-default (diffusers' skip list keeps norms/modulation in bf16), or off "
+    fp8: str = setting("all-linear", "DiT weight storage: all-linear (every Linear in float8_e4m3fn, computed as "
+                       "[engine] compute says), diffusers-default (diffusers' skip list keeps norms/modulation in bf16), or off "
                        "(bf16).", choices=FP8_MODES)
     compute: str = setting("auto", "Matmuls of the DiT's fp8-stored Linears: bf16 (each fp8 weight is upcast, then a "
                            "bf16 matmul), fp8 (fp8 tensor-core matmuls, dynamic per-token activation scales; needs "
