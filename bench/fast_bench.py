@@ -205,11 +205,7 @@ class Bench:
         self.pipe = self.eb.build_pipeline(self.arch, self.device, dit_only=True)
         self.pipe.vae_scale_factor = 8
         dit = self.pipe.transformer
-        if self.device.type == "cuda":
-            dit.compile_repeated_blocks(fullgraph=True)
-        else:
-            for block in dit_blocks(self.pipe):
-                block.compile(fullgraph=True, backend=self.backend)
+        self.compile_like_diffusers()
         s, warm = self.dit_steps()
         self.emit(recipe="diffusers-bf16-compile", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1))
         del dit
@@ -231,13 +227,22 @@ class Bench:
         self.pipe.vae_scale_factor = 8
         dit = self.pipe.transformer
         quantize_(dit, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-        dit.compile_repeated_blocks(fullgraph=True)
+        self.compile_like_diffusers()
         s, warm = self.dit_steps()
         self.emit(recipe="torchao-fp8-compile", batch=1, s_per_step=round(s, 4), warm_s=round(warm, 1),
                   torchao=torchao.__version__)
         del dit
         self.pipe = fluxbot_pipe
         memory.free_device_cache()
+
+    def compile_like_diffusers(self) -> None:
+        """The DiT's `compile_repeated_blocks(fullgraph=True)` on a GPU; on the CPU each block compiled the same way
+        with the CPU's backend."""
+        if self.device.type == "cuda":
+            self.pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        else:
+            for block in dit_blocks(self.pipe):
+                block.compile(fullgraph=True, backend=self.backend)
 
     def to_fp8_resident(self) -> None:
         apply_precision(self.pipe, "all-linear", "bf16", hooks=False)
@@ -357,17 +362,7 @@ class Bench:
 def restart_child(args, eb) -> list[dict]:
     """(child process) Build the DiT, fp8 storage, `--restart-compute` (and kernel) + compile, resident; time the
     first step (compile or cache load) and the next ones. TORCHINDUCTOR_CACHE_DIR comes from the parent."""
-    bench = Bench(args, eb)
-    bench.arch = eb.TINY if args.tiny else eb.FLUX_DEV
-    t = time.perf_counter()
-    bench.pipe = eb.build_pipeline(bench.arch, bench.device, dit_only=True)
-    bench.pipe.vae_scale_factor = 8
-    built = time.perf_counter() - t
-    apply_precision(bench.pipe, "all-linear", args.restart_compute, hooks=False)
-    linears = [m for m in bench.pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
-    swap_linears(linears, args.restart_compute, args.restart_kernel)
-    bench.plan = memory.apply_profile(bench.pipe, "resident", str(bench.device), EngineSettings(profile="resident"))
-    compile_blocks(dit_blocks(bench.pipe), backend=bench.backend)
+    bench, built = _child_bench(args, eb, args.restart_compute, args.restart_kernel, compiled=True)
     embeds, pooled = bench.inputs(1)
     t = time.perf_counter()
     _, step_s = eb.denoise(bench.pipe, bench.device, embeds=embeds, pooled=pooled, steps=3, res=bench.res, batch=1)
@@ -393,28 +388,9 @@ def kernel_child(args, eb) -> list[dict]:
     """(child process) One recipe (`--restart-compute`: bf16 | fp8 | weights-bf16, `--restart-kernel`, compiled
     unless `--kernel-eager`): first steps (compile), DiT s/step at batch 1 and batch 4, then 20 steps from the
     fixed inputs whose final latents go to `--latents-out` (the parent's drift figures)."""
-    bench = Bench(args, eb)
-    bench.arch = eb.TINY if args.tiny else eb.FLUX_DEV
-    compute, compiled = args.restart_compute, not args.kernel_eager
-    t = time.perf_counter()
-    bench.pipe = eb.build_pipeline(bench.arch, bench.device, dit_only=True)
-    bench.pipe.vae_scale_factor = 8
-    built = time.perf_counter() - t
     # 1. The recipe: diffusers' bf16 weights (compile_repeated_blocks), or fluxbot's fp8 storage + compute.
-    if compute == "weights-bf16":
-        if compiled:
-            if bench.device.type == "cuda":
-                bench.pipe.transformer.compile_repeated_blocks(fullgraph=True)
-            else:
-                for block in dit_blocks(bench.pipe):
-                    block.compile(fullgraph=True, backend=bench.backend)
-    else:
-        apply_precision(bench.pipe, "all-linear", compute, hooks=False)
-        linears = [m for m in bench.pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
-        swap_linears(linears, compute, args.restart_kernel)
-        bench.plan = memory.apply_profile(bench.pipe, "resident", str(bench.device), EngineSettings(profile="resident"))
-        if compiled:
-            compile_blocks(dit_blocks(bench.pipe), backend=bench.backend)
+    compute, compiled = args.restart_compute, not args.kernel_eager
+    bench, built = _child_bench(args, eb, compute, args.restart_kernel, compiled=compiled)
     # 2. Warm-up (compile), then the timed steps at batch 1 and batch 4.
     s1, warm1 = bench.dit_steps(1)
     s4, warm4 = bench.dit_steps(4, steps=3)
@@ -429,6 +405,29 @@ def kernel_child(args, eb) -> list[dict]:
                denoise_s=round(sum(step_s), 3), peak_gib=_peak(bench.device))
     print(json.dumps(row), flush=True)
     return [row]
+
+
+def _child_bench(args, eb, compute: str, kernel: str, *, compiled: bool) -> tuple[Bench, float]:
+    """(child process) A Bench holding a fresh DiT (the seeded weights) with one recipe: `compute` "weights-bf16"
+    (diffusers' bf16 weights, compiled as diffusers does), or fluxbot's fp8 storage with compute "bf16" or "fp8"
+    (`kernel`), resident, compiled per block; and the seconds the DiT took to build."""
+    bench = Bench(args, eb)
+    bench.arch = eb.TINY if args.tiny else eb.FLUX_DEV
+    t = time.perf_counter()
+    bench.pipe = eb.build_pipeline(bench.arch, bench.device, dit_only=True)
+    bench.pipe.vae_scale_factor = 8
+    built = time.perf_counter() - t
+    if compute == "weights-bf16":
+        if compiled:
+            bench.compile_like_diffusers()
+        return bench, built
+    apply_precision(bench.pipe, "all-linear", compute, hooks=False)
+    linears = [m for m in bench.pipe.transformer.modules() if isinstance(m, (UpcastLinear, Fp8Linear))]
+    swap_linears(linears, compute, kernel)
+    bench.plan = memory.apply_profile(bench.pipe, "resident", str(bench.device), EngineSettings(profile="resident"))
+    if compiled:
+        compile_blocks(dit_blocks(bench.pipe), backend=bench.backend)
+    return bench, built
 
 
 def run_kernels(args, eb) -> list[dict]:
