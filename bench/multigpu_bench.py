@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import json
 import logging
 import os
@@ -190,13 +191,16 @@ def image_1024(engine):
 
 def overhead(engine, res: int, steps: int, jobs: int = 5) -> dict:
     """Per job: the wall time of `generate` here minus the engine's own total (the crossing to the engine and back:
-    request, one progress message per step, the result's images); the round trip of an empty request and of a
-    1024x1024 image."""
-    extra = []
+    request, one progress message per step, the result's images) and the engine's own phases (`engine_ms`:
+    encode, denoise, decode, total; medians); the round trip of an empty request and of a 1024x1024 image."""
+    extra, inside = [], collections.defaultdict(list)
     for i in range(jobs):
         t0 = time.perf_counter()
         result = engine.generate(JobSpec(prompt=f"overhead {i}", seed=i, steps=steps, width=res, height=res))
         extra.append(time.perf_counter() - t0 - result.timings["total"])
+        for phase in ("encode", "denoise", "decode", "total"):
+            if phase in result.timings:
+                inside[phase].append(result.timings[phase])
     trips, images = [], []
     for _ in range(20):
         t0 = time.perf_counter()
@@ -207,7 +211,8 @@ def overhead(engine, res: int, steps: int, jobs: int = 5) -> dict:
         engine.call("bench.multigpu_bench:image_1024")
         images.append(time.perf_counter() - t0)
     return dict(engine=engine_kind(engine), res=res, steps=steps, per_job_overhead_ms=median_ms(extra),
-                round_trip_ms=median_ms(trips, 2), image_1024_back_ms=median_ms(images))
+                round_trip_ms=median_ms(trips, 2), image_1024_back_ms=median_ms(images),
+                engine_ms={phase: median_ms(v) for phase, v in inside.items()})
 
 
 def median_ms(seconds: list[float], digits: int = 1) -> float:
@@ -226,14 +231,24 @@ def start_ray_engines(devices: list[str], settings: EngineSettings) -> list:
     ray.init(address="local", num_gpus=len(devices) if cpu else None, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}})
     node = next(n for n in read_nodes() if n.alive)
-    engines = []
-    for i, _ in enumerate(devices):
-        t0 = time.perf_counter()
-        engines.append(RayEngine.start(settings, node.node_id, {"GPU": 1}, name=f"ray#{i}",
-                                       loader="bench.multigpu_bench:load_engine_for"))
-        print(f"Ray actor {i} (pid {engines[-1].pid}, {engines[-1].device}) ready in {time.perf_counter() - t0:.1f} s",
+    t0 = time.perf_counter()
+
+    def start(i: int):
+        engine = RayEngine.start(settings, node.node_id, {"GPU": 1}, name=f"ray#{i}",
+                                 loader="bench.multigpu_bench:load_engine_for")
+        print(f"Ray actor {i} (pid {engine.pid}, {engine.device}) ready in {time.perf_counter() - t0:.1f} s",
               flush=True)
-    return engines
+        return engine
+
+    return on_each(start, range(len(devices)))
+
+
+def on_each(fn, items) -> list:
+    """fn(item) for every item at once, one thread each (engines load and warm up side by side); the results in
+    order. Only the set-up is run this way: the timed rows go through the FIFO."""
+    items = list(items)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -304,10 +319,11 @@ def main_ray(a: argparse.Namespace) -> list[dict]:
     specs = [JobSpec(prompt=f"job {i}: a lighthouse in a storm, photo", seed=1000 + i, steps=a.steps,
                      width=a.res, height=a.res) for i in range(a.jobs)]
     rows, overheads = [], []
-    # 1. The local mode: one child process per device (then closed: the GPUs are the actors' next).
-    local = [ProcessEngine.start(settings, d, loader="bench.multigpu_bench:load_engine_for") for d in devices]
-    for e in local:
-        warm_up(e, a.res)
+    # 1. The local mode: one child process per device, loaded and warmed up side by side (then closed: the GPUs
+    #    are the actors' next).
+    local = on_each(lambda d: ProcessEngine.start(settings, d, loader="bench.multigpu_bench:load_engine_for"),
+                    devices)
+    on_each(lambda e: warm_up(e, a.res), local)
     rows.append(asyncio.run(run_queue(local, specs)))
     print(json.dumps(rows[-1]), flush=True)
     overheads.append(overhead(local[0], a.res, a.steps))
@@ -315,8 +331,7 @@ def main_ray(a: argparse.Namespace) -> list[dict]:
         e.close()
     # 2. Ray: one actor, then one per device, on the same jobs.
     actors = start_ray_engines(devices, settings)
-    for e in actors:
-        warm_up(e, a.res)
+    on_each(lambda e: warm_up(e, a.res), actors)
     for used in (actors[:1], actors):
         for e in used:
             reset_peak(e)

@@ -6,8 +6,12 @@ makes it "cuda" there; a node that advertises a logical GPU without having one, 
   every host) with `Engine.load` or a "module:function" loader; a load error is kept and reported by `info()`
   (a constructor that raised would be restarted by Ray in a loop);
 - `run(rid, op, payload)` is a streaming generator: `("progress", step, total)` per denoising step, then
-  `("done", value)` or `("error", ErrorReply)`; the engine runs on a thread of the actor so that its progress
-  callback can feed the generator; results (PIL images in `Result`s) come back through Ray's object store;
+  `("done", value)` or `("error", ErrorReply)`; requests run one after another on the actor's one engine thread
+  (made once, as a child process serves on its main thread: cuDNN keeps its attention plans per thread, and a
+  fresh thread per job rebuilt them, ~0.1 s of every H200 job), whose progress callback feeds the generator;
+  results (PIL images in `Result`s) come back through Ray's object store;
+- torch's CPU threads: the node's cores shared by its GPUs (Ray would leave an actor of `num_cpus=0` one thread),
+  the share a local child process gets;
 - `cancel(rid)` runs in its own concurrency group, beside a running job: the job's `should_cancel` reads the flag
   at its next step boundary (a cancelled job returns `Result(cancelled=True)`, as in-process).
 - `max_restarts=-1`: a dead actor process is restarted by Ray on the same node (hard node affinity), re-running
@@ -71,9 +75,12 @@ class EngineActor:
 
     def __init__(self, settings: "EngineSettings", loader_ref: str | None = None):
         self._cancels: dict[int, threading.Event] = {}
+        self._requests: queue.Queue = queue.Queue()
         self.engine = None
         self.device = _actor_device()
         self.error: ErrorReply | None = None
+        _share_cpu_threads()
+        threading.Thread(target=self._engine_loop, name="fluxbot-actor-engine", daemon=True).start()
         try:
             self.engine = _load(settings, self.device, loader_ref)
         except BaseException as err:  # noqa: BLE001 - reported by info(); the driver raises it
@@ -100,16 +107,7 @@ class EngineActor:
         """Streaming generator of one request (generate, generate_batch, set_profile, call, close)."""
         events: queue.Queue = queue.Queue()
         cancel = self._cancels[rid] = threading.Event()
-
-        def work() -> None:
-            try:
-                events.put(("done", self._serve(op, payload, events, cancel)))
-            except BaseException as err:  # noqa: BLE001 - goes back to the driver
-                if not isinstance(err, EngineError):
-                    log.error("engine actor: %s failed", op, exc_info=True)
-                events.put(("error", ErrorReply.of(err)))
-
-        threading.Thread(target=work, name=f"fluxbot-actor-{op}-{rid}", daemon=True).start()
+        self._requests.put((op, payload, events, cancel))
         try:
             while True:
                 item = events.get()
@@ -118,6 +116,18 @@ class EngineActor:
                     return
         finally:
             self._cancels.pop(rid, None)
+
+    def _engine_loop(self) -> None:
+        """The engine thread: every request, in the order they came (a request whose driver went away still
+        ends before the next one starts: one job at a time on the GPU)."""
+        while True:
+            op, payload, events, cancel = self._requests.get()
+            try:
+                events.put(("done", self._serve(op, payload, events, cancel)))
+            except BaseException as err:  # noqa: BLE001 - goes back to the driver
+                if not isinstance(err, EngineError):
+                    log.error("engine actor: %s failed", op, exc_info=True)
+                events.put(("error", ErrorReply.of(err)))
 
     def _serve(self, op: str, payload: Any, events: queue.Queue, cancel: threading.Event) -> Any:
         if self.engine is None:
@@ -146,6 +156,17 @@ def _actor_device() -> str:
         use_expandable_segments()
         return "cuda"
     return "cpu"
+
+
+def _share_cpu_threads() -> None:
+    """torch's intra-op threads: this node's cores divided among its GPUs (at least one), as a local engine
+    process gets (engine/engine_process.py); Ray set OMP_NUM_THREADS=1 for an actor that reserves no CPU."""
+    import torch
+
+    node = ray.get_runtime_context().get_node_id()
+    gpus = next((n.get("Resources", {}).get(GPU, 0) for n in ray.nodes() if n.get("NodeID") == node), 0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // max(1, int(gpus))))
 
 
 def _load(settings: "EngineSettings", device: str, loader_ref: str | None):
