@@ -10,8 +10,8 @@ makes it "cuda" there; a node that advertises a logical GPU without having one, 
   (made once, as a child process serves on its main thread: cuDNN keeps its attention plans per thread, and a
   fresh thread per job rebuilt them, ~0.1 s of every H200 job), whose progress callback feeds the generator;
   results (PIL images in `Result`s) come back through Ray's object store;
-- torch's CPU threads: the node's cores shared by its GPUs (Ray would leave an actor of `num_cpus=0` one thread),
-  the share a local child process gets;
+- torch's CPU threads: the CPUs the node advertises to Ray shared by its GPUs, the share a local child process
+  gets (Ray would leave an actor of `num_cpus=0` one thread);
 - `cancel(rid)` runs in its own concurrency group, beside a running job: the job's `should_cancel` reads the flag
   at its next step boundary (a cancelled job returns `Result(cancelled=True)`, as in-process).
 - `max_restarts=-1`: a dead actor process is restarted by Ray on the same node (hard node affinity), re-running
@@ -159,14 +159,16 @@ def _actor_device() -> str:
 
 
 def _share_cpu_threads() -> None:
-    """torch's intra-op threads: this node's cores divided among its GPUs (at least one), as a local engine
-    process gets (engine/engine_process.py); Ray set OMP_NUM_THREADS=1 for an actor that reserves no CPU."""
+    """torch's intra-op threads: the CPUs this node advertises to Ray (all its cores unless `ray start --num-cpus`
+    says otherwise) divided among its GPUs, at least one — the share a local engine process gets
+    (engine/engine_process.py). Ray would leave an actor that reserves no CPU one thread (OMP_NUM_THREADS=1)."""
     import torch
 
     node = ray.get_runtime_context().get_node_id()
-    gpus = next((n.get("Resources", {}).get(GPU, 0) for n in ray.nodes() if n.get("NodeID") == node), 0)
+    res = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node), {})
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // max(1, int(gpus))))
+    cpus = min(cores, int(res.get("CPU", cores)))
+    torch.set_num_threads(max(1, cpus // max(1, int(res.get(GPU, 0)))))
 
 
 def _load(settings: "EngineSettings", device: str, loader_ref: str | None):
