@@ -26,7 +26,7 @@ from engine.ray_pool import RayWorkerPool, mismatch, node_models  # noqa: E402
 from engine.ray_settings import RaySettings  # noqa: E402
 from engine.settings import TINY, EngineSettings  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
-from tests.support.engines import SEAM_LOADER  # noqa: E402
+from tests.support.engines import PROBE, SEAM_LOADER  # noqa: E402
 from tests.support.hooks import Recorder  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -129,6 +129,33 @@ async def test_same_seed_on_two_different_actors_gives_identical_pixels(pool):
     other = await asyncio.to_thread(b.generate, JobSpec("a lighthouse at dusk", seed=1235, steps=2, width=SIZE,
                                                         height=SIZE))
     assert not np.array_equal(np.asarray(ra.images[0]), np.asarray(other.images[0]))
+
+
+def send(actor, rid: int, op: str, payload):
+    """One request straight to an actor, as a `RayEngine` sends it (from a second sender: a RayEngine is used from
+    one thread at a time); its reply."""
+    *_, last = (ray.get(ref) for ref in actor.run.options(num_returns="streaming").remote(rid, op, payload))
+    assert last[0] == "done", last
+    return last[1]
+
+
+async def test_an_actor_runs_one_request_at_a_time_on_one_long_lived_engine_thread(pool):
+    engine = pool.workers[0].engine
+    # 1. A request holds the engine 1 s; a second one is sent while it runs: it starts only once the first ended.
+    first = asyncio.create_task(asyncio.to_thread(send, engine.actor, 9001, "call", (PROBE, 1.0)))
+    await asyncio.sleep(0.3)
+    sent = time.time()
+    second = await asyncio.to_thread(send, engine.actor, 9002, "call", (PROBE, 0.0))
+    first = await first
+    assert sent < first.end, "the second request was not sent while the first ran"
+    assert second.start >= first.end, (first, second)
+    # 2. A real job in between, then a third request: all on the one engine thread, which keeps what earlier
+    #    requests left in it (as cuDNN keeps its attention plans per thread: a fresh thread per job rebuilt them).
+    result = await asyncio.to_thread(engine.generate, spec("between", 61))
+    assert result.images[0].size == (SIZE, SIZE)
+    third = await asyncio.to_thread(send, engine.actor, 9003, "call", (PROBE, 0.0))
+    assert first.thread == second.thread == third.thread, (first, second, third)
+    assert (first.earlier, second.earlier, third.earlier) == (first.earlier, first.earlier + 1, first.earlier + 2)
 
 
 async def test_an_actor_killed_mid_job_restarts_on_its_node_and_the_job_runs_again(pool):

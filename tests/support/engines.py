@@ -9,18 +9,22 @@ as when a Ray actor or its node dies), one in `lost_once` the first time only, a
 
 `SlowSteps` and `Failing` wrap an engine the tests share (the e2e bots' loaders return them): a pause after every
 denoising step, or an engine that refuses every job. `Tunable` is both in one, changed while it runs in a Ray engine
-actor (`TUNE` through `RayEngine.call`; tests/support/backends.py).
+actor (`TUNE` through `RayEngine.call`; tests/support/backends.py). `probe` (`PROBE`, through a `call`) holds an
+actor's engine for a while and says on which thread and when it ran (tests/engine/test_ray_pool.py).
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from engine.errors import EngineError, EngineLost, EngineOutOfMemory
 from engine.pipeline import Engine
 from engine.settings import EngineSettings
+from tests.support.file_flag import FileFlag
 
 SEAM_LOADER = f"{__name__}:seam_loader"  # "module:function", as `[engine]` loaders and child processes name one
 STEP_SLEEP_S = 0.3
@@ -160,17 +164,43 @@ def tune(engine: Tunable, step_s: float, failing: bool) -> None:
     engine._step_s, engine.failing = step_s, failing
 
 
+PROBE = f"{__name__}:probe"
+_probe_thread = threading.local()  # what a thread keeps between requests (as cuDNN keeps its attention plans)
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """Where and when one `probe` request ran in an engine actor: the thread's native id (Linux thread ids are not
+    reused soon, unlike `threading.get_ident`), how many probes that thread ran before it, and its start and end on
+    the actor's clock (`time.time()`: the tests' actors run on the test's machine)."""
+    thread: int
+    earlier: int
+    start: float
+    end: float
+
+
+def probe(engine, hold_s: float) -> ProbeRun:
+    """`engine_call(engine, hold_s)`: hold the engine `hold_s` seconds and say where and when that ran."""
+    start = time.time()
+    earlier = getattr(_probe_thread, "runs", 0)
+    _probe_thread.runs = earlier + 1
+    time.sleep(hold_s)
+    return ProbeRun(threading.get_native_id(), earlier, start, time.time())
+
+
 FAULTS = f"{__name__}:faults"
 
 
 def faults(engine, op: str, name: str = "", value=None):
     """`engine_call(engine, op, ...)` in an engine actor: "install" an `EngineFaults` (tests/e2e/reliability_kit.py: a
     forward pre-hook on the DiT that raises or runs out of memory at a chosen step) on the actor's engine, "set" or
-    "get" one of its fields, "remove" it. `RemoteFaults` (tests/support/backends.py) drives it from the test."""
+    "get" one of its fields, "remove" it. `RemoteFaults` (tests/support/backends.py) drives it from the test. "install"
+    with `value` a folder: its `paused` and `release` are `FileFlag`s there, which the test reads and sets while the
+    pause holds the engine's thread (where a request to the actor would wait behind the paused job)."""
     from tests.e2e.reliability_kit import EngineFaults  # lazy: only an actor of the fault tests needs the e2e kit
 
     if op == "install":
-        seam = EngineFaults()
+        seam = EngineFaults() if value is None else EngineFaults(**pause_flags(Path(value)))
         engine.fault_seam = (seam, engine.pipe.transformer.register_forward_pre_hook(seam.before_forward,
                                                                                      with_kwargs=True))
     elif op == "set":
@@ -185,3 +215,8 @@ def faults(engine, op: str, name: str = "", value=None):
     else:
         raise ValueError(f"unknown faults op {op!r}")
     return None
+
+
+def pause_flags(folder: Path) -> dict[str, FileFlag]:
+    """`EngineFaults`' `paused` and `release` as files in `folder`, shared by the test and the engine actor."""
+    return {"paused": FileFlag(folder / "paused"), "release": FileFlag(folder / "release")}
