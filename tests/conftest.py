@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from engine.settings import EngineSettings
+from tests.support import required_modules
 from tests.support.configs import tiny_engine_settings
 
 log = logging.getLogger(__name__)
+
+
+def pytest_sessionstart(session):
+    """A run that must test an optional part (`FLUXBOT_TESTS_REQUIRE=ray`, set by .ci/run) stops at once when that part
+    does not import, instead of skipping its tests (tests/support/required_modules.py)."""
+    problems = required_modules.missing(os.environ.get(required_modules.REQUIRE_ENV, ""))
+    if problems:
+        pytest.exit(f"{required_modules.REQUIRE_ENV} names modules that do not import, so their tests would be "
+                    f"skipped: {'; '.join(problems)}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
