@@ -45,6 +45,7 @@ from engine import memory
 from engine.compile import compile_blocks, uncompile_blocks
 from engine.fp8_compute import DEFAULT_KERNEL, Fp8Linear, UpcastLinear, swap_linears
 from engine.precision import apply_precision, dit_bytes
+from engine.recipe import compute_name
 from engine.settings import EngineSettings
 from engine.streamer_flux import dit_blocks
 
@@ -56,8 +57,9 @@ RECIPES = (("bf16", None, False), ("bf16", None, True), ("fp8", "row", True), ("
 
 
 def recipe_name(compute: str, kernel: str | None, compiled: bool) -> str:
-    """fluxbot-bf16-eager, fluxbot-fp8-compile (the default kernel), fluxbot-fp8.row-fast-compile, ..."""
-    label = compute if compute == "bf16" or kernel in (None, DEFAULT_KERNEL) else f"{compute}.{kernel}"
+    """fluxbot-bf16-eager, fluxbot-fp8-compile (the `row` kernel), fluxbot-fp8.row-fast-compile, ...: the compute
+    named as the engine's recipe names it (engine/recipe.py's compute_name)."""
+    label = compute_name(compute, kernel)
     return f"fluxbot-{label}-{'compile' if compiled else 'eager'}"
 
 

@@ -6,7 +6,9 @@ the same pixels; `differences` names what differs, in words a user can read.
 
 What is in it and why:
 - `fp8`: the DiT's storage (`[engine] fp8`): fp8 weights are rounded weights.
-- `compute`: "bf16" or "fp8" matmuls (engine/fp8_compute.py): fp8 rounds the activations too.
+- `compute`: "bf16" or fp8 matmuls (engine/fp8_compute.py): fp8 rounds the activations too, and its kernel (how
+  it scales and accumulates) changes the sums: "fp8" is the `row` kernel, which every fp8 job recorded before
+  kernels were named ran, and "fp8.<kernel>" any other (`compute_name`, the one place that names it).
 - `compile`: torch.compile fuses and reorders float operations (relative L2 ~0.02 of the DiT output).
 - `torch`, `diffusers`: their kernels and the model code decide reduction orders and attention kernels.
 - `device`: "cpu" or the GPU's architecture ("cuda sm_90"): other kernels on other chips.
@@ -19,6 +21,8 @@ from typing import Any
 
 LABELS = {"fp8": "fp8 storage", "compute": "matmul compute", "compile": "torch.compile",
           "torch": "torch version", "diffusers": "diffusers version", "device": "device"}
+UNNAMED_FP8_KERNEL = "row"   # the fp8 kernel a recipe's plain "fp8" compute means (all fp8 recipes before kernels)
+KERNEL_SEP = "."             # "fp8.row-fast": compute, then the fp8 kernel (`compute_name`)
 
 
 @dataclass(frozen=True)
@@ -46,19 +50,19 @@ class EngineRecipe:
 
     def text(self) -> str:
         compiled = "compiled" if self.compile else "eager"
-        return (f"fp8 {self.fp8} storage, {self.compute} compute, {compiled}, torch {self.torch}, "
+        return (f"fp8 {self.fp8} storage, {compute_words(self.compute)} compute, {compiled}, torch {self.torch}, "
                 f"diffusers {self.diffusers}, {self.device}")
 
     def differences(self, other: "EngineRecipe | None") -> list[str]:
-        """What differs from `other` (the recipe an image was made with), e.g. ["matmul compute: fp8 now, bf16
-        then"]; ["no recipe was recorded"] when there is none."""
+        """What differs from `other` (the recipe an image was made with), e.g. ["matmul compute: fp8 (row-fast)
+        now, bf16 then"]; ["no recipe was recorded"] when there is none."""
         if other is None:
             return ["no engine recipe was recorded with the image"]
         out = []
         for f in fields(self):
             now, then = getattr(self, f.name), getattr(other, f.name)
             if now != then:
-                out.append(f"{LABELS[f.name]}: {_word(now)} now, {_word(then)} then")
+                out.append(f"{LABELS[f.name]}: {_word(now, f.name)} now, {_word(then, f.name)} then")
         return out
 
 
@@ -70,9 +74,26 @@ def differences_from(recipe: EngineRecipe | None, stored: dict[str, Any] | None)
     return recipe.differences(EngineRecipe.from_dict(stored))
 
 
-def _word(value: Any) -> str:
+def compute_name(compute: str, kernel: str | None = None) -> str:
+    """A recipe's `compute`: "bf16"; "fp8" for the `row` kernel (the name every fp8 recipe recorded before kernels
+    were named has); "fp8.<kernel>" for another fp8 kernel (engine/fp8_compute.py's FP8_KERNELS)."""
+    if compute != "fp8" or kernel in (None, UNNAMED_FP8_KERNEL):
+        return compute
+    return f"{compute}{KERNEL_SEP}{kernel}"
+
+
+def compute_words(name: str) -> str:
+    """A recipe's `compute` as a user reads it: "bf16", "fp8", "fp8 (row-fast)"."""
+    compute, sep, kernel = str(name).partition(KERNEL_SEP)
+    return f"{compute} ({kernel})" if sep else compute
+
+
+def _word(value: Any, field: str = "") -> str:
+    """A recipe value in a user's words: on/off for switches, "fp8 (row-fast)" for a named fp8 kernel."""
     if isinstance(value, bool):
         return "on" if value else "off"
+    if field == "compute":
+        return compute_words(value)
     return str(value)
 
 
@@ -87,10 +108,14 @@ def device_kind(device: str) -> str:
     return f"{dev.type} {platform.machine()}"
 
 
-def current_recipe(fp8: str, compute: str, compile: bool, device: str) -> EngineRecipe:
-    """The recipe of an engine with these settings (resolved: compute is "bf16" or "fp8") on `device`."""
+def current_recipe(fp8: str, compute: str, compile: bool, device: str, kernel: str | None = None) -> EngineRecipe:
+    """The recipe of an engine with these settings (resolved: compute is "bf16" or "fp8") on `device`; `kernel`: the
+    fp8 kernel its Linears run (default: engine/fp8_compute.py's DEFAULT_KERNEL, what `apply_precision` swaps in)."""
     import diffusers  # lazy: only engines (which import diffusers anyway) build recipes
     import torch  # lazy: see device_kind
 
-    return EngineRecipe(fp8=fp8, compute=compute, compile=bool(compile), torch=torch.__version__.split("+")[0],
-                        diffusers=diffusers.__version__, device=device_kind(device))
+    from engine.fp8_compute import DEFAULT_KERNEL  # lazy: it imports torch
+
+    return EngineRecipe(fp8=fp8, compute=compute_name(compute, kernel or DEFAULT_KERNEL), compile=bool(compile),
+                        torch=torch.__version__.split("+")[0], diffusers=diffusers.__version__,
+                        device=device_kind(device))

@@ -62,12 +62,12 @@ class EngineSettings:
                        "[engine] compute says), diffusers-default (diffusers' skip list keeps norms/modulation in bf16), or off "
                        "(bf16).", choices=FP8_MODES)
     compute: str = setting("auto", "Matmuls of the DiT's fp8-stored Linears: bf16 (each fp8 weight is upcast, then a "
-                           "bf16 matmul), fp8 (fp8 tensor-core matmuls, dynamic per-token activation scales; needs "
-                           "an sm_89+ GPU: Ada, Hopper or newer), or auto (fp8 where the GPU has fp8 tensor cores, "
-                           "else bf16; bf16 on the CPU). Compiled on an H200, fp8 is 1.26x faster than bf16 (0.108 vs "
-                           "0.137 s/step) and moves the final latents half as far as fp8 storage itself does "
-                           "(docs/engine.md); eager it is slower (0.259 vs 0.208), so compile = false with auto "
-                           "keeps bf16.", choices=COMPUTE_MODES)
+                           "bf16 matmul), fp8 (fp8 tensor-core matmuls, dynamic per-token activation scales, "
+                           "fast accumulation: the row-fast kernel; needs an sm_89+ GPU: Ada, Hopper or newer), or "
+                           "auto (fp8 where the GPU has fp8 tensor cores, else bf16; bf16 on the CPU). Compiled on an "
+                           "H200, fp8 is 1.34x faster than bf16 (0.102 vs 0.137 s/step) and moves the final latents "
+                           "about half as far as fp8 storage itself does (docs/engine.md); eager it is slower (0.259 "
+                           "vs 0.208), so compile = false with auto keeps bf16.", choices=COMPUTE_MODES)
     compile: bool = setting(True, "torch.compile the DiT's repeated blocks on GPUs (the CPU always runs eager). The "
                             "first image of each new size or batch compiles first (the bot says 'warming up'); "
                             "compiled kernels are cached on disk under models_dir/.fluxbot-cache/inductor, so a "

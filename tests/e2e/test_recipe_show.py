@@ -47,8 +47,9 @@ async def test_show_of_a_pruned_job_says_why_its_pixels_may_differ(fake_discord,
     ix = await fake.slash(alice, "show", {"job": 1})
     await ix.wait_message(has_result, 60)
     assert "may differ" not in _status(ix)
-    # 2. Made with a compiled fp8 engine (another machine, say): regenerated, and the user is told why it may differ.
-    other = EngineRecipe(**{**rel_engine.recipe.to_dict(), "compute": "fp8", "compile": True})
+    # 2. Made with a compiled fp8 engine (another machine, say; its fp8 kernel named): regenerated, and the user is
+    #    told why it may differ.
+    other = EngineRecipe(**{**rel_engine.recipe.to_dict(), "compute": "fp8.row-fast", "compile": True})
     async with bot.store.session() as session:
         await session.execute(update(Job).where(Job.id == 1).values(recipe=other.to_dict()))
         await session.commit()
@@ -56,7 +57,7 @@ async def test_show_of_a_pruned_job_says_why_its_pixels_may_differ(fake_discord,
     await ix.wait_message(has_result, 60)
     note = await eventually(_says(ix, "may differ"), what="the remark under the status")
     assert "Made again from job #1's record" in note
-    assert "matmul compute: bf16 now, fp8 then" in note and "torch.compile: off now, on then" in note
+    assert "matmul compute: bf16 now, fp8 (row-fast) then" in note and "torch.compile: off now, on then" in note
     # 3. Made before recipes were recorded.
     async with bot.store.session() as session:
         await session.execute(update(Job).where(Job.id == 1).values(recipe=None))
