@@ -1,6 +1,10 @@
 """Fairness through the real bot (issue 11, item 8): jobs are taken round-robin across users (first come, first
 served within one user), the positions users are shown are the order the worker follows, and a guild's share
 of the queue can be capped.
+
+The backlog test runs on both `[engine] backend`s (tests/support/backends.py): with Ray, the job is paused inside
+the engine actor's DiT and the test sees and releases the pause through files (`RemoteFaults`). The guild cap is
+decided when a job is admitted, before any engine: local workers only.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from db import jobs as store_jobs
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import count_rows, has_result, imagine
 from tests.e2e.refusals import refusal
+from tests.support.backends import backend, backend_bot, backend_faults, on_both_backends  # noqa: F401 (fixtures)
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +25,13 @@ def queued_at(position: int):
     return lambda m: f"Queued, position {position}" in m.content
 
 
-async def test_a_users_backlog_does_not_hold_up_the_next_user(fake_discord, start_bot, make_rel_bot, engine_faults):
-    fake = fake_discord
-    bot = await start_bot(await make_rel_bot())
+@on_both_backends
+async def test_a_users_backlog_does_not_hold_up_the_next_user(fake_discord, start_bot, backend, backend_bot,
+                                                              backend_faults):
+    fake, engine_faults = fake_discord, backend_faults
+    bot = await start_bot(await backend_bot())
     await bot.engines.wait_loaded()
+    assert backend.serves(bot)
     alice, bob = fake.add_user("alice"), fake.add_user("bob")
     # 1. alice's first job holds the worker; she sends two more, then bob sends one.
     engine_faults.pause_at_step = 1

@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.support.engines import FAULTS, TUNABLE_LOADER, TUNE, Failing, SlowSteps
+from tests.support.engines import FAULTS, TUNABLE_LOADER, TUNE, Failing, SlowSteps, pause_flags
+from tests.support.file_flag import FileFlag
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,11 @@ class RayBackend:
         self._actor = (settings, remote)
         return remote
 
-    def faults(self, settings) -> "RemoteFaults":
-        """An `EngineFaults` installed in the actor with these engine settings."""
+    def faults(self, settings, folder: Path) -> "RemoteFaults":
+        """An `EngineFaults` installed in the actor with these engine settings, its pause flags files in `folder`."""
         remote = self._actor_like(settings)
-        remote.call(FAULTS, "install")
-        return RemoteFaults(remote)
+        remote.call(FAULTS, "install", "", str(folder))
+        return RemoteFaults(remote, **pause_flags(folder))
 
     def close(self) -> None:
         if self._actor is not None:
@@ -130,11 +131,14 @@ class RayBackend:
 
 class RemoteFaults:
     """`EngineFaults` (tests/e2e/reliability_kit.py) inside an engine actor: a field set here is set there and read
-    from there (`tests.support.engines.faults` through `RayEngine.call`). Its `paused`/`release` events stay in the
-    actor: a test that pauses the engine at a step runs on local workers only."""
+    from there (`tests.support.engines.faults` through `RayEngine.call`), while the engine is idle. Its `paused` and
+    `release` are `FileFlag`s (tests/support/file_flag.py) that the test and the actor share: a request to the actor
+    would wait behind the job the pause holds on its one engine thread."""
 
-    def __init__(self, remote):
+    def __init__(self, remote, *, paused: FileFlag, release: FileFlag):
         object.__setattr__(self, "_remote", remote)
+        object.__setattr__(self, "paused", paused)
+        object.__setattr__(self, "release", release)
 
     def __setattr__(self, name: str, value) -> None:
         self._remote.call(FAULTS, "set", name, value)
@@ -143,8 +147,9 @@ class RemoteFaults:
         return self._remote.call(FAULTS, "get", name)
 
     def remove(self) -> None:
-        """Take the seam out and put the engine's profile back (the OOM retry may have changed it)."""
+        """Release a pause, take the seam out and put the engine's profile back (the OOM retry may have changed it)."""
         remote = object.__getattribute__(self, "_remote")
+        object.__getattribute__(self, "release").set()
         remote.call(FAULTS, "remove")
         if remote.profile != "resident":
             remote.set_profile("resident")
@@ -169,7 +174,9 @@ def backend_faults(backend, request):
     if backend.name == "local":
         yield request.getfixturevalue("engine_faults")
         return
-    remote = backend.faults(request.getfixturevalue("rel_engine").settings)
+    folder = request.getfixturevalue("tmp_path") / "engine-faults"
+    folder.mkdir()
+    remote = backend.faults(request.getfixturevalue("rel_engine").settings, folder)
     try:
         yield remote
     finally:
