@@ -7,9 +7,12 @@ Layouts read:
   (`lora_te1_text_model_encoder_layers_0_self_attn_q_proj`): converted here with engine/bfl_keys.py, whose
   widths come from the model's config. diffusers' converter for this layout hard-codes FLUX.1's widths (3072),
   so it cannot read a LoRA of the tiny model; a test checks that both give the same deltas at FLUX.1's widths.
+- The mixed layout, kohya-style names of diffusers' modules (`lora_transformer_transformer_blocks_0_attn_to_q`,
+  `…_ff_net_0_proj`, with `alpha`; a CLIP part as kohya's): read here the same way, each name the diffusers Linear
+  whose dotted name it underscores. diffusers' converter for it maps only attention and embedder layers (a
+  feed-forward or norm layer became the whole block, and the load failed).
 - Everything else diffusers' `FluxLoraLoaderMixin.lora_state_dict` converts: diffusers/PEFT
-  (`transformer.…lora_A.weight`), XLabs (`…processor.qkv_lora1.down.weight`), the mixed `lora_transformer_…`
-  layout. Its output is checked the same way.
+  (`transformer.…lora_A.weight`), XLabs (`…processor.qkv_lora1.down.weight`). Its output is checked the same way.
 The scale of a pair is alpha / rank when the file gives alpha (kohya's `alpha` tensors, PEFT's
 `lora_adapter_metadata`), else 1 (diffusers' and PEFT's convention).
 Refused with a clear LoraError: not a safetensors file, no LoRA tensors, DoRA, Control LoRAs (they change
@@ -30,8 +33,8 @@ import torch
 
 from engine.bfl_keys import SWAPPED_HALVES, bfl_linear_parts, swap_halves
 from engine.lora_files import LoraError, read_header
-from engine.lora_shapes import (COMPONENTS, ModelWidths, bfl_target, check_fused_rows, check_pair, clip_name,
-                                diffusers_target, is_bfl_layout, not_in_model, split_key)
+from engine.lora_shapes import (COMPONENTS, MIXED_PREFIX, ModelWidths, bfl_target, check_fused_rows, check_pair,
+                                clip_name, diffusers_target, is_bfl_layout, not_in_model, split_key)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def load_lora(path: Path, pipe, name: str | None = None) -> LoraWeights:
     # 2. Convert the layout.
     widths = pipe_widths(pipe)
     if is_bfl_layout(tensors):
-        layout, pairs = "kohya/BFL", _from_bfl(path.name, tensors, widths)
+        layout, pairs = _kohya_layout(tensors), _from_bfl(path.name, tensors, widths)
     else:
         layout, pairs = "diffusers", _from_diffusers(path.name, tensors, metadata)
     if not any(pairs.values()):
@@ -149,7 +152,7 @@ def _from_bfl(file: str, tensors: dict[str, torch.Tensor], widths: ModelWidths) 
     out: dict[str, dict[str, LoraPair]] = {"transformer": {}, "text_encoder": {}}
     # 1. Group the tensors by module.
     for module, roles in _grouped(file, tensors).items():
-        # 2. Which model and which module: the DiT's BFL Linears, or CLIP's.
+        # 2. Which model and which module: the DiT's BFL Linears (diffusers' for the mixed layout), or CLIP's.
         target = bfl_target(module, widths)
         if target is None:
             raise not_in_model(file, module)
@@ -158,16 +161,21 @@ def _from_bfl(file: str, tensors: dict[str, torch.Tensor], widths: ModelWidths) 
         if component == "text_encoder":
             out["text_encoder"][name] = LoraPair(down, up, scale)
             continue
-        # 3. A fused BFL Linear: the up-matrix splits along the output rows of its diffusers parts.
+        # 3. A fused BFL Linear: the up-matrix splits along the output rows of its diffusers parts (a diffusers
+        #    Linear is its own one part).
         if name in SWAPPED_HALVES:
             up = swap_halves(up)
-        parts = widths.bfl_parts[name]
+        parts = widths.dit_parts(name)
         if up.dim() == 2:
             check_fused_rows(file, module, up.shape[0], parts)
         for d_name, r0, r1 in parts:
             part = up if r1 < 0 else up[r0:r1]
             out["transformer"][d_name] = LoraPair(down, part.contiguous(), scale)
     return out
+
+
+def _kohya_layout(tensors: dict[str, torch.Tensor]) -> str:
+    return "mixed" if any(k.startswith(MIXED_PREFIX) for k in tensors) else "kohya/BFL"
 
 
 def _grouped(file: str, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:

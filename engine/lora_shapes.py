@@ -12,8 +12,9 @@ against them. No torch: the same check runs twice.
 Both map a file's tensor names to the model's modules the same way (`split_key`, `is_bfl_layout`, `bfl_target`),
 check a fused BFL layer's rows (`check_fused_rows`) and each pair (`check_pair`), so a LoRA refused when the job
 would run is refused at admission with the same words. The header check covers the layouts fluxbot names itself:
-kohya / BFL / ComfyUI (with their CLIP part) and diffusers / PEFT; XLabs and the mixed `lora_transformer_` layout
-are converted by diffusers' loader from the tensors, so their widths are checked when the job runs.
+kohya / BFL / ComfyUI (with their CLIP part), the mixed `lora_transformer_` layout (kohya-style names of diffusers'
+modules) and diffusers / PEFT; XLabs is converted by diffusers' loader from the tensors, so its widths are checked
+when the job runs.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ COMPONENTS = ("transformer", "text_encoder")          # the models a LoRA may ch
 PAIR_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down",
                  "lora_B.weight": "up", "down.weight": "down", "up.weight": "up", "alpha": "alpha"}
 BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "lora_unet_")
+MIXED_PREFIX = "lora_transformer_"   # kohya-style names of diffusers' DiT modules (`…transformer_blocks_0_attn_to_q`)
 CLIP_PREFIXES = ("lora_te1_", "lora_te_", "text_encoders.clip_l.transformer.")
 BFL_ROOTS = ("double_blocks", "single_blocks", "img_in", "txt_in", "time_in", "vector_in", "guidance_in",
              "final_layer")
@@ -57,9 +59,16 @@ class ModelWidths:
 
     @cached_property
     def underscored(self) -> dict[str, dict[str, str]]:
-        """kohya's names (dots as underscores) → the BFL Linear ("transformer") or CLIP module ("text_encoder")."""
+        """kohya's names (dots as underscores) → the BFL Linear ("transformer"), CLIP module ("text_encoder") or,
+        for the mixed layout's names, the DiT's diffusers Linear ("mixed")."""
         return {"transformer": {b.replace(".", "_"): b for b in self.bfl_parts},
-                "text_encoder": {n.replace(".", "_"): n for n in self.linears.get("text_encoder", {})}}
+                "text_encoder": {n.replace(".", "_"): n for n in self.linears.get("text_encoder", {})},
+                "mixed": {n.replace(".", "_"): n for n in self.linears.get("transformer", {})}}
+
+    def dit_parts(self, name: str) -> Sequence[tuple[str, int, int]]:
+        """The diffusers parts of a DiT module `bfl_target` named: a BFL Linear's (its up-matrix split by rows), or
+        a diffusers Linear (the mixed layout) as itself, whole."""
+        return self.bfl_parts.get(name) or ((name, 0, -1),)
 
     @property
     def rank_bytes(self) -> int:
@@ -143,12 +152,13 @@ def split_key(key: str) -> tuple[str, str] | None:
 
 
 def is_bfl_layout(keys: Iterable[str]) -> bool:
-    """kohya / BFL names (sd-scripts' `lora_unet_…`, ComfyUI's `diffusion_model.double_blocks…`); not XLabs
-    (BFL block names too, with `processor`) nor the mixed `lora_transformer_` layout, which diffusers converts."""
+    """kohya / BFL names (sd-scripts' `lora_unet_…`, ComfyUI's `diffusion_model.double_blocks…`) and the mixed
+    `lora_transformer_…` layout (kohya-style names of diffusers' modules, read the same way); not XLabs (BFL block
+    names too, with `processor`), which diffusers converts."""
     keys = list(keys)
     if any(is_converted_by_diffusers(k) for k in keys):
         return False
-    if any(k.startswith("lora_unet_") for k in keys):
+    if any(k.startswith(("lora_unet_", MIXED_PREFIX)) for k in keys):
         return True                   # sd-scripts: FLUX's blocks, or another model's (refused by name later)
     for k in keys:
         stripped = k
@@ -160,13 +170,17 @@ def is_bfl_layout(keys: Iterable[str]) -> bool:
 
 
 def is_converted_by_diffusers(key: str) -> bool:
-    """XLabs' and the mixed layout's names, which only diffusers' loader maps (from the tensors)."""
-    return "processor" in key or key.startswith("lora_transformer_")
+    """XLabs' names, which only diffusers' loader maps (from the tensors)."""
+    return "processor" in key
 
 
 def bfl_target(module: str, widths: ModelWidths) -> tuple[str, str] | None:
-    """("text_encoder", CLIP module) or ("transformer", BFL Linear) of a kohya/BFL module name; None when the
+    """("text_encoder", CLIP module) or ("transformer", BFL Linear, or a diffusers Linear for the mixed layout's
+    `lora_transformer_` names: `widths.dit_parts` gives either's parts) of a kohya/BFL module name; None when the
     model has no such layer."""
+    if module.startswith(MIXED_PREFIX):
+        name = widths.underscored["mixed"].get(module[len(MIXED_PREFIX):])
+        return ("transformer", name) if name else None
     for prefix in CLIP_PREFIXES:
         if module.startswith(prefix):
             rest = clip_name(module[len(prefix):])
@@ -248,7 +262,7 @@ def check_fits(file: str, shapes: Mapping[str, Sequence[int]], widths: ModelWidt
         if component == "text_encoder":
             checks[component].append((name, down, up))
             continue
-        parts = widths.bfl_parts[name]
+        parts = widths.dit_parts(name)
         if len(up) == 2:
             check_fused_rows(file, module, up[0], parts)
         checks[component] += [(d_name, down, up if r1 < 0 else (r1 - r0, *up[1:])) for d_name, r0, r1 in parts]

@@ -46,7 +46,7 @@ def deltas(weights) -> dict[tuple[str, str], torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------- layouts
 
-@pytest.mark.parametrize("layout", ["comfy", "peft"])
+@pytest.mark.parametrize("layout", ["comfy", "peft", "mixed"])
 def test_every_layout_gives_the_kohya_files_deltas(pipe, files, layout):
     reference, other = deltas(load_lora(files["kohya"], pipe)), deltas(load_lora(files[layout], pipe))
     assert reference.keys() == other.keys() and len(reference) == 20   # every Linear of both blocks, q/k/v split
@@ -116,7 +116,7 @@ def test_strength_zero_is_no_lora_and_strengths_scale_the_change(tiny_engine, fi
     assert 0 < np.abs(half - plain).mean() < np.abs(full - plain).mean()
 
 
-@pytest.mark.parametrize("layout", ["comfy", "peft"])
+@pytest.mark.parametrize("layout", ["comfy", "peft", "mixed"])
 def test_every_layout_gives_the_same_pixels(tiny_engine, files, layout):
     kohya = pixels(tiny_engine.generate(replace(SPEC, loras=(use(files["kohya"]),))))
     other = pixels(tiny_engine.generate(replace(SPEC, loras=(use(files[layout]),))))

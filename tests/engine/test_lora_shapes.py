@@ -75,6 +75,25 @@ def test_a_lora_of_other_widths_is_refused_from_its_header_with_the_runs_own_wor
     assert "has 144 outputs, this model's has 96" in str(at_admission.value)
 
 
+def test_a_mixed_layout_lora_of_other_widths_is_refused_from_its_header_with_the_runs_own_words(pipe, tiny_widths,
+                                                                                                tmp_path):
+    """The mixed `lora_transformer_` layout is read by fluxbot (engine/lora_convert.py), so its widths are checked
+    before the job as for kohya files, with the words the run uses."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "mixed wide.safetensors"
+    module = "lora_transformer_single_transformer_blocks_0_proj_mlp"
+    save_file({f"{module}.lora_down.weight": torch.ones(2, 48), f"{module}.lora_up.weight": torch.ones(192, 2),
+               f"{module}.alpha": torch.tensor(2.0)}, str(path))
+    with pytest.raises(LoraError) as at_admission:
+        check_lora_header(path, tiny_widths)
+    with pytest.raises(LoraError) as at_run:
+        load_lora(path, pipe)
+    assert str(at_admission.value) == str(at_run.value) == (
+        "mixed wide.safetensors was made for another model: 'single_transformer_blocks.0.proj_mlp' is 32→128 here, "
+        "the LoRA's is 48→192.")
+
+
 @pytest.mark.parametrize("tensors, words", [
     # a diffusers/PEFT pair of another width on a layer the model has
     ({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (2, 3072),
@@ -88,6 +107,14 @@ def test_a_lora_of_other_widths_is_refused_from_its_header_with_the_runs_own_wor
     ({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": (2, 320),
       "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": (320, 2)},
      "it changes 'unet.down_blocks.0.attentions.0.proj_in' of the transformer, which this model does not have"),
+    # the mixed layout (kohya-style names of diffusers' modules): a feed-forward layer of FLUX.1-dev's widths, and a
+    # block the model lacks
+    ({"lora_transformer_transformer_blocks_0_ff_net_0_proj.lora_down.weight": (2, 3072),
+      "lora_transformer_transformer_blocks_0_ff_net_0_proj.lora_up.weight": (12288, 2)},
+     "'transformer_blocks.0.ff.net.0.proj' is 32→128 here, the LoRA's is 3072→12288"),
+    ({"lora_transformer_transformer_blocks_5_attn_to_q.lora_down.weight": (2, 32),
+      "lora_transformer_transformer_blocks_5_attn_to_q.lora_up.weight": (32, 2)},
+     "it changes 'lora_transformer_transformer_blocks_5_attn_to_q', which the model does not have"),
     # a CLIP part for another CLIP, beside a DiT part that fits
     ({"lora_unet_double_blocks_0_img_mlp_0.lora_down.weight": (2, 32),
       "lora_unet_double_blocks_0_img_mlp_0.lora_up.weight": (128, 2),

@@ -6,6 +6,8 @@ writes them, so every file must give the same deltas and the same pixels:
 - `comfy`: ComfyUI's `diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight` / `lora_B.weight`;
 - `peft`: diffusers/PEFT's `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, fused layers split;
 - `xlabs`: XLabs' `double_blocks.0.processor.qkv_lora1.down.weight` (attention of the double blocks only);
+- `mixed`: kohya-style names of diffusers' modules, `lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight`
+  + `.alpha` (every Linear, as `peft`'s pairs);
 - `kohya_te`: the kohya file plus a CLIP part (`lora_te1_text_model_encoder_layers_0_self_attn_q_proj`).
 
 And one that must be refused (`write(pipe, "other_widths", path)`): a kohya LoRA trained for a FLUX of other widths
@@ -21,7 +23,7 @@ from safetensors.torch import save_file
 from engine.bfl_keys import bfl_linear_parts
 from engine.tiny import demo_lora_tensors, random_lora_tensors
 
-LAYOUTS = ("kohya", "comfy", "peft", "xlabs", "kohya_te")
+LAYOUTS = ("kohya", "comfy", "peft", "xlabs", "mixed", "kohya_te")
 # XLabs' attention processors: (processor name, BFL Linear)
 _XLABS = (("qkv_lora1", "img_attn.qkv"), ("qkv_lora2", "txt_attn.qkv"), ("proj_lora1", "img_attn.proj"),
           ("proj_lora2", "txt_attn.proj"))
@@ -64,6 +66,20 @@ def xlabs(dit) -> dict[str, torch.Tensor]:
     return out
 
 
+def mixed(dit) -> dict[str, torch.Tensor]:
+    """`peft`'s pairs under `lora_transformer_` + the diffusers module's name with underscores, alpha = rank."""
+    out = {}
+    for key, t in peft(dit).items():
+        module, _, role = key.removeprefix("transformer.").rpartition(".lora_")
+        name = "lora_transformer_" + module.replace(".", "_")
+        if role == "A.weight":
+            out[name + ".lora_down.weight"] = t
+            out[name + ".alpha"] = torch.tensor(float(t.shape[0]))
+        else:
+            out[name + ".lora_up.weight"] = t
+    return out
+
+
 def kohya_te(dit, clip) -> dict[str, torch.Tensor]:
     out = kohya(dit)
     gen = torch.Generator().manual_seed(5)
@@ -91,7 +107,8 @@ def write(pipe, layout: str, path: Path) -> Path:
     """The LoRA in `layout` (or `other_widths`) for `pipe`'s tiny DiT (and CLIP), saved as safetensors at `path`."""
     dit = pipe.transformer
     tensors = {"kohya": lambda: kohya(dit), "comfy": lambda: comfy(dit), "peft": lambda: peft(dit),
-               "xlabs": lambda: xlabs(dit), "kohya_te": lambda: kohya_te(dit, pipe.text_encoder),
+               "xlabs": lambda: xlabs(dit), "mixed": lambda: mixed(dit),
+               "kohya_te": lambda: kohya_te(dit, pipe.text_encoder),
                "other_widths": lambda: other_widths(dit)}[layout]()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"ss_output_name": path.stem})
