@@ -44,11 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.engine_bench import FLUX_DEV, TINY, build_pipeline  # noqa: E402
 from engine.engine_process import ProcessEngine  # noqa: E402
 from engine.job_status import JobStatus  # noqa: E402
-from engine.compile import compile_blocks  # noqa: E402
-from engine.pipeline import Engine, compute_and_compile  # noqa: E402
-from engine.recipe import current_recipe  # noqa: E402
-from engine.streamer_flux import dit_blocks  # noqa: E402
-from engine.precision import apply_precision, dit_bytes  # noqa: E402
+from engine.pipeline import Engine  # noqa: E402
 from engine.queue import JobQueue  # noqa: E402
 from engine.settings import EngineSettings  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
@@ -92,25 +88,16 @@ class Recorder:
 
 def load_engine(device: str, tiny: bool) -> Engine:
     """An Engine around a random-weights pipeline, placed resident with fp8 all-linear and the engine's default
-    compute and compile (`Engine.load`'s steps 2 and 4: fp8 matmuls and compiled blocks on an sm_89+ GPU; bf16
-    eager on the CPU), as the bot runs it. Compiled kernels go to TORCHINDUCTOR_CACHE_DIR (`main` sets one for
-    the run, shared by every engine, as the bot's models_dir cache is)."""
+    compute and compile (`Engine.from_pipeline`, what `Engine.load` does after loading: fp8 matmuls and compiled
+    blocks on an sm_89+ GPU; bf16 eager on the CPU), as the bot runs it. Compiled kernels go to
+    TORCHINDUCTOR_CACHE_DIR (`main` sets one for the run, shared by every engine, as the bot's models_dir cache is)."""
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is not None:   # a Ray actor's GPU is plain "cuda" (CUDA_VISIBLE_DEVICES)
         torch.cuda.set_device(dev)
     pipe = build_pipeline(TINY if tiny else FLUX_DEV, dev)
     pipe.set_progress_bar_config(disable=True)
     settings = EngineSettings(model="random-weights", profile="resident", devices=[device], vae_tiling="never")
-    compute, compiled = compute_and_compile(settings, device)
-    precision = apply_precision(pipe, "all-linear", compute, hooks=not compiled)
-    others = sum(dit_bytes(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "vae"))
-    engine = Engine(settings=settings, device=device, pipe=pipe, model_id="flux-dev-arch@random",
-                    precision=precision, dit_bytes=dit_bytes(pipe.transformer), other_bytes=others,
-                    recipe=current_recipe("all-linear", compute, compiled, device))
-    engine._place("resident")
-    if compiled:
-        compile_blocks(dit_blocks(pipe))
-    return engine
+    return Engine.from_pipeline(settings, device, pipe, "flux-dev-arch@random")
 
 
 def load_engine_for(settings: EngineSettings, device: str) -> Engine:

@@ -92,7 +92,8 @@ def compute_and_compile(settings: EngineSettings, device: str) -> tuple[str, boo
 
 
 class Engine:
-    """A loaded pipeline. Build it with `Engine.load(settings, device)`."""
+    """A loaded pipeline. Build it with `Engine.load(settings, device)`, or `Engine.from_pipeline` around a pipeline
+    built elsewhere (the benches' random weights)."""
 
     def __init__(self, *, settings: EngineSettings, device: str, pipe, model_id: str, precision: str,
                  budgets=None, recipe: EngineRecipe | None = None, **_sizes_of_old):
@@ -113,6 +114,7 @@ class Engine:
         self.lora_library = LoraLibrary(settings.loras_dir)
         self.active_loras = ActiveLoras(pipe)
         self._lora_files = LoraCache(settings.lora_cache_mib * 2**20)   # converted LoRA files: the set's, recent ones
+        self._widths = pipe_widths(pipe)   # the Linears' in/out features (LoRA checks): fixed for the pipeline's life
         # What besides the job decides the pixels (engine/recipe.py); by default the eager bf16 compute engine.
         self.recipe = recipe or current_recipe(settings.fp8, "bf16", False, device)
         self.compile_state = CompileState(enabled=self.recipe.compile)
@@ -129,23 +131,41 @@ class Engine:
             raise EngineError(f"device {device} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU: "
                               f"set [engine] devices = [\"cpu\"], or install a CUDA build of torch and its driver")
         # 1. Find the files (ModelNotFoundError says what is missing) and name the model; measure the budgets
-        #    before loading (bad budgets fail here, naming the key).
+        #    before loading and check compute and compile (bad settings fail here, naming the key, not after
+        #    minutes of loading).
         source = resolve_source(settings)
         check_downloaded_files(source)
         mid = model_id(source)
         budgets = detect_budgets(settings, device)
-        compute, compiled = compute_and_compile(settings, device)
-        # 2. Load on the CPU (memory-mapped where the loader can), then store the DiT in fp8 (before placing),
-        #    with the fp8 Linears' forward for the compute (hook-free when the blocks are compiled).
+        compute_and_compile(settings, device)
+        # 2. Load on the CPU (memory-mapped where the loader can).
         pipe = load_pipeline(source, settings.fp8)
         if source.kind == "tiny":   # its demo LoRA, so an owner can try LoRAs without downloads
             ensure_demo_lora(settings.loras_dir, pipe.transformer)
+        # 3. Precision, recipe, placement and compiled blocks: what every engine around a built pipeline does.
+        engine = cls.from_pipeline(settings, device, pipe, mid, budgets=budgets)
+        log.info("engine ready: %s on %s, profile %s (%s), %s, %s, loaded in %.1f s", mid, device, engine.profile,
+                 engine.plan.reason, engine.precision, "compiled blocks" if engine.recipe.compile else "eager",
+                 time.perf_counter() - t0)
+        return engine
+
+    @classmethod
+    def from_pipeline(cls, settings: EngineSettings, device: str, pipe, model_id: str, *,
+                      budgets=None) -> "Engine":
+        """An Engine around an already-built pipeline (bf16 weights, as the loader or a bench built them): the DiT
+        stored in fp8 with the Linears' forward for `[engine] compute`, the recipe, the placement plan of `[engine]
+        profile`, then compiled blocks where `[engine] compile` says. `budgets` (memory.Budgets): measured before
+        the pipeline was built, as `Engine.load` does; default: measured now."""
+        # 1. Store the DiT in fp8 (before placing), with the fp8 Linears' forward for the compute (hook-free when
+        #    the blocks are compiled); the recipe says which.
+        compute, compiled = compute_and_compile(settings, device)
         precision = apply_precision(pipe, settings.fp8, compute, hooks=not compiled)
         recipe = current_recipe(settings.fp8, compute, compiled, device)
-        engine = cls(settings=settings, device=device, pipe=pipe, model_id=mid, precision=precision, budgets=budgets,
-                     recipe=recipe)
+        budgets = budgets or detect_budgets(settings, device)
+        engine = cls(settings=settings, device=device, pipe=pipe, model_id=model_id, precision=precision,
+                     budgets=budgets, recipe=recipe)
         engine._sizes = pipe_sizes(pipe)
-        # 3. Plan where every weight lives (the planner for "auto") and place them.
+        # 2. Plan where every weight lives (the planner for "auto") and place them.
         plan = make_plan(settings, device, engine._sizes, budgets)
         log.info("placement plan on %s:\n  %s", device, plan.describe().replace("\n", "\n  "))
         if not plan.fits and settings.profile == "auto":
@@ -155,12 +175,10 @@ class Engine:
             log.warning("[engine] profile = %r does not fit the budgets on %s (it runs anyway): %s", settings.profile,
                         device, plan.problem)
         engine._place(plan)
-        # 4. Compile the repeated blocks (the first image of each shape compiles them: "warming up").
+        # 3. Compile the repeated blocks (the first image of each shape compiles them: "warming up").
         if compiled:
             use_disk_cache(settings.models_dir)
             compile_blocks(dit_blocks(pipe))
-        log.info("engine ready: %s on %s, profile %s (%s), %s, %s, loaded in %.1f s", mid, device, engine.profile,
-                 plan.summary(), precision, "compiled blocks" if compiled else "eager", time.perf_counter() - t0)
         return engine
 
     @property
@@ -400,7 +418,7 @@ class Engine:
         self._lora_files.keep(file_ident(u) for u in spec.loras)
         # Within the room every placement plan keeps for LoRAs (admission checked the same on the headers).
         try:
-            check_reserve([(w.name, w.nbytes) for w, _ in loaded], pipe_widths(self.pipe),
+            check_reserve([(w.name, w.nbytes) for w, _ in loaded], self._widths,
                           self.settings.lora_reserve_rank)
         except limits.LimitError as e:
             raise EngineError(str(e)) from None

@@ -63,18 +63,15 @@ def test_first_start_writes_the_cache_and_later_starts_map_it(model_copy):
 
 
 def test_pixels_through_the_cache_equal_loading_everything_into_ram(model_copy, tiny_settings):
-    """The Engine's images with cache-mapped weights equal those of diffusers' plain in-RAM load + fp8 cast."""
+    """The Engine's images with cache-mapped weights equal those of diffusers' plain in-RAM load + fp8 cast (the
+    engine `Engine.from_pipeline` makes around it: the steps `Engine.load` takes after loading)."""
     from diffusers import FluxPipeline
-
-    from engine.precision import apply_precision, dit_bytes
 
     settings = replace(tiny_settings, model=str(model_copy))
     engine = Engine.load(settings, "cpu")
     plain = FluxPipeline.from_pretrained(model_copy, dtype=torch.bfloat16, local_files_only=True)
-    precision = apply_precision(plain, settings.fp8)
-    before = Engine(settings=settings, device="cpu", pipe=plain, model_id="plain", precision=precision,
-                    dit_bytes=dit_bytes(plain.transformer), other_bytes=0)
-    before._place("resident")
+    before = Engine.from_pipeline(settings, "cpu", plain, "plain")
+    assert before.recipe == engine.recipe and before.precision == engine.precision
     try:
         for seed in (3, 4):
             a = engine.generate(JobSpec("a red house", seed=seed, **SMALL)).images[0]
