@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from bot.app import build_bot
 from db import jobs as store_jobs
-from engine.image_input import UPSCALE_DENOISE, fit_size
+from engine.image_input import DEFAULT_DENOISE, UPSCALE_DENOISE, fit_size
 from engine.png import format_parameters, read_png_params
 from engine.settings import TINY, EngineSettings
 from engine.tiny import DEMO_LORA
@@ -25,6 +25,9 @@ from tests.e2e.reliability_kit import (count_rows, crafted_click, has_result, im
 from tests.fakediscord import Upload
 from tests.support import lora_layouts
 from tests.support.backends import backend, on_both_backends  # noqa: F401 (backend: a fixture)
+from tests.support.configs import SIZES
+
+LARGE = "2:3 1024x1536"   # a size past Upscale ×2's 1024² (engine.image_input.UPSCALE_MAX_PIXELS)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,8 @@ def lora_engine(tiny_model_dir, loras_dir):
 
 @pytest.fixture
 async def bot(fake_discord, start_bot, rel_config, lora_engine, loras_dir, backend):
-    config = rel_config(engine={"loras_dir": str(loras_dir)}, limits={"max_loras": 2, "max_input_mb": 1.0})
+    config = rel_config(engine={"loras_dir": str(loras_dir)}, limits={"max_loras": 2, "max_input_mb": 1.0},
+                        discord={"sizes": [*SIZES, LARGE]})
     loader = await backend.loader(lora_engine)
     started = await start_bot(await build_bot(backend.configure(config), engine_loader=loader, close_engines=False))
     assert await started.engines.wait_loaded() == 1 and backend.serves(started)
@@ -60,6 +64,11 @@ async def result_of(ix, timeout: float = 60.0):
 
 def png_params(bot, job) -> dict:
     return read_png_params(job.images[0].path)
+
+
+def decoded(attachment) -> np.ndarray:
+    with Image.open(io.BytesIO(attachment.data)) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def photo(width=300, height=200, **text) -> bytes:
@@ -197,6 +206,65 @@ async def test_show_refuses_a_job_whose_lora_file_changed_or_is_gone(fake_discor
         path.unlink(missing_ok=True)
 
 
+async def test_edit_keeps_the_parents_loras_and_a_tag_in_the_new_prompt_replaces_them(fake_discord, bot, loras_dir):
+    """✏️ Edit without <lora:…> tags keeps the parent's LoRAs (names, file hashes, strengths); a tag in the edited
+    prompt chooses the LoRAs instead, and the tag leaves the prompt."""
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    first = await result_of(await imagine(fake, alice, prompt="a lighthouse <lora:e2e detail:0.5>", seed=4,
+                                          lora=DEMO_LORA, lora_strength=0.8))
+    parent = await store_jobs.get_job(bot.store, 1)
+    assert [u["name"] for u in parent.loras] == ["e2e detail", DEMO_LORA]
+
+    async def edit(prompt: str):
+        opened = await (await fake.click(alice, first, "Edit")).wait_response()
+        assert opened.type == 9, opened.data
+        await result_of(await fake.submit_modal(alice, opened.modal_custom_id,
+                                                {"prompt": prompt, "seed": "9", "steps": "2"}, message=first))
+    # 1. No tag: the parent's LoRAs, as recorded (the same files, the same strengths).
+    await edit("a lighthouse at night")
+    kept = await store_jobs.get_job(bot.store, 2)
+    assert (kept.kind, kept.prompt, kept.loras) == ("edit", "a lighthouse at night", parent.loras)
+    assert f"<lora:{DEMO_LORA}:0.8>" in format_parameters(png_params(bot, kept))
+    # 2. A tag: those LoRAs only.
+    await edit("a lighthouse in fog <lora:e2e detail:0.3>")
+    replaced = await store_jobs.get_job(bot.store, 3)
+    digest = hashlib.sha256((loras_dir / "e2e detail.safetensors").read_bytes()).hexdigest()
+    assert replaced.prompt == "a lighthouse in fog"
+    assert replaced.loras == ({"name": "e2e detail", "strength": 0.3, "sha256": digest},)
+
+
+async def test_show_makes_a_pruned_lora_job_again_with_its_loras_and_the_same_pixels(fake_discord, bot):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    original = await result_of(await imagine(fake, alice, prompt="a windmill", seed=13, lora=DEMO_LORA,
+                                             lora_strength=0.9))
+    plain = await result_of(await imagine(fake, alice, prompt="a windmill", seed=13))
+    assert not np.array_equal(decoded(original.attachments[0]), decoded(plain.attachments[0]))   # the LoRA shows
+    job = await store_jobs.get_job(bot.store, 1)
+    for image in job.images:                                  # pruned: /show makes it again from the record
+        os.remove(image.path)
+    again = await result_of(await fake.slash(alice, "show", {"job": 1}))
+    shown = await store_jobs.get_job(bot.store, 3)
+    assert (shown.kind, shown.parent_id, shown.loras) == ("show", 1, job.loras)
+    assert np.array_equal(decoded(again.attachments[0]), decoded(original.attachments[0]))
+
+
+async def test_defaults_a_lora_without_lora_strength_is_1_and_an_image_without_strength_is_0_6(fake_discord, bot,
+                                                                                               loras_dir):
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    upload = Upload("field.png", photo(256, 256), "image/png")
+    await result_of(await fake.slash(alice, "imagine", {"prompt": "a field", "lora": DEMO_LORA, "image": upload,
+                                                        "steps": 2, "seed": 6}))
+    job = await store_jobs.get_job(bot.store, 1)
+    digest = hashlib.sha256((loras_dir / f"{DEMO_LORA}.safetensors").read_bytes()).hexdigest()
+    assert job.loras == ({"name": DEMO_LORA, "strength": 1.0, "sha256": digest},)
+    assert DEFAULT_DENOISE == 0.6 and job.denoise == 0.6
+    params = format_parameters(png_params(bot, job))
+    assert params.startswith(f"a field <lora:{DEMO_LORA}:1>\n") and "Denoising strength: 0.6," in params
+
+
 # --- an image as input ---------------------------------------------------------------------------------------------
 
 @on_both_backends
@@ -260,6 +328,22 @@ async def test_upscale_makes_a_twice_as_large_refinement_of_the_image(fake_disco
     # its input is the parent's pixels, stored clean
     with Image.open(job.input_image) as im, Image.open(parent.images[0].path) as original:
         assert np.array_equal(np.asarray(im), np.asarray(original.convert("RGB")))
+
+
+async def test_a_result_larger_than_1024_squared_has_no_upscale_button_and_a_crafted_click_is_refused(fake_discord,
+                                                                                                      bot):
+    """Upscale ×2 is for results of at most 1024² (×2 → 2048 a side at most): a 1024×1536 result has every other
+    button, and a click on an upscale custom_id made for it (an old or forged button) is refused privately, saying
+    why, and queues nothing."""
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    big = await result_of(await imagine(fake, alice, prompt="a tower", seed=3, size="1024x1536", steps=1), 120)
+    assert big.attachments[0].image_size == (1024, 1536)
+    assert big.custom_ids == job_buttons(bot, 1, ("reroll", "vary", "varystrong", "edit", "delete"))
+    ix = await crafted_click(fake, alice, job_buttons(bot, 1, ("upscale",))[0])
+    assert await refusal(fake, ix) == ("Job #1 is 1024×1536: Upscale ×2 takes images of at most 1024×1024 (the "
+                                       "result is at most 2048 a side).")
+    assert await count_rows(bot.store) == 1
 
 
 @on_both_backends
