@@ -304,6 +304,38 @@ async def test_bad_attachments_are_refused_privately_and_queue_nothing(fake_disc
         assert not fake.requests_to(r"^/attachments/", "GET")
 
 
+@pytest.mark.parametrize("status, words", [
+    (404, "(HTTP 404: the attachment is gone or its link expired). Attach it again"),
+    (403, "(HTTP 403: the attachment is gone or its link expired). Attach it again"),
+    (503, "(HTTP 503). Attach it again and send the command again in a moment."),
+])
+async def test_an_attachment_discord_cannot_serve_is_refused_privately_saying_to_attach_it_again(
+        fake_discord, bot, tmp_path, status, words):
+    """The CDN answers an error (an expired link, a removed file, an outage): the user is told what failed and what
+    to do, privately, not "something went wrong"; nothing is queued or stored."""
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    fake.fail(r"^/attachments/", status, method="GET")
+    ix = await fake.slash(alice, "imagine", {"prompt": "a cat", "image": Upload("cat.png", photo(), "image/png"),
+                                             "steps": 2})
+    text = await refusal(fake, ix)
+    assert text.startswith("The image could not be downloaded from Discord") and words in text
+    assert await count_rows(bot.store) == 0 and fake.requests_to(r"^/attachments/", "GET")
+    assert not list((tmp_path / "images" / "inputs").glob("*.png"))     # nothing stored (rel_config's images_dir)
+
+
+async def test_an_attachment_larger_than_it_declared_is_refused_and_queues_nothing(fake_discord, bot):
+    """Its payload says 50 KB, the CDN sends 3 MB: the download stops past [limits] max_input_mb (1 MB here)."""
+    fake = fake_discord
+    alice = fake.add_user("alice")
+    liar = Upload("small.png", b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 2**20), "image/png", declared_size=50_000)
+    ix = await fake.slash(alice, "imagine", {"prompt": "a cat", "image": liar, "steps": 2})
+    text = await refusal(fake, ix)
+    assert text == ("The image is larger than its attachment said: this bot accepts at most 1 MB. Send a smaller "
+                    "image.")
+    assert await count_rows(bot.store) == 0 and fake.requests_to(r"^/attachments/", "GET")
+
+
 async def test_strength_without_an_image_is_refused(fake_discord, bot):
     alice = fake_discord.add_user("alice")
     ix = await fake_discord.slash(alice, "imagine", {"prompt": "a cat", "strength": 0.5, "steps": 2})

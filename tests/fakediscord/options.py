@@ -23,10 +23,12 @@ STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER, ATTACHMENT =
 
 @dataclass(frozen=True)
 class Upload:
-    """A file a user attaches to an attachment option."""
+    """A file a user attaches to an attachment option. `declared_size`: the size its attachment payload claims
+    (default: its real length), a lie the bot must not trust when it downloads `data`."""
     filename: str
     data: bytes
     content_type: str = "application/octet-stream"
+    declared_size: int | None = None
 
 
 def build_command_data(fake: "FakeDiscord", command: dict, path: list[str], values: dict[str, Any],
@@ -99,7 +101,7 @@ def _coerce(fake: "FakeDiscord", otype: int, value: Any, resolved: dict) -> Any:
     if otype == ATTACHMENT:
         if not isinstance(value, Upload):
             raise TypeError("an attachment option takes fakediscord.Upload(filename, data, content_type)")
-        att = fake.store_attachment(value.filename, value.data, value.content_type)
+        att = fake.store_attachment(value.filename, value.data, value.content_type, declared_size=value.declared_size)
         resolved.setdefault("attachments", {})[str(att.id)] = payloads.attachment(att)
         return str(att.id)
     raise NotImplementedError(f"fakediscord does not type option type {otype} yet")

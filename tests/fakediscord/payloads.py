@@ -74,7 +74,8 @@ def guild_create(fake: "FakeDiscord", intents: int = GUILD_PRESENCES) -> dict:
 
 
 def attachment(a: FakeAttachment) -> dict:
-    data: dict[str, Any] = {"id": str(a.id), "filename": a.filename, "size": a.size, "url": a.url,
+    size = a.size if a.declared_size is None else a.declared_size
+    data: dict[str, Any] = {"id": str(a.id), "filename": a.filename, "size": size, "url": a.url,
                             "proxy_url": a.url, "content_type": a.content_type}
     if a.description:
         data["description"] = a.description

@@ -54,6 +54,7 @@ class FakeAttachment:
     content_type: str | None = None
     description: str | None = None
     url: str = ""
+    declared_size: int | None = None   # what its payload's `size` claims, when not its real length
 
     @property
     def size(self) -> int:

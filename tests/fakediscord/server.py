@@ -290,10 +290,12 @@ class FakeDiscord:
         return msg
 
     def store_attachment(self, filename: str, data: bytes, content_type: str | None = None, *,
-                         channel_id: int | None = None, description: str | None = None) -> FakeAttachment:
+                         channel_id: int | None = None, description: str | None = None,
+                         declared_size: int | None = None) -> FakeAttachment:
         aid = self._ids.next()
         att = FakeAttachment(aid, filename, data, content_type, description,
-                             url=f"{self.http_url}/attachments/{channel_id or 0}/{aid}/{filename}")
+                             url=f"{self.http_url}/attachments/{channel_id or 0}/{aid}/{filename}",
+                             declared_size=declared_size)
         self.attachments[aid] = att
         return att
 
