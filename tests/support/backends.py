@@ -43,11 +43,12 @@ ROOT = Path(__file__).resolve().parents[2]
 HAS_RAY = importlib.util.find_spec("ray") is not None
 LOAD_WAIT_S = 60.0  # how long a gated loader waits for the test's gate (the `gate` fixture sets it at teardown)
 
-on_both_backends = pytest.mark.parametrize("backend", [
+BACKENDS = [  # the names, for a test that runs the bot in another process with its own config (test_kill_restart)
     "local",
     pytest.param("ray", marks=[pytest.mark.slow,
                                pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed: pip install -e '.[ray]'")]),
-], indirect=True)
+]
+on_both_backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 @dataclass
