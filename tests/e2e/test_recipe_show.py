@@ -2,7 +2,9 @@
 file was pruned says under its status line that its pixels may differ, and why, when the engine's recipe changed
 since (engine/recipe.py). (Not an ephemeral followup: after a deferred reply, Discord turns the first followup into
 that reply, which the status line then overwrites.)
-The same recipe regenerates silently (tests/e2e/test_bot.py checks those pixels are the same)."""
+The same recipe regenerates silently (tests/e2e/test_bot.py checks those pixels are the same).
+Runs on both `[engine] backend`s (tests/support/backends.py): with Ray, the recipe is the one the engine actor
+reported when it loaded (`RayEngine.recipe_differences`), and the job made again there."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +16,7 @@ from db.models import Job
 from engine.recipe import EngineRecipe
 from tests.e2e.reliability_kit import *  # noqa: F401,F403 (fixtures)
 from tests.e2e.reliability_kit import eventually, has_result, imagine
+from tests.support.backends import backend, backend_bot, on_both_backends  # noqa: F401 (fixtures)
 
 
 async def _started(start_bot, bot):
@@ -34,9 +37,12 @@ def _says(ix, words: str):
     return check
 
 
-async def test_show_of_a_pruned_job_says_why_its_pixels_may_differ(fake_discord, start_bot, make_rel_bot, rel_engine):
+@on_both_backends
+async def test_show_of_a_pruned_job_says_why_its_pixels_may_differ(fake_discord, start_bot, backend, backend_bot,
+                                                                  rel_engine):
     fake = fake_discord
-    bot = await _started(start_bot, await make_rel_bot())
+    bot = await _started(start_bot, await backend_bot())
+    assert backend.serves(bot)
     alice = fake.add_user("alice")
     await (await imagine(fake, alice, prompt="a lighthouse", seed=5)).wait_message(has_result, 60)
     job = await store_jobs.get_job(bot.store, 1)
