@@ -3,6 +3,9 @@
 Real FluxBot against the fake Discord, real SQLite. A failing engine is the real loader given a model path that
 does not exist (no mock): it raises the engine's own ModelNotFoundError, in the bot's process or, with
 `[engine] backend = "ray"` (tests/support/backends.py), in the engine actor, whose error the pool reports the same way.
+The engine's side runs on both backends: a load that fails, jobs waiting while the model loads, and jobs queued while
+a load that then fails. Local only: what the bot refuses once the engine failed (buttons, the Edit form, /show: the
+same refusal whichever backend failed) and the refusals decided at admission (the defer, the locked store).
 """
 from __future__ import annotations
 
@@ -41,14 +44,13 @@ def broken_bot(rel_config, backend):
     bot's process), on the test's backend."""
     async def _make(*, gate: threading.Event | None = None, **changes) -> FluxBot:
         from bot.config import Secret
-        from engine.pipeline import Engine
 
         config = backend.configure(rel_config(engine={"model": MISSING_MODEL}, discord={"token": Secret(TOKEN)},
                                               **changes))
 
-        def load_after_gate(settings, device):
+        def load_after_gate(settings, where):  # where: the device, or with Ray the node of the engine actor
             gate.wait(30)
-            return Engine.load(settings, device)
+            return backend.load(settings, where)
         return await build_bot(config, engine_loader=load_after_gate if gate is not None else None)  # None: Engine.load
     return _make
 
@@ -111,14 +113,13 @@ async def test_buttons_the_edit_form_and_show_regenerate_are_refused_while_the_e
 
 # --- the model is still loading ----------------------------------------------------------------------------------------
 
+@on_both_backends
 async def test_while_the_model_loads_jobs_wait_with_an_honest_line_then_run(fake_discord, start_bot, rel_config,
-                                                                         rel_engine, gate):
+                                                                         rel_engine, gate, backend):
     fake = fake_discord
-
-    def slow_load(_settings, _device):
-        gate.wait(30)
-        return rel_engine
-    bot = await start_bot(await build_bot(rel_config(), engine_loader=slow_load, close_engines=False))
+    slow_load = await backend.loader(rel_engine, gate=gate)
+    bot = await start_bot(await build_bot(backend.configure(rel_config()), engine_loader=slow_load,
+                                          close_engines=False))
     assert bot.engines.state.status is EngineStatus.LOADING
     alice = fake.add_user("alice")
     # 1. Accepted, with "waiting for the model to load" where an ETA would be made up.
@@ -132,13 +133,16 @@ async def test_while_the_model_loads_jobs_wait_with_an_honest_line_then_run(fake
     # 2. The model is there: both run and are delivered, and /queue says it is ready.
     gate.set()
     assert await bot.engines.wait_loaded() == 1
-    assert bot.engines.state.status is EngineStatus.READY
+    assert bot.engines.state.status is EngineStatus.READY and backend.serves(bot)
     for ix in (ix1, ix2):
         await ix.wait_message(has_result, 30)
+    (device,) = bot.engines.state.devices  # cpu#0, or the Ray slot ray:<host>/<node>#0
+    assert device.startswith("cpu#0" if backend.name == "local" else "ray:"), device
     ix = await fake.slash(alice, "queue")
-    assert "Engine ready on cpu#0" in (await ix.wait_message(lambda m: m.ephemeral and m.embeds)).text()
+    assert f"Engine ready on {device}" in (await ix.wait_message(lambda m: m.ephemeral and m.embeds)).text()
 
 
+@on_both_backends
 async def test_jobs_queued_while_loading_are_told_when_the_load_then_fails_and_can_be_cancelled(
         fake_discord, start_bot, broken_bot, gate):
     fake = fake_discord

@@ -63,6 +63,12 @@ class LocalBackend:
         """Whether `bot`'s workers are this backend's: in its own process."""
         return bool(bot.engines.workers) and not any(w.name.startswith("ray:") for w in bot.engines.workers)
 
+    def load(self, settings, device: str):
+        """The production load on this backend (`Engine.load`), for a loader that does something first."""
+        from engine.pipeline import Engine
+
+        return Engine.load(settings, device)
+
     async def loader(self, engine, *, gate: threading.Event | None = None, step_s: float = 0.0,
                      failing: bool = False) -> Callable[[Any, str], Any]:
         def load(_settings, _device):
@@ -92,6 +98,14 @@ class RayBackend:
         actor = self._actor[1] if self._actor else None
         return isinstance(bot.engines._pool, RayWorkerPool) and bool(bot.engines.workers) and all(
             w.name.startswith("ray:") and w.engine is actor for w in bot.engines.workers)
+
+    def load(self, settings, node_id: str):
+        """The production load on this backend: an engine actor on `node_id` loading with `Engine.load` (the module's
+        actor is closed first: the one logical GPU holds one actor at a time)."""
+        from engine.ray_engine import RayEngine
+
+        self.close()
+        return RayEngine.start(settings, node_id, {"GPU": 1}, name="test-load")
 
     async def loader(self, engine, *, gate: threading.Event | None = None, step_s: float = 0.0,
                      failing: bool = False) -> Callable[[Any, str], Any]:
