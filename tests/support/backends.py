@@ -16,11 +16,16 @@ settings serves every bot of the module (starting one takes ~12 s: a process imp
 actor's `RayEngine` from the loader (engine/ray_pool.py). What a test asks of the engine happens inside the actor
 (`tests.support.engines.Tunable`, set through `RayEngine.call`): the pause after each step (progress and a cancel see
 the actor's own steps), refusing every job, and the fault seam of the reliability tests (`backend_faults`:
-`EngineFaults` in the actor's DiT, driven by `RemoteFaults`; `backend_bot` is `make_rel_bot` on the backend). Pytest
-groups a module's tests by the module-scoped parameter, so the `ray` variants run one after the other on the one
-instance. Their cost, measured 2026-11-30 on the 2-core VM under load (average 3.6–5.9): the 21 `ray` variants of
-test_bot, test_loras_images, test_faults and test_engine_status took 185 s of those modules' 505 s, 89 s of it
-starting each module's Ray instance and actor.
+`EngineFaults` in the actor's DiT, driven by `RemoteFaults`, whose pause is seen and released through `FileFlag`s;
+`backend_bot` is `make_rel_bot` on the backend). `backend.load(settings, where)` is the production load on the
+backend (`Engine.load`, or a real engine actor), for a loader that waits first. Pytest groups a module's tests by the
+module-scoped parameter, so the `ray` variants run one after the other on the one instance. `BACKENDS` are the two
+names for a test whose bot runs in another process with its own config (tests/e2e/test_kill_restart.py). Their cost,
+measured 2026-11-30 on the 2-core VM under load (average 3.6–5.9): the 21 `ray` variants of test_bot,
+test_loras_images, test_faults and test_engine_status took 185 s of those modules' 505 s, 89 s of it starting each
+module's Ray instance and actor; the later ones (one run each): test_fairness's backlog 31 s, test_recipe_show 34 s,
+test_engine_devices 29 s (20-23 s of each: the module's instance and actor), test_engine_status's loading two 18 s,
+test_kill_restart's mid-job kill 88-104 s (two bot processes, each starting its own instance and actor).
 """
 from __future__ import annotations
 
