@@ -13,8 +13,10 @@ Membership, read from `ray.nodes()` (each node's total resources) every `[ray] p
 2. A worker whose actor died mid-job re-queues the job at the head of its owner's turn (`EngineLost`); Ray restarts
    the actor on its node (the model reloads) and the worker goes on; when the node is gone, the worker ends and the
    pool drops it. A job is never lost (it is re-queued) and never delivered twice (Ray never retries it by itself).
-3. Every engine must have the same `model_id` (name@sha256 of the weights): the first engine that loads sets it; a
-   node whose files differ is refused (it would break "same seed, same pixels"), reported as a `DeviceFailure`.
+3. Every engine must have the same `model_id` (name@sha256 of the weights): the bot's own copy of the model sets it
+   when its host has one (read before any actor starts, so which node loads first does not matter), else the first
+   engine that loads; a node whose files differ is refused (it would break "same seed, same pixels"), reported as
+   a `DeviceFailure`.
    A slot whose engine failed to load is not tried again while its node stays; a node that leaves and joins again
    (a new node id) is.
 """
@@ -109,7 +111,9 @@ class RayWorkerPool:
     loader: str | Callable[[Any, str], Any] | None = None
     on_change: Callable[[PoolState], None] | None = None
     state: PoolState = field(default_factory=PoolState)
-    model_id: str | None = None  # what every engine serves (set by the first one that loads)
+    model_id: str | None = None  # what every engine serves (the bot's own files, else the first engine that loads)
+    local_reference: bool | None = None  # read the bot's own copy first (None: when `loader` is None, real engines)
+    _model_from: str = "the other workers serve"  # where model_id came from, in the refusal's words
     _slots: dict[Slot, Worker] = field(default_factory=dict)
     _loading: dict[str, asyncio.Task] = field(default_factory=dict)  # node id -> the task loading its slots
     _failed: dict[Slot, DeviceFailure] = field(default_factory=dict)
@@ -128,13 +132,18 @@ class RayWorkerPool:
         then keep watching the membership in the background."""
         # 1. The cluster.
         self._connected_here = await asyncio.to_thread(connect, self.ray_settings)
-        # 2. Its slots now.
+        # 2. The weights every node must serve: the bot's own copy, when its host has one (real engines; a loader
+        #    seam serves what it likes unless the test asks).
+        local = self.loader is None if self.local_reference is None else self.local_reference
+        if local and self.model_id is None:
+            await self._reference_model()
+        # 3. Its slots now.
         await self.refresh()
         if self._loading:
             await asyncio.gather(*self._loading.values(), return_exceptions=True)
         if not self.state.workers:
             log.error("no engine loaded on the Ray cluster (%s)", self.ray_settings.address or "local instance")
-        # 3. Later changes.
+        # 4. Later changes.
         self._watch = asyncio.create_task(self._watch_loop(), name="fluxbot-ray-membership")
         return self.state
 
@@ -222,6 +231,17 @@ class RayWorkerPool:
         log.info("worker %s joined (%d worker(s) on the cluster)", slot.name, len(self._slots))
         self._change()
 
+    async def _reference_model(self) -> None:
+        """Read the model the bot's own files give (hashed once, cached beside them), the one every node must
+        serve; without a copy on this host, the first engine that loads sets it."""
+        model_id, why = await asyncio.to_thread(_node_model_id, self.settings)
+        if model_id:
+            self.model_id, self._model_from = model_id, "the bot's own files give"
+            log.info("every Ray node must serve %s (the bot's own copy of the model)", model_id)
+        else:
+            log.info("the bot's host has no copy of the model (%s): the first engine that loads on the cluster sets "
+                     "the weights every node must serve", why)
+
     async def _check_model(self, worker: Worker) -> None:
         """Every engine serves the same weights; a different one is closed and refused."""
         model_id = worker.engine.model_id
@@ -230,7 +250,7 @@ class RayWorkerPool:
         if model_id == self.model_id:
             return
         await worker.stop(close_engine=True)
-        raise ModelMismatch(f"{worker.name} loaded {model_id}, but the other workers serve {self.model_id}: put the "
+        raise ModelMismatch(f"{worker.name} loaded {model_id}, but {self._model_from} {self.model_id}: put the "
                             f"same weights on every host (the same seed must give the same pixels everywhere)")
 
     def _ended(self, slot: Slot, worker: Worker) -> None:

@@ -43,7 +43,7 @@ POLL_S = 0.5
 def cluster():
     """A head without GPUs and one node with a logical GPU; the test process is Ray's driver."""
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    c.add_node(num_cpus=1, num_gpus=1)
+    c.good_node = c.add_node(num_cpus=1, num_gpus=1)
     ray.init(address=c.address, namespace="fluxbot-tests", runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield c
     ray.shutdown()
@@ -112,3 +112,28 @@ async def test_a_node_whose_files_hold_other_weights_gets_no_worker_and_is_named
     assert good.jobs_done == 4 and {r.model_id for r in hooks.results.values()} == {served}
     await asyncio.sleep(3 * POLL_S)  # a few membership polls
     assert pool.workers == [good] and pool.state.failed == (failure,) and not pool._loading
+
+
+async def test_with_only_other_weights_on_the_cluster_the_bots_own_copy_decides_and_nothing_serves(
+        pool, cluster, settings, other_models_dir):
+    """The reference is the bot's own copy of the model, read before any actor starts: which node loads first does
+    not matter. Here every GPU node left holds other weights; taking the first engine that loads as the reference
+    would have served them."""
+    served, other = (model_id(resolve_source(replace(settings, models_dir=str(d))))
+                     for d in (settings.models_dir, other_models_dir))
+    # 1. The good node leaves; a host with other weights is (or stays) on the cluster.
+    cluster.remove_node(cluster.good_node)
+    bad = cluster.add_node(num_cpus=1, num_gpus=1, env_vars={NODE_MODELS_ENV: str(other_models_dir)})
+    # 2. A bot starting now reads its own files first, so every engine on the cluster is refused, naming both models.
+    fresh = RayWorkerPool(settings, RaySettings(poll_s=POLL_S), JobQueue(), Recorder(), loader=NODE_FILES_LOADER,
+                          local_reference=True)
+    try:
+        await fresh.start()
+        await until(lambda: bad.node_id in {f.device for f in fresh.state.failed}, "the other weights to be refused")
+        assert fresh.workers == [] and fresh.model_id == served
+        for failure in fresh.state.failed:
+            assert isinstance(failure.error, ModelMismatch)
+            assert f"loaded {other}, but the bot's own files give {served}: put the same weights" in str(failure.error)
+    finally:
+        await fresh.stop()
+
