@@ -11,8 +11,6 @@ embed and buttons, with the same pixels as the local engine for the same seed. S
 from __future__ import annotations
 
 import io
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,17 +18,14 @@ from PIL import Image
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
-from bot.app import build_bot  # noqa: E402
 from bot.engine_state import EngineStatus  # noqa: E402
-from engine.ray_settings import RaySettings  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
 from tests.e2e.reliability_kit import *  # noqa: E402,F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import delivered, eventually, has_result, imagine, job_buttons  # noqa: E402
-from tests.support.engines import SEAM_LOADER  # noqa: E402
+from tests.support.ray_cluster import start_bot_on_local_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def pixels(message) -> np.ndarray:
@@ -39,11 +34,8 @@ def pixels(message) -> np.ndarray:
 
 async def test_the_bot_on_a_local_ray_instance_serves_as_with_local_workers(fake_discord, start_bot, rel_config,
                                                                           tiny_engine, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the actor imports the seam loader from tests/
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     fake = fake_discord
-    config = replace(rel_config(engine={"backend": "ray"}), ray=RaySettings(local_gpus=1, poll_s=0.5))
-    bot = await start_bot(await build_bot(config, engine_loader=SEAM_LOADER))
+    bot = await start_bot_on_local_ray(start_bot, rel_config, monkeypatch)
     # 1. One worker, on the local instance's one (logical) GPU; users see the engine ready there.
     assert await bot.engines.wait_loaded() == 1
     assert bot.engines.state.status is EngineStatus.READY and bot.engines.state.devices[0].startswith("ray:")

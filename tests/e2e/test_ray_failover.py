@@ -12,35 +12,26 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
-from bot.app import build_bot  # noqa: E402
 from bot.job_types import JobStatus  # noqa: E402
-from engine.ray_settings import RaySettings  # noqa: E402
 from tests.e2e.reliability_kit import *  # noqa: E402,F401,F403 (fixtures and helpers)
 from tests.e2e.reliability_kit import delivered, eventually, has_result, imagine  # noqa: E402
-from tests.support.engines import SEAM_LOADER  # noqa: E402
+from tests.support.ray_cluster import start_bot_on_local_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # 0.3 s each: the job is still running when its actor is killed, once its status shows a step
 WAIT_S = 120  # the actor's restart reloads torch and the model: tens of seconds on 2 loaded cores
 
 
 async def test_an_engine_actor_killed_mid_job_requeues_it_and_the_user_gets_one_result(fake_discord, start_bot,
                                                                                        rel_config, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the actor imports the seam loader from tests/
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     fake = fake_discord
-    config = replace(rel_config(engine={"backend": "ray"}), ray=RaySettings(local_gpus=1, poll_s=0.5))
-    bot = await start_bot(await build_bot(config, engine_loader=SEAM_LOADER))
-    assert await bot.engines.wait_loaded() == 1
+    bot = await start_bot_on_local_ray(start_bot, rel_config, monkeypatch)
     (worker,) = bot.engines.workers
     events = []
     bot.jobs.subscribe(events.append)

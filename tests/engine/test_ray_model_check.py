@@ -19,7 +19,6 @@ import pytest
 import pytest_asyncio
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from engine.models import model_id, resolve_source  # noqa: E402
 from engine.queue import JobQueue  # noqa: E402
@@ -30,10 +29,10 @@ from engine.spec import JobSpec  # noqa: E402
 from engine.tiny import save_tiny  # noqa: E402
 from tests.support.hooks import Recorder  # noqa: E402
 from tests.support.node_files import NODE_FILES_LOADER, NODE_MODELS_ENV  # noqa: E402
+from tests.support.ray_cluster import simulated_cluster, tiny_settings  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 256
 WAIT_S = 120  # generous: 2 shared cores, Ray's processes included
 POLL_S = 0.5
@@ -41,19 +40,15 @@ POLL_S = 0.5
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head without GPUs and one node with a logical GPU; the test process is Ray's driver."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    c.good_node = c.add_node(num_cpus=1, num_gpus=1)
-    ray.init(address=c.address, namespace="fluxbot-tests", runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    """A head without GPUs and one node with a logical GPU (`cluster.good_node`); the test process is Ray's driver."""
+    with simulated_cluster(gpu_nodes=1) as (c, (good,)):
+        c.good_node = good
+        yield c
 
 
 @pytest.fixture(scope="module")
 def settings(tiny_model_dir) -> EngineSettings:
-    return EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident",
-                          max_sequence_length=64, engine_process="never", devices=["cpu"])
+    return tiny_settings(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

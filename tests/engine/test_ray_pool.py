@@ -12,14 +12,12 @@ import asyncio
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import pytest_asyncio
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from engine.queue import JobQueue  # noqa: E402
 from engine.ray_pool import RayWorkerPool, mismatch, node_models  # noqa: E402
@@ -28,10 +26,10 @@ from engine.settings import TINY, EngineSettings  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
 from tests.support.engines import PROBE, SEAM_LOADER  # noqa: E402
 from tests.support.hooks import Recorder  # noqa: E402
+from tests.support.ray_cluster import simulated_cluster, tiny_settings  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 256  # the engine's smallest size
 WAIT_S = 120  # generous: 2 shared cores, Ray's processes included
 
@@ -43,19 +41,13 @@ def spec(prompt: str, seed: int, steps: int = 2) -> JobSpec:
 @pytest.fixture(scope="module")
 def cluster():
     """A head without GPUs and two nodes with one logical GPU each; the test process is Ray's driver."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    for _ in range(2):
-        c.add_node(num_cpus=1, num_gpus=1)
-    ray.init(address=c.address, namespace="fluxbot-tests", runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    with simulated_cluster(gpu_nodes=2) as (c, _nodes):
+        yield c
 
 
 @pytest.fixture(scope="module")
 def settings(tiny_model_dir) -> EngineSettings:
-    return EngineSettings(model=TINY, models_dir=str(tiny_model_dir.parent), profile="resident",
-                          max_sequence_length=64, engine_process="never", devices=["cpu"])
+    return tiny_settings(tiny_model_dir)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
