@@ -10,8 +10,9 @@ makes it "cuda" there; a node that advertises a logical GPU without having one, 
   (made once, as a child process serves on its main thread: cuDNN keeps its attention plans per thread, and a
   fresh thread per job rebuilt them, ~0.1 s of every H200 job), whose progress callback feeds the generator;
   results (PIL images in `Result`s) come back through Ray's object store;
-- torch's CPU threads: the CPUs the node advertises to Ray shared by its GPUs, the share a local child process
-  gets (Ray would leave an actor of `num_cpus=0` one thread);
+- torch's CPU threads, on a GPU: the CPUs the node advertises to Ray shared by its GPUs, the share a local child
+  process gets (Ray would leave an actor of `num_cpus=0` one thread); an actor computing on the CPU (a logical GPU,
+  as in the tests' simulated nodes sharing one machine) keeps Ray's one thread;
 - `cancel(rid)` runs in its own concurrency group, beside a running job: the job's `should_cancel` reads the flag
   at its next step boundary (a cancelled job returns `Result(cancelled=True)`, as in-process).
 - `max_restarts=-1`: a dead actor process is restarted by Ray on the same node (hard node affinity), re-running
@@ -79,7 +80,8 @@ class EngineActor:
         self.engine = None
         self.device = _actor_device()
         self.error: ErrorReply | None = None
-        _share_cpu_threads()
+        if self.device != "cpu":
+            _share_cpu_threads()
         threading.Thread(target=self._engine_loop, name="fluxbot-actor-engine", daemon=True).start()
         try:
             self.engine = _load(settings, self.device, loader_ref)
