@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,12 +28,11 @@ from engine.spec import JobSpec  # noqa: E402
 from engine.tiny import save_tiny  # noqa: E402
 from tests.support.hooks import Recorder  # noqa: E402
 from tests.support.node_files import NODE_FILES_LOADER, NODE_MODELS_ENV  # noqa: E402
-from tests.support.ray_cluster import simulated_cluster, tiny_settings  # noqa: E402
+from tests.support.ray_cluster import WAIT_S, simulated_cluster, tiny_settings, until  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 SIZE = 256
-WAIT_S = 120  # generous: 2 shared cores, Ray's processes included
 POLL_S = 0.5
 
 
@@ -65,13 +63,6 @@ async def pool(cluster, settings):
     await p.start()
     yield p
     await p.stop()
-
-
-async def until(condition, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_a_node_whose_files_hold_other_weights_gets_no_worker_and_is_named(pool, cluster, settings,

@@ -26,12 +26,11 @@ from engine.settings import TINY, EngineSettings  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
 from tests.support.engines import PROBE, SEAM_LOADER  # noqa: E402
 from tests.support.hooks import Recorder  # noqa: E402
-from tests.support.ray_cluster import simulated_cluster, tiny_settings  # noqa: E402
+from tests.support.ray_cluster import WAIT_S, simulated_cluster, tiny_settings, until  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 SIZE = 256  # the engine's smallest size
-WAIT_S = 120  # generous: 2 shared cores, Ray's processes included
 
 
 def spec(prompt: str, seed: int, steps: int = 2) -> JobSpec:
@@ -57,13 +56,6 @@ async def pool(cluster, settings):
     await p.start()
     yield p
     await p.stop()
-
-
-async def until(condition, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def run_jobs(pool, jobs: dict[int, JobSpec]) -> Recorder:

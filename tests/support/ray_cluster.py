@@ -6,10 +6,13 @@
 - `tiny_settings(tiny_model_dir)`: the engine settings those tests' actors load the tiny model with;
 - `start_bot_on_local_ray(...)`: the bot with `backend = "ray"` starting its own local instance (one logical GPU) and
   its actor through the seam loader, once its one worker is ready (tests/e2e/test_ray_backend.py,
-  test_ray_failover.py).
+  test_ray_failover.py);
+- `until(condition, what)`: wait for a cluster's asynchronous change (a node's worker, a restart), failing with `what`.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +26,7 @@ from engine.settings import TINY, EngineSettings
 from tests.support.engines import SEAM_LOADER
 
 ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 120  # generous: 2 shared cores, Ray's processes included
 
 
 @contextmanager
@@ -51,3 +55,10 @@ async def start_bot_on_local_ray(start_bot, rel_config, monkeypatch):
     bot = await start_bot(await build_bot(config, engine_loader=SEAM_LOADER))
     assert await bot.engines.wait_loaded() == 1
     return bot
+
+
+async def until(condition, what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
