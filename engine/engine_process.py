@@ -202,12 +202,16 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
             return
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _cpu_threads(settings: "EngineSettings") -> int:
     """This child's share of the CPU cores for torch's intra-op pool: N engine processes each using every
     core would oversubscribe them (OpenMP threads spin while they wait: two CPU engines ran 2x slower
     together than one alone)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, len(resolve_devices(settings.devices))))
+    return max(1, usable_cores() // max(1, len(resolve_devices(settings.devices))))
 
 
 def _serve(engine, conn, cancel, op: str, rid: int, args: tuple) -> Any:

@@ -68,8 +68,9 @@ class LoraWeights:
         return max((p.down.shape[0] for comp in self.pairs.values() for p in comp.values()), default=0)
 
 
-def load_lora(path: Path, pipe, name: str | None = None) -> LoraWeights:
-    """Read `path` and convert it for `pipe` (a FluxPipeline); LoraError saying why when it cannot be used."""
+def load_lora(path: Path, pipe, name: str | None = None, widths: ModelWidths | None = None) -> LoraWeights:
+    """Read `path` and convert it for `pipe` (a FluxPipeline); LoraError saying why when it cannot be used.
+    `widths`: `pipe_widths(pipe)` when the caller holds it (an Engine computes it once), else computed here."""
     name = name or path.stem
     # 1. The file: a safetensors file with tensors.
     keys, metadata = read_header(path)
@@ -78,7 +79,7 @@ def load_lora(path: Path, pipe, name: str | None = None) -> LoraWeights:
     tensors = _read_tensors(path)
     _refuse_unsupported(path.name, tensors)
     # 2. Convert the layout.
-    widths = pipe_widths(pipe)
+    widths = widths or pipe_widths(pipe)
     if is_bfl_layout(tensors):
         layout, pairs = _kohya_layout(tensors), _from_bfl(path.name, tensors, widths)
     else:

@@ -427,7 +427,7 @@ class Engine:
 
     def _load_lora(self, use) -> LoraWeights:
         file = self.lora_library.at(use.path) if use.path else self.lora_library.find(use.name)
-        return load_lora(file.path, self.pipe, name=use.name)
+        return load_lora(file.path, self.pipe, name=use.name, widths=self._widths)
 
     def _start_latents(self, spec: JobSpec, sched: Schedule | None, device: torch.device) -> torch.Tensor:
         """The starting latents of a spec's images: their seeds' noise, or that noise mixed with the image."""

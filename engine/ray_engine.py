@@ -39,7 +39,7 @@ import ray
 from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from engine.engine_process import ErrorReply, import_ref
+from engine.engine_process import ErrorReply, import_ref, usable_cores
 from engine.errors import EngineError, EngineLost
 from engine.warm_up import CompileState, RemoteEngineFront
 
@@ -168,7 +168,7 @@ def _share_cpu_threads() -> None:
 
     node = ray.get_runtime_context().get_node_id()
     res = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node), {})
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     cpus = min(cores, int(res.get("CPU", cores)))
     torch.set_num_threads(max(1, cpus // max(1, int(res.get(GPU, 0)))))
 
