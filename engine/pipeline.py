@@ -21,6 +21,7 @@ import torch
 
 from engine import limits
 from engine.compile import compile_blocks, compile_wanted, use_disk_cache
+from engine.cuda_graphs import GraphedForward
 from engine.errors import EngineError, EngineOutOfMemory
 from engine.fp8_compute import resolve_compute
 from engine.img2img import Schedule, encode_image, noised, schedule
@@ -33,6 +34,7 @@ from engine.memory import (apply_plan, detect_budgets, execution_device, free_de
                            pipe_sizes, use_expandable_segments)
 from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
 from engine.noise import initial_latents
+from engine.planner import GPU, decode_working
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
 from engine.recipe import EngineRecipe, current_recipe, differences_from
@@ -44,6 +46,9 @@ from engine.tiny import ensure_demo_lora
 
 log = logging.getLogger(__name__)
 
+
+
+GRAPH_SLACK = 512 * 2**20   # device memory left free besides a new CUDA graph and the decode after it
 
 
 class _Cancelled(Exception):
@@ -118,6 +123,7 @@ class Engine:
         # What besides the job decides the pixels (engine/recipe.py); by default the eager bf16 compute engine.
         self.recipe = recipe or current_recipe(settings.fp8, "bf16", False, device)
         self.compile_state = CompileState(enabled=self.recipe.compile)
+        self.graphs: GraphedForward | None = None   # the DiT's forward as CUDA graphs (resident, compiled: _place)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -210,6 +216,7 @@ class Engine:
     def close(self) -> None:
         """Free the pipeline and the device memory it held."""
         with self._lock:
+            self._drop_graphs()
             self.active_loras.clear()
             self._lora_files.clear()
             if self.plan is not None:
@@ -227,6 +234,7 @@ class Engine:
         map and the allocator's cache is emptied, so the new plan starts from an empty device."""
         if self.pipe is None:
             raise EngineError("the engine is closed")
+        self._drop_graphs()
         self.active_loras.clear()   # its pairs live on the device: the next job puts them back
         if self.plan is not None:
             self.plan.release()
@@ -240,6 +248,37 @@ class Engine:
         self.profile = self.plan.profile
         if not self.plan.vae_tiling:
             self.pipe.vae.disable_tiling()
+        self._use_graphs()
+
+    def _use_graphs(self) -> None:
+        """Replay the DiT's forward as CUDA graphs (engine/cuda_graphs.py) where `[engine] cuda_graphs` is on, the
+        blocks are compiled on a GPU and the plan keeps every DiT block on it (no streamer hooks to replay)."""
+        placement = self.plan.plan.placement if self.plan.plan is not None else None
+        dit_on_gpu = placement is not None and all(t == GPU for t in placement.dit)
+        if not (self.settings.cuda_graphs and self.recipe.compile and self.device.startswith("cuda") and dit_on_gpu
+                and self.plan.profile != "model-offload"):
+            return
+        self.graphs = GraphedForward(self.pipe.transformer, room_for=self._room_for_graph).install()
+        log.info("CUDA graphs: on (each new shape is recorded on its third denoising step)")
+
+    def _drop_graphs(self) -> None:
+        if self.graphs is not None:
+            self.graphs.remove()
+            self.graphs = None
+
+    def _room_for_graph(self, working: int, kwargs: dict) -> bool:
+        """Whether the device keeps room for a graph holding `working` bytes and, besides, for the VAE decode of
+        one image of the call's size (what runs after the denoise) and the allocator's slack."""
+        device = torch.device(self.device)
+        free, _total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        hidden = kwargs.get("hidden_states")
+        pixels = int(hidden.shape[1]) * 16 * 16 if isinstance(hidden, torch.Tensor) else 1024 * 1024
+        need = working + decode_working(pixels, bool(self.plan.vae_tiling)) + GRAPH_SLACK
+        if free < need:
+            log.info("CUDA graphs: %.2f GiB free, %.2f GiB needed (graph %.2f + decode + slack)", free / 2**30,
+                     need / 2**30, working / 2**30)
+        return free >= need
 
     # ------------------------------------------------------------------------------------ generating
 
@@ -423,6 +462,8 @@ class Engine:
         except limits.LimitError as e:
             raise EngineError(str(e)) from None
         self.active_loras.apply(key, loaded, device)
+        if self.graphs is not None:   # the set's hooks are part of a recorded forward: a new set records anew
+            self.graphs.set_variant(key)
         return time.perf_counter() - t0
 
     def _load_lora(self, use) -> LoraWeights:

@@ -450,8 +450,12 @@ def _dit_activations(inp: PlanInputs) -> int:
 
 
 def _decode_working(inp: PlanInputs) -> int:
-    pixels = inp.width * inp.height
-    if inp.vae_tiled:
+    return decode_working(inp.width * inp.height, inp.vae_tiled)
+
+
+def decode_working(pixels: int, tiled: bool) -> int:
+    """Device working memory of one VAE decode of an image of `pixels` (tiled: one tile's)."""
+    if tiled:
         pixels = min(pixels, VAE_TILE_PX * VAE_TILE_PX)
     return int(DECODE_PER_MPIXEL * pixels / 2 ** 20)
 

@@ -1,0 +1,256 @@
+"""Where a compiled denoising step's time goes, and what CUDA graphs take off it (issue 13), one recipe per process.
+
+`--dit RECIPE` (fp8 kernel name like `fp8:row-fast`, `bf16`, or `weights-bf16` for diffusers' compiled bf16
+weights) builds the FLUX.1-dev-shaped DiT with the seeded random weights of bench/fast_bench.py, resident, compiled
+per block, then measures, each row printed as a JSON line:
+ 1. `steps`: s/step through diffusers' loop at batch 1 (a sync per step, as bench/fast_bench.py times it);
+ 2. `forward`: one DiT forward on the inputs the loop passed it, synced each call and back to back, and the sum of
+    its CUDA kernels (torch.profiler) by kind: what is left of the wall time is the GPU waiting for the CPU;
+ 3. `graphs`: the same loop with engine/cuda_graphs.py's GraphedForward in place (the engine's
+    `[engine] cuda_graphs`), and whether 20 steps from fixed inputs give the same latents bit for bit;
+ 4. the same at batch 4 (`steps`, `graphs`, and the kernel sums: what a batch-4 step costs by kind against 4 x
+    batch 1's).
+`--engine` runs whole images through the bot's Engine (bench/multigpu_bench.load_engine: fp8 compute, compiled,
+resident) with new prompts, graphs on, then off: seconds per image and per phase; then the VAE decode alone,
+as the engine runs it and in channels-last memory format.
+
+    python bench/step_probe.py --dit fp8:row-fast --out probe-fp8.jsonl     # on the GPU
+    python bench/step_probe.py --engine --out probe-engine.jsonl
+    python bench/step_probe.py --dit bf16 --tiny                            # CPU smoke (no graphs, no profile)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import engine_bench as eb  # noqa: E402
+import fast_bench  # noqa: E402
+from engine.cuda_graphs import GraphedForward  # noqa: E402
+
+GiB = 1024 ** 3
+
+
+class Probe:
+    def __init__(self, args):
+        self.args = args
+        self.out = open(args.out, "a") if args.out else None
+
+    def emit(self, **row) -> dict:
+        row["t_s"] = round(time.perf_counter() - T0, 1)
+        line = json.dumps(row)
+        print(line, flush=True)
+        if self.out:
+            self.out.write(line + "\n")
+            self.out.flush()
+        return row
+
+
+T0 = time.perf_counter()
+
+
+def _bench_args(args) -> argparse.Namespace:
+    ns = eb.build_parser().parse_args([] + (["--tiny"] if args.tiny else []))
+    ns.res = args.res or (64 if args.tiny else 1024)
+    ns.steps = 2 if args.tiny else 20
+    ns.dit_steps = 3 if args.tiny else args.dit_steps
+    return ns
+
+
+def _recorded_kwargs(bench, batch: int) -> dict:
+    """The keyword arguments diffusers' loop passes the DiT (one 1-step denoise, recorded)."""
+    dit = bench.pipe.transformer
+    seen = {}
+    original = dit.forward
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    dit.forward = spy
+    try:
+        embeds, pooled = bench.inputs(batch)
+        eb.denoise(bench.pipe, bench.device, embeds=embeds, pooled=pooled, steps=1, res=bench.res, batch=batch)
+    finally:
+        del dit.forward
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in seen.items()}
+
+
+def _forward_times(bench, kwargs: dict, n: int = 8) -> dict:
+    """One forward synced per call (median) and n back to back (mean), seconds."""
+    dit, dev = bench.pipe.transformer, bench.device
+    synced = []
+    with torch.no_grad():
+        for _ in range(n):
+            bench.sync()
+            t = time.perf_counter()
+            dit(**kwargs)
+            bench.sync()
+            synced.append(time.perf_counter() - t)
+        bench.sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            dit(**kwargs)
+        bench.sync()
+        chained = (time.perf_counter() - t) / n
+    return dict(synced_s=round(statistics.median(synced), 4), chained_s=round(chained, 4))
+
+
+def _kernel_ms(bench, kwargs: dict, n: int = 2) -> dict:
+    """CUDA kernel time of one forward by kind (ms), summed over n forwards / n."""
+    if bench.device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    dit = bench.pipe.transformer
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            dit(**kwargs)
+        bench.sync()
+    kinds: dict[str, float] = {}
+    top = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if not us:
+            continue
+        kind = fast_bench._kernel_kind(evt.key)
+        kinds[kind] = kinds.get(kind, 0.0) + us / 1e3 / n
+        top.append((round(us / 1e3 / n, 2), evt.count // n, kind, evt.key[:80]))
+    top.sort(reverse=True)
+    return dict(kernel_ms={k: round(v, 2) for k, v in sorted(kinds.items())},
+                kernel_total_ms=round(sum(kinds.values()), 2), top=top[:12])
+
+
+def _fixed_latents(bench) -> torch.Tensor:
+    embeds, pooled = bench.inputs(1)
+    lat, _ = eb.denoise(bench.pipe, bench.device, embeds=embeds, pooled=pooled, steps=bench.steps, res=bench.res,
+                        batch=1)
+    return lat.float().cpu()
+
+
+def set_inductor(spec: str) -> dict:
+    """`key=value,...` (e.g. coordinate_descent_tuning=1,triton.multi_kernel=1) set on torch._inductor.config."""
+    import torch._inductor.config as cfg
+
+    done = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        *path, leaf = key.strip().split(".")
+        target = cfg
+        for part in path:
+            target = getattr(target, part)
+        old = getattr(target, leaf)
+        setattr(target, leaf, type(old)(int(value)) if isinstance(old, (bool, int)) else type(old)(value))
+        done[key] = getattr(target, leaf)
+    return done
+
+
+def probe_dit(args, probe: Probe) -> None:
+    compute, _, kernel = args.dit.partition(":")
+    inductor = set_inductor(args.inductor)
+    bench, built = fast_bench._child_bench(_bench_args(args), eb, compute, kernel or "row-fast", compiled=True)
+    probe.emit(part="built", recipe=args.dit, build_s=round(built, 1), device=str(bench.device), inductor=inductor)
+    graphs = None
+    reference = None
+    for batch in [int(b) for b in args.batches.split(",")] if not args.tiny else (1,):
+        # 1. Steps through diffusers' loop (the first call compiles this shape).
+        s, warm = bench.dit_steps(batch)
+        probe.emit(part="steps", recipe=args.dit, batch=batch, s_per_step=round(s, 4), warm_s=round(warm, 1),
+                   graphs=False)
+        # 2. One forward: wall time against its kernels.
+        kwargs = _recorded_kwargs(bench, batch)
+        times = _forward_times(bench, kwargs)
+        kernels = _kernel_ms(bench, kwargs)
+        gap = (times["synced_s"] * 1e3 - kernels["kernel_total_ms"]) if kernels else None
+        probe.emit(part="forward", recipe=args.dit, batch=batch, **times, **kernels,
+                   gpu_idle_ms=round(gap, 2) if gap is not None else None)
+        if batch == 1:
+            reference = _fixed_latents(bench)
+        # 3. CUDA graphs (the engine's GraphedForward), then the same 20 steps again.
+        if bench.device.type != "cuda":
+            continue
+        graphs = graphs or GraphedForward(bench.pipe.transformer, capture_after=1).install()
+        s_g, warm_g = bench.dit_steps(batch)
+        row = dict(part="graphs", recipe=args.dit, batch=batch, s_per_step=round(s_g, 4), warm_s=round(warm_g, 2),
+                   x_eager=round(s_g / s, 4), recorded=graphs.stats.recorded, replays=graphs.stats.replays,
+                   failed=graphs.stats.failed,
+                   graph_gib=[round(r.working_bytes / GiB, 2) for r in graphs.graphs.values()])
+        if batch == 1:
+            again = _fixed_latents(bench)
+            row.update(same_latents=bool(torch.equal(again, reference)),
+                       max_abs_diff=float((again - reference).abs().max()))
+            times_g = _forward_times(bench, kwargs)
+            row.update(forward_synced_s=times_g["synced_s"], forward_chained_s=times_g["chained_s"])
+        probe.emit(**row)
+        graphs.remove()
+        graphs = None
+        torch.cuda.empty_cache()
+
+
+def probe_engine(args, probe: Probe) -> None:
+    import multigpu_bench as mb
+    from engine.spec import JobSpec
+
+    device = "cuda:0" if torch.cuda.is_available() and not args.tiny else "cpu"
+    res = args.res or (256 if args.tiny else 1024)
+    engine = mb.load_engine(device, tiny=args.tiny)
+    steps = 2 if args.tiny else 20
+    for graphs_on in (True, False):
+        if not graphs_on:
+            engine._drop_graphs()
+        engine.generate(JobSpec(prompt=f"warm up {graphs_on}", seed=0, steps=steps, width=res, height=res))
+        engine.generate(JobSpec(prompt=f"warm up again {graphs_on}", seed=0, steps=steps, width=res, height=res))
+        for i in range(args.images):
+            t = time.perf_counter()
+            result = engine.generate(JobSpec(prompt=f"a new prompt number {i} {graphs_on}", seed=i, steps=steps,
+                                             width=res, height=res))
+            wall = time.perf_counter() - t
+            probe.emit(part="engine-image", graphs=graphs_on and engine.graphs is not None, image_s=round(wall, 3),
+                       **{k: round(v, 4) for k, v in result.timings.items()},
+                       graph_stats=vars(engine.graphs.stats) if engine.graphs else None)
+    # The decode alone: as the engine runs it, then with the VAE in channels-last memory format.
+    packed = torch.randn(1, (res // 16) ** 2, 64, device=device, dtype=torch.bfloat16)
+    for label in ("as-is", "channels-last"):
+        if label == "channels-last":
+            engine.pipe.vae.to(memory_format=torch.channels_last)
+        engine._decode(packed, res, res)
+        times = []
+        for _ in range(5):
+            engine._sync(torch.device(device))
+            t = time.perf_counter()
+            engine._decode(packed, res, res)
+            engine._sync(torch.device(device))
+            times.append(time.perf_counter() - t)
+        probe.emit(part="decode", variant=label, decode_s=round(statistics.median(times), 4))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dit", help="fp8:KERNEL, bf16 or weights-bf16: the DiT probe for this recipe")
+    ap.add_argument("--engine", action="store_true", help="whole images through the Engine, graphs on and off")
+    ap.add_argument("--images", type=int, default=5, help="--engine: timed images per setting")
+    ap.add_argument("--res", type=int, default=None)
+    ap.add_argument("--dit-steps", type=int, default=8)
+    ap.add_argument("--inductor", default="", help="--dit: inductor settings key=value,... (e.g. "
+                    "coordinate_descent_tuning=1)")
+    ap.add_argument("--batches", default="1,4", help="--dit: batch sizes")
+    ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (plumbing only)")
+    ap.add_argument("--out", help="append every row (JSON lines) here")
+    args = ap.parse_args(argv)
+    probe = Probe(args)
+    if args.dit:
+        probe_dit(args, probe)
+    if args.engine:
+        probe_engine(args, probe)
+
+
+if __name__ == "__main__":
+    main()
