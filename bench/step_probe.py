@@ -153,10 +153,61 @@ def set_inductor(spec: str) -> dict:
     return done
 
 
+def quant_check(probe: Probe) -> None:
+    """engine/fp8_quant.py's Triton kernel against the torch code on the GPU, at FLUX's activation widths: the
+    same scales and e4m3 values bit for bit, and each one's time."""
+    from engine import fp8_quant
+    from engine.fp8_compute import quantize_rows
+
+    gen = torch.Generator("cuda").manual_seed(1)
+    for m, k in ((4608, 3072), (4608, 15360), (4096, 12288), (512, 3072), (4, 15360)):
+        x = (torch.randn(m, k, device="cuda", generator=gen) * torch.rand(m, 1, device="cuda", generator=gen) * 8)
+        x = x.to(torch.bfloat16)
+        x[0] = 0
+        q, s = fp8_quant.quantize_rows_kernel(x)
+        q_ref, s_ref = quantize_rows(x)
+        times = {}
+        for label, fn in (("kernel", fp8_quant.quantize_rows_kernel), ("torch", quantize_rows)):
+            times[label] = round(fast_bench._cuda_time(lambda: fn(x), iters=20) * 1e3, 4)
+        probe.emit(part="quant-check", m=m, k=k, same_scales=bool(torch.equal(s, s_ref)),
+                   same_values=bool(torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))),
+                   differing=int((q.view(torch.uint8) != q_ref.view(torch.uint8)).sum()), ms=times)
+
+
+def build(args, compute: str, kernel: str):
+    """(Bench, seconds to build): fluxbot's recipes and diffusers' compiled bf16 weights as bench/fast_bench.py
+    builds them; `torchao`: the bf16 weights quantised by torchao's Float8DynamicActivationFloat8WeightConfig
+    (PerRow, its defaults, which set inductor's coordinate-descent tuning) and compiled as diffusers does."""
+    if compute != "torchao":
+        return fast_bench._child_bench(_bench_args(args), eb, compute, kernel or "row-fast", compiled=True)
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    bench, built = fast_bench._child_bench(_bench_args(args), eb, "weights-bf16", None, compiled=False)
+    quantize_(bench.pipe.transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    bench.compile_like_diffusers()
+    return bench, built
+
+
+def loop_s_per_step(bench, batch: int, steps: int = 10) -> float:
+    """Seconds per step of a `steps`-step denoise timed as a whole (one sync at the end, none per step: how the
+    engine runs a job)."""
+    embeds, pooled = bench.inputs(batch)
+    pipe = bench.pipe
+    bench.sync()
+    t = time.perf_counter()
+    pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=bench.res, width=bench.res,
+         num_inference_steps=steps, guidance_scale=3.5, generator=torch.Generator("cpu").manual_seed(0),
+         output_type="latent")
+    bench.sync()
+    return (time.perf_counter() - t) / steps
+
+
 def probe_dit(args, probe: Probe) -> None:
     compute, _, kernel = args.dit.partition(":")
     inductor = set_inductor(args.inductor)
-    bench, built = fast_bench._child_bench(_bench_args(args), eb, compute, kernel or "row-fast", compiled=True)
+    if "tq" in kernel and torch.cuda.is_available():
+        quant_check(probe)
+    bench, built = build(args, compute, kernel)
     probe.emit(part="built", recipe=args.dit, build_s=round(built, 1), device=str(bench.device), inductor=inductor)
     graphs = None
     reference = None
@@ -164,7 +215,7 @@ def probe_dit(args, probe: Probe) -> None:
         # 1. Steps through diffusers' loop (the first call compiles this shape).
         s, warm = bench.dit_steps(batch)
         probe.emit(part="steps", recipe=args.dit, batch=batch, s_per_step=round(s, 4), warm_s=round(warm, 1),
-                   graphs=False)
+                   loop_s_per_step=round(loop_s_per_step(bench, batch), 4), graphs=False)
         # 2. One forward: wall time against its kernels.
         kwargs = _recorded_kwargs(bench, batch)
         times = _forward_times(bench, kwargs)
@@ -172,18 +223,19 @@ def probe_dit(args, probe: Probe) -> None:
         gap = (times["synced_s"] * 1e3 - kernels["kernel_total_ms"]) if kernels else None
         probe.emit(part="forward", recipe=args.dit, batch=batch, **times, **kernels,
                    gpu_idle_ms=round(gap, 2) if gap is not None else None)
-        if batch == 1:
+        if batch == 1 and not args.skip_drift:
             reference = _fixed_latents(bench)
         # 3. CUDA graphs (the engine's GraphedForward), then the same 20 steps again.
-        if bench.device.type != "cuda":
+        if bench.device.type != "cuda" or compute in ("torchao", "weights-bf16") or args.no_graphs:
             continue
         graphs = graphs or GraphedForward(bench.pipe.transformer, capture_after=1).install()
         s_g, warm_g = bench.dit_steps(batch)
         row = dict(part="graphs", recipe=args.dit, batch=batch, s_per_step=round(s_g, 4), warm_s=round(warm_g, 2),
+                   loop_s_per_step=round(loop_s_per_step(bench, batch), 4),
                    x_eager=round(s_g / s, 4), recorded=graphs.stats.recorded, replays=graphs.stats.replays,
                    failed=graphs.stats.failed,
                    graph_gib=[round(r.working_bytes / GiB, 2) for r in graphs.graphs.values()])
-        if batch == 1:
+        if batch == 1 and reference is not None:
             again = _fixed_latents(bench)
             row.update(same_latents=bool(torch.equal(again, reference)),
                        max_abs_diff=float((again - reference).abs().max()))
@@ -242,6 +294,8 @@ def main(argv=None) -> None:
     ap.add_argument("--inductor", default="", help="--dit: inductor settings key=value,... (e.g. "
                     "coordinate_descent_tuning=1)")
     ap.add_argument("--batches", default="1,4", help="--dit: batch sizes")
+    ap.add_argument("--no-graphs", action="store_true", help="--dit: skip the CUDA-graph rows")
+    ap.add_argument("--skip-drift", action="store_true", help="--dit: no 20-step latents")
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (plumbing only)")
     ap.add_argument("--out", help="append every row (JSON lines) here")
     args = ap.parse_args(argv)

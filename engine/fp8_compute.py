@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import fp8_quant
+
 log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
@@ -87,10 +89,15 @@ def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Fp8Kernel:
     """How an fp8 matmul scales and accumulates. `scaling`: "row" (one activation scale per token, one weight
     scale per output row: CUTLASS's row-wise kernel) or "tensor" (one scale each: cuBLASLt's kernels);
-    `fast_accum`: Hopper's faster accumulation (partial sums in lower precision, promoted periodically)."""
+    `fast_accum`: Hopper's faster accumulation (partial sums in lower precision, promoted periodically);
+    `quantizer`: what quantises the activations of a row-scaled kernel: "torch" (the torch code, which inductor fuses
+    with the op before it) or "triton" (engine/fp8_quant.py's kernel, same values, for inputs at least `min_k`
+    wide; the torch code elsewhere and wherever the kernel cannot run, e.g. the CPU)."""
     name: str
     scaling: str
     fast_accum: bool
+    quantizer: str = "torch"
+    min_k: int = 0
 
 
 # The kernels the bench compares (bench/fast_bench.py); `DEFAULT_KERNEL` is what `compute = "fp8"` runs: `row-fast`,
@@ -98,7 +105,9 @@ class Fp8Kernel:
 # 0.061 vs 0.062 from fp8 storage's bf16 compute; run `kern`, docs/bench-logs/kern.json). The recipe names the kernel
 # (engine/recipe.py's `compute_name`): its pixels differ from `row`'s, which every earlier fp8 job was made with.
 FP8_KERNELS = {k.name: k for k in (Fp8Kernel("row", "row", False), Fp8Kernel("row-fast", "row", True),
-                                   Fp8Kernel("tensor-fast", "tensor", True))}
+                                   Fp8Kernel("tensor-fast", "tensor", True),
+                                   Fp8Kernel("row-fast-tq", "row", True, quantizer="triton"),
+                                   Fp8Kernel("row-fast-tqw", "row", True, quantizer="triton", min_k=4096))}
 DEFAULT_KERNEL = "row-fast"
 
 
@@ -109,7 +118,11 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     lead, k = x.shape[:-1], x.shape[-1]
     n = weight.shape[0]
     if kernel.scaling == "row":
-        q, scale_a = quantize_rows(x.reshape(-1, k))
+        rows = x.reshape(-1, k)
+        if kernel.quantizer == "triton" and k >= kernel.min_k and fp8_quant.fits(rows):
+            q, scale_a = fp8_quant.quantize_rows_kernel(rows)
+        else:
+            q, scale_a = quantize_rows(rows)
         scale_b = torch.ones((1, n), dtype=torch.float32, device=x.device)
     else:
         q, scale_a = quantize_tensor(x.reshape(-1, k))
