@@ -23,13 +23,16 @@ the device keeps room for it and for what runs after the denoise (the VAE decode
 before each recording, and at most `max_graphs` signatures are kept (the least recently used one is dropped).
 Only the resident plan records: the streamer's hooks (engine/streamer.py) copy weights and wait on events on the
 host's schedule, which a graph cannot replay.
+The device's part — which calls it can record, measuring an eager call's working memory, recording, giving dropped
+graphs' memory back — is a `Recorder` (`CudaRecorder` by default), so the bookkeeping above runs in the CPU tests
+with a stand-in that "replays" by running the forward again on the static buffers (tests/support/cpu_recorder.py).
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -39,12 +42,83 @@ MAX_GRAPHS = 4          # recorded signatures kept (sizes x batch sizes x LoRA s
 
 
 @dataclass
-class Recorded:
-    """One recorded forward: the graph, the buffers its inputs are copied into, and its output."""
-    graph: Any                                  # torch.cuda.CUDAGraph
-    inputs: dict[str, torch.Tensor]
+class Recording:
+    """What a recorder gives back: `replay()` runs the recorded work again on the same input buffers and writes
+    `output` (the same tensor every time)."""
+    replay: Callable[[], None]
     output: torch.Tensor
-    working_bytes: int                          # device memory the graph's pool holds
+    working_bytes: int                          # device memory the recording holds (a graph's memory pool)
+
+
+@dataclass
+class Recorded:
+    """One recorded forward: the buffers its inputs are copied into, and its recording."""
+    inputs: dict[str, torch.Tensor]
+    recording: Recording
+
+    @property
+    def working_bytes(self) -> int:
+        return self.recording.working_bytes
+
+
+class Recorder(Protocol):
+    """The device's part of GraphedForward."""
+
+    def device_of(self, kwargs: dict[str, Any]) -> torch.device | None:
+        """The device a call with these arguments runs on, or None when it cannot be recorded there."""
+
+    def measured(self, device: torch.device, call: Callable[[], Any]) -> tuple[Any, int]:
+        """`call()`'s result and the device working memory it took (bytes)."""
+
+    def record(self, device: torch.device, forward: Callable[[], torch.Tensor]) -> Recording:
+        """Record `forward` (which reads its inputs from the static buffers it closes over); raise when it cannot."""
+
+    def release(self) -> None:
+        """Give the memory of dropped recordings back to the device."""
+
+
+class CudaRecorder:
+    """Records with `torch.cuda.graph` and measures with the CUDA caching allocator's statistics."""
+
+    def device_of(self, kwargs: dict[str, Any]) -> torch.device | None:
+        """The CUDA device of the call's tensors; None when any is elsewhere (a CPU call is never recorded)."""
+        devices = {v.device for v in kwargs.values() if isinstance(v, torch.Tensor)}
+        if len(devices) != 1:
+            return None
+        device = devices.pop()
+        return device if device.type == "cuda" else None
+
+    def measured(self, device: torch.device, call: Callable[[], Any]) -> tuple[Any, int]:
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = call()
+        torch.cuda.synchronize(device)
+        return out, torch.cuda.max_memory_allocated(device) - base
+
+    def record(self, device: torch.device, forward: Callable[[], torch.Tensor]) -> Recording:
+        """One warm-up call on a side stream, then the recording into a graph with its own memory pool; on a
+        failure the device is waited for and the error raised."""
+        before = torch.cuda.memory_reserved(device)
+        try:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                forward()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            torch.cuda.synchronize(device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = forward()
+        except Exception:
+            torch.cuda.synchronize(device)
+            raise
+        return Recording(replay=graph.replay, output=output,
+                         working_bytes=max(0, torch.cuda.memory_reserved(device) - before))
+
+    def release(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @dataclass
@@ -79,11 +153,12 @@ def signature(kwargs: dict[str, Any]) -> tuple | None:
 class GraphedForward:
     """Callable that replaces `module.forward` (see the module docstring). `room_for(bytes, kwargs) -> bool` says
     whether the device may give a new graph for a call with these arguments that much working memory;
-    `capture_after`: eager calls of a signature before it is recorded."""
+    `capture_after`: eager calls of a signature before it is recorded; `recorder`: the device's part (CUDA)."""
 
     def __init__(self, module: torch.nn.Module, *, room_for: Callable[[int, dict], bool] | None = None,
-                 capture_after: int = 2, max_graphs: int = MAX_GRAPHS):
+                 capture_after: int = 2, max_graphs: int = MAX_GRAPHS, recorder: Recorder | None = None):
         self.module = module
+        self.recorder = recorder or CudaRecorder()
         self.eager_forward = module.forward
         self.room_for = room_for or (lambda _bytes, _kwargs: True)
         self.capture_after = capture_after
@@ -118,8 +193,8 @@ class GraphedForward:
         self.calls.clear()
         self.working.clear()
         self.refused.clear()
-        if dropped and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if dropped:
+            self.recorder.release()
             log.info("CUDA graphs: %d dropped", dropped)
 
     # ------------------------------------------------------------------------------------------ calling
@@ -128,7 +203,7 @@ class GraphedForward:
         if key is not None:
             key = key + (("variant", self.variant),)
         recorded = self.graphs.get(key) if key is not None else None
-        if recorded is None and key is not None and key not in self.refused and self._device_of(kwargs) is not None:
+        if recorded is None and self._recordable(key, kwargs):
             n = self.calls.get(key, 0) + 1
             self.calls[key] = n
             if n > self.capture_after:
@@ -140,23 +215,22 @@ class GraphedForward:
             return self.eager_forward(*args, **kwargs)
         return self._replay(key, recorded, kwargs)
 
+    def _recordable(self, key: tuple | None, kwargs: dict[str, Any]) -> bool:
+        return key is not None and key not in self.refused and self.recorder.device_of(kwargs) is not None
+
     def _replay(self, key: tuple, recorded: Recorded, kwargs: dict[str, Any]):
         for name, buffer in recorded.inputs.items():
             buffer.copy_(kwargs[name])
-        recorded.graph.replay()
+        recorded.recording.replay()
         self.graphs.move_to_end(key)
         self.stats.replays += 1
-        return (recorded.output.clone(),)
+        return (recorded.recording.output.clone(),)
 
     def _eager_measured(self, key: tuple, args, kwargs):
         """An eager call of a signature not recorded yet, measuring the working memory it takes."""
-        device = self._device_of(kwargs)
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = self.eager_forward(*args, **kwargs)
-        torch.cuda.synchronize(device)
-        self.working[key] = max(self.working.get(key, 0), torch.cuda.max_memory_allocated(device) - base)
+        device = self.recorder.device_of(kwargs)
+        out, working = self.recorder.measured(device, lambda: self.eager_forward(*args, **kwargs))
+        self.working[key] = max(self.working.get(key, 0), working)
         self.stats.eager += 1
         return out
 
@@ -165,51 +239,31 @@ class GraphedForward:
         need = self.working.get(key, 0)
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
-            torch.cuda.empty_cache()
+            self.recorder.release()
         if not self.room_for(need, kwargs):
             self.refused.add(key)
             log.info("CUDA graphs: no room for another graph (%.2f GiB of working memory): this shape runs "
                      "without one", need / 2**30)
             return None
-        # 2. Static inputs (outside the graph's pool), then one warm-up call on the recording stream and the
-        #    recording itself; any failure leaves this signature eager.
-        device = self._device_of(kwargs)
+        # 2. Static inputs (outside the graph's pool), then the recording (CudaRecorder: a warm-up call on the
+        #    recording stream first); any failure leaves this signature eager.
+        device = self.recorder.device_of(kwargs)
         inputs = {n: v.clone() for n, v in kwargs.items() if isinstance(v, torch.Tensor)}
         others = {n: v for n, v in kwargs.items() if not isinstance(v, torch.Tensor)}
-        before = torch.cuda.memory_reserved(device)
         try:
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                self.eager_forward(**inputs, **others)
-            torch.cuda.current_stream(device).wait_stream(stream)
-            torch.cuda.synchronize(device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                output = self.eager_forward(**inputs, **others)[0]
+            recording = self.recorder.record(device, lambda: self.eager_forward(**inputs, **others)[0])
         except Exception as err:   # an op that cannot be recorded: keep running this shape as before
             self.refused.add(key)
             self.stats.failed.append(f"{type(err).__name__}: {err}"[:300])
             log.warning("CUDA graphs: recording the DiT's forward failed (%s: %s); this shape runs without one",
                         type(err).__name__, str(err)[:300])
-            torch.cuda.synchronize(device)
             return None
-        recorded = Recorded(graph=graph, inputs=inputs, output=output,
-                            working_bytes=max(0, torch.cuda.memory_reserved(device) - before))
+        recorded = Recorded(inputs=inputs, recording=recording)
         self.graphs[key] = recorded
         self.stats.recorded += 1
         log.info("CUDA graphs: recorded the DiT's forward for %s (%.2f GiB)", _describe(kwargs),
                  recorded.working_bytes / 2**30)
         return recorded
-
-    @staticmethod
-    def _device_of(kwargs: dict[str, Any]) -> torch.device | None:
-        """The CUDA device of the call's tensors; None when any is elsewhere (a CPU call is never recorded)."""
-        devices = {v.device for v in kwargs.values() if isinstance(v, torch.Tensor)}
-        if len(devices) != 1:
-            return None
-        device = devices.pop()
-        return device if device.type == "cuda" else None
 
 
 def _describe(kwargs: dict[str, Any]) -> str:
