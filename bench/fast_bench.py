@@ -383,7 +383,8 @@ KERNEL_RECIPES = (("fluxbot-bf16-eager", "bf16", None, False),          # the dr
                   ("fluxbot-bf16-compile", "bf16", None, True),
                   ("fluxbot-fp8-compile", "fp8", "row", True),
                   ("fluxbot-fp8.row-fast-compile", "fp8", "row-fast", True),
-                  ("fluxbot-fp8.tensor-fast-compile", "fp8", "tensor-fast", True))
+                  ("fluxbot-fp8.tensor-fast-compile", "fp8", "tensor-fast", True),
+                  ("fluxbot-fp8.row-fast-tq-compile", "fp8", "row-fast-tq", True))
 
 
 def kernel_child(args, eb) -> list[dict]:
@@ -440,7 +441,10 @@ def run_kernels(args, eb) -> list[dict]:
     bench = Bench(args, eb)
     work = tempfile.mkdtemp(prefix="fluxbot-kernels-")
     latents: dict[str, torch.Tensor] = {}
+    wanted = [w for w in args.only.split(",") if w]
     for name, compute, kernel, compiled in KERNEL_RECIPES:
+        if wanted and not any(w == name or w in name for w in wanted):
+            continue
         left = args.deadline_s - (time.perf_counter() - bench.t0)
         if args.deadline_s and left < 50:
             bench.emit(recipe=name, skipped=f"{left:.0f} s left before the deadline")

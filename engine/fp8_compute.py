@@ -106,9 +106,8 @@ class Fp8Kernel:
 # (engine/recipe.py's `compute_name`): its pixels differ from `row`'s, which every earlier fp8 job was made with.
 FP8_KERNELS = {k.name: k for k in (Fp8Kernel("row", "row", False), Fp8Kernel("row-fast", "row", True),
                                    Fp8Kernel("tensor-fast", "tensor", True),
-                                   Fp8Kernel("row-fast-tq", "row", True, quantizer="triton"),
-                                   Fp8Kernel("row-fast-tqw", "row", True, quantizer="triton", min_k=4096))}
-DEFAULT_KERNEL = "row-fast"
+                                   Fp8Kernel("row-fast-tq", "row", True, quantizer="triton", min_k=4096))}
+DEFAULT_KERNEL = "row-fast-tq"
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

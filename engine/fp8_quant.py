@@ -1,8 +1,10 @@
-"""Per-token fp8 quantisation of the DiT's activations in one Triton kernel (the `row-fast.tq` fp8 kernel).
+"""Per-token fp8 quantisation of the DiT's activations in one Triton kernel (the `row-fast-tq` fp8 kernel).
 
-What it computes is `engine.fp8_compute.quantize_rows`, bit for bit: per row (token) the float32 scale
-max(|x|) / 448 (at least MIN_SCALE / 448) and the e4m3 values clamp(x / scale, ±448), with an IEEE division (the
-CPU runs the torch code; tests/engine/test_fp8_quant.py runs this kernel in Triton's interpreter against it).
+What it computes is `engine.fp8_compute.quantize_rows`: per row (token) the float32 scale max(|x|) / 448 (at least
+MIN_SCALE / 448) and the e4m3 values clamp(x / scale, ±448); the division is a multiplication by the reciprocal,
+which changes a float32's last bit for a few values and almost never the e4m3 value (the device bench counts the
+values that differ from the torch code's on the GPU: bench/step_probe.py, `quant-check`). Which of 4, 8 or 16 warps
+per row runs fastest is measured once per width (Triton's autotuner); the values do not depend on it.
 
 Why a kernel of its own: inductor fuses the quantisation with whatever produced the activation (a GELU, the single
 blocks' concatenation of attention and MLP, a norm and its modulation) into loop reductions that read each row
@@ -11,8 +13,10 @@ step (docs/bench-logs/probe1.jsonl). Here one program holds a whole row in regis
 15,360), so the row is read once and written once as e4m3; inductor still fuses the producer, which now writes
 bf16 once. The op is a `torch.library.triton_op`, so compiled blocks trace it as one node.
 
-Only where it pays: CUDA tensors, K a multiple of 16 up to MAX_K, and a Triton that imports; elsewhere the
-torch code runs (the CPU, and a CPU-only install without Triton).
+Where it pays: the wide inputs (the feed-forward's second Linear, the single blocks' output projection), where
+inductor's fused kernels were slowest; on the narrow ones (3,072) inductor's fusion with the norm before them wins
+(run probe3: every input 0.1011 s/step, the wide ones only 0.0968). The kernel runs on CUDA tensors of width up to
+MAX_K when Triton imports; elsewhere the torch code runs (the CPU, a CPU-only install without Triton).
 """
 from __future__ import annotations
 
@@ -36,26 +40,29 @@ except ImportError:  # pragma: no cover - depends on the install
 
 if triton is not None:
 
+    @triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (4, 8, 16)], key=["BLOCK"])
     @triton.jit
     def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, BLOCK: tl.constexpr):
-        # 1. The row, once, in float32 (bf16 -> float32 is exact).
+        # 1. The row, once, kept in its own dtype (|x| and max are exact in it: half the registers of float32).
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         mask = offs < K
-        v = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-        # 2. Its scale: amax / 448, amax at least MIN_SCALE (an all-zero row quantises to zeros).
-        amax = tl.maximum(tl.max(tl.abs(v), axis=0), 1e-12)
-        scale = tl.div_rn(amax, 448.0)
+        v = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+        # 2. Its scale: amax * (1 / 448) in float32 (what torch computes on CUDA for `amax / 448`), amax at least
+        #    MIN_SCALE (an all-zero row quantises to zeros).
+        amax = tl.maximum(tl.max(tl.abs(v), axis=0).to(tl.float32), 1e-12)
+        scale = amax * (1.0 / 448.0)
         tl.store(s_ptr + row, scale)
-        # 3. The e4m3 values: an IEEE division, clamped to the finite range, rounded to nearest even.
-        q = tl.clamp(tl.div_rn(v, scale), -448.0, 448.0)
+        # 3. The e4m3 values: times the reciprocal (torch divides; the two differ in the last bit of a float32
+        #    for a few values, which e4m3's rounding almost never sees), clamped to the finite range, rounded to
+        #    nearest even.
+        q = tl.clamp(v.to(tl.float32) * (1.0 / scale), -448.0, 448.0)
         tl.store(q_ptr + row * stride_q + offs, q.to(tl.float8e4nv), mask=mask)
 
     def _launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, launch) -> None:
         m, k = x.shape
-        block = triton.next_power_of_2(k)
-        warps = 4 if block <= 4096 else 8 if block <= 8192 else 16
-        launch(_quantize_rows_kernel)[(m,)](x, q, scale, k, x.stride(0), q.stride(0), BLOCK=block, num_warps=warps)
+        launch(_quantize_rows_kernel)[(m,)](x, q, scale, k, x.stride(0), q.stride(0),
+                                            BLOCK=triton.next_power_of_2(k))
 
     @triton_op("fluxbot::quantize_rows_fp8", mutates_args={})
     def _quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,11 +89,3 @@ def quantize_rows_kernel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.ops.fluxbot.quantize_rows_fp8(x.contiguous())
 
 
-def quantize_rows_interpreted(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel itself on CPU tensors, for Triton's interpreter (TRITON_INTERPRET=1 before Triton is imported):
-    what the tests compare with the torch code."""
-    m, k = x.shape
-    q = torch.empty((m, k), dtype=torch.float8_e4m3fn)
-    scale = torch.empty((m, 1), dtype=torch.float32)
-    _launch(x.contiguous(), q, scale, lambda kernel: kernel)
-    return q, scale

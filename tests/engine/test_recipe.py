@@ -37,15 +37,18 @@ def test_differences_name_what_changed_in_words():
 
 def test_an_fp8_job_recorded_before_kernels_were_named_differs_from_the_default_kernel_in_words():
     """Every fp8 job recorded so far ran the `row` kernel and its recipe says compute "fp8"; the default kernel is now
-    `row-fast` (other sums, other pixels), so /show and the PNG's recipe comparison must tell the two apart."""
+    `row-fast-tq` (other sums, other pixels), so /show and the PNG's recipe comparison must tell the two apart; and
+    a job made with `row-fast` (the default of session 5) differs from it too."""
     versions = dict(torch=torch.__version__.split("+")[0], diffusers=diffusers.__version__, device=device_kind("cpu"))
     stored = {"fp8": "all-linear", "compute": "fp8", "compile": True, **versions}    # a job's recipe column as it is
     then = EngineRecipe.from_dict(stored)
     assert then is not None and then.compute == "fp8"                              # old records still read
     now = current_recipe("all-linear", "fp8", True, "cpu")                         # the default kernel
-    assert now.compute == "fp8.row-fast" and "fp8 (row-fast) compute" in now.text()
-    assert now.differences(then) == ["matmul compute: fp8 (row-fast) now, fp8 then"]
-    assert then.differences(now) == ["matmul compute: fp8 now, fp8 (row-fast) then"]
+    assert now.compute == "fp8.row-fast-tq" and "fp8 (row-fast-tq) compute" in now.text()
+    assert now.differences(then) == ["matmul compute: fp8 (row-fast-tq) now, fp8 then"]
+    assert then.differences(now) == ["matmul compute: fp8 now, fp8 (row-fast-tq) then"]
+    fast = EngineRecipe.from_dict({**stored, "compute": "fp8.row-fast"})
+    assert now.differences(fast) == ["matmul compute: fp8 (row-fast-tq) now, fp8 (row-fast) then"]
     # an engine running `row` makes the recorded pixels again: its recipe is the stored one, word for word
     assert current_recipe("all-linear", "fp8", True, "cpu", kernel="row") == then
     assert current_recipe("all-linear", "bf16", True, "cpu").compute == "bf16"    # bf16 has no fp8 kernel
