@@ -16,8 +16,9 @@
   whose shape does not fit stays an `UpcastLinear`. The CPU build of torch runs `_scaled_mm` too (exactly, in
   float32 accumulation), so the CPU tests run this very code; `fp8_linear_reference` is the same math
   dequantised, which the tests and the GPU validation compare against.
-  How the matmul scales and accumulates is its kernel (`FP8_KERNELS`); the default, `row-fast`, is the row-wise
-  scaling above with Hopper's fast accumulation (`use_fast_accum`), which the CPU computes exactly like `row`.
+  How the matmul scales and accumulates is its kernel (`FP8_KERNELS`); the default, `row-fast-tq`, is the row-wise
+  scaling above with Hopper's fast accumulation (`use_fast_accum`), which the CPU computes exactly like `row`, and
+  its widest activations quantised by engine/fp8_quant.py's Triton kernel on a GPU (the torch code elsewhere).
 
 The Linear classes are swapped in place (`module.__class__`): the weight Parameters stay the same objects, so the
 streamer (engine/streamer.py) keeps pointing them at host copies and ring slots as before.
@@ -100,10 +101,11 @@ class Fp8Kernel:
     min_k: int = 0
 
 
-# The kernels the bench compares (bench/fast_bench.py); `DEFAULT_KERNEL` is what `compute = "fp8"` runs: `row-fast`,
-# 5.5 % faster than `row` on an H200 (0.1023 vs 0.1083 s/step, each in a fresh process) with the same drift (latents
-# 0.061 vs 0.062 from fp8 storage's bf16 compute; run `kern`, docs/bench-logs/kern.json). The recipe names the kernel
-# (engine/recipe.py's `compute_name`): its pixels differ from `row`'s, which every earlier fp8 job was made with.
+# The kernels the bench compares (bench/fast_bench.py, bench/step_probe.py); `DEFAULT_KERNEL` is what
+# `compute = "fp8"` runs: `row-fast-tq`. `row-fast` was 5.5 % faster than `row` on an H200 (0.1023 vs 0.1083 s/step,
+# run `kern`) with the same drift; `row-fast-tq` takes its forward's kernels from 93.3 to 88.5 ms (0.0990 -> 0.0925
+# s/step with CUDA graphs, run `fin1`, docs/bench-logs/fin1-gpu0.jsonl), drift 0.0615 vs 0.0613. The recipe names
+# the kernel (engine/recipe.py's `compute_name`): each one's GPU pixels differ from the others'.
 FP8_KERNELS = {k.name: k for k in (Fp8Kernel("row", "row", False), Fp8Kernel("row-fast", "row", True),
                                    Fp8Kernel("tensor-fast", "tensor", True),
                                    Fp8Kernel("row-fast-tq", "row", True, quantizer="triton", min_k=4096))}

@@ -63,9 +63,9 @@ class EngineSettings:
                        "(bf16).", choices=FP8_MODES)
     compute: str = setting("auto", "Matmuls of the DiT's fp8-stored Linears: bf16 (each fp8 weight is upcast, then a "
                            "bf16 matmul), fp8 (fp8 tensor-core matmuls, dynamic per-token activation scales, "
-                           "fast accumulation: the row-fast kernel; needs an sm_89+ GPU: Ada, Hopper or newer), or "
-                           "auto (fp8 where the GPU has fp8 tensor cores, else bf16; bf16 on the CPU). Compiled on an "
-                           "H200, fp8 is 1.34x faster than bf16 (0.102 vs 0.137 s/step) and moves the final latents "
+                           "fast accumulation: the row-fast-tq kernel; needs an sm_89+ GPU: Ada, Hopper or newer), "
+                           "or auto (fp8 where the GPU has fp8 tensor cores, else bf16; bf16 on the CPU). Compiled on "
+                           "an H200, fp8 is 1.43x faster than bf16 (0.0925 vs 0.1319 s/step) and moves the final latents "
                            "about half as far as fp8 storage itself does (docs/engine.md); eager it is slower (0.259 "
                            "vs 0.208), so compile = false with auto keeps bf16.", choices=COMPUTE_MODES)
     compile: bool = setting(True, "torch.compile the DiT's repeated blocks on GPUs (the CPU always runs eager). The "
@@ -75,9 +75,10 @@ class EngineSettings:
     cuda_graphs: bool = setting(True, "With compiled blocks on a GPU and the resident plan, record each denoising "
                                 "step's DiT forward as a CUDA graph and replay it (the third step of a new size, "
                                 "batch or LoRA set records it): the GPU no longer waits for Python to launch "
-                                "~1,500 kernels a step. Same pixels. Each recorded shape keeps its working memory "
-                                "(~0.5 GiB at 1024², batch 1); a shape is recorded only while the GPU keeps room "
-                                "for it and the VAE decode (docs/engine.md).")
+                                "~1,500 kernels a step (H200, fp8: 0.0957 -> 0.0925 s/step). Same pixels. Each "
+                                "recorded shape keeps its working memory (measured: under 0.1 GiB at 1024², batch 1; "
+                                "1.35 GiB at batch 4); a shape is recorded only while the GPU keeps room for it and "
+                                "the VAE decode (docs/engine.md).")
     devices: list = setting(["auto"], "Devices to run workers on, one worker each: ['auto'] (every CUDA GPU, "
                             "else the CPU), or e.g. ['cuda:0', 'cuda:1'] or ['cpu'].")
     engine_process: str = setting("auto", "Where each device's engine runs: auto (in its own child process when "
