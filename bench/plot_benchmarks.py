@@ -1,4 +1,11 @@
-"""Plot s/image (20 steps, DiT only: 20 x s/step) vs peak VRAM from the device JSON (docs/bench-logs)."""
+"""Plots from the device runs (docs/bench-logs):
+
+    python bench/plot_benchmarks.py DIT_JSON OUT_PNG
+        s/image (20 steps, DiT only: 20 x s/step) against peak VRAM (issue 5's run final2-dit);
+    python bench/plot_benchmarks.py --fast OUT_PNG PROBE_JSONL...
+        issue 13's compute recipes: DiT s/step at batch 1 of every recipe bench/step_probe.py measured (fin1), with
+        and without CUDA graphs, anchors in grey.
+"""
 import json
 import sys
 
@@ -24,5 +31,34 @@ def main(dit_json: str, out_png: str) -> None:
     fig.savefig(out_png, dpi=110)
 
 
+def fast(out_png: str, *probe_jsonl: str) -> None:
+    rows = [json.loads(line) for path in probe_jsonl for line in open(path)]
+    bars = []
+    for r in rows:
+        if r.get("batch") != 1 or r.get("part") not in ("steps", "graphs"):
+            continue
+        anchor = r["recipe"] in ("torchao", "weights-bf16")
+        name = {"torchao": "torchao fp8 + compile (anchor)",
+                "weights-bf16": "diffusers bf16 + compile (anchor)"}.get(r["recipe"], f"fluxbot {r['recipe']}")
+        if r["part"] == "graphs":
+            name += " + CUDA graphs"
+        bars.append((r["s_per_step"], name, anchor))
+    bars.sort(reverse=True)
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(bars) + 1.2))
+    ax.barh([b[1] for b in bars], [b[0] for b in bars], color=["0.6" if b[2] else "tab:blue" for b in bars])
+    for y, (value, _, _) in enumerate(bars):
+        ax.text(value, y, f" {value:.4f}", va="center", fontsize=8)
+    ax.axvline(0.095, color="tab:red", lw=1, ls="--", label="issue 13 target 0.095")
+    ax.set_xlabel("DiT seconds per step, 1024², batch 1 (median of synced steps)")
+    ax.set_title("FLUX.1-dev DiT compute recipes, H200 (run fin1)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(0, max(b[0] for b in bars) * 1.15)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--fast":
+        fast(sys.argv[2], *sys.argv[3:])
+    else:
+        main(sys.argv[1], sys.argv[2])
