@@ -110,6 +110,17 @@ FP8_KERNELS = {k.name: k for k in (Fp8Kernel("row", "row", False), Fp8Kernel("ro
                                    Fp8Kernel("tensor-fast", "tensor", True),
                                    Fp8Kernel("row-fast-tq", "row", True, quantizer="triton", min_k=4096))}
 DEFAULT_KERNEL = "row-fast-tq"
+FALLBACK_KERNEL = "row-fast"   # what the default computes where its Triton quantiser cannot run
+
+
+def kernel_for(device: str, wanted: str = DEFAULT_KERNEL) -> str:
+    """The fp8 kernel an engine on `device` runs: `wanted`, unless it quantises with Triton and engine/fp8_quant.py's
+    kernel cannot run there (no CUDA device, no usable Triton, or its self-check failed: logged) — then
+    `FALLBACK_KERNEL`, which computes what `wanted` does elsewhere, so the recipe names what really ran."""
+    if FP8_KERNELS[wanted].quantizer != "triton" or fp8_quant.usable(device):
+        return wanted
+    log.info("fp8 kernel %s needs Triton on a CUDA device; %s runs %s", wanted, device, FALLBACK_KERNEL)
+    return FALLBACK_KERNEL
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -73,9 +73,49 @@ if triton is not None:
         return q, scale
 
 
-def available() -> bool:
-    """Whether the Triton kernel can run here (Triton imports and a CUDA device is there)."""
-    return triton is not None and torch.cuda.is_available()
+MIN_TRITON = (3, 0)      # tl.clamp, tl.float8e4nv as used here
+
+
+def usable(device: str) -> bool:
+    """Whether the kernel runs on `device`: a CUDA device, Triton >= MIN_TRITON with torch's `triton_op`, and a
+    self-check on a small tensor (the values the torch code gives, within e4m3's rounding) that passes. A failure
+    is logged with what failed; the engine then quantises with the torch code (`fp8_compute.kernel_for`)."""
+    dev = torch.device(device)
+    if triton is None or dev.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if _version(triton.__version__) < MIN_TRITON:
+        log.warning("fp8 quantiser: Triton %s is older than %s; the torch code quantises instead",
+                    triton.__version__, ".".join(map(str, MIN_TRITON)))
+        return False
+    try:
+        return _self_check(dev)
+    except Exception as err:  # a driver/compiler problem: never fail jobs for an optimisation
+        log.warning("fp8 quantiser: the Triton kernel failed its self-check on %s (%s: %s); the torch code "
+                    "quantises instead", device, type(err).__name__, str(err)[:300])
+        return False
+
+
+def _self_check(dev: torch.device) -> bool:
+    from engine.fp8_compute import quantize_rows   # lazy: fp8_compute imports this module
+
+    gen = torch.Generator(dev).manual_seed(0)
+    x = (torch.randn(8, 4096, device=dev, generator=gen) * 4).to(torch.bfloat16)
+    x[0] = 0
+    q, scale = quantize_rows_kernel(x)
+    q_ref, scale_ref = quantize_rows(x)
+    torch.cuda.synchronize(dev)
+    same_scales = torch.allclose(scale, scale_ref, rtol=1e-6, atol=0)
+    differing = int((q.view(torch.uint8) != q_ref.view(torch.uint8)).sum())
+    if same_scales and differing <= x.numel() // 10_000:
+        return True
+    log.warning("fp8 quantiser: the Triton kernel's values differ from the torch code's on %s (scales equal: %s, "
+                "%d of %d values); the torch code quantises instead", dev, same_scales, differing, x.numel())
+    return False
+
+
+def _version(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in text.split("+")[0].split(".")[:2] if p.isdigit()]
+    return tuple(parts + [0] * (2 - len(parts)))
 
 
 def fits(x: torch.Tensor) -> bool:

@@ -23,7 +23,7 @@ from engine import limits
 from engine.compile import compile_blocks, compile_wanted, use_disk_cache
 from engine.cuda_graphs import GraphedForward
 from engine.errors import EngineError, EngineOutOfMemory
-from engine.fp8_compute import resolve_compute
+from engine.fp8_compute import DEFAULT_KERNEL, kernel_for, resolve_compute
 from engine.img2img import Schedule, encode_image, noised, schedule
 from engine.lora_apply import ActiveLoras
 from engine.lora_cache import LoraCache, file_ident
@@ -165,8 +165,9 @@ class Engine:
         # 1. Store the DiT in fp8 (before placing), with the fp8 Linears' forward for the compute (hook-free when
         #    the blocks are compiled); the recipe says which.
         compute, compiled = compute_and_compile(settings, device)
-        precision = apply_precision(pipe, settings.fp8, compute, hooks=not compiled)
-        recipe = current_recipe(settings.fp8, compute, compiled, device)
+        kernel = kernel_for(device) if compute == "fp8" else DEFAULT_KERNEL
+        precision = apply_precision(pipe, settings.fp8, compute, hooks=not compiled, kernel=kernel)
+        recipe = current_recipe(settings.fp8, compute, compiled, device, kernel=kernel)
         budgets = budgets or detect_budgets(settings, device)
         engine = cls(settings=settings, device=device, pipe=pipe, model_id=model_id, precision=precision,
                      budgets=budgets, recipe=recipe)

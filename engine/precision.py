@@ -21,7 +21,7 @@ import re
 import torch
 from torch import nn
 
-from engine.fp8_compute import swap_linears
+from engine.fp8_compute import DEFAULT_KERNEL, swap_linears
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,15 @@ COMPUTE = torch.bfloat16
 ALL_LINEAR_SKIP = ("pos_embed",)
 
 
-def apply_precision(pipe, mode: str, compute: str = "bf16", *, hooks: bool = True) -> str:
+def apply_precision(pipe, mode: str, compute: str = "bf16", *, hooks: bool = True,
+                    kernel: str = DEFAULT_KERNEL) -> str:
     """Cast the pipeline's weights for `mode` and return the precision string recorded in each Result.
 
     `compute` (engine/fp8_compute.py's `resolve_compute`): "bf16" upcasts each fp8 weight for a bf16 matmul,
     "fp8" multiplies on fp8 tensor cores. `hooks`: bf16 compute through diffusers' layerwise-casting hooks (the
     eager default); False gives the fp8 Linears a plain forward instead (`UpcastLinear`, same numbers), which
-    torch.compile can trace (engine/compile.py)."""
+    torch.compile can trace (engine/compile.py). `kernel`: the fp8 kernel of fp8 compute (`fp8_compute.kernel_for`
+    says which one a device can run)."""
     from diffusers.hooks import apply_layerwise_casting
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
 
@@ -59,7 +61,7 @@ def apply_precision(pipe, mode: str, compute: str = "bf16", *, hooks: bool = Tru
                                 skip_modules_classes=not_cast or None)
         dit_text = f"float8_e4m3fn({mode})/bf16 compute"
     else:
-        _fp8_linears_without_hooks(dit, mode, compute)
+        _fp8_linears_without_hooks(dit, mode, compute, kernel)
         dit_text = f"float8_e4m3fn({mode})/{compute} compute"
     # 3. Describe it.
     text = f"dit={dit_text}, text=bf16, vae=bf16"
@@ -83,7 +85,7 @@ def fp8_module_names(dit: torch.nn.Module, mode: str) -> set[str]:
             if name and isinstance(m, classes) and not any(re.search(p, name) for p in skip)}
 
 
-def _fp8_linears_without_hooks(dit: torch.nn.Module, mode: str, compute: str) -> None:
+def _fp8_linears_without_hooks(dit: torch.nn.Module, mode: str, compute: str, kernel: str = DEFAULT_KERNEL) -> None:
     """fp8 storage of the selected Linears with a hook-free forward (`fp8_compute.swap_linears`); any other
     selected layer class keeps diffusers' casting hooks (FLUX's DiT has none)."""
     from diffusers.hooks import apply_layerwise_casting  # lazy: diffusers takes seconds to import
@@ -93,7 +95,7 @@ def _fp8_linears_without_hooks(dit: torch.nn.Module, mode: str, compute: str) ->
     linears = [m for n, m in dit.named_modules() if n in names and isinstance(m, torch.nn.Linear)]
     for linear in linears:
         linear.to(STORAGE)   # what the hooks' initialisation does; the loader's fp8 weights stay as they are
-    swap_linears(linears, compute)
+    swap_linears(linears, compute, kernel)
     _mark_compute_dtype(dit)
     classes, skip = _selection(dit, mode, _GO_LC_SUPPORTED_PYTORCH_LAYERS)
     others = tuple(c for c in classes if c is not torch.nn.Linear)

@@ -21,3 +21,14 @@ def test_row_fast_tq_on_the_cpu_computes_what_row_fast_does_for_wide_and_narrow_
         got = fp8_linear(x, weight, None, FP8_KERNELS["row-fast-tq"])
         assert torch.equal(got, fp8_linear(x, weight, None, FP8_KERNELS["row-fast"]))
     assert FP8_KERNELS["row-fast-tq"].min_k == 4096     # only the wide inputs go to the kernel on a GPU
+
+
+def test_an_engine_where_the_quantiser_cannot_run_records_the_kernel_that_ran():
+    """On the CPU (and wherever Triton or CUDA is missing, or the kernel's self-check fails) the default kernel
+    falls back to `row-fast`, which computes the same values there; the recipe, PNG and /show name `row-fast`."""
+    from engine.fp8_compute import DEFAULT_KERNEL, FALLBACK_KERNEL, kernel_for
+
+    assert FP8_KERNELS[DEFAULT_KERNEL].quantizer == "triton"
+    assert not fp8_quant.usable("cpu")
+    assert kernel_for("cpu") == FALLBACK_KERNEL == "row-fast"
+    assert kernel_for("cpu", "row") == "row"            # a kernel without the Triton quantiser is kept
