@@ -89,12 +89,13 @@ class CudaRecorder:
         return device if device.type == "cuda" else None
 
     def measured(self, device: torch.device, call: Callable[[], Any]) -> tuple[Any, int]:
+        """Without resetting the allocator's peak (benches read it): the call's peak above what was allocated
+        before it when it set a new peak, else the old peak's height above that (an upper bound)."""
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
         out = call()
         torch.cuda.synchronize(device)
-        return out, torch.cuda.max_memory_allocated(device) - base
+        return out, max(0, torch.cuda.max_memory_allocated(device) - base)
 
     def record(self, device: torch.device, forward: Callable[[], torch.Tensor]) -> Recording:
         """One warm-up call on a side stream, then the recording into a graph with its own memory pool; on a
