@@ -107,6 +107,32 @@ def test_compute_setting_resolves_per_device_and_refuses_bad_values(tiny_setting
         resolve_compute("fp16", "cpu")
 
 
+@pytest.mark.parametrize("capability, compiled, fp8_mode, want", [
+    ((9, 0), True, "all-linear", "fp8"),        # Hopper, compiled: fp8 tensor cores
+    ((8, 9), True, "all-linear", "fp8"),        # Ada
+    ((8, 0), True, "all-linear", "bf16"),       # Ampere: no fp8 tensor cores
+    ((9, 0), False, "all-linear", "bf16"),      # eager fp8 is slower than bf16: auto keeps bf16
+    ((9, 0), True, "off", "bf16"),              # bf16 storage computes in bf16
+])
+def test_auto_compute_on_gpus_picks_fp8_only_where_it_is_faster(monkeypatch, capability, compiled, fp8_mode, want):
+    """`compute = "auto"` on a CUDA device (the GPU facts stand in: no GPU here): fp8 only on sm_89+ with compiled
+    blocks and fp8 storage; `compute = "fp8"` below sm_89 is refused with a message naming the key and the fix."""
+    import engine.fp8_compute as fc
+    import engine.pipeline as pl
+    from engine.errors import EngineError
+    from engine.settings import EngineSettings
+
+    monkeypatch.setattr(fc, "has_fp8_tensor_cores", lambda device: capability >= fc.FP8_CAPABILITY)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(pl, "compile_wanted", lambda setting, device: bool(setting) and compiled)
+    settings = EngineSettings(compute="auto", fp8=fp8_mode, compile=True)
+    assert pl.compute_and_compile(settings, "cuda:0") == (want, compiled)
+    if capability < fc.FP8_CAPABILITY:
+        with pytest.raises(EngineError, match=r'compute = "fp8" needs fp8 tensor cores \(sm_89\+\), but cuda:0 is '
+                                              r'sm_80: set compute = "auto" or "bf16"'):
+            pl.compute_and_compile(EngineSettings(compute="fp8"), "cuda:0")
+
+
 @pytest.mark.parametrize("name", sorted(FP8_KERNELS))
 def test_each_fp8_kernel_matches_its_dequantised_math(name):
     """Every kernel the bench compares computes x @ W.T + b: within fp8 activation rounding of the float32 result
