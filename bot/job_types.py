@@ -89,6 +89,13 @@ def spec_of(job: JobRecord) -> JobSpec:
                    upscale_parent=f"job {job.parent_id}" if job.kind == "upscale" and job.parent_id else None)
 
 
+def remade(job: JobRecord) -> JobSpec:
+    """/show of a job whose images were pruned (and the web console's Reproduce): the spec that reproduces it, made
+    with the engine recipe it was made with, as far as the engine can match it (engine/recipe_switch.py). The
+    buttons that make new images (Reroll, Vary, Upscale, Edit) run the engine's own recipe."""
+    return replace(spec_of(job), recipe=dict(job.recipe) if job.recipe else None)
+
+
 def rerolled(parent: JobRecord) -> JobSpec:
     """🎲 Reroll: the same request with a new random seed."""
     return replace(spec_of(parent), seed=random_seed())

@@ -255,11 +255,20 @@ class JobService:
                 continue
             if job.status is JobStatus.RUNNING:
                 await store_jobs.requeue(self.store, job.id)
-            self.queue.submit(job.id, spec_of(job), owner=job.user_id)
+            self.queue.submit(job.id, await self._spec_again(job), owner=job.user_id)
             recovered.append(job)
         if recovered:
             log.info("recovered %d unfinished job(s): %s", len(recovered), [j.id for j in recovered])
         return recovered
+
+    async def _spec_again(self, job: JobRecord) -> JobSpec:
+        """The spec an unfinished job runs again with; a `show` job (a pruned image made again) asks for the engine
+        recipe of the job it makes again, as `job_types.remade` did when it was queued."""
+        spec = spec_of(job)
+        if job.kind != "show" or job.parent_id is None:
+            return spec
+        shown = await store_jobs.get_job(self.store, job.parent_id)
+        return replace(spec, recipe=dict(shown.recipe)) if shown is not None and shown.recipe else spec
 
     # --- worker hooks ------------------------------------------------------------------------------------------
 

@@ -177,7 +177,8 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
         return
     conn.send(("ready", {"model_id": getattr(engine, "model_id", ""), "profile": getattr(engine, "profile", ""),
                          "precision": getattr(engine, "precision", ""), "device": getattr(engine, "device", device),
-                         "recipe": getattr(engine, "recipe", None)}))
+                         "recipe": getattr(engine, "recipe", None),
+                         "recipe_computes": getattr(engine, "recipe_computes", ())}))
     # 3. Serve.
     while True:
         try:
@@ -393,6 +394,7 @@ class ProcessEngine(RemoteEngineFront):
         self.model_id, self.profile = payload["model_id"], payload["profile"]
         self.precision = payload["precision"]
         self.recipe = payload.get("recipe")
+        self.recipe_computes = tuple(payload.get("recipe_computes", ()))   # what a job's stored recipe may switch to
         if self.compile_state.enabled != bool(self.recipe and self.recipe.compile):
             self.compile_state = CompileState(enabled=bool(self.recipe and self.recipe.compile))
         log.info("engine process %s for %s ready in %.1f s (%s, profile %s)", child.process.pid, self.device,

@@ -37,7 +37,8 @@ from engine.noise import initial_latents
 from engine.planner import GPU, decode_working
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
-from engine.recipe import EngineRecipe, current_recipe, differences_from
+from engine.recipe import EngineRecipe, current_recipe, differences_from, recipe_variant
+from engine.recipe_switch import made_with, reachable_computes
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
 from engine.streamer_flux import dit_blocks
@@ -122,6 +123,7 @@ class Engine:
         self._widths = pipe_widths(pipe)   # the Linears' in/out features (LoRA checks): fixed for the pipeline's life
         # What besides the job decides the pixels (engine/recipe.py); by default the eager bf16 compute engine.
         self.recipe = recipe or current_recipe(settings.fp8, "bf16", False, device)
+        self.recipe_computes: tuple[str, ...] = ()   # what a job's stored recipe may switch to (engine/recipe_switch.py)
         self.compile_state = CompileState(enabled=self.recipe.compile)
         self.graphs: GraphedForward | None = None   # the DiT's forward as CUDA graphs (resident, compiled: _place)
 
@@ -172,6 +174,7 @@ class Engine:
         engine = cls(settings=settings, device=device, pipe=pipe, model_id=model_id, precision=precision,
                      budgets=budgets, recipe=recipe)
         engine._sizes = pipe_sizes(pipe)
+        engine.recipe_computes = reachable_computes(pipe, device)
         # 2. Plan where every weight lives (the planner for "auto") and place them.
         plan = make_plan(settings, device, engine._sizes, budgets)
         log.info("placement plan on %s:\n  %s", device, plan.describe().replace("\n", "\n  "))
@@ -195,14 +198,20 @@ class Engine:
         return self.compile_state.warming_up
 
     def needs_warm_up(self, spec: JobSpec, batch: int | None = None) -> bool:
-        """Whether a denoise of this spec's shape (and LoRA set) would compile first; `batch`: the images denoised
-        together (default: the spec's count)."""
-        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
+        """Whether a denoise of this spec's shape (and LoRA set, and stored recipe) would compile first; `batch`: the
+        images denoised together (default: the spec's count)."""
+        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, self._variant(spec))
 
     def recipe_differences(self, stored: dict | None) -> list[str]:
-        """What of this engine's recipe differs from `stored` (a job's `recipe`, a PNG's): [] means the same pixels
-        come out; else each item says what and how ("torch.compile: on now, off then")."""
-        return differences_from(self.recipe, stored)
+        """What a job asking for `stored` (a job's `recipe`, a PNG's) would still be made with differently: [] means
+        the same pixels come out (the engine switches what it can for the job: engine/recipe_switch.py); else each
+        item says what and how ("torch.compile: on now, off then")."""
+        return differences_from(self.recipe, stored, self.recipe_computes)
+
+    def _variant(self, spec: JobSpec) -> tuple:
+        """What besides its shape a denoise of `spec` compiles and records CUDA graphs for: its LoRA set, and the
+        recipe it runs when that is not the engine's own."""
+        return spec.lora_key() + recipe_variant(self.recipe, spec.recipe, self.recipe_computes)
 
     def set_profile(self, profile: str) -> None:
         """Move the weights to another plan: a forced profile, or "auto". After an out-of-memory (the worker's
@@ -358,12 +367,14 @@ class Engine:
         if should_cancel is not None and should_cancel():
             raise _Cancelled(0)
 
-        batch = latents.shape[0]
-        self.compile_state.begin(batch, first.width, first.height, first.lora_key())
+        batch, variant = latents.shape[0], self._variant(first)
+        if self.graphs is not None:   # the LoRA set's hooks and the recipe's forwards are part of a recorded graph
+            self.graphs.set_variant(variant)
+        self.compile_state.begin(batch, first.width, first.height, variant)
 
         def on_step_end(_pipe, step: int, _t, kwargs):
             if step == 0:   # the first step ran: this shape is compiled now
-                self.compile_state.end(batch, first.width, first.height, first.lora_key(), completed=True)
+                self.compile_state.end(batch, first.width, first.height, variant, completed=True)
             if progress is not None:
                 progress(step + 1, total)
             if should_cancel is not None and should_cancel():
@@ -371,18 +382,19 @@ class Engine:
             return kwargs
 
         t0 = time.perf_counter()
-        try:
-            if total == 0:   # image strength 0: the input image, through the VAE
-                out_latents = latents.to(device, dtype)
-            else:
-                out_latents = pipe(
-                    prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
-                    latents=latents.to(device, dtype), width=first.width, height=first.height,
-                    num_inference_steps=total, guidance_scale=first.guidance, output_type="latent",
-                    callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length,
-                    **sigmas).images
+        try:   # with the group's stored recipe, as far as the engine can match it (engine/recipe_switch.py)
+            with made_with(pipe, self.recipe, first.recipe, self.recipe_computes) as used:
+                if total == 0:   # image strength 0: the input image, through the VAE
+                    out_latents = latents.to(device, dtype)
+                else:
+                    out_latents = pipe(
+                        prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
+                        latents=latents.to(device, dtype), width=first.width, height=first.height,
+                        num_inference_steps=total, guidance_scale=first.guidance, output_type="latent",
+                        callback_on_step_end=on_step_end, max_sequence_length=self.settings.max_sequence_length,
+                        **sigmas).images
         finally:
-            self.compile_state.end(batch, first.width, first.height, first.lora_key(), completed=False)
+            self.compile_state.end(batch, first.width, first.height, variant, completed=False)
         self._sync(device)
         timings["denoise"] = time.perf_counter() - t0
         timings["s_per_step"] = timings["denoise"] / max(total, 1)
@@ -398,7 +410,7 @@ class Engine:
         for s in specs:
             results.append(Result(spec=s, images=images[at:at + s.count], seeds=s.seeds, timings=dict(timings),
                                   precision=self.precision, profile=self.profile, model_id=self.model_id,
-                                  steps_done=total, recipe=self.recipe.to_dict()))
+                                  steps_done=total, recipe=used.to_dict()))
             at += s.count
         log.info("generated %d image(s) %dx%d, %d steps: encode %.2fs, denoise %.2fs (%.3f s/step), decode %.2fs",
                  len(images), first.width, first.height, total, timings["encode"], timings["denoise"],
@@ -462,9 +474,7 @@ class Engine:
                           self.settings.lora_reserve_rank)
         except limits.LimitError as e:
             raise EngineError(str(e)) from None
-        self.active_loras.apply(key, loaded, device)
-        if self.graphs is not None:   # the set's hooks are part of a recorded forward: a new set records anew
-            self.graphs.set_variant(key)
+        self.active_loras.apply(key, loaded, device)   # the CUDA graphs' variant follows (_denoise_and_decode)
         return time.perf_counter() - t0
 
     def _load_lora(self, use) -> LoraWeights:

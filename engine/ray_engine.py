@@ -65,6 +65,7 @@ class ActorInfo:
     profile: str = ""
     precision: str = ""
     recipe: Any = None
+    recipe_computes: tuple = ()   # Engine.recipe_computes: what a job's stored recipe may switch to
     error: ErrorReply | None = None  # the load failed: no engine
 
 
@@ -95,7 +96,8 @@ class EngineActor:
         e = self.engine
         return ActorInfo(node_id=ray.get_runtime_context().get_node_id(), host=socket.gethostname(), pid=os.getpid(),
                          device=self.device, model_id=getattr(e, "model_id", ""), profile=getattr(e, "profile", ""),
-                         precision=getattr(e, "precision", ""), recipe=getattr(e, "recipe", None), error=self.error)
+                         precision=getattr(e, "precision", ""), recipe=getattr(e, "recipe", None),
+                         recipe_computes=tuple(getattr(e, "recipe_computes", ())), error=self.error)
 
     @ray.method(concurrency_group="control")
     def cancel(self, rid: int) -> bool:
@@ -281,6 +283,7 @@ class RayEngine(RemoteEngineFront):
         self.device = info.device
         self.model_id, self.profile, self.precision = info.model_id, info.profile, info.precision
         self.recipe = info.recipe
+        self.recipe_computes = info.recipe_computes
         # A (re)loaded actor has compiled nothing yet.
         self.compile_state = CompileState(enabled=bool(info.recipe and getattr(info.recipe, "compile", False)))
 

@@ -1,8 +1,9 @@
 """The engine recipe: what besides the job's own parameters decides its pixels.
 
 Recorded in every `Result` (and from there in each PNG's `fluxbot` chunk, engine/png.py, and in the job's
-`recipe` column, db/models.py). `/show` compares a job's recipe with the running engine's: equal recipes give
-the same pixels; `differences` names what differs, in words a user can read.
+`recipe` column, db/models.py). `/show` makes a pruned job again asking for its recipe (`JobSpec.recipe`): the
+engine switches what it can for that job (`reached`, engine/recipe_switch.py); equal recipes give the same pixels,
+and `differences_from` names what it cannot match, in words a user can read.
 
 What is in it and why:
 - `fp8`: the DiT's storage (`[engine] fp8`): fp8 weights are rounded weights.
@@ -16,13 +17,14 @@ What is in it and why:
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 LABELS = {"fp8": "fp8 storage", "compute": "matmul compute", "compile": "torch.compile",
           "torch": "torch version", "diffusers": "diffusers version", "device": "device"}
 UNNAMED_FP8_KERNEL = "row"   # the fp8 kernel a recipe's plain "fp8" compute means (all fp8 recipes before kernels)
 KERNEL_SEP = "."             # "fp8.row-fast": compute, then the fp8 kernel (`compute_name`)
+VARIANT_MARK = "engine-recipe"   # `recipe_variant`'s entry in a compiled shape's or CUDA graph's variant
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,44 @@ class EngineRecipe:
         return out
 
 
-def differences_from(recipe: EngineRecipe | None, stored: dict[str, Any] | None) -> list[str]:
-    """What differs between a running engine's recipe and one stored with a job or PNG (a dict, or None); [] when
-    the engine makes the same pixels. An engine whose recipe is unknown (None) cannot tell."""
+def differences_from(recipe: EngineRecipe | None, stored: dict[str, Any] | None,
+                     computes: tuple[str, ...] = ()) -> list[str]:
+    """What differs between the recipe a running engine makes a job stored with `stored` (a dict, or None) with
+    (`reached`: `computes` are the computes it can switch to for a job) and `stored`; [] when the engine makes the
+    same pixels. An engine whose recipe is unknown (None) cannot tell."""
     if recipe is None:
         return ["the engine's recipe is not known yet"]
-    return recipe.differences(EngineRecipe.from_dict(stored))
+    then = EngineRecipe.from_dict(stored)
+    return reached(recipe, then, computes).differences(then)
+
+
+def reached(running: EngineRecipe, stored: EngineRecipe | None, computes: tuple[str, ...] = ()) -> EngineRecipe:
+    """The recipe an engine running `running` makes a job with when the job asks for `stored` (`JobSpec.recipe`,
+    engine/recipe_switch.py): the stored compute where it is one of `computes` (what the engine's Linears can switch
+    to), eager blocks where the engine's are compiled and the job's were not; everything else (fp8 storage, torch,
+    diffusers, device, compiling an eager engine) stays the engine's. No torch here: an engine's parent side answers
+    with it too (engine/warm_up.py's RemoteEngineFront)."""
+    if stored is None:
+        return running
+    compute = stored.compute if stored.compute in computes else running.compute
+    return replace(running, compute=compute, compile=running.compile and stored.compile)
+
+
+def recipe_variant(running: EngineRecipe | None, stored: dict[str, Any] | None,
+                   computes: tuple[str, ...] = ()) -> tuple:
+    """What a job's stored recipe changes in what the DiT runs, as part of a compiled shape's or a CUDA graph's key:
+    () when it runs the engine's own recipe, else (VARIANT_MARK, compute, compile) of the one it runs."""
+    if running is None or stored is None:
+        return ()
+    used = reached(running, EngineRecipe.from_dict(stored), computes)
+    return () if used == running else ((VARIANT_MARK, used.compute, used.compile),)
+
+
+def runs_eager(variant: tuple) -> bool:
+    """Whether a variant (a LoRA set's entries, then maybe `recipe_variant`'s) runs the DiT's blocks eagerly: a
+    job made again with a stored eager recipe on a compiled engine, which compiles nothing."""
+    last = variant[-1] if variant else ()
+    return isinstance(last, tuple) and len(last) == 3 and last[0] == VARIANT_MARK and last[2] is False
 
 
 def compute_name(compute: str, kernel: str | None = None) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Callable
 
 from engine.image_input import img2img_steps
@@ -55,6 +55,10 @@ class JobSpec:
     image_sha256: str | None = None
     denoise: float = 1.0
     upscale_parent: str | None = None
+    recipe: dict | None = None  # the engine recipe to make it with (a stored job's, for /show); None: the engine's
+
+    def __hash__(self) -> int:   # `recipe` is a dict: hash it as `recipe_key()` does
+        return hash(tuple(getattr(self, f.name) if f.name != "recipe" else self.recipe_key() for f in fields(self)))
 
     def resolve(self) -> "JobSpec":
         """The same spec with a concrete seed (random when None or -1)."""
@@ -80,10 +84,15 @@ class JobSpec:
         return tuple((u.name, u.sha256, u.path, float(u.strength)) for u in self.loras if u.strength != 0)
 
     def batch_key(self) -> tuple:
-        """Specs with equal keys may run together as one batch: same size, steps, guidance, LoRA set and, for an
-        image input, the same strength (their images may differ)."""
+        """Specs with equal keys may run together as one batch: same size, steps, guidance, LoRA set, engine recipe
+        and, for an image input, the same strength (their images may differ)."""
         image = ("image", float(self.denoise)) if self.image is not None else None
-        return (self.width, self.height, self.steps, self.guidance, self.lora_key(), image)
+        return (self.width, self.height, self.steps, self.guidance, self.lora_key(), image, self.recipe_key())
+
+    def recipe_key(self) -> tuple | None:
+        """The engine recipe it asks for (engine/recipe.py's fields), hashable; None: the engine's own. Jobs asking
+        for different recipes never share a denoising batch (engine/recipe_switch.py switches per batch)."""
+        return None if self.recipe is None else tuple(sorted((str(k), str(v)) for k, v in self.recipe.items()))
 
 
 @dataclass

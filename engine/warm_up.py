@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.recipe import differences_from
+from engine.recipe import differences_from, recipe_variant, runs_eager
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +19,14 @@ class CompileState:
     A shape is (batch, width, height, variant); the variant is the job's LoRA set (`JobSpec.lora_key()`): its
     forward hooks on the blocks' Linears are part of the graph (dynamo guards on them), so a new set may compile
     again (a set whose pairs have the same shapes as one seen before reuses its graph: then the flag was up for
-    nothing, which only costs a less precise ETA)."""
+    nothing, which only costs a less precise ETA); and, for a job made with a stored recipe the engine switches to
+    (engine/recipe_switch.py: other Linear classes), that recipe (`engine.recipe.recipe_variant`)."""
     enabled: bool
     warm: set[tuple] = field(default_factory=set)
     warming_up: bool = False
 
     def needs_warm_up(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
-        return self.enabled and (batch, width, height, variant) not in self.warm
+        return self.enabled and not runs_eager(variant) and (batch, width, height, variant) not in self.warm
 
     def begin(self, batch: int, width: int, height: int, variant: tuple = ()) -> bool:
         """A denoise of this shape starts; True (and `warming_up` set) when it compiles first."""
@@ -42,22 +43,23 @@ class CompileState:
         self.warming_up = False
 
 
-def first_group_shape(specs: list) -> tuple:
-    """(images, width, height, LoRA set) of the first denoising batch of `specs` (Engine.generate_batch groups
+def first_group_shape(specs: list, variant: Callable[[Any], tuple] | None = None) -> tuple:
+    """(images, width, height, variant) of the first denoising batch of `specs` (Engine.generate_batch groups
     specs by batch_key, first seen first): the shape a CompileState is asked about by an engine's parent side
-    (engine/engine_process.py, engine/ray_engine.py)."""
+    (engine/engine_process.py, engine/ray_engine.py); `variant(spec)`: default its LoRA set."""
     first = specs[0]
     images = sum(s.count for s in specs if s.batch_key() == first.batch_key())
-    return images, first.width, first.height, first.lora_key()
+    return images, first.width, first.height, variant(first) if variant else first.lora_key()
 
 
 def tracking_warm_up(state: CompileState, specs: list, progress: Callable[[int, int], None] | None,
-                     send: Callable[[Callable[[int, int], None]], Any]) -> Any:
+                     send: Callable[[Callable[[int, int], None]], Any],
+                     variant: Callable[[Any], tuple] | None = None) -> Any:
     """Run `send(relay)` (a remote engine's generate_batch request) with `state` saying "warming up" from the
     request until the first progress message of the first group: the remote side compiles a new shape during its
     first step. `relay` forwards progress to `progress`. The one copy of this rule for the parent side of an
     engine process (engine/engine_process.py) and a Ray actor's driver side (engine/ray_engine.py)."""
-    shape = first_group_shape(specs)
+    shape = first_group_shape(specs, variant)
     state.begin(*shape)
 
     def relay(step: int, total: int) -> None:
@@ -75,9 +77,11 @@ def tracking_warm_up(state: CompileState, specs: list, progress: Callable[[int, 
 class RemoteEngineFront:
     """The Engine API methods an engine whose work runs elsewhere (a child process: engine/engine_process.py; a Ray
     actor: engine/ray_engine.py) shares: generate, warming up tracked on this side, recipe differences. A subclass
-    sets `compile_state` and `recipe` and supplies `_send_batch(specs, progress, should_cancel)`."""
+    sets `compile_state`, `recipe` and `recipe_computes` (what the other side reported when it loaded) and supplies
+    `_send_batch(specs, progress, should_cancel)`."""
     compile_state: CompileState
-    recipe: dict
+    recipe: Any
+    recipe_computes: tuple[str, ...] = ()   # Engine.recipe_computes of the other side's engine
 
     def _send_batch(self, specs: list, progress: Callable[[int, int], None] | None,
                     should_cancel: Callable[[], bool] | None) -> list:
@@ -92,7 +96,7 @@ class RemoteEngineFront:
             return self._send_batch(specs, progress, should_cancel)
         # The other side compiles a new shape during its first step: the shapes compiled are tracked here too.
         return tracking_warm_up(self.compile_state, specs, progress,
-                                lambda relay: self._send_batch(specs, relay, should_cancel))
+                                lambda relay: self._send_batch(specs, relay, should_cancel), self._variant)
 
     @property
     def warming_up(self) -> bool:
@@ -100,8 +104,13 @@ class RemoteEngineFront:
         return self.compile_state.warming_up
 
     def needs_warm_up(self, spec, batch: int | None = None) -> bool:
-        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, spec.lora_key())
+        return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, self._variant(spec))
 
     def recipe_differences(self, stored: dict | None) -> list[str]:
-        """See Engine.recipe_differences (the recipe the other side reported when it loaded)."""
-        return differences_from(self.recipe, stored)
+        """See Engine.recipe_differences: from the recipe and the computes the other side reported when it loaded
+        (the same rule, engine/recipe.py's `reached`, as the other side's engine applies)."""
+        return differences_from(self.recipe, stored, self.recipe_computes)
+
+    def _variant(self, spec) -> tuple:
+        """See Engine._variant."""
+        return spec.lora_key() + recipe_variant(self.recipe, getattr(spec, "recipe", None), self.recipe_computes)

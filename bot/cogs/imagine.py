@@ -32,7 +32,7 @@ from bot.input_images import check_attachment, take_attachment, take_file
 from bot.job_lookup import JobLookup, check_own_message
 from bot.job_start import JobStarter, Planned, planned
 from bot.literal import literal
-from bot.job_types import VARY_STRONG, CancelOutcome, rerolled, spec_of, upscaled, varied
+from bot.job_types import VARY_STRONG, CancelOutcome, remade, rerolled, spec_of, upscaled, varied
 from bot.lora_choice import ChosenLoras, autocomplete_choices, check_still_there, choose_loras, lora_library
 from bot.permissions import ShownJob, caller_of, check_may_generate, check_may_manage, check_may_show
 from bot.replies import UserFacingError, guarded, send_ephemeral
@@ -163,13 +163,14 @@ class ImagineFeature(commands.Cog, name="Imagine"):
                                                   allowed_mentions=discord.AllowedMentions.none(), wait=True)
             await store_jobs.set_message(self.store, record.id, msg.channel.id, msg.id)
             return
-        # 3. Pruned: the same spec again (same seed, so the same pixels on the same model), unless a LoRA or the
-        #    input image it was made with is gone or changed: then it says so instead of making another image.
-        spec = spec_of(record)
+        # 3. Pruned: the same spec again (same seed, so the same pixels on the same model), with the engine recipe
+        #    it was made with where the engine can switch to it, unless a LoRA or the input image it was made with is
+        #    gone or changed: then it says so instead of making another image.
+        spec = remade(record)
         await self._check_inputs(spec)
         shown = await self.starter.start(interaction, planned(spec, record.id), kind="show")
         differences = self.starter.jobs.recipe_differences(record.recipe)
-        if differences:   # made with another engine recipe (engine/recipe.py): its status message says so, and why
+        if differences:   # what of its recipe the engine cannot match (engine/recipe.py): the status says so, and why
             self.starter.tracker.remark(shown, f"Made again from job #{job}'s record: its pixels may differ slightly "
                                                f"from the original, because the engine changed since: "
                                                f"{'; '.join(differences)}.")

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
 
-from bot.job_types import JobEvent, NewRequest, rerolled, spec_of, varied
+from bot.job_types import JobEvent, NewRequest, remade, rerolled, varied
 from db import jobs as store_jobs
 from db.models import WEB
 from engine.job_status import JobStatus
@@ -154,5 +154,6 @@ class WebJobs:
 BUTTON_SPECS = {
     "reroll": rerolled,  # 🎲 the same request with a new random seed
     "vary": varied,  # 🔀 a subtle variation of the first image
-    "show": spec_of,  # Reproduce: the very same spec (seed included), so the same model makes the same pixels
+    "show": remade,  # Reproduce: the very same spec (seed included) and engine recipe, so the same model makes the
+                     # same pixels (where the engine can switch to that recipe: engine/recipe_switch.py)
 }

@@ -179,6 +179,25 @@ async def test_recover_requeues_queued_and_running_jobs_in_their_order(db_url, t
     await store.close()
 
 
+async def test_a_recovered_show_job_asks_for_the_recipe_of_the_job_it_makes_again(db_url, tmp_path):
+    """/show of a pruned image queues the job with its stored engine recipe (bot/job_types.py's `remade`); after a
+    restart it must ask for it again, or it would run the engine's own recipe with other pixels."""
+    recipe = {"fp8": "all-linear", "compute": "bf16", "compile": False, "torch": "2.13.0", "diffusers": "0.42.1",
+              "device": "cpu x86_64"}
+    store = await open_store(db_url)
+    service = make_service(store, tmp_path)
+    shown = (await service.submit(request(1))).job_id
+    await jobs.finish_job(store, shown, JobOutput(seeds=[7], images=[], recipe=recipe))
+    again = await service.submit(replace(request(1), kind="show", parent_id=shown))
+    await store.close()
+
+    store = await open_store(db_url)
+    service = make_service(store, tmp_path)
+    assert [j.id for j in await service.recover()] == [again.job_id]
+    assert service.queue.waiting()[0].spec.recipe == recipe
+    await store.close()
+
+
 async def test_recover_rebuilds_the_fair_order_not_the_arrival_order(db_url, tmp_path):
     store = await open_store(db_url)
     service = make_service(store, tmp_path)
