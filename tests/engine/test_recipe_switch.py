@@ -110,3 +110,24 @@ def test_jobs_asking_for_other_recipes_never_share_a_batch():
     assert len(keys) == 3
     assert replace(SPEC, recipe=dict(bf16)).batch_key() == replace(SPEC, recipe=bf16).batch_key()
     assert hash(replace(SPEC, recipe=bf16)) == hash(replace(SPEC, recipe=dict(bf16)))   # still hashable
+
+
+def test_an_engine_process_answers_as_its_child_and_the_spec_carries_the_recipe_across(tiny_model_dir, fp8_engine,
+                                                                                       tiny_engine):
+    """The parent side of an engine process says what its child cannot match from what the child reported at load
+    (`recipe_computes`), and the child makes the job with the recipe the pickled spec carries."""
+    from engine.engine_process import ProcessEngine
+    from tests.support.configs import tiny_engine_settings
+
+    bf16 = tiny_engine.recipe.to_dict()
+    child = ProcessEngine.start(tiny_engine_settings(tiny_model_dir.parent, compute="fp8"), "cpu")
+    try:
+        assert child.recipe == fp8_engine.recipe and child.recipe_computes == fp8_engine.recipe_computes
+        for stored in (bf16, {**bf16, "torch": "2.0.0"}, {**bf16, "compute": "fp8.row-fast-tq"}, None):
+            assert child.recipe_differences(stored) == fp8_engine.recipe_differences(stored)
+        assert child.recipe_differences(bf16) == []
+        result = child.generate(replace(SPEC, recipe=bf16))
+        assert result.recipe == bf16
+        assert np.array_equal(_pixels(result), _pixels(tiny_engine.generate(SPEC)))
+    finally:
+        child.close()
