@@ -117,7 +117,7 @@ def kernel_for(device: str, wanted: str = DEFAULT_KERNEL) -> str:
     """The fp8 kernel an engine on `device` runs: `wanted`, unless it quantises with Triton and engine/fp8_quant.py's
     kernel cannot run there (no CUDA device, no usable Triton, or its self-check failed: logged) — then
     `FALLBACK_KERNEL`, which computes what `wanted` does elsewhere, so the recipe names what really ran."""
-    if FP8_KERNELS[wanted].quantizer != "triton" or fp8_quant.usable(device):
+    if FP8_KERNELS[wanted].quantizer != "triton" or fp8_quant.usable(device, quantize_rows):
         return wanted
     log.info("fp8 kernel %s needs Triton on a CUDA device; %s runs %s", wanted, device, FALLBACK_KERNEL)
     return FALLBACK_KERNEL

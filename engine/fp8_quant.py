@@ -21,6 +21,7 @@ MAX_K when Triton imports; elsewhere the torch code runs (the CPU, a CPU-only in
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 
@@ -76,10 +77,11 @@ if triton is not None:
 MIN_TRITON = (3, 0)      # tl.clamp, tl.float8e4nv as used here
 
 
-def usable(device: str) -> bool:
+def usable(device: str, reference: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> bool:
     """Whether the kernel runs on `device`: a CUDA device, Triton >= MIN_TRITON with torch's `triton_op`, and a
-    self-check on a small tensor (the values the torch code gives, within e4m3's rounding) that passes. A failure
-    is logged with what failed; the engine then quantises with the torch code (`fp8_compute.kernel_for`)."""
+    self-check on a small tensor against `reference` (the torch code, `fp8_compute.quantize_rows`: the same values
+    within e4m3's rounding) that passes. A failure is logged with what failed; the engine then quantises with the
+    torch code (`fp8_compute.kernel_for`)."""
     dev = torch.device(device)
     if triton is None or dev.type != "cuda" or not torch.cuda.is_available():
         return False
@@ -88,21 +90,19 @@ def usable(device: str) -> bool:
                     triton.__version__, ".".join(map(str, MIN_TRITON)))
         return False
     try:
-        return _self_check(dev)
+        return _self_check(dev, reference)
     except Exception as err:  # a driver/compiler problem: never fail jobs for an optimisation
         log.warning("fp8 quantiser: the Triton kernel failed its self-check on %s (%s: %s); the torch code "
                     "quantises instead", device, type(err).__name__, str(err)[:300])
         return False
 
 
-def _self_check(dev: torch.device) -> bool:
-    from engine.fp8_compute import quantize_rows   # lazy: fp8_compute imports this module
-
+def _self_check(dev: torch.device, reference) -> bool:
     gen = torch.Generator(dev).manual_seed(0)
     x = (torch.randn(8, 4096, device=dev, generator=gen) * 4).to(torch.bfloat16)
     x[0] = 0
     q, scale = quantize_rows_kernel(x)
-    q_ref, scale_ref = quantize_rows(x)
+    q_ref, scale_ref = reference(x)
     torch.cuda.synchronize(dev)
     same_scales = torch.allclose(scale, scale_ref, rtol=1e-6, atol=0)
     differing = int((q.view(torch.uint8) != q_ref.view(torch.uint8)).sum())

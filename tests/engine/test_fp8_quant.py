@@ -29,6 +29,8 @@ def test_an_engine_where_the_quantiser_cannot_run_records_the_kernel_that_ran():
     from engine.fp8_compute import DEFAULT_KERNEL, FALLBACK_KERNEL, kernel_for
 
     assert FP8_KERNELS[DEFAULT_KERNEL].quantizer == "triton"
-    assert not fp8_quant.usable("cpu")
+    from engine.fp8_compute import quantize_rows
+
+    assert not fp8_quant.usable("cpu", quantize_rows)
     assert kernel_for("cpu") == FALLBACK_KERNEL == "row-fast"
     assert kernel_for("cpu", "row") == "row"            # a kernel without the Triton quantiser is kept
