@@ -478,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", help="one recipe, in this process")
     ap.add_argument("--all", action="store_true", help="every recipe of the suite and a table")
-    ap.add_argument("--only", default="", help="with --all or --fast --kernels: comma-separated substrings of "
-                    "recipes to keep")
+    ap.add_argument("--only", default="", help="with --all or --fast (and --kernels): comma-separated substrings "
+                    "of the recipes / parts to keep")
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (seconds)")
     ap.add_argument("--res", type=int, default=None)
     ap.add_argument("--steps", type=int, default=20, help="steps of a whole-pipeline image")

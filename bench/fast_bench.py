@@ -23,7 +23,9 @@ run stopped midway keeps what it measured):
     with the same seed (the same bf16 weights); then `torchao-fp8-compile`: the same with torchao's
     `Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())` (flux-fast's recipe; carried as a wheel in
     `.whl-ao/`; last, because torchao changes inductor's settings for the rest of the process).
-`--deadline-s` skips the parts that would not end in time (a row says so).
+`--deadline-s` skips the parts that would not end in time (a row says so); `--only` runs just the parts whose names
+contain one of its comma-separated words (e.g. `--only diffusers-bf16-eager,fluxbot-bf16-eager,row-fast-tq,streamed`:
+the drift references, the default kernel's image and drift, then the streamed and budgeted plans with it).
 
     python bench/engine_bench.py --fast --out fast.json       # on the GPU (bench/run_device.sh passes --fast)
     python bench/engine_bench.py --fast --tiny                # CPU smoke: tiny model, aot_eager, seconds
@@ -53,7 +55,7 @@ GiB = 1024 ** 3
 PROMPT = "a red fox in a snowy forest at dawn, photo"
 # (compute, fp8 kernel, compiled), in the order measured: the drift reference first, then the candidates.
 RECIPES = (("bf16", None, False), ("bf16", None, True), ("fp8", "row", True), ("fp8", "row-fast", True),
-           ("fp8", "tensor-fast", True))
+           ("fp8", "tensor-fast", True), ("fp8", "row-fast-tq", True))
 
 
 def recipe_name(compute: str, kernel: str | None, compiled: bool) -> str:
@@ -87,6 +89,9 @@ class Bench:
     def guarded(self, name: str, fn, *a, needs_s: float = 0.0, **k):
         """Run one part; an exception becomes an error row and the run goes on. A part that would not end before
         `--deadline-s` (it needs about `needs_s`) is skipped with a row that says so."""
+        wanted = [w for w in getattr(self.args, "only", "").split(",") if w]
+        if wanted and not any(w in name for w in wanted):
+            return None          # `--only`: the parts whose names contain one of its words
         left = self.args.deadline_s - (time.perf_counter() - self.t0)
         if self.args.deadline_s and left < needs_s:
             self.emit(recipe=name, skipped=f"{left:.0f} s left before the deadline, needs ~{needs_s:.0f} s")
