@@ -204,6 +204,11 @@ def loop_s_per_step(bench, batch: int, steps: int = 10) -> float:
 
 def probe_dit(args, probe: Probe) -> None:
     compute, _, kernel = args.dit.partition(":")
+    from engine.fp8_compute import FP8_KERNELS
+    if compute not in ("fp8", "bf16", "weights-bf16", "torchao") or (compute == "fp8" and kernel
+                                                                     and kernel not in FP8_KERNELS):
+        raise SystemExit(f"--dit {args.dit!r}: use fp8:KERNEL (KERNEL one of {', '.join(FP8_KERNELS)}), bf16, "
+                         f"weights-bf16 or torchao")
     inductor = set_inductor(args.inductor)
     if "tq" in kernel and torch.cuda.is_available():
         quant_check(probe)
