@@ -1,7 +1,8 @@
 """Where a compiled denoising step's time goes, and what CUDA graphs take off it (issue 13), one recipe per process.
 
-`--dit RECIPE` (fp8 kernel name like `fp8:row-fast`, `bf16`, or `weights-bf16` for diffusers' compiled bf16
-weights) builds the FLUX.1-dev-shaped DiT with the seeded random weights of bench/fast_bench.py, resident, compiled
+`--dit RECIPE` (fp8 kernel name like `fp8:row-fast`, `bf16`, `bf16-copy` (bf16 compute from the engine's bf16 working
+copy of the fp8 Linears, engine/bf16_copy.py: first 20 steps without the copy, then with it, same latents?), or
+`weights-bf16` for diffusers' compiled bf16 weights) builds the FLUX.1-dev-shaped DiT with the seeded random weights of bench/fast_bench.py, resident, compiled
 per block, then measures, each row printed as a JSON line:
  1. `steps`: s/step through diffusers' loop at batch 1 (a sync per step, as bench/fast_bench.py times it);
  2. `forward`: one DiT forward on the inputs the loop passed it, synced each call and back to back, and the sum of
@@ -10,8 +11,8 @@ per block, then measures, each row printed as a JSON line:
     `[engine] cuda_graphs`), and whether 20 steps from fixed inputs give the same latents bit for bit;
  4. the same at batch 4 (`steps`, `graphs`, and the kernel sums: what a batch-4 step costs by kind against 4 x
     batch 1's).
-`--engine` runs whole images through the bot's Engine (bench/multigpu_bench.load_engine: fp8 compute, compiled,
-resident) with new prompts, graphs on, then off: seconds per image and per phase; then the VAE decode alone,
+`--engine` runs whole images through the bot's Engine (bench/multigpu_bench.load_engine: the default compute, fp8
+on an H200, or `--engine-compute bf16`, which keeps the bf16 working copy where it fits; compiled, resident) with new prompts, graphs on, then off: seconds per image and per phase; then the VAE decode alone,
 as the engine runs it and in channels-last memory format.
 
     python bench/step_probe.py --dit fp8:row-fast --out probe-fp8.jsonl     # on the GPU
@@ -202,18 +203,37 @@ def loop_s_per_step(bench, batch: int, steps: int = 10) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def copy_check(bench, probe: Probe, *, skip_drift: bool) -> None:
+    """`bf16-copy`: 20 steps from the fixed inputs with the per-step upcast (compiled), then the engine's bf16 working
+    copy of the fp8 Linears, then the same 20 steps again: the copy's size and whether the latents are the same."""
+    from engine.bf16_copy import add_copy, copyable_linears
+
+    upcast = None if skip_drift else _fixed_latents(bench)
+    t = time.perf_counter()
+    nbytes = add_copy(copyable_linears(bench.pipe.transformer))
+    bench.sync()
+    row = dict(part="bf16-copy", copy_gib=round(nbytes / GiB, 2), copy_s=round(time.perf_counter() - t, 2))
+    if upcast is not None:
+        copied = _fixed_latents(bench)
+        row.update(same_latents_as_upcast=bool(torch.equal(copied, upcast)),
+                   max_abs_diff=float((copied - upcast).abs().max()))
+    probe.emit(**row)
+
+
 def probe_dit(args, probe: Probe) -> None:
     compute, _, kernel = args.dit.partition(":")
     from engine.fp8_compute import FP8_KERNELS
-    if compute not in ("fp8", "bf16", "weights-bf16", "torchao") or (compute == "fp8" and kernel
+    if compute not in ("fp8", "bf16", "bf16-copy", "weights-bf16", "torchao") or (compute == "fp8" and kernel
                                                                      and kernel not in FP8_KERNELS):
         raise SystemExit(f"--dit {args.dit!r}: use fp8:KERNEL (KERNEL one of {', '.join(FP8_KERNELS)}), bf16, "
-                         f"weights-bf16 or torchao")
+                         f"bf16-copy, weights-bf16 or torchao")
     inductor = set_inductor(args.inductor)
     if "tq" in kernel and torch.cuda.is_available():
         quant_check(probe)
-    bench, built = build(args, compute, kernel)
+    bench, built = build(args, "bf16" if compute == "bf16-copy" else compute, kernel)
     probe.emit(part="built", recipe=args.dit, build_s=round(built, 1), device=str(bench.device), inductor=inductor)
+    if compute == "bf16-copy":
+        copy_check(bench, probe, skip_drift=args.skip_drift)
     graphs = None
     reference = None
     for batch in [int(b) for b in args.batches.split(",")] if not args.tiny else (1,):
@@ -252,13 +272,29 @@ def probe_dit(args, probe: Probe) -> None:
         torch.cuda.empty_cache()
 
 
-def probe_engine(args, probe: Probe) -> None:
+def _engine(args, device: str):
+    """The Engine `--engine` times: multigpu_bench's (the default compute), or the same with `--engine-compute`."""
     import multigpu_bench as mb
+    from engine.pipeline import Engine
+    from engine.settings import EngineSettings
+
+    if args.engine_compute == "auto":
+        return mb.load_engine(device, tiny=args.tiny)
+    pipe = eb.build_pipeline(eb.TINY if args.tiny else eb.FLUX_DEV, torch.device(device))
+    pipe.set_progress_bar_config(disable=True)
+    settings = EngineSettings(model="random-weights", profile="resident", devices=[device], vae_tiling="never",
+                              compute=args.engine_compute)
+    return Engine.from_pipeline(settings, device, pipe, "flux-dev-arch@random")
+
+
+def probe_engine(args, probe: Probe) -> None:
     from engine.spec import JobSpec
 
     device = "cuda:0" if torch.cuda.is_available() and not args.tiny else "cpu"
     res = args.res or (256 if args.tiny else 1024)
-    engine = mb.load_engine(device, tiny=args.tiny)
+    engine = _engine(args, device)
+    probe.emit(part="engine-built", compute=engine.recipe.compute, compiled=engine.recipe.compile,
+               bf16_copy_gib=round(engine.bf16_copy_bytes / GiB, 2))
     steps = 2 if args.tiny else 20
     for graphs_on in (True, False):
         if not graphs_on:
@@ -291,8 +327,10 @@ def probe_engine(args, probe: Probe) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dit", help="fp8:KERNEL, bf16 or weights-bf16: the DiT probe for this recipe")
+    ap.add_argument("--dit", help="fp8:KERNEL, bf16, bf16-copy, weights-bf16 or torchao: the DiT probe for this recipe")
     ap.add_argument("--engine", action="store_true", help="whole images through the Engine, graphs on and off")
+    ap.add_argument("--engine-compute", default="auto", choices=("auto", "bf16", "fp8"),
+                    help="--engine: [engine] compute of the Engine (bf16 keeps the bf16 working copy where it fits)")
     ap.add_argument("--images", type=int, default=5, help="--engine: timed images per setting")
     ap.add_argument("--res", type=int, default=None)
     ap.add_argument("--dit-steps", type=int, default=8)

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from engine import limits
+from engine.bf16_copy import add_copy, copy_bytes, copy_room, copyable_linears, remove_copy
 from engine.compile import compile_blocks, compile_wanted, use_disk_cache
 from engine.cuda_graphs import GraphedForward
 from engine.errors import EngineError, EngineOutOfMemory
@@ -34,7 +35,7 @@ from engine.memory import (apply_plan, detect_budgets, execution_device, free_de
                            pipe_sizes, use_expandable_segments)
 from engine.models import check_downloaded_files, load_pipeline, model_id, resolve_source
 from engine.noise import initial_latents
-from engine.planner import GPU, decode_working
+from engine.planner import GPU, allocator_slack, decode_working
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
 from engine.recipe import EngineRecipe, current_recipe, differences_from, recipe_variant
@@ -126,6 +127,8 @@ class Engine:
         self.recipe_computes: tuple[str, ...] = ()   # what a job's stored recipe may switch to (engine/recipe_switch.py)
         self.compile_state = CompileState(enabled=self.recipe.compile)
         self.graphs: GraphedForward | None = None   # the DiT's forward as CUDA graphs (resident, compiled: _place)
+        self.bf16_copy_bytes = 0          # the DiT Linears' bf16 working copy on the GPU (engine/bf16_copy.py: _place)
+        self._bf16_copy_refused = ""      # why no copy is kept again (an out-of-memory error with one)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -227,6 +230,7 @@ class Engine:
         """Free the pipeline and the device memory it held."""
         with self._lock:
             self._drop_graphs()
+            self._drop_bf16_copy()
             self.active_loras.clear()
             self._lora_files.clear()
             if self.plan is not None:
@@ -245,6 +249,7 @@ class Engine:
         if self.pipe is None:
             raise EngineError("the engine is closed")
         self._drop_graphs()
+        self._drop_bf16_copy()
         self.active_loras.clear()   # its pairs live on the device: the next job puts them back
         if self.plan is not None:
             self.plan.release()
@@ -258,7 +263,64 @@ class Engine:
         self.profile = self.plan.profile
         if not self.plan.vae_tiling:
             self.pipe.vae.disable_tiling()
+        self._use_bf16_copy()
         self._use_graphs()
+
+    def _use_bf16_copy(self) -> None:
+        """Keep a bf16 working copy of the DiT's fp8 Linears on the GPU (engine/bf16_copy.py) where `[engine] bf16_copy`
+        is on, the Linears compute in bf16 without hooks (compiled blocks), every DiT block is resident and the room
+        rule holds; the log says which."""
+        blocked = self._bf16_copy_blocked()
+        if blocked:
+            log.debug("bf16 working copy: none (%s)", blocked)
+            return
+        figures = self._vram_room()
+        if figures is None:
+            log.debug("bf16 working copy: none (%s is not a GPU)", self.device)
+            return
+        linears = copyable_linears(self.pipe.transformer)
+        room = copy_room(copy_bytes(linears), **figures)
+        if not room.fits:
+            log.info("bf16 working copy of the DiT: not kept (%s); each step upcasts the fp8 weights", room.why)
+            return
+        self.bf16_copy_bytes = add_copy(linears)
+        log.info("bf16 working copy of the DiT: %d Linears, %s on %s (no per-step upcast; same pixels)",
+                 len(linears), room.why, self.device)
+
+    def _bf16_copy_blocked(self) -> str:
+        """Why this engine keeps no bf16 working copy now ("" when it may)."""
+        placement = self.plan.plan.placement if self.plan is not None and self.plan.plan is not None else None
+        if not self.settings.bf16_copy:
+            return "[engine] bf16_copy = false"
+        if self._bf16_copy_refused:
+            return self._bf16_copy_refused
+        if self.recipe.compute != "bf16" or self.settings.fp8 == "off":
+            return f"compute {self.recipe.compute}, fp8 storage {self.settings.fp8}"
+        if placement is None or not all(t == GPU for t in placement.dit) or self.plan.profile == "model-offload":
+            return "the DiT is not resident"
+        if not copyable_linears(self.pipe.transformer):
+            return "no hook-free bf16 Linears (eager blocks run diffusers' casting hooks)"
+        return ""
+
+    def _vram_room(self) -> dict[str, int] | None:
+        """What `copy_room` weighs: the VRAM budget less its slack and the plan's predicted peak, and the device's
+        free memory less the part of that peak not allocated yet (activations, decode); None off a CUDA device.
+        (The CPU tests stand in for the GPU's memory here.)"""
+        if not self.device.startswith("cuda"):
+            return None
+        device = torch.device(self.device)
+        self._budgets = self._budgets or detect_budgets(self.settings, self.device)
+        budget, peak = self._budgets.vram, self.plan.plan.peak_vram
+        allocated = torch.cuda.memory_allocated(device)
+        free, _total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - allocated
+        return dict(budget_room=budget - allocator_slack(budget) - peak, device_free=free - max(0, peak - allocated))
+
+    def _drop_bf16_copy(self) -> None:
+        if self.bf16_copy_bytes and self.pipe is not None:
+            freed = remove_copy(self.pipe.transformer)
+            log.info("bf16 working copy of the DiT dropped (%.2f GiB)", freed / 2**30)
+        self.bf16_copy_bytes = 0
 
     def _use_graphs(self) -> None:
         """Replay the DiT's forward as CUDA graphs (engine/cuda_graphs.py) where `[engine] cuda_graphs` is on, the
@@ -526,14 +588,23 @@ class Engine:
         #    error raised from here keeps this one as its context), then the allocator's cache.
         traceback.clear_frames(err.__traceback__)
         free_device_cache()
-        # 2. Say what to try; the retry's set_profile (the worker's) then plans the leanest of it.
+        # 2. With a bf16 working copy, the copy goes: the retry (the worker's set_profile) re-places the same profile
+        #    without it, and this engine keeps none again.
+        first = specs[0]
+        what = f"{len(specs)} job(s) of {first.width}x{first.height}"
+        if self.bf16_copy_bytes:
+            self._bf16_copy_refused = f"out of GPU memory with it ({what})"
+            self._out_of_memory_at = ""
+            msg = (f"out of GPU memory on {self.device} with the DiT's bf16 working copy ({what}); it is dropped and "
+                   f"the job retried on profile {self.profile} without it ([engine] bf16_copy)")
+            log.warning("%s (%s)", msg, str(err).splitlines()[0] if str(err) else "OOM")
+            return EngineOutOfMemory(msg, profile=self.profile, suggested_profile=self.profile)
+        # 3. Say what to try; the retry's set_profile (the worker's) then plans the leanest of it.
         try:
             suggested = leaner(self.profile, self.plan.plan.placement if self.plan and self.plan.plan else None)
         except ValueError:
             suggested = None
         self._out_of_memory_at = self.profile if suggested else ""
-        first = specs[0]
-        what = f"{len(specs)} job(s) of {first.width}x{first.height}"
         if suggested:
             msg = (f"out of GPU memory on {self.device} with profile {self.profile} ({what}); try [engine] profile "
                    f"= \"{suggested}\" or a smaller size")

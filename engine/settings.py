@@ -79,6 +79,11 @@ class EngineSettings:
                                 "recorded shape keeps its working memory (measured: under 0.1 GiB at 1024², batch 1; "
                                 "1.35 GiB at batch 4); a shape is recorded only while the GPU keeps room for it and "
                                 "the VAE decode (docs/engine.md).")
+    bf16_copy: bool = setting(True, "With bf16 compute (compute = \"bf16\", or auto on a GPU without fp8 tensor "
+                              "cores), compiled blocks and the resident plan, keep a bf16 copy of the DiT's fp8 "
+                              "Linears on the GPU beside them (~22 GiB more for FLUX.1-dev) when the VRAM budget has "
+                              "room for it and 2 GiB to spare: no step upcasts the weights again. Same pixels; the "
+                              "log says whether it was kept and why (docs/engine.md).")
     devices: list = setting(["auto"], "Devices to run workers on, one worker each: ['auto'] (every CUDA GPU, "
                             "else the CPU), or e.g. ['cuda:0', 'cuda:1'] or ['cpu'].")
     engine_process: str = setting("auto", "Where each device's engine runs: auto (in its own child process when "

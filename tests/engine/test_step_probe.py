@@ -30,3 +30,10 @@ def test_engine_probe_makes_whole_images_and_times_the_decode(tmp_path):
     assert len(images) == 2 and all(r["image_s"] > 0 and r["denoise"] > 0 for r in images)
     assert not any(r["graphs"] for r in images)     # CPU engine: no graphs installed
     assert {r["variant"] for r in rows if r["part"] == "decode"} == {"as-is", "channels-last"}
+
+
+def test_the_bf16_copy_probe_checks_its_latents_against_the_upcast(tmp_path):
+    rows = _rows(tmp_path, "--dit", "bf16-copy", "--batches", "1")
+    copy = next(r for r in rows if r["part"] == "bf16-copy")
+    assert copy["copy_gib"] >= 0 and copy["same_latents_as_upcast"] is True and copy["max_abs_diff"] == 0.0
+    assert any(r["part"] == "steps" and r["recipe"] == "bf16-copy" for r in rows)
