@@ -177,7 +177,7 @@ class Engine:
         engine = cls(settings=settings, device=device, pipe=pipe, model_id=model_id, precision=precision,
                      budgets=budgets, recipe=recipe)
         engine._sizes = pipe_sizes(pipe)
-        engine.recipe_computes = reachable_computes(pipe, device)
+        engine.recipe_computes = reachable_computes(pipe, device, {DEFAULT_KERNEL: kernel} if compute == "fp8" else None)
         # 2. Plan where every weight lives (the planner for "auto") and place them.
         plan = make_plan(settings, device, engine._sizes, budgets)
         log.info("placement plan on %s:\n  %s", device, plan.describe().replace("\n", "\n  "))

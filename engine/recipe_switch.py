@@ -30,14 +30,16 @@ from engine.streamer_flux import dit_blocks
 log = logging.getLogger(__name__)
 
 
-def reachable_computes(pipe, device: str) -> tuple[str, ...]:
+def reachable_computes(pipe, device: str, known: dict[str, str] | None = None) -> tuple[str, ...]:
     """The recipe computes this pipeline's DiT can switch to for one job on `device` (see the module's doc): none
-    without hook-free fp8-stored Linears; else "bf16" and each fp8 kernel the device runs as itself."""
+    without hook-free fp8-stored Linears; else "bf16" and each fp8 kernel the device runs as itself. `known`: kernel
+    -> `kernel_for(device, kernel)` already found (the engine's own kernel), so a Triton self-check runs once."""
     if not _switchable_linears(pipe):
         return ()
     if not _computes_fp8(device):
         return ("bf16",)
-    return ("bf16",) + tuple(compute_name("fp8", k) for k in FP8_KERNELS if kernel_for(device, k) == k)
+    ran = {k: (known or {}).get(k) or kernel_for(device, k) for k in FP8_KERNELS}
+    return ("bf16",) + tuple(compute_name("fp8", k) for k in FP8_KERNELS if ran[k] == k)
 
 
 @contextmanager

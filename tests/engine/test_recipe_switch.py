@@ -131,3 +131,16 @@ def test_an_engine_process_answers_as_its_child_and_the_spec_carries_the_recipe_
         assert np.array_equal(_pixels(result), _pixels(tiny_engine.generate(SPEC)))
     finally:
         child.close()
+
+
+def test_the_kernels_a_job_may_switch_to_reuse_the_engines_own_kernel_check(fp8_engine):
+    """The default kernel's Triton self-check runs once at load (`kernel_for`): its answer is passed on, not re-run."""
+    from engine.fp8_compute import DEFAULT_KERNEL, FALLBACK_KERNEL
+    from engine.recipe_switch import reachable_computes
+
+    pipe = fp8_engine.pipe
+    assert reachable_computes(pipe, "cpu") == fp8_engine.recipe_computes      # on the CPU the check says no
+    assert f"fp8.{DEFAULT_KERNEL}" not in fp8_engine.recipe_computes
+    told_yes = reachable_computes(pipe, "cpu", {DEFAULT_KERNEL: DEFAULT_KERNEL})
+    assert f"fp8.{DEFAULT_KERNEL}" in told_yes
+    assert reachable_computes(pipe, "cpu", {DEFAULT_KERNEL: FALLBACK_KERNEL}) == fp8_engine.recipe_computes
