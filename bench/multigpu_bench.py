@@ -19,6 +19,12 @@ the wall time of `generate` seen by the worker minus the engine's own `timings["
 back, progress messages, the result's images), the round trip of an empty request, and that of a request whose
 reply is one 1024x1024 image (what a FLUX image costs to cross back).
 
+The engines run the engine's defaults (`Engine.from_pipeline`: compute auto — fp8 with the row-fast-tq kernel on
+an sm_89+ GPU —, compiled blocks, CUDA graphs on the resident plan). Each engine first makes one warm-up job of
+WARM_UP_STEPS steps at the timed size (the blocks compile on its first step, the CUDA graph is recorded on its
+third), so the timed rows pay for neither; each row names the recipes its jobs ran with (`recipes`) and what warmed
+up while it was timed (`warmed_while_timed`: compiled shapes, graphs recorded; replays), which should be none.
+
 Runs the same job list twice, first with one worker (the first device), then with one worker per device,
 and prints one table: images per minute, speed-up, each worker's job count and peak VRAM, and whether every
 job started and finished exactly once. Saving PNGs is the jobs service's work, not the workers', and is
@@ -46,12 +52,16 @@ from engine.engine_process import ProcessEngine  # noqa: E402
 from engine.job_status import JobStatus  # noqa: E402
 from engine.pipeline import Engine  # noqa: E402
 from engine.queue import JobQueue  # noqa: E402
+from engine.recipe import EngineRecipe  # noqa: E402
 from engine.settings import EngineSettings  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
 from engine.worker import Worker  # noqa: E402
 
 log = logging.getLogger(__name__)
 GiB = 1024 ** 3
+# Steps of each engine's warm-up job: its first step compiles the DiT's blocks (engine/compile.py) and its third
+# records the CUDA graph (engine/cuda_graphs.py records a shape on its third call), so the timed rows pay for neither.
+WARM_UP_STEPS = 3
 
 
 class Recorder:
@@ -61,6 +71,7 @@ class Recorder:
         self.started: collections.Counter = collections.Counter()
         self.finished: collections.Counter = collections.Counter()
         self.failed: dict[int, str] = {}
+        self.recipes: set[str] = set()     # the engine recipes the jobs ran with (Result.recipe), in words
         self.total = total
         self.all_done = asyncio.Event()
 
@@ -72,6 +83,8 @@ class Recorder:
 
     async def on_finished(self, job_id: int, result) -> None:
         self.finished[job_id] += 1
+        recipe = EngineRecipe.from_dict(result.recipe)
+        self.recipes.add(recipe.text() if recipe is not None else "none recorded")
         self._check()
 
     async def on_failed(self, job_id: int, message: str) -> None:
@@ -123,9 +136,20 @@ def peak_gib(engine) -> float | None:
     return round(torch.cuda.max_memory_allocated(engine.device) / GiB, 2)
 
 
+def warm_state(engine) -> dict:
+    """What the engine has warmed up so far (run in the engine's own process): the shapes its compiled blocks ran,
+    the CUDA graphs recorded, and the graph replays."""
+    if hasattr(engine, "call"):
+        return engine.call("bench.multigpu_bench:warm_state")
+    stats = engine.graphs.stats if engine.graphs is not None else None
+    return dict(compiled_shapes=len(engine.compile_state.warm), graphs_recorded=stats.recorded if stats else 0,
+                graph_replays=stats.replays if stats else 0)
+
+
 def warm_up(engine, res: int) -> None:
-    """One short job per engine so that neither run pays for kernel selection or allocator growth."""
-    engine.generate(JobSpec(prompt="warm up", seed=0, steps=2, width=res, height=res))
+    """One short job per engine at the timed jobs' shape (compile, CUDA graph, kernel selection, allocator growth)
+    so that no timed row pays for them."""
+    engine.generate(JobSpec(prompt="warm up", seed=0, steps=WARM_UP_STEPS, width=res, height=res))
     reset_peak(engine)
 
 
@@ -143,6 +167,7 @@ async def run_queue(engines: list, specs: list[JobSpec]) -> dict:
             ran_by[event.worker] += 1
 
     queue.subscribe(on_event)
+    before = [warm_state(e) for e in engines]
     t0 = time.perf_counter()
     for job_id, spec in enumerate(specs, start=1):
         queue.submit(job_id, spec)
@@ -153,10 +178,14 @@ async def run_queue(engines: list, specs: list[JobSpec]) -> dict:
     queue.close()
     once = all(hooks.started[j] == 1 and hooks.finished[j] == 1 for j in range(1, len(specs) + 1))
     peaks = {f"{e.device}#{i}": peak_gib(e) for i, e in enumerate(engines)}
+    # What warmed up while timed (a compile or a graph recording here would be in images_per_min: none should).
+    after = [warm_state(e) for e in engines]
+    during = {name: {k: now[k] - was[k] for k in now} for name, was, now in zip(peaks, before, after)}
     mode = engine_kind(engines[0])
     return dict(workers=len(engines), engine=mode, jobs=len(specs), wall_s=round(wall, 2),
                 images_per_min=round(60 * len(specs) / wall, 2), every_job_once=once, failed=len(hooks.failed),
-                jobs_per_worker=dict(ran_by), peak_alloc_gib=peaks)
+                jobs_per_worker=dict(ran_by), peak_alloc_gib=peaks, recipes=sorted(hooks.recipes),
+                warmed_while_timed=during)
 
 
 def engine_kind(engine) -> str:
