@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import platform
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 LABELS = {"fp8": "fp8 storage", "compute": "matmul compute", "compile": "torch.compile",
           "torch": "torch version", "diffusers": "diffusers version", "device": "device"}
 UNNAMED_FP8_KERNEL = "row"   # the fp8 kernel a recipe's plain "fp8" compute means (all fp8 recipes before kernels)
 KERNEL_SEP = "."             # "fp8.row-fast": compute, then the fp8 kernel (`compute_name`)
-VARIANT_MARK = "engine-recipe"   # `recipe_variant`'s entry in a compiled shape's or CUDA graph's variant
+VARIANT_MARK = "engine-recipe"   # tells a `RecipeVariant` from a LoRA set's entries in a variant
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,37 @@ def reached(running: EngineRecipe, stored: EngineRecipe | None, computes: tuple[
     return replace(running, compute=compute, compile=running.compile and stored.compile)
 
 
+class RecipeVariant(NamedTuple):
+    """The last entry of a job's variant (a compiled shape's and a CUDA graph's key: the LoRA set's entries, then
+    this) when the job runs another recipe than the engine's own (`recipe_variant`): that recipe's compute and
+    compile. A tuple, so a variant stays hashable, comparable and picklable; `mark` keeps it unequal to any LoRA
+    entry."""
+    compute: str
+    compile: bool
+    mark: str = VARIANT_MARK
+
+
 def recipe_variant(running: EngineRecipe | None, stored: dict[str, Any] | None,
                    computes: tuple[str, ...] = ()) -> tuple:
     """What a job's stored recipe changes in what the DiT runs, as part of a compiled shape's or a CUDA graph's key:
-    () when it runs the engine's own recipe, else (VARIANT_MARK, compute, compile) of the one it runs."""
+    () when it runs the engine's own recipe, else (the `RecipeVariant` of the one it runs,)."""
     if running is None or stored is None:
         return ()
     used = reached(running, EngineRecipe.from_dict(stored), computes)
-    return () if used == running else ((VARIANT_MARK, used.compute, used.compile),)
+    return () if used == running else (RecipeVariant(used.compute, used.compile),)
+
+
+def variant_recipe(variant: tuple) -> RecipeVariant | None:
+    """The `RecipeVariant` a variant ends with (`recipe_variant`'s), or None: the job runs the engine's recipe."""
+    last = variant[-1] if variant else None
+    return last if isinstance(last, RecipeVariant) else None
 
 
 def runs_eager(variant: tuple) -> bool:
     """Whether a variant (a LoRA set's entries, then maybe `recipe_variant`'s) runs the DiT's blocks eagerly: a
     job made again with a stored eager recipe on a compiled engine, which compiles nothing."""
-    last = variant[-1] if variant else ()
-    return isinstance(last, tuple) and len(last) == 3 and last[0] == VARIANT_MARK and last[2] is False
+    recipe = variant_recipe(variant)
+    return recipe is not None and not recipe.compile
 
 
 def compute_name(compute: str, kernel: str | None = None) -> str:
