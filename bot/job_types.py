@@ -93,7 +93,13 @@ def remade(job: JobRecord) -> JobSpec:
     """/show of a job whose images were pruned (and the web console's Reproduce): the spec that reproduces it, made
     with the engine recipe it was made with, as far as the engine can match it (engine/recipe_switch.py). The
     buttons that make new images (Reroll, Vary, Upscale, Edit) run the engine's own recipe."""
-    return replace(spec_of(job), recipe=dict(job.recipe) if job.recipe else None)
+    return with_recipe_of(spec_of(job), job)
+
+
+def with_recipe_of(spec: JobSpec, made: JobRecord) -> JobSpec:
+    """`spec` asking for the engine recipe `made` was made with (none recorded: the engine's own): what a /show job
+    runs with, when queued (`remade`) and when recovered after a restart (bot/service.py)."""
+    return replace(spec, recipe=dict(made.recipe) if made.recipe else None)
 
 
 def rerolled(parent: JobRecord) -> JobSpec:

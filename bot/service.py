@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from bot.admission_errors import (BannedWord, CoolingDown, EmptyPrompt, GuildQueueFull, JobTooCostly, PromptTooLong,
                                   QueueFull, ShuttingDown, StoreGone, TooManyImages, TooManyUnfinished)
 from bot.banned_words import BannedWords
-from bot.job_types import CancelOutcome, JobEvent, Listener, NewRequest, Submitted, spec_of
+from bot.job_types import CancelOutcome, JobEvent, Listener, NewRequest, Submitted, spec_of, with_recipe_of
 from bot.lora_choice import stored
 from bot.result_files import write_pngs
 from bot.user_turns import UserTurns
@@ -268,7 +268,7 @@ class JobService:
         if job.kind != "show" or job.parent_id is None:
             return spec
         shown = await store_jobs.get_job(self.store, job.parent_id)
-        return replace(spec, recipe=dict(shown.recipe)) if shown is not None and shown.recipe else spec
+        return with_recipe_of(spec, shown) if shown is not None else spec
 
     # --- worker hooks ------------------------------------------------------------------------------------------
 
