@@ -216,7 +216,8 @@ def copy_check(bench, probe: Probe, *, skip_drift: bool) -> None:
     if upcast is not None:
         copied = _fixed_latents(bench)
         row.update(same_latents_as_upcast=bool(torch.equal(copied, upcast)),
-                   max_abs_diff=float((copied - upcast).abs().max()))
+                   max_abs_diff=float((copied - upcast).abs().max()),
+                   rel_l2=round(float((copied - upcast).norm() / upcast.norm()), 5))
     probe.emit(**row)
 
 

@@ -6,9 +6,11 @@ the 11 GiB of fp8 weights and writes twice as much, every step. When the whole D
 left over, one upcast at placement time does the same work once: each Linear keeps `bf16_weight` (and `bf16_bias`)
 beside its fp8 weight and multiplies with it.
 
-Same pixels, bit for bit: every float8_e4m3fn value is exactly a bf16 value (3 mantissa bits of 7, an exponent range
-inside bf16's), so the copy holds exactly the numbers the per-step upcast makes, and the matmul is the same call.
-That is why the recipe does not record it.
+The same numbers: every float8_e4m3fn value is exactly a bf16 value (3 mantissa bits of 7, an exponent range inside
+bf16's), so the copy holds exactly the numbers the per-step upcast makes. Eager, the matmul is the same call and the
+pixels are the same bit for bit; compiled blocks on a GPU fuse the upcast with the matmul around it, and without it
+inductor fuses otherwise (run fin2: final latents max. 0.078 apart), so the recipe names the copy (compute
+"bf16.copy", engine/recipe.py) and /show of a job made without it runs the upcast again (engine/recipe_switch.py).
 
 The fp8 weights stay where they are (the stored form: the streamer, the fp8 cache and a later plan use them); the copy
 is additional (~22 GiB for FLUX.1-dev's Linears), so the engine keeps one only where its room rule holds

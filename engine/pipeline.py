@@ -38,7 +38,7 @@ from engine.noise import initial_latents
 from engine.planner import GPU, allocator_slack, decode_working
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
-from engine.recipe import EngineRecipe, current_recipe, differences_from, recipe_variant
+from engine.recipe import BF16_COPY, EngineRecipe, current_recipe, differences_from, recipe_variant
 from engine.recipe_switch import made_with, reachable_computes
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
@@ -284,6 +284,9 @@ class Engine:
             log.info("bf16 working copy of the DiT: not kept (%s); each step upcasts the fp8 weights", room.why)
             return
         self.bf16_copy_bytes = add_copy(linears)
+        # Compiled blocks fuse the copy's matmuls otherwise than the per-step upcast's: its own recipe compute.
+        self.recipe = replace(self.recipe, compute=BF16_COPY)
+        self.recipe_computes = (BF16_COPY,) + tuple(c for c in self.recipe_computes if c != BF16_COPY)
         log.info("bf16 working copy of the DiT: %d Linears, %s on %s (no per-step upcast; same pixels)",
                  len(linears), room.why, self.device)
 
@@ -320,6 +323,9 @@ class Engine:
         if self.bf16_copy_bytes and self.pipe is not None:
             freed = remove_copy(self.pipe.transformer)
             log.info("bf16 working copy of the DiT dropped (%.2f GiB)", freed / 2**30)
+        if self.recipe.compute == BF16_COPY:
+            self.recipe = replace(self.recipe, compute="bf16")
+        self.recipe_computes = tuple(c for c in self.recipe_computes if c != BF16_COPY)
         self.bf16_copy_bytes = 0
 
     def _use_graphs(self) -> None:

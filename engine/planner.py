@@ -119,9 +119,16 @@ class ComputeCosts:
     source: str = "H200 reference"
 
     def step(self, tokens: int, doubles: int, singles: int, batch: int = 1) -> float:
+        return (doubles * self.double_s + singles * self.single_s) * self._scale(tokens) * batch
+
+    def blocks(self, tokens: int, doubles: int, singles: int, batch: int = 1) -> list[float]:
+        """Seconds of each block in run order (double blocks, then single blocks), scaled as `step` scales."""
+        scale = self._scale(tokens) * batch
+        return [self.double_s * scale] * doubles + [self.single_s * scale] * singles
+
+    def _scale(self, tokens: int) -> float:
         r = tokens / REF_TOKENS
-        scale = (1 - self.attention_share) * r + self.attention_share * r * r
-        return (doubles * self.double_s + singles * self.single_s) * scale * batch
+        return (1 - self.attention_share) * r + self.attention_share * r * r
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,54 @@ def spread(n: int, count: int) -> list[int]:
     if count >= n:
         return list(range(n))
     return sorted({math.floor(k * n / count) for k in range(count)})
+
+
+# ------------------------------------------------------------------------------------------ the ring's step
+
+RING_STEPS = 2   # steps simulated: the first starts with an empty ring, the second is the steady state
+
+
+def ring_step_s(compute: list[float], copy: list[float], groups: list[list[int]], slots: int,
+                steps: int = RING_STEPS) -> float:
+    """Seconds of one denoising step in the steady state, with the streamed blocks arriving through
+    engine/streamer.py's ring (pure: the streamer's rules, no torch).
+
+    `compute[i]`: seconds of block i (run order, one compute stream); `copy[i]`: seconds of its copy to the device
+    (0 for a resident block); `groups`: the streamed blocks as the streamer groups them (`group_runs`): one copy
+    per group, its compute waits for it before the group's first block. The ring holds `slots` groups (at most as
+    many as there are): the copy of group k starts when the copy engine is done with k - 1 and group k - slots,
+    whose slot it reuses, has run; the order wraps into the next step (the streamer is cyclic), and all of the
+    first `slots` copies are issued when the first step starts. Simulates `steps` steps and returns the last's
+    length: with blocks all resident, the sum of compute; all streamed with slow copies, the sum of copies; a
+    resident run followed by a streamed run stalls, the copy engine idle during the resident run once its few
+    slots are full."""
+    # 1. The ring in groups: per group, its copy seconds; per block, the group it starts or ends.
+    n_groups = len(groups)
+    if not n_groups:
+        return sum(compute)
+    group_copy = [sum(copy[i] for i in g) for g in groups]
+    starts = {g[0]: k for k, g in enumerate(groups)}
+    ends = {g[-1] for g in groups}
+    slots = max(1, min(slots, n_groups))
+    # 2. Run the steps: the compute clock; per group (numbered over the steps) when its copy and its compute end.
+    clock, copier = 0.0, 0.0
+    copied: list[float] = []
+    ran: list[float] = []
+    step_ends = [0.0]
+    for step in range(steps):
+        for i, seconds in enumerate(compute):
+            if i in starts:
+                k = step * n_groups + starts[i]
+                while len(copied) <= k:          # copies in ring order, each into the slot group j - slots freed
+                    j = len(copied)
+                    copier = max(copier, ran[j - slots] if j >= slots else 0.0) + group_copy[j % n_groups]
+                    copied.append(copier)
+                clock = max(clock, copied[k])
+            clock += seconds
+            if i in ends:
+                ran.append(clock)
+        step_ends.append(clock)
+    return step_ends[-1] - step_ends[-2]
 
 
 # ------------------------------------------------------------------------------------------- planning

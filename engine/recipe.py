@@ -10,6 +10,9 @@ What is in it and why:
 - `compute`: "bf16" or fp8 matmuls (engine/fp8_compute.py): fp8 rounds the activations too, and its kernel (how
   it scales and accumulates) changes the sums: "fp8" is the `row` kernel, which every fp8 job recorded before
   kernels were named ran, and "fp8.<kernel>" any other (`compute_name`, the one place that names it).
+  "bf16.copy" is bf16 compute from the bf16 working copy of the weights (engine/bf16_copy.py): the same numbers,
+  but compiled blocks fuse the per-step upcast with the matmul around it differently, so on a GPU the pixels differ
+  slightly from "bf16" (eager they are the same).
 - `compile`: torch.compile fuses and reorders float operations (relative L2 ~0.02 of the DiT output).
 - `torch`, `diffusers`: their kernels and the model code decide reduction orders and attention kernels.
 - `device`: "cpu" or the GPU's architecture ("cuda sm_90"): other kernels on other chips.
@@ -24,6 +27,8 @@ LABELS = {"fp8": "fp8 storage", "compute": "matmul compute", "compile": "torch.c
           "torch": "torch version", "diffusers": "diffusers version", "device": "device"}
 UNNAMED_FP8_KERNEL = "row"   # the fp8 kernel a recipe's plain "fp8" compute means (all fp8 recipes before kernels)
 KERNEL_SEP = "."             # "fp8.row-fast": compute, then the fp8 kernel (`compute_name`)
+COPY = "copy"                # "bf16.copy": bf16 compute from the bf16 working copy (engine/bf16_copy.py)
+BF16_COPY = f"bf16{KERNEL_SEP}{COPY}"
 VARIANT_MARK = "engine-recipe"   # tells a `RecipeVariant` from a LoRA set's entries in a variant
 
 
@@ -125,16 +130,21 @@ def runs_eager(variant: tuple) -> bool:
 
 
 def compute_name(compute: str, kernel: str | None = None) -> str:
-    """A recipe's `compute`: "bf16"; "fp8" for the `row` kernel (the name every fp8 recipe recorded before kernels
-    were named has); "fp8.<kernel>" for another fp8 kernel (engine/fp8_compute.py's FP8_KERNELS)."""
+    """A recipe's `compute`: "bf16", or "bf16.copy" with `kernel` COPY; "fp8" for the `row` kernel (the name every
+    fp8 recipe recorded before kernels were named has); "fp8.<kernel>" for another fp8 kernel (engine/fp8_compute.py's
+    FP8_KERNELS)."""
+    if compute == "bf16":
+        return BF16_COPY if kernel == COPY else compute
     if compute != "fp8" or kernel in (None, UNNAMED_FP8_KERNEL):
         return compute
     return f"{compute}{KERNEL_SEP}{kernel}"
 
 
 def compute_words(name: str) -> str:
-    """A recipe's `compute` as a user reads it: "bf16", "fp8", "fp8 (row-fast)"."""
+    """A recipe's `compute` as a user reads it: "bf16", "bf16 (working copy)", "fp8", "fp8 (row-fast)"."""
     compute, sep, kernel = str(name).partition(KERNEL_SEP)
+    if name == BF16_COPY:
+        return "bf16 (working copy)"
     return f"{compute} ({kernel})" if sep else compute
 
 

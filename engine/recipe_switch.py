@@ -12,6 +12,9 @@ What can switch for one job, and how (engine/recipe.py's `reached` is the rule, 
 - compile: a job made with eager blocks runs the blocks' class (eager) forward on a compiled engine: each block's
   compiled forward, an instance attribute (engine/compile.py), is set aside for the job and put back after; dynamo's
   caches stay as they are. A compiled recipe cannot be matched by an eager engine.
+- the bf16 working copy (engine/bf16_copy.py): an engine holding one computes "bf16.copy"; a job asking for "bf16"
+  runs `UpcastLinear` (the per-step upcast) and the copy's class comes back after; "bf16.copy" is reachable only
+  while the copy is held.
 - fp8 storage, torch, diffusers and the device stay the engine's: those differences remain, and `/show` names them.
 """
 from __future__ import annotations
@@ -24,7 +27,8 @@ from torch import nn
 
 from engine.fp8_compute import (FP8_KERNELS, Fp8Linear, UpcastLinear, kernel_for, resolve_compute,
                                 swap_linears)
-from engine.recipe import KERNEL_SEP, UNNAMED_FP8_KERNEL, EngineRecipe, compute_name, reached
+from engine.bf16_copy import CopiedUpcastLinear
+from engine.recipe import BF16_COPY, KERNEL_SEP, UNNAMED_FP8_KERNEL, EngineRecipe, compute_name, reached
 from engine.streamer_flux import dit_blocks
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,12 @@ def _switch_compute(linears: list[nn.Linear], compute: str) -> Callable[[], None
     """Give the Linears the forward of a recipe's `compute`; returns what puts their classes back."""
     before = [(m, m.__class__) for m in linears]
     kind, _, kernel = compute.partition(KERNEL_SEP)
-    swap_linears(linears, kind, kernel or UNNAMED_FP8_KERNEL)
+    if compute == BF16_COPY:      # reachable only while the copy is held (engine/pipeline.py): its Linears
+        for m in linears:
+            if "bf16_weight" in vars(m):
+                m.__class__ = CopiedUpcastLinear
+    else:
+        swap_linears(linears, kind, kernel or UNNAMED_FP8_KERNEL)
 
     def put_back() -> None:
         for module, cls in before:

@@ -1,5 +1,6 @@
-"""The bf16 working copy of the DiT's fp8 Linears (engine/bf16_copy.py, `[engine] bf16_copy`): the same pixels as the
-per-step upcast, kept only where the room rule holds, dropped on a re-plan, and dropped for good (with the job retried
+"""The bf16 working copy of the DiT's fp8 Linears (engine/bf16_copy.py, `[engine] bf16_copy`): the same numbers as the
+per-step upcast (the same pixels eager; compiled on a GPU they differ slightly, so the recipe names it: compute
+"bf16.copy", and /show of a "bf16" job on an engine with a copy runs the upcast), kept only where the room rule holds, dropped on a re-plan, and dropped for good (with the job retried
 on the same profile) after an out-of-memory error. Real tiny engines on the CPU, compiled as a GPU compiles them
 (aot_eager, hook-free Linears); the GPU's memory query (`Engine._vram_room`) is the one part stood in for."""
 from __future__ import annotations
@@ -81,8 +82,21 @@ def test_the_engine_keeps_a_copy_where_there_is_room_and_makes_the_same_pixels(c
     loaded = "\n".join(r.getMessage() for r in caplog.get_records("setup"))
     assert "bf16 working copy of the DiT: 30 Linears" in loaded and "same pixels" in loaded
     got, expected = copied.generate(SPEC), plain.generate(SPEC)
-    assert np.array_equal(pixels(got), pixels(expected))
-    assert got.recipe == expected.recipe                      # the copy changes no pixel: the recipe does not name it
+    assert np.array_equal(pixels(got), pixels(expected))      # aot_eager, like eager: the same numbers
+    assert copied.recipe.compute == got.recipe["compute"] == "bf16.copy"
+    assert got.recipe == {**expected.recipe, "compute": "bf16.copy"}
+
+
+def test_show_makes_each_recipe_with_the_path_it_names(copied, plain):
+    """A stored "bf16" job on an engine with a copy runs the per-step upcast (no difference to report), then the copy
+    again; an engine without a copy names the difference for a job made with one."""
+    upcast = plain.generate(SPEC).recipe
+    assert copied.recipe_differences(upcast) == []
+    remade = copied.generate(replace(SPEC, recipe=upcast))
+    assert remade.recipe == upcast and np.array_equal(pixels(remade), pixels(plain.generate(SPEC)))
+    assert copies(copied) > 0 and copied.generate(SPEC).recipe["compute"] == "bf16.copy"
+    made_with_copy = copied.recipe.to_dict()
+    assert plain.recipe_differences(made_with_copy) == ["matmul compute: bf16 now, bf16 (working copy) then"]
 
 
 def test_no_copy_without_room_and_the_log_says_what_it_would_need(tiny_settings, gpu_memory, caplog):
@@ -128,6 +142,7 @@ def test_out_of_memory_with_a_copy_drops_it_and_retries_on_the_same_profile(copi
     assert "bf16 working copy" in str(err) and "[engine] bf16_copy" in str(err)
     copied.set_profile(err.suggested_profile)                 # what the worker's retry does
     assert copied.profile == "resident" and copied.bf16_copy_bytes == 0 and copies(copied) == 0
+    assert copied.recipe.compute == "bf16" and "bf16.copy" not in copied.recipe_computes
     assert np.array_equal(pixels(copied.generate(SPEC)), pixels(plain.generate(SPEC)))
     copied.set_profile("resident")                            # and it stays without one
     assert copied.bf16_copy_bytes == 0
