@@ -8,12 +8,14 @@ per T5 block, one of three tiers, and one tier each for CLIP and the VAE:
 - `disk`: left where the loader put it (a memory-mapped safetensors file: page cache, evictable), copied
   page cache → small pinned staging buffer → device at each use.
 
-The greedy rule: VRAM goes first to the DiT's blocks (they run every step; double blocks first, they are
-copy-bound when streamed, single blocks are compute-bound), then the VAE and CLIP (every image), then T5
-(every new prompt; the prompt cache skips it for rerolls). Pinned RAM goes in the same order to what is not on
-the GPU; nothing below the DiT is pinned while a DiT block still reads from disk (that RAM serves better as page
-cache for those blocks). The rest stays on disk. The prediction is the floor the issue defines:
-max(compute, bytes over each path / its bandwidth) per step, plus encode and decode.
+The rule: VRAM goes first to the DiT's blocks (they run every step): the whole DiT if it fits, else the mix of
+resident double and single blocks (each spread over its run order) whose step `ring_step_s` models fastest: a
+model of the streamer's ring, where copies run ahead of compute by at most the ring's slots. Then the VAE and
+CLIP (every image), then T5 (every new prompt; the prompt cache skips it for rerolls). Pinned RAM goes in the
+same order to what is not on the GPU; nothing below the DiT is pinned while a DiT block still reads from disk
+(that RAM serves better as page cache for those blocks). The rest stays on disk. The prediction per step is the
+ring's model: the floor the issue defines, max(compute, bytes over each path / its bandwidth), unless the ring
+stalls above it; plus encode and decode.
 
 Forced profiles keep their old meaning: `resident` (everything on the GPU), `streamed` (T5, CLIP and the VAE
 never resident; DiT blocks resident only within `max_resident_dit`), `model-offload` (diffusers' whole-model
@@ -271,6 +273,9 @@ def spread(n: int, count: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ the ring's step
 
 RING_STEPS = 2   # steps simulated: the first starts with an empty ring, the second is the steady state
+# How much slower than planned copies may run before a tie between two modelled placements is broken: measured
+# bandwidth varies from run to run, and ComputeCosts' split between double and single blocks is bf16 eager's.
+COPY_MARGIN = 0.2
 
 
 def ring_step_s(compute: list[float], copy: list[float], groups: list[list[int]], slots: int,
@@ -373,7 +378,10 @@ def _ring_for_budget(inp: PlanInputs) -> tuple[PlanInputs, list[str]]:
 
 
 def _fill_vram_dit(inp: PlanInputs) -> list[str]:
-    """DiT tiers with as many blocks resident as fit: double blocks first, spread over the order."""
+    """DiT tiers: the whole DiT resident if it fits; else, of the placements that fit (nothing resident, and for each
+    count of resident double blocks the most single blocks; each kind spread over its run order), the one with the
+    fastest modelled step (`dit_step_s`: the ring's stalls counted). Ties go to the one that loses least when copies run
+    COPY_MARGIN slower than planned, then to more resident bytes."""
     sizes = inp.sizes
     nd, ns = len(sizes.double_blocks), len(sizes.single_blocks)
     cap = inp.max_resident_dit
@@ -388,23 +396,26 @@ def _fill_vram_dit(inp: PlanInputs) -> list[str]:
         return out
 
     def ok(t: list[str]) -> bool:
-        held = sum(b for b, x in zip(sizes.dit_blocks, t) if x == GPU)
-        placement = replace(lean, dit=tuple(t))
-        return (cap is None or held <= cap) and _peak_vram(inp, placement) <= _usable_vram(inp)
+        held = _sum(sizes.dit_blocks, t, GPU)
+        return (cap is None or held <= cap) and _peak_vram(inp, replace(lean, dit=tuple(t))) <= _usable_vram(inp)
 
-    # The whole DiT resident frees the ring too: try it first.
+    # 1. The whole DiT resident frees the ring too: try it first.
     if ok(tiers_for(nd, ns)):
         return tiers_for(nd, ns)
-    best = tiers_for(0, 0)
-    for n_double in range(nd, -1, -1):
-        if ok(tiers_for(n_double, 0)):
-            best = tiers_for(n_double, 0)
-            if n_double == nd:
-                for n_single in range(ns, -1, -1):
-                    if ok(tiers_for(nd, n_single)):
-                        return tiers_for(nd, n_single)
-            return best
-    return best
+    # 2. The candidates: per count of resident double blocks, the most single blocks that fit; and nothing resident
+    #    (a resident block shifts how the streamed single blocks pair up: on a tiny card that can cost more than the
+    #    copy it saves).
+    candidates = [tiers_for(0, 0)] if ok(tiers_for(0, 0)) else []
+    for n_double in range(nd + 1):
+        n_single = next((n for n in range(ns, -1, -1) if ok(tiers_for(n_double, n))), None)
+        if n_single is not None:
+            candidates.append(tiers_for(n_double, n_single))
+    if not candidates:
+        return tiers_for(0, 0)
+    # 3. The fastest modelled step; ties: the sturdier when copies are slower, then more bytes on the GPU.
+    slower = replace(inp, bandwidth=replace(inp.bandwidth, h2d=inp.bandwidth.h2d / (1 + COPY_MARGIN)))
+    return min(candidates, key=lambda t: (_micros(dit_step_s(inp, t)), _micros(dit_step_s(slower, t)),
+                                          -_sum(sizes.dit_blocks, t, GPU)))
 
 
 def _fill_vram_rest(inp: PlanInputs, dit: list[str]) -> dict:
@@ -559,13 +570,15 @@ def _finish(inp: PlanInputs, p: Placement, label: str, why: list[str]) -> Plan:
     cache_room = max(0, inp.ram_budget - host)
     cached = min(dit_disk, cache_room)
     uncached = dit_disk - cached
-    # 2. Time per step: compute, or the slowest copy path.
+    # 2. Time per step: the floor (compute, or the slowest copy path), or the ring's model when it stalls more.
     compute = c.step(_tokens(inp), len(s.double_blocks), len(s.single_blocks), inp.batch)
     h2d = (_sum(s.dit_blocks, p.dit, PINNED) + dit_disk) / bw.h2d
     host_path = cached / bw.page_cache + uncached / bw.disk
-    step = max(compute, h2d, host_path)
-    bound = "compute" if step == compute else ("pinned host->device copies" if step == h2d else
-                                               "page cache/disk reads")
+    floor = max(compute, h2d, host_path)
+    ring = dit_step_s(inp, p.dit, host_s_per_byte=host_path / dit_disk if dit_disk else None)
+    step = ring if _micros(ring) > _micros(floor) else floor
+    bound = ("compute" if step == compute else "pinned host->device copies" if step == h2d else
+             "page cache/disk reads" if step == host_path else "ring")
     # 3. Encode (a new prompt) and decode.
     t5_moved = _sum(s.t5_blocks, p.t5, PINNED) + _sum(s.t5_blocks, p.t5, DISK)
     encode = max(c.t5_s, t5_moved / bw.h2d, _sum(s.t5_blocks, p.t5, DISK) / bw.disk) + _swap_s(inp, s.clip, p.clip)
@@ -590,6 +603,10 @@ def _finish(inp: PlanInputs, p: Placement, label: str, why: list[str]) -> Plan:
                  f"{bw.source}; compute: {c.source})",
                  f"peak VRAM {peak / GiB:.2f} GiB; host RAM {host / GiB:.2f} GiB ({pinned / GiB:.2f} pinned)"
                  + (f" + page cache for {dit_disk / GiB:.2f} GiB of DiT blocks read every step" if dit_disk else "")]
+    if bound == "ring":
+        why.append(f"ring-bound: its {inp.slots} slots fill while resident blocks run and the copy engine then idles; "
+                   f"the streamed blocks after them wait for their copies ({step - floor:.3f} s/step over the floor "
+                   f"{floor:.3f})")
     if uncached:
         why.append(f"{uncached / GiB:.2f} GiB of DiT blocks do not fit in the page cache: read from disk every "
                    f"step ({uncached / bw.disk:.2f} s/step); {(inp.ram_budget + uncached) / GiB:.1f} GiB of RAM "
@@ -598,6 +615,24 @@ def _finish(inp: PlanInputs, p: Placement, label: str, why: list[str]) -> Plan:
     return Plan(profile=label, placement=p, fits=not problem, s_per_step=step, encode_s=encode, decode_s=decode,
                 s_per_image=per_image, peak_vram=peak, pinned_ram=pinned, host_ram=host, page_cache=cached,
                 disk_read_per_step=uncached, why=tuple(why), problem=problem, slots=inp.slots)
+
+
+def dit_step_s(inp: PlanInputs, dit, *, host_s_per_byte: float | None = None) -> float:
+    """Modelled seconds of one denoising step with these DiT tiers: `ring_step_s` with ComputeCosts' seconds per
+    block (at this size and batch) and each streamed block's copy: its bytes over the pinned->device bandwidth;
+    a disk-tier block's the slower of that and its host path (`host_s_per_byte`; default the page cache's), which
+    the copier thread's staging chunks overlap with it."""
+    s = inp.sizes
+    host = 1 / inp.bandwidth.page_cache if host_s_per_byte is None else host_s_per_byte
+    compute = inp.compute.blocks(_tokens(inp), len(s.double_blocks), len(s.single_blocks), inp.batch)
+    copy = [0.0 if t == GPU else max(b / inp.bandwidth.h2d, b * host if t == DISK else 0.0)
+            for b, t in zip(s.dit_blocks, dit)]
+    return ring_step_s(compute, copy, group_runs(list(s.dit_blocks), list(dit)), inp.slots)
+
+
+def _micros(seconds: float) -> int:
+    """Seconds to whole microseconds: two modelled steps closer than that are a tie (float noise aside)."""
+    return round(seconds * 1e6)
 
 
 def _swap_s(inp: PlanInputs, nbytes: int, tier: str) -> float:
@@ -654,8 +689,8 @@ def _why_choices(inp: PlanInputs, p: Placement) -> list[str]:
     doubles = {t: sum(1 for x in p.dit[:nd] if x == t) for t in TIERS}
     singles = {t: sum(1 for x in p.dit[nd:] if x == t) for t in TIERS}
     lines = [f"DiT: {doubles[GPU]}/{nd} double and {singles[GPU]}/{len(s.single_blocks)} single blocks stay on the "
-             f"GPU ({_sum(s.dit_blocks, p.dit, GPU) / GiB:.2f} GiB; double blocks first: streamed, they are "
-             f"copy-bound); {doubles[PINNED] + singles[PINNED]} stream from pinned RAM "
+             f"GPU ({_sum(s.dit_blocks, p.dit, GPU) / GiB:.2f} GiB; of the mixes of double and single blocks that fit, "
+             f"the fastest step by the ring's model); {doubles[PINNED] + singles[PINNED]} stream from pinned RAM "
              f"({_sum(s.dit_blocks, p.dit, PINNED) / GiB:.2f} GiB), {doubles[DISK] + singles[DISK]} from disk/page "
              f"cache ({_sum(s.dit_blocks, p.dit, DISK) / GiB:.2f} GiB)"]
     if inp.force == "streamed":
