@@ -6,7 +6,8 @@
   min(MemAvailable, the room under every cgroup v2 `memory.max` / v1 limit of this process: limit − usage +
   its reclaimable page cache) minus a reserve.
 - `pipe_sizes(pipe) -> ModelSizes`: bytes of each block and model as stored (measured on the loaded pipeline).
-- `make_plan(settings, device, sizes, budgets, profile) -> Plan`: the planner's inputs from the settings.
+- `make_plan(settings, device, sizes, budgets, profile) -> Plan`: the planner's inputs from the settings (its
+  compute figures for the recipe the engine runs: `compute_costs`).
 - `apply_plan(pipe, plan, device, settings) -> MemoryPlan`: the executor (engine/streamer_flux.py), or
   diffusers' model CPU offload for the forced `model-offload`.
 - `leaner(profile)`: the profile an OOM retry moves to.
@@ -28,8 +29,8 @@ import torch
 
 from engine.errors import EngineError
 from engine.lora_convert import pipe_widths
-from engine.planner import (GPU, MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, GiB, ModelSizes,
-                            Placement, Plan, PlanInputs, plan_placement)
+from engine.planner import (GPU, MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, ComputeCosts, GiB,
+                            ModelSizes, Placement, Plan, PlanInputs, plan_placement, recipe_costs)
 from engine.settings import EngineSettings
 from engine.streamer import HostArena, _Packed
 from engine.streamer_flux import apply_placement, t5_blocks
@@ -293,8 +294,24 @@ def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets:
                         steps=settings.default_steps, batch=settings.max_batch, slots=settings.stream_prefetch + 1,
                         vae_tiled=_tiles(settings, device), device=device, force=force, max_resident_dit=cap,
                         lora_rank=settings.lora_reserve_rank, lora_cache=settings.lora_cache_mib * 2**20,
-                        bandwidth=budgets.bandwidth, budget_note=budgets.note)
+                        bandwidth=budgets.bandwidth, compute=compute_costs(settings, device), budget_note=budgets.note)
     return plan_placement(inputs)
+
+
+def compute_costs(settings: EngineSettings, device: str) -> ComputeCosts:
+    """The planner's compute figures for the recipe the engine runs on `device` (`[engine] compute` and `compile`
+    as engine/pipeline.py resolves them): the choice of resident blocks depends on how much copy time compute hides."""
+    from engine.pipeline import compute_and_compile   # lazy: engine.pipeline imports this module
+
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        # a card this machine lacks (`bot plan --vram`): fp8 only where the settings ask for it (auto cannot know)
+        fp8 = settings.compute == "fp8" and settings.fp8 != "off"
+        return recipe_costs("fp8" if fp8 else "bf16", bool(settings.compile))
+    try:
+        compute, compiled = compute_and_compile(settings, device)
+    except EngineError:        # compute = "fp8" without fp8 tensor cores: the engine refuses it itself, with a message
+        return ComputeCosts()
+    return recipe_costs(compute, compiled)
 
 
 def apply_plan(pipe, plan: Plan, device: str, settings: EngineSettings) -> MemoryPlan:

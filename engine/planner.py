@@ -40,6 +40,7 @@ RESIDENT, STREAMED, MIXED, MODEL_OFFLOAD = "resident", "streamed", "mixed", "mod
 # activations (~0.5 GiB: resident peak 11.59 GiB with 11.08 GiB of weights; streamed 1.83 = ring 1.27 + rest
 # 0.06 + activations), T5's encode (0.32 GiB besides its ring), a VAE decode (2.57 GiB untiled at 1 MPixel).
 REF_TOKENS = 4096 + 512
+REF_BLOCKS = (19, 38)    # FLUX.1-dev's double and single blocks: what the measured steps ran
 DIT_ACTIVATIONS_REF = int(0.5 * GiB)
 T5_WORKING = int(0.32 * GiB)
 CLIP_WORKING = int(0.05 * GiB)
@@ -131,6 +132,27 @@ class ComputeCosts:
     def _scale(self, tokens: int) -> float:
         r = tokens / REF_TOKENS
         return (1 - self.attention_share) * r + self.attention_share * r * r
+
+
+# A resident DiT step (1024², batch 1) of the engine's faster recipes, (compute, compiled), measured on an H200
+# (docs/bench-logs/): fp8 compiled (row-fast-tq) in fin2-fast.json, bf16 compiled in kern.json, fp8 eager in
+# fast-run1.json. ComputeCosts' own figures are bf16 compute, eager. The ring's model needs the recipe's: faster
+# compute hides fewer copies, so it changes which blocks should stay resident.
+RECIPE_STEP_S = {("fp8", True): 0.0974, ("bf16", True): 0.1371, ("fp8", False): 0.2594}
+
+
+def recipe_costs(compute: str, compiled: bool, base: ComputeCosts | None = None) -> ComputeCosts:
+    """`base` (default ComputeCosts()) with the DiT's block seconds scaled so a resident step at 1024², batch 1 takes
+    the recipe's RECIPE_STEP_S (bf16 eager, or a recipe not measured: `base` as it is); encode and decode as
+    they are."""
+    base = base or ComputeCosts()
+    step = RECIPE_STEP_S.get((compute, compiled))
+    if step is None:
+        return base
+    share = step / base.step(REF_TOKENS, *REF_BLOCKS)
+    return replace(base, double_s=base.double_s * share, single_s=base.single_s * share,
+                   source=f"{base.source} x {share:.2f}: {compute} compute, {'compiled' if compiled else 'eager'} "
+                          f"({step} s/step resident)")
 
 
 @dataclass(frozen=True)

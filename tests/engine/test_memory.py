@@ -136,3 +136,25 @@ def test_make_plan_keeps_the_configured_room_for_loras():
              for rank in (0, 64)}
     assert "LoRAs:" not in plans[0].describe() and "LoRAs: 0.67 GiB" in plans[64].describe()
     assert plans[64].placement.dit.count("gpu") < plans[0].placement.dit.count("gpu")
+
+
+def test_make_plan_predicts_the_step_of_the_recipe_the_engine_runs():
+    """The planner's compute is the recipe's: a compiled bf16 engine's resident step is the 0.1371 s an H200
+    measured (kern), an eager one's ComputeCosts' bf16 eager figure; and a budgeted plan's choice of blocks follows."""
+    from engine.memory import Budgets
+    from engine.planner import Bandwidths, ComputeCosts, flux_dev_sizes
+
+    big = Budgets(vram=80 * GiB, ram=200 * GiB, note="an H200")
+    compiled = make_plan(EngineSettings(compute="bf16", compile=True), "cuda:0", flux_dev_sizes(), big)
+    eager = make_plan(EngineSettings(compute="bf16", compile=False), "cuda:0", flux_dev_sizes(), big)
+    assert compiled.profile == eager.profile == "resident"
+    assert compiled.s_per_step == pytest.approx(0.1371) and "bf16 compute, compiled" in compiled.describe()
+    assert eager.s_per_step == pytest.approx(ComputeCosts().step(4096 + 512, 19, 38))
+    assert make_plan(EngineSettings(), "cpu", flux_dev_sizes(), big).s_per_step == 0.0     # no GPU figures on the CPU
+    # fin2's budgeted row (fp8 compiled, 10 GiB, 55.3 GB/s): eager figures keep every double block on the GPU (the
+    # plan that stalled at 1.15x its floor); the compiled recipe's streams some of them and keeps more single blocks.
+    fin2 = Budgets(vram=10 * GiB, ram=100 * GiB, note="fin2", bandwidth=Bandwidths(h2d=55.3e9))
+    dit = {c: make_plan(EngineSettings(profile="streamed", vram_budget_gib=10, compute="fp8", compile=c), "cuda:0",
+                        flux_dev_sizes(), fin2).placement.dit for c in (False, True)}
+    assert dit[False][:19].count("gpu") == 19 and dit[False][19:].count("gpu") == 10
+    assert dit[True][:19].count("gpu") < 19 and dit[True][19:].count("gpu") > 10

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from engine.planner import (ALLOCATOR_SLACK, ALLOCATOR_SLACK_SHARE, CUDA_CONTEXT, DISK, GPU, MACHINE_RAM_RESERVE,
-                            PINNED, GiB, Bandwidths, ComputeCosts, Placement, PlanInputs, dit_step_s, flux_dev_sizes,
-                            group_runs, plan_placement, ring_step_s, spread)
+                            PINNED, GiB, Bandwidths, Placement, PlanInputs, dit_step_s, flux_dev_sizes,
+                            group_runs, plan_placement, recipe_costs, ring_step_s, spread)
 
 SIZES = flux_dev_sizes()
 H200 = Bandwidths(h2d=52e9, source="H200")
@@ -137,9 +137,8 @@ def test_fin2s_budgeted_plan_stalled_and_the_planner_now_picks_one_at_the_floor(
 
     """fin2 (docs/bench-logs/fin2-gpu1.log): fp8 compiled, resident 0.0974 s/step, pinned copies at 55.3 GB/s; the
     10 GiB budget kept all 19 double and 10 single blocks resident and measured 0.1120 (1.15x the floor)."""
-    base = ComputeCosts()
-    share = 0.0974 / base.step(4096 + 512, 19, 38)
-    costs = replace(base, double_s=base.double_s * share, single_s=base.single_s * share)
+    costs = recipe_costs("fp8", compiled=True)               # the engine's default recipe on an H200
+    assert costs.step(4096 + 512, 19, 38) == pytest.approx(0.0974)
     inp = PlanInputs(vram_budget=10 * GiB, ram_budget=100 * GiB, sizes=SIZES, force="streamed", lora_rank=64,
                      bandwidth=Bandwidths(h2d=55.3e9), compute=costs)
     doubles_first = tuple(GPU if i < 19 or i - 19 in spread(38, 10) else PINNED for i in range(57))
