@@ -309,8 +309,9 @@ def ring_step_s(compute: list[float], copy: list[float], groups: list[list[int]]
     (0 for a resident block); `groups`: the streamed blocks as the streamer groups them (`group_runs`): one copy
     per group, its compute waits for it before the group's first block. The ring holds `slots` groups (at most as
     many as there are): the copy of group k starts when the copy engine is done with k - 1 and group k - slots,
-    whose slot it reuses, has run; the order wraps into the next step (the streamer is cyclic), and all of the
-    first `slots` copies are issued when the first step starts. Simulates `steps` steps and returns the last's
+    whose slot it reuses, has run; the order wraps into the next step (the streamer is cyclic). The first `slots`
+    copies start with the first step (the streamer's at its first streamed block: only the first step differs,
+    and it is not the one returned). Simulates `steps` steps and returns the last's
     length: with blocks all resident, the sum of compute; all streamed with slow copies, the sum of copies; a
     resident run followed by a streamed run stalls, the copy engine idle during the resident run once its few
     slots are full."""

@@ -132,6 +132,34 @@ def test_a_resident_run_followed_by_a_streamed_run_stalls_when_the_ring_is_short
     assert ring_step_s(compute, copy, [[2, 3]], slots=1) == 8.0
 
 
+def test_the_ring_model_issues_copies_when_the_streamer_does():
+    """The model's rule, checked on engine/streamer.py (CPU: the order of events, not their time): a copy into the
+    ring is issued as soon as the group `slots` places earlier has run (its slot), the order wraps into the next
+    step, and nothing is issued while resident blocks run once the ring is full."""
+    import torch
+
+    from engine.streamer import stream_blocks
+
+    blocks = [torch.nn.Linear(4, 4) for _ in range(6)]
+    unit = stream_blocks("dit", blocks, "cpu", tiers=[GPU, GPU] + [PINNED] * 4, slots=2, cyclic=True, merge=False)
+    log: list[str] = []
+    issue = unit._issue
+    unit._issue = lambda pos, slot: (log.append(f"copy {pos}"), issue(pos, slot))[1]
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda module, args, i=i: log.append(f"run {i}"))
+    try:
+        for _step in range(2):
+            x = torch.zeros(1, 4)
+            for block in blocks:
+                x = block(x)
+    finally:
+        unit.close()
+    # groups 0-3 are blocks 2-5; a 2-slot ring: group k's copy follows the run of group k - 2
+    assert log == ["run 0", "run 1", "copy 0", "copy 1", "run 2", "copy 2", "run 3", "copy 3", "run 4", "copy 0",
+                   "run 5", "copy 1",
+                   "run 0", "run 1", "run 2", "copy 2", "run 3", "copy 3", "run 4", "copy 0", "run 5", "copy 1"]
+
+
 def test_fin2s_budgeted_plan_stalled_and_the_planner_now_picks_one_at_the_floor():
     from engine.planner import _finish
 
