@@ -79,11 +79,17 @@ def copy_room(need: int, *, budget_room: int, device_free: int) -> CopyRoom:
 
 
 def add_copy(linears: list[UpcastLinear]) -> int:
-    """Give each Linear its bf16 working copy (on the weight's device) and the copy's forward; returns the bytes."""
-    for m in linears:
-        m.bf16_weight = m.weight.detach().to(torch.bfloat16)
-        m.bf16_bias = m.bias.detach().to(torch.bfloat16) if m.bias is not None else None
-        m.__class__ = CopiedUpcastLinear
+    """Give each Linear its bf16 working copy (on the weight's device) and the copy's forward; returns the bytes.
+    All or nothing: when a copy fails (out of memory midway), the ones made are dropped and the error raised."""
+    try:
+        for m in linears:
+            m.bf16_weight = m.weight.detach().to(torch.bfloat16)
+            m.bf16_bias = m.bias.detach().to(torch.bfloat16) if m.bias is not None else None
+            m.__class__ = CopiedUpcastLinear
+    except BaseException:
+        for m in linears:
+            remove_copy(m)
+        raise
     return copy_bytes(linears)
 
 
@@ -94,7 +100,8 @@ def remove_copy(dit: nn.Module) -> int:
         if "bf16_weight" not in m.__dict__:
             continue
         freed += copy_bytes([m])
-        del m.bf16_weight, m.bf16_bias
+        del m.bf16_weight
+        m.__dict__.pop("bf16_bias", None)
         if type(m) is CopiedUpcastLinear:
             m.__class__ = UpcastLinear
     return freed

@@ -191,16 +191,22 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
         except BaseException as err:  # noqa: BLE001 - reported to the parent, the child goes on
             if not isinstance(err, EngineError):
                 log.error("engine process for %s: %s failed", device, op, exc_info=True)
-            conn.send(("error", ErrorReply.of(err), getattr(engine, "profile", "")))
+            conn.send(("error", ErrorReply.of(err), getattr(engine, "profile", ""), _recipe_state(engine)))
         else:
             try:  # pickling happens before anything is written: a value that does not pickle becomes an error
-                conn.send(("done", value, getattr(engine, "profile", "")))
+                conn.send(("done", value, getattr(engine, "profile", ""), _recipe_state(engine)))
             except (pickle.PicklingError, TypeError, AttributeError) as err:
                 log.error("engine process for %s: the reply to %s does not pickle", device, op, exc_info=True)
                 conn.send(("error", ErrorReply.of(EngineError(f"the engine's reply to {op} could not be sent "
                                                                f"back ({type(err).__name__}: {err})")), ""))
         if op == "close":
             return
+
+
+def _recipe_state(engine) -> tuple:
+    """(recipe, recipe_computes) of the child's engine, sent with every reply: they can change after loading (the
+    bf16 working copy, engine/bf16_copy.py, kept or dropped by a re-plan or an out-of-memory error)."""
+    return getattr(engine, "recipe", None), tuple(getattr(engine, "recipe_computes", ()))
 
 
 def usable_cores() -> int:
@@ -456,13 +462,19 @@ class ProcessEngine(RemoteEngineFront):
                 if progress is not None:
                     progress(message[1], message[2])
             elif kind == "done":
-                self.profile = message[2]
+                self._adopt(message)
                 return message[1]
             elif kind == "error":
-                self.profile = message[2]
+                self._adopt(message)
                 raise message[1].rebuild()
             else:
                 raise EngineError(f"the engine process for {self.device} sent an unexpected {kind!r} message")
+
+    def _adopt(self, reply: tuple) -> None:
+        """The child's profile, and its recipe where the reply carries it, as they are after the request."""
+        self.profile = reply[2]
+        if len(reply) > 3:
+            self.adopt_recipe(*reply[3])
 
     def _forget_child(self) -> None:
         child, self._child = self._child, None

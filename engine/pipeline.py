@@ -283,10 +283,15 @@ class Engine:
         if not room.fits:
             log.info("bf16 working copy of the DiT: not kept (%s); each step upcasts the fp8 weights", room.why)
             return
-        self.bf16_copy_bytes = add_copy(linears)
+        try:
+            self.bf16_copy_bytes = add_copy(linears)
+        except torch.OutOfMemoryError:    # the room rule was wrong: no copy (add_copy dropped what it made)
+            free_device_cache()
+            log.warning("bf16 working copy of the DiT: out of GPU memory while making it (%s); each step upcasts the "
+                        "fp8 weights", room.why)
+            return
         # Compiled blocks fuse the copy's matmuls otherwise than the per-step upcast's: its own recipe compute.
-        self.recipe = replace(self.recipe, compute=BF16_COPY)
-        self.recipe_computes = (BF16_COPY,) + tuple(c for c in self.recipe_computes if c != BF16_COPY)
+        self._set_compute(BF16_COPY)
         log.info("bf16 working copy of the DiT: %d Linears, %s on %s (no per-step upcast; same pixels)",
                  len(linears), room.why, self.device)
 
@@ -320,13 +325,20 @@ class Engine:
         return dict(budget_room=budget - allocator_slack(budget) - peak, device_free=free - max(0, peak - allocated))
 
     def _drop_bf16_copy(self) -> None:
-        if self.bf16_copy_bytes and self.pipe is not None:
-            freed = remove_copy(self.pipe.transformer)
+        freed = remove_copy(self.pipe.transformer) if self.pipe is not None else 0
+        if freed:
             log.info("bf16 working copy of the DiT dropped (%.2f GiB)", freed / 2**30)
         if self.recipe.compute == BF16_COPY:
-            self.recipe = replace(self.recipe, compute="bf16")
-        self.recipe_computes = tuple(c for c in self.recipe_computes if c != BF16_COPY)
+            self._set_compute("bf16")
         self.bf16_copy_bytes = 0
+
+    def _set_compute(self, compute: str) -> None:
+        """The recipe's compute after the Linears changed class for good (the bf16 working copy kept or dropped):
+        the computes a job may switch to follow, and every shape compiles again (dynamo guards on the classes)."""
+        self.recipe = replace(self.recipe, compute=compute)
+        others = tuple(c for c in self.recipe_computes if c != BF16_COPY)
+        self.recipe_computes = ((BF16_COPY,) if compute == BF16_COPY else ()) + others
+        self.compile_state = CompileState(enabled=self.recipe.compile)
 
     def _use_graphs(self) -> None:
         """Replay the DiT's forward as CUDA graphs (engine/cuda_graphs.py) where `[engine] cuda_graphs` is on, the
@@ -601,6 +613,9 @@ class Engine:
         if self.bf16_copy_bytes:
             self._bf16_copy_refused = f"out of GPU memory with it ({what})"
             self._out_of_memory_at = ""
+            self._drop_graphs()          # they replay the copy's tensors
+            self._drop_bf16_copy()
+            free_device_cache()
             msg = (f"out of GPU memory on {self.device} with the DiT's bf16 working copy ({what}); it is dropped and "
                    f"the job retried on profile {self.profile} without it ([engine] bf16_copy)")
             log.warning("%s (%s)", msg, str(err).splitlines()[0] if str(err) else "OOM")

@@ -127,11 +127,18 @@ class EngineActor:
         while True:
             op, payload, events, cancel = self._requests.get()
             try:
-                events.put(("done", self._serve(op, payload, events, cancel)))
+                value = self._serve(op, payload, events, cancel)
+                events.put(("done", value, self._recipe_state()))
             except BaseException as err:  # noqa: BLE001 - goes back to the driver
                 if not isinstance(err, EngineError):
                     log.error("engine actor: %s failed", op, exc_info=True)
-                events.put(("error", ErrorReply.of(err)))
+                events.put(("error", ErrorReply.of(err), self._recipe_state()))
+
+    def _recipe_state(self) -> tuple:
+        """(recipe, recipe_computes) of the engine, sent with every reply: the bf16 working copy (engine/bf16_copy.py)
+        can change them after loading."""
+        e = self.engine
+        return getattr(e, "recipe", None), tuple(getattr(e, "recipe_computes", ()))
 
     def _serve(self, op: str, payload: Any, events: queue.Queue, cancel: threading.Event) -> Any:
         if self.engine is None:
@@ -319,8 +326,12 @@ class RayEngine(RemoteEngineFront):
                 if progress is not None:
                     progress(*rest)
             elif kind == "done":
+                if len(rest) > 1:
+                    self.adopt_recipe(*rest[1])
                 return rest[0]
             elif kind == "error":
+                if len(rest) > 1:
+                    self.adopt_recipe(*rest[1])
                 raise rest[0].rebuild()
             else:
                 raise EngineError(f"the engine actor {self.name} sent an unexpected {kind!r} message")

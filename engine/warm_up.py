@@ -106,9 +106,20 @@ class RemoteEngineFront:
     def needs_warm_up(self, spec, batch: int | None = None) -> bool:
         return self.compile_state.needs_warm_up(batch or spec.count, spec.width, spec.height, self._variant(spec))
 
+    def adopt_recipe(self, recipe: Any, computes: tuple[str, ...]) -> None:
+        """The other side's engine recipe and computes as it reports them with each reply: a re-plan or an
+        out-of-memory error there may keep or drop the bf16 working copy (engine/bf16_copy.py), which changes its
+        compute; the Linears then change class and every shape compiles again, so the shapes known compiled are
+        forgotten (as `Engine` does on its side)."""
+        if recipe is None:
+            return
+        if self.recipe is not None and recipe.compute != self.recipe.compute:
+            self.compile_state = CompileState(enabled=bool(recipe.compile))
+        self.recipe, self.recipe_computes = recipe, tuple(computes)
+
     def recipe_differences(self, stored: dict | None) -> list[str]:
-        """See Engine.recipe_differences: from the recipe and the computes the other side reported when it loaded
-        (the same rule, engine/recipe.py's `reached`, as the other side's engine applies)."""
+        """See Engine.recipe_differences: from the recipe and the computes the other side reported with its last
+        reply (the same rule, engine/recipe.py's `reached`, as the other side's engine applies)."""
         return differences_from(self.recipe, stored, self.recipe_computes)
 
     def _variant(self, spec) -> tuple:

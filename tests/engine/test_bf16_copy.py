@@ -135,11 +135,15 @@ def test_out_of_memory_with_a_copy_drops_it_and_retries_on_the_same_profile(copi
     def oom(done, total):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
+    copied.generate(SPEC)
+    assert not copied.needs_warm_up(SPEC)                     # this shape is compiled
     with pytest.raises(EngineOutOfMemory) as info:
         copied.generate(SPEC, progress=oom)
     err = info.value
     assert err.profile == "resident" and err.suggested_profile == "resident"
     assert "bf16 working copy" in str(err) and "[engine] bf16_copy" in str(err)
+    assert copied.bf16_copy_bytes == 0 and copies(copied) == 0   # dropped at once, as the message says
+    assert copied.needs_warm_up(SPEC)                         # the Linears changed class: compiles again
     copied.set_profile(err.suggested_profile)                 # what the worker's retry does
     assert copied.profile == "resident" and copied.bf16_copy_bytes == 0 and copies(copied) == 0
     assert copied.recipe.compute == "bf16" and "bf16.copy" not in copied.recipe_computes
@@ -155,6 +159,17 @@ def test_a_job_made_with_another_compute_puts_the_copy_back_after(copied, plain)
     assert not np.array_equal(pixels(other), pixels(plain.generate(SPEC)))
     assert copies(copied) > 0 and not any(type(m) is Fp8Linear for m in copied.pipe.transformer.modules())
     assert np.array_equal(pixels(copied.generate(SPEC)), pixels(plain.generate(SPEC)))
+
+
+def test_a_copy_that_fails_midway_leaves_no_copy_behind():
+    torch.manual_seed(0)
+    made = [torch.nn.Linear(32, 16).to(torch.float8_e4m3fn) for _ in range(3)]
+    for m in made:
+        m.__class__ = UpcastLinear
+    del made[1].weight                                        # its copy fails (as an allocation would midway)
+    with pytest.raises(AttributeError):
+        add_copy(made)
+    assert all(type(m) is UpcastLinear and "bf16_weight" not in vars(m) for m in made)
 
 
 def test_the_room_rule():

@@ -216,3 +216,24 @@ def test_close_ends_the_child(engines):  # last: it closes one of the module's e
         os.kill(pid, 0)
     with pytest.raises(EngineError, match="closed"):
         engine.generate(spec())
+
+
+def test_the_parent_follows_the_childs_recipe_when_a_replan_drops_the_bf16_copy(tiny_settings):
+    """The bf16 working copy (engine/bf16_copy.py) changes the child's recipe after loading: the parent side learns it
+    with the reply, so /show's "pixels may differ" note and the warming-up flag follow what the child runs."""
+    from tests.support.compiled_engines import COPY_LOADER
+
+    engine = ProcessEngine.start(replace(tiny_settings, compute="bf16"), "cpu", loader=COPY_LOADER)
+    try:
+        assert engine.recipe.compute == "bf16.copy" and "bf16.copy" in engine.recipe_computes
+        made = engine.generate(spec())
+        assert made.recipe["compute"] == "bf16.copy" and engine.recipe_differences(made.recipe) == []
+        assert not engine.needs_warm_up(spec())
+        engine.set_profile("streamed")                        # streamed blocks: the child drops its copy
+        assert engine.recipe.compute == "bf16" and "bf16.copy" not in engine.recipe_computes
+        assert engine.recipe_differences(made.recipe) == ["matmul compute: bf16 now, bf16 (working copy) then"]
+        assert engine.needs_warm_up(spec())                   # the child's Linears changed class
+        engine.set_profile("resident")
+        assert engine.recipe.compute == "bf16.copy"
+    finally:
+        engine.close()

@@ -26,3 +26,14 @@ def load_compiled(settings: EngineSettings, device: str = "cpu") -> pipeline.Eng
 def compiled_loader(settings: EngineSettings, device: str) -> pipeline.Engine:
     """`loader(settings, device)` for ProcessEngine / Worker.load."""
     return load_compiled(settings, device)
+
+
+COPY_LOADER = "tests.support.compiled_engines:copy_loader"
+ROOM_FOR_A_COPY = dict(budget_room=100 * 2**30, device_free=100 * 2**30)
+
+
+def copy_loader(settings: EngineSettings, device: str) -> pipeline.Engine:
+    """`compiled_loader` in a process whose Engine sees the memory figures of a GPU with room for the bf16 working
+    copy (engine/bf16_copy.py): the one GPU-only part, the device's memory query, stood in for."""
+    pipeline.Engine._vram_room = lambda self: dict(ROOM_FOR_A_COPY)
+    return load_compiled(settings, device)
