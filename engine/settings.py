@@ -65,7 +65,7 @@ class EngineSettings:
                            "bf16 matmul), fp8 (fp8 tensor-core matmuls, dynamic per-token activation scales, "
                            "fast accumulation: the row-fast-tq kernel; needs an sm_89+ GPU: Ada, Hopper or newer), "
                            "or auto (fp8 where the GPU has fp8 tensor cores, else bf16; bf16 on the CPU). Compiled on "
-                           "an H200, fp8 is 1.43x faster than bf16 (0.0925 vs 0.1319 s/step) and moves the final latents "
+                           "an H200, fp8 is 1.38x faster than bf16 (0.0925 vs 0.1278 s/step with bf16_copy) and moves the final latents "
                            "about half as far as fp8 storage itself does (docs/engine.md); eager it is slower (0.259 "
                            "vs 0.208), so compile = false with auto keeps bf16.", choices=COMPUTE_MODES)
     compile: bool = setting(True, "torch.compile the DiT's repeated blocks on GPUs (the CPU always runs eager). The "
