@@ -95,11 +95,18 @@ class JobService:
             self._emit(JobEvent(event.job_id, JobStatus.RUNNING, warming_up=True))
 
     def recipe_differences(self, stored: dict | None) -> list[str] | None:
-        """What the running engine would make differently from a job made with the recipe `stored` (engine/recipe.py):
-        [] for the same pixels, None when no engine runs yet (it cannot tell)."""
-        engine = self.workers[0].engine if self.workers else None
-        differences = getattr(engine, "recipe_differences", None)
-        return differences(stored) if differences is not None else None
+        """What the running engines would make differently from a job made with the recipe `stored`
+        (engine/recipe.py): [] for the same pixels on whichever worker takes the job; else each difference any
+        worker's engine would make, once (workers may differ: GPUs of other kinds, a bf16 copy held on one of them);
+        None when no engine runs yet (it cannot tell)."""
+        found: list[str] | None = None
+        for worker in self.workers:
+            differences = getattr(worker.engine, "recipe_differences", None)
+            if differences is None:
+                continue
+            found = found or []
+            found += [d for d in differences(stored) if d not in found]
+        return found
 
     # --- admission and submit ----------------------------------------------------------------------------
 

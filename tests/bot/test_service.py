@@ -445,3 +445,27 @@ async def test_a_result_outlasts_a_database_locked_past_its_busy_timeout(tmp_pat
         assert len(job.images) == (1 if expected == "done" else 0)
     finally:
         await store.close()
+
+
+async def test_show_names_what_any_worker_would_make_differently(store, tmp_path, tiny_engine, tiny_model_dir):
+    """/show's "pixels may differ" note (bot/cogs/imagine.py) asks every worker: the job runs on whichever is free."""
+    from engine.pipeline import Engine
+    from engine.worker import Worker
+    from tests.support.configs import tiny_engine_settings
+    from tests.support.hooks import Recorder
+
+    fp8 = Engine.load(tiny_engine_settings(tiny_model_dir.parent, compute="fp8"), "cpu")
+    try:
+        queue = JobQueue()
+        workers = [Worker(f"cpu#{i}", e, queue, Recorder()) for i, e in enumerate((tiny_engine, fp8))]
+        service = make_service(store, tmp_path, workers=workers, queue=queue)
+        made_by_bf16 = tiny_engine.recipe.to_dict()
+        assert service.recipe_differences(made_by_bf16) == []          # the fp8 engine switches to bf16 for it
+        on_another_gpu = {**made_by_bf16, "device": "cuda sm_90"}
+        assert service.recipe_differences(on_another_gpu) == [f"device: {tiny_engine.recipe.device} now, cuda sm_90 then"]
+        made_by_fp8_tq = {**fp8.recipe.to_dict(), "compute": "fp8.row-fast-tq"}
+        assert service.recipe_differences(made_by_fp8_tq) == ["matmul compute: bf16 now, fp8 (row-fast-tq) then",
+                                                              "matmul compute: fp8 (row-fast) now, fp8 (row-fast-tq) then"]
+        assert make_service(store, tmp_path).recipe_differences(made_by_bf16) is None   # no engine yet
+    finally:
+        fp8.close()
