@@ -190,6 +190,18 @@ def denoise(pipe, device, *, embeds, pooled, steps: int, res: int, batch: int) -
     return out.images, [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def denoise_loop(pipe, device, *, embeds, pooled, steps: int, res: int, batch: int) -> float:
+    """Seconds of a `steps`-step denoise with one device sync at the end (none per step: a per-step sync would also
+    wait for a streamed plan's prefetch of the next step's first blocks on the copy stream)."""
+    _sync(device)
+    t = time.perf_counter()
+    pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=res, width=res, num_inference_steps=steps,
+         guidance_scale=3.5, generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
+         num_images_per_prompt=batch)
+    _sync(device)
+    return time.perf_counter() - t
+
+
 def _held(pipe, device) -> dict:
     """Allocated GiB now and, for fluxbot's streamed profile, what each unit holds on the device."""
     out = {"allocated": round(torch.cuda.memory_allocated(device) / GiB, 3) if device.type == "cuda" else 0.0}
