@@ -8,7 +8,7 @@
 source bench/device_env.sh >/dev/null || exit 1
 name=$1
 out=${OUT:-/tmp}
-plans() { timeout 200 python3 bench/engine_bench.py --fast --only row-fast-tq,streamed --budget-gib "$1" \
+plans() { timeout 230 python3 bench/engine_bench.py --fast --only row-fast-tq,streamed --budget-gib "$1" \
   --out "$out/$name-b$1.json" 2>&1 | grep -v '%|'; }
 ( export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=/tmp/$name-ind0; { plans 10; plans 7; } > "$out/$name-gpu0.log" ) &
 ( export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=/tmp/$name-ind1
