@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from engine.compute_choice import compute_and_compile
 from engine.errors import EngineError
 from engine.lora_convert import pipe_widths
 from engine.planner import (GPU, MIXED, MODEL_OFFLOAD, RESIDENT, STREAMED, VAE_TILE_PX, Bandwidths, ComputeCosts, GiB,
@@ -301,8 +302,6 @@ def make_plan(settings: EngineSettings, device: str, sizes: ModelSizes, budgets:
 def compute_costs(settings: EngineSettings, device: str) -> ComputeCosts:
     """The planner's compute figures for the recipe the engine runs on `device` (`[engine] compute` and `compile`
     as engine/pipeline.py resolves them): the choice of resident blocks depends on how much copy time compute hides."""
-    from engine.pipeline import compute_and_compile   # lazy: engine.pipeline imports this module
-
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         # a card this machine lacks (`bot plan --vram`): fp8 only where the settings ask for it (auto cannot know)
         fp8 = settings.compute == "fp8" and settings.fp8 != "off"

@@ -21,10 +21,11 @@ import torch
 
 from engine import limits
 from engine.bf16_copy import add_copy, copy_bytes, copy_room, copyable_linears, remove_copy
-from engine.compile import compile_blocks, compile_wanted, use_disk_cache
+from engine.compile import compile_blocks, use_disk_cache
+from engine.compute_choice import compute_and_compile
 from engine.cuda_graphs import GraphedForward
 from engine.errors import EngineError, EngineOutOfMemory
-from engine.fp8_compute import DEFAULT_KERNEL, kernel_for, resolve_compute
+from engine.fp8_compute import DEFAULT_KERNEL, kernel_for
 from engine.img2img import Schedule, encode_image, noised, schedule
 from engine.lora_apply import ActiveLoras
 from engine.lora_cache import LoraCache, file_ident
@@ -78,24 +79,6 @@ def check_spec(spec: JobSpec) -> None:
         limits.check_denoise(spec.denoise)
     except limits.LimitError as e:
         raise EngineError(str(e)) from None
-
-
-def compute_and_compile(settings: EngineSettings, device: str) -> tuple[str, bool]:
-    """`[engine] compute` and `compile` resolved for `device` (fp8 compute needs fp8 weights and sm_89+)."""
-    try:
-        compute = resolve_compute(settings.compute, device)
-    except ValueError as e:
-        raise EngineError(str(e)) from None
-    if settings.fp8 == "off" and compute == "fp8":
-        log.info("[engine] compute = %r: the DiT is stored in bf16 (fp8 = \"off\"), so it computes in bf16",
-                 settings.compute)
-        compute = "bf16"
-    compiled = compile_wanted(settings.compile, device)
-    if settings.compute == "auto" and compute == "fp8" and not compiled:
-        log.info("[engine] compute = \"auto\": bf16, since the DiT is not compiled (eager fp8 matmuls are slower "
-                 "than bf16's: their activation scaling is not fused)")
-        compute = "bf16"
-    return compute, compiled
 
 
 class Engine:

@@ -117,6 +117,7 @@ def test_compute_setting_resolves_per_device_and_refuses_bad_values(tiny_setting
 def test_auto_compute_on_gpus_picks_fp8_only_where_it_is_faster(monkeypatch, capability, compiled, fp8_mode, want):
     """`compute = "auto"` on a CUDA device (the GPU facts stand in: no GPU here): fp8 only on sm_89+ with compiled
     blocks and fp8 storage; `compute = "fp8"` below sm_89 is refused with a message naming the key and the fix."""
+    import engine.compute_choice as cc
     import engine.fp8_compute as fc
     import engine.pipeline as pl
     from engine.errors import EngineError
@@ -124,7 +125,7 @@ def test_auto_compute_on_gpus_picks_fp8_only_where_it_is_faster(monkeypatch, cap
 
     monkeypatch.setattr(fc, "has_fp8_tensor_cores", lambda device: capability >= fc.FP8_CAPABILITY)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(pl, "compile_wanted", lambda setting, device: bool(setting) and compiled)
+    monkeypatch.setattr(cc, "compile_wanted", lambda setting, device: bool(setting) and compiled)
     settings = EngineSettings(compute="auto", fp8=fp8_mode, compile=True)
     assert pl.compute_and_compile(settings, "cuda:0") == (want, compiled)
     if capability < fc.FP8_CAPABILITY:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import engine.compute_choice as compute_choice
 import engine.pipeline as pipeline
 from engine.compile import compile_blocks
 from engine.settings import EngineSettings
@@ -14,13 +15,13 @@ COMPILED_LOADER = "tests.support.compiled_engines:compiled_loader"
 
 def load_compiled(settings: EngineSettings, device: str = "cpu") -> pipeline.Engine:
     """Engine.load with compiling on this device (the seams: which devices compile, and with which backend)."""
-    wanted, compile_fn = pipeline.compile_wanted, pipeline.compile_blocks
-    pipeline.compile_wanted = lambda setting, dev: bool(setting)
+    wanted, compile_fn = compute_choice.compile_wanted, pipeline.compile_blocks
+    compute_choice.compile_wanted = lambda setting, dev: bool(setting)
     pipeline.compile_blocks = functools.partial(compile_blocks, backend="aot_eager")
     try:
         return pipeline.Engine.load(settings, device)
     finally:
-        pipeline.compile_wanted, pipeline.compile_blocks = wanted, compile_fn
+        compute_choice.compile_wanted, pipeline.compile_blocks = wanted, compile_fn
 
 
 def compiled_loader(settings: EngineSettings, device: str) -> pipeline.Engine:
