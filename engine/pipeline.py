@@ -39,8 +39,9 @@ from engine.noise import initial_latents
 from engine.planner import GPU, allocator_slack, decode_working
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
-from engine.recipe import BF16_COPY, EngineRecipe, current_recipe, differences_from, recipe_variant
-from engine.recipe_switch import made_with, reachable_computes
+from engine.recipe import (BF16_COPY, EngineRecipe, current_recipe, differences_from, recipe_variant,
+                           variant_recipe)
+from engine.recipe_switch import forget_compiled_code, made_with, reachable_computes
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
 from engine.streamer_flux import dit_blocks
@@ -322,6 +323,8 @@ class Engine:
         others = tuple(c for c in self.recipe_computes if c != BF16_COPY)
         self.recipe_computes = ((BF16_COPY,) if compute == BF16_COPY else ()) + others
         self.compile_state = CompileState(enabled=self.recipe.compile)
+        if self.recipe.compile:
+            forget_compiled_code()
 
     def _use_graphs(self) -> None:
         """Replay the DiT's forward as CUDA graphs (engine/cuda_graphs.py) where `[engine] cuda_graphs` is on, the
@@ -458,6 +461,11 @@ class Engine:
                         **sigmas).images
         finally:
             self.compile_state.end(batch, first.width, first.height, variant, completed=False)
+            switched = variant_recipe(variant)
+            if switched is not None and switched.compile and switched.compute != self.recipe.compute:
+                # made_with dropped the compiled code around the job (forget_compiled_code): every shape compiles
+                # again, the engine's own included.
+                self.compile_state = CompileState(enabled=self.recipe.compile)
         self._sync(device)
         timings["denoise"] = time.perf_counter() - t0
         timings["s_per_step"] = timings["denoise"] / max(total, 1)

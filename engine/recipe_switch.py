@@ -57,7 +57,11 @@ def made_with(pipe, running: EngineRecipe, stored: dict[str, Any] | None,
     try:
         # 1. The Linears' compute, then 2. eager blocks; each step registers its undo as soon as it is done.
         if used.compute != running.compute:
+            if used.compile:
+                undo.append(forget_compiled_code)      # on the way out, after the classes are back: compile afresh
             undo.append(_switch_compute(_switchable_linears(pipe), used.compute))
+            if used.compile:
+                forget_compiled_code()
         if used.compile != running.compile:
             undo.append(_eager_blocks(dit_blocks(pipe)))
         if undo:
@@ -66,6 +70,16 @@ def made_with(pipe, running: EngineRecipe, stored: dict[str, Any] | None,
     finally:
         for step in reversed(undo):
             step()
+
+
+def forget_compiled_code() -> None:
+    """Drop dynamo's compiled code: every compiled function compiles again at its next call (from inductor's disk
+    cache where it can). Needed whenever the Linears change class under compiled blocks: torch 2.11's dynamo does
+    not guard on a submodule's class, so the compiled blocks would go on running the old classes' forwards (an H200
+    run, docs/engine.md; torch 2.13 on the CPU recompiles by itself)."""
+    import torch._dynamo   # lazy: only compiled engines switch under compiled blocks
+
+    torch._dynamo.reset()
 
 
 def _switchable_linears(pipe) -> list[nn.Linear]:

@@ -97,7 +97,7 @@ def test_a_compiled_engine_runs_an_eager_fp8_job_eagerly_with_its_pixels(tiny_se
         result = engine.generate(compiled_fp8)
         assert result.recipe == {**stored, "compile": True}
         assert np.array_equal(_pixels(result), _pixels(fp8_engine.generate(SPEC)))
-        assert not engine.needs_warm_up(compiled_fp8)
+        assert engine.needs_warm_up(compiled_fp8)       # its compiled code was dropped after it (forget_compiled_code)
     finally:
         uncompile_blocks(dit_blocks(engine.pipe))
         engine.close()
@@ -144,3 +144,25 @@ def test_the_kernels_a_job_may_switch_to_reuse_the_engines_own_kernel_check(fp8_
     told_yes = reachable_computes(pipe, "cpu", {DEFAULT_KERNEL: DEFAULT_KERNEL})
     assert f"fp8.{DEFAULT_KERNEL}" in told_yes
     assert reachable_computes(pipe, "cpu", {DEFAULT_KERNEL: FALLBACK_KERNEL}) == fp8_engine.recipe_computes
+
+
+def test_a_compute_switch_under_compiled_blocks_compiles_afresh(tiny_settings, fp8_engine):
+    """torch 2.11's dynamo does not guard on a submodule's class (an H200 run: the compiled blocks went on running
+    the engine's own Linears for a switched job), so a compute switch on a compiled engine drops the compiled code
+    on the way in and out: the job really runs the stored compute, and every shape then warms up again."""
+    torch._dynamo.reset()
+    engine = load_compiled(tiny_settings, "cpu")       # compiled bf16
+    try:
+        own = _pixels(engine.generate(SPEC))
+        assert not engine.needs_warm_up(SPEC)
+        frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        stored = {**fp8_engine.recipe.to_dict(), "compile": True}
+        result = engine.generate(replace(SPEC, recipe=stored))
+        assert result.recipe == stored
+        assert np.array_equal(_pixels(result), _pixels(fp8_engine.generate(SPEC)))
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > frames     # compiled again for the job
+        assert engine.needs_warm_up(SPEC)                # the engine's own shape compiles again too
+        assert np.array_equal(_pixels(engine.generate(SPEC)), own)
+    finally:
+        uncompile_blocks(dit_blocks(engine.pipe))
+        engine.close()
