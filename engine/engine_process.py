@@ -191,10 +191,10 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
         except BaseException as err:  # noqa: BLE001 - reported to the parent, the child goes on
             if not isinstance(err, EngineError):
                 log.error("engine process for %s: %s failed", device, op, exc_info=True)
-            conn.send(("error", ErrorReply.of(err), getattr(engine, "profile", ""), _recipe_state(engine)))
+            conn.send(("error", ErrorReply.of(err), getattr(engine, "profile", ""), recipe_state(engine)))
         else:
             try:  # pickling happens before anything is written: a value that does not pickle becomes an error
-                conn.send(("done", value, getattr(engine, "profile", ""), _recipe_state(engine)))
+                conn.send(("done", value, getattr(engine, "profile", ""), recipe_state(engine)))
             except (pickle.PicklingError, TypeError, AttributeError) as err:
                 log.error("engine process for %s: the reply to %s does not pickle", device, op, exc_info=True)
                 conn.send(("error", ErrorReply.of(EngineError(f"the engine's reply to {op} could not be sent "
@@ -203,8 +203,8 @@ def _child_main(conn, cancel, log_conn, log_level: int, settings: "EngineSetting
             return
 
 
-def _recipe_state(engine) -> tuple:
-    """(recipe, recipe_computes) of the child's engine, sent with every reply: they can change after loading (the
+def recipe_state(engine) -> tuple:
+    """(recipe, recipe_computes) of an engine, sent with every reply of a child process or a Ray actor: they can change after loading (the
     bf16 working copy, engine/bf16_copy.py, kept or dropped by a re-plan or an out-of-memory error)."""
     return getattr(engine, "recipe", None), tuple(getattr(engine, "recipe_computes", ()))
 

@@ -39,8 +39,7 @@ from engine.noise import initial_latents
 from engine.planner import GPU, allocator_slack, decode_working
 from engine.precision import apply_precision
 from engine.prompt_cache import PromptCache, PromptEmbeds
-from engine.recipe import (BF16_COPY, EngineRecipe, current_recipe, differences_from, recipe_variant,
-                           variant_recipe)
+from engine.recipe import BF16_COPY, EngineRecipe, current_recipe, differences_from, recipe_variant
 from engine.recipe_switch import forget_compiled_code, made_with, reachable_computes
 from engine.settings import EngineSettings
 from engine.spec import CancelFn, JobSpec, ProgressFn, Result
@@ -258,11 +257,14 @@ class Engine:
         if blocked:
             log.debug("bf16 working copy: none (%s)", blocked)
             return
+        linears = copyable_linears(self.pipe.transformer)
+        if not linears:
+            log.debug("bf16 working copy: none (no hook-free bf16 Linears: eager blocks run diffusers' casting hooks)")
+            return
         figures = self._vram_room()
         if figures is None:
             log.debug("bf16 working copy: none (%s is not a GPU)", self.device)
             return
-        linears = copyable_linears(self.pipe.transformer)
         room = copy_room(copy_bytes(linears), **figures)
         if not room.fits:
             log.info("bf16 working copy of the DiT: not kept (%s); each step upcasts the fp8 weights", room.why)
@@ -276,7 +278,7 @@ class Engine:
             return
         # Compiled blocks fuse the copy's matmuls otherwise than the per-step upcast's: its own recipe compute.
         self._set_compute(BF16_COPY)
-        log.info("bf16 working copy of the DiT: %d Linears, %s on %s (no per-step upcast; same pixels)",
+        log.info("bf16 working copy of the DiT: %d Linears, %s on %s (no per-step upcast; recipe compute bf16.copy)",
                  len(linears), room.why, self.device)
 
     def _bf16_copy_blocked(self) -> str:
@@ -290,8 +292,6 @@ class Engine:
             return f"compute {self.recipe.compute}, fp8 storage {self.settings.fp8}"
         if placement is None or not all(t == GPU for t in placement.dit) or self.plan.profile == "model-offload":
             return "the DiT is not resident"
-        if not copyable_linears(self.pipe.transformer):
-            return "no hook-free bf16 Linears (eager blocks run diffusers' casting hooks)"
         return ""
 
     def _vram_room(self) -> dict[str, int] | None:
@@ -318,7 +318,8 @@ class Engine:
 
     def _set_compute(self, compute: str) -> None:
         """The recipe's compute after the Linears changed class for good (the bf16 working copy kept or dropped):
-        the computes a job may switch to follow, and every shape compiles again (dynamo guards on the classes)."""
+        the computes a job may switch to follow, and every shape compiles again (dynamo does not see a class swap by
+        itself: forget_compiled_code)."""
         self.recipe = replace(self.recipe, compute=compute)
         others = tuple(c for c in self.recipe_computes if c != BF16_COPY)
         self.recipe_computes = ((BF16_COPY,) if compute == BF16_COPY else ()) + others
@@ -461,11 +462,7 @@ class Engine:
                         **sigmas).images
         finally:
             self.compile_state.end(batch, first.width, first.height, variant, completed=False)
-            switched = variant_recipe(variant)
-            if switched is not None and switched.compile and switched.compute != self.recipe.compute:
-                # made_with dropped the compiled code around the job (forget_compiled_code): every shape compiles
-                # again, the engine's own included.
-                self.compile_state = CompileState(enabled=self.recipe.compile)
+            self.compile_state.forget_after(variant, self.recipe.compute)
         self._sync(device)
         timings["denoise"] = time.perf_counter() - t0
         timings["s_per_step"] = timings["denoise"] / max(total, 1)

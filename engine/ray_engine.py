@@ -39,7 +39,7 @@ import ray
 from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from engine.engine_process import ErrorReply, import_ref, usable_cores
+from engine.engine_process import ErrorReply, import_ref, recipe_state, usable_cores
 from engine.errors import EngineError, EngineLost
 from engine.warm_up import CompileState, RemoteEngineFront
 
@@ -128,17 +128,11 @@ class EngineActor:
             op, payload, events, cancel = self._requests.get()
             try:
                 value = self._serve(op, payload, events, cancel)
-                events.put(("done", value, self._recipe_state()))
+                events.put(("done", value, recipe_state(self.engine)))
             except BaseException as err:  # noqa: BLE001 - goes back to the driver
                 if not isinstance(err, EngineError):
                     log.error("engine actor: %s failed", op, exc_info=True)
-                events.put(("error", ErrorReply.of(err), self._recipe_state()))
-
-    def _recipe_state(self) -> tuple:
-        """(recipe, recipe_computes) of the engine, sent with every reply: the bf16 working copy (engine/bf16_copy.py)
-        can change them after loading."""
-        e = self.engine
-        return getattr(e, "recipe", None), tuple(getattr(e, "recipe_computes", ()))
+                events.put(("error", ErrorReply.of(err), recipe_state(self.engine)))
 
     def _serve(self, op: str, payload: Any, events: queue.Queue, cancel: threading.Event) -> Any:
         if self.engine is None:

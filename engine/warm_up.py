@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.recipe import differences_from, recipe_variant, runs_eager
+from engine.recipe import differences_from, recipe_variant, runs_eager, variant_recipe
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ class CompileState:
             log.info("warming up: compiling the DiT blocks for batch %d at %dx%d%s", batch, width, height,
                      " with a new LoRA set" if variant else "")
         return self.warming_up
+
+    def forget_after(self, variant: tuple, own_compute: str) -> None:
+        """After a job of this variant: one made with another compute under compiled blocks drops the compiled code
+        around it (engine/recipe_switch.py's `forget_compiled_code`), so every shape compiles again, the engine's own
+        included."""
+        switched = variant_recipe(variant)
+        if switched is not None and switched.compile and switched.compute != own_compute:
+            self.warm.clear()
 
     def end(self, batch: int, width: int, height: int, variant: tuple = (), *, completed: bool) -> None:
         """The denoise ended; a completed first step leaves the shape compiled."""
@@ -95,8 +103,13 @@ class RemoteEngineFront:
         if not specs:
             return self._send_batch(specs, progress, should_cancel)
         # The other side compiles a new shape during its first step: the shapes compiled are tracked here too.
-        return tracking_warm_up(self.compile_state, specs, progress,
-                                lambda relay: self._send_batch(specs, relay, should_cancel), self._variant)
+        variants = {self._variant(s) for s in specs}
+        try:
+            return tracking_warm_up(self.compile_state, specs, progress,
+                                    lambda relay: self._send_batch(specs, relay, should_cancel), self._variant)
+        finally:
+            for variant in variants:
+                self.compile_state.forget_after(variant, self.recipe.compute if self.recipe else "")
 
     @property
     def warming_up(self) -> bool:

@@ -237,3 +237,19 @@ def test_the_parent_follows_the_childs_recipe_when_a_replan_drops_the_bf16_copy(
         assert engine.recipe.compute == "bf16.copy"
     finally:
         engine.close()
+
+
+def test_after_a_switched_compiled_job_the_parent_expects_the_child_to_compile_again(tiny_settings):
+    """A /show job made with another compute under compiled blocks drops the child's compiled code around it
+    (engine/recipe_switch.py): the parent's warming-up flag says so for the next job of the engine's own recipe."""
+    from tests.support.compiled_engines import COMPILED_LOADER
+
+    engine = ProcessEngine.start(replace(tiny_settings, compute="bf16"), "cpu", loader=COMPILED_LOADER)
+    try:
+        engine.generate(spec())
+        assert not engine.needs_warm_up(spec())
+        fp8 = {**engine.recipe.to_dict(), "compute": "fp8.row-fast"}
+        assert engine.generate(spec(recipe=fp8)).recipe == fp8
+        assert engine.needs_warm_up(spec())
+    finally:
+        engine.close()
